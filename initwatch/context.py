@@ -1,0 +1,63 @@
+"""What is known about a run, so that remedies can fit this model and this run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunContext:
+    """Facts about the model and the run that rules and remedies use.
+
+    Integrations fill what their framework knows; every field is optional.
+
+    Args:
+        family: model family recognised by the anatomy (``"bert"``, ``"gpt2"``, ...), or None.
+        layout: ``"pre"`` or ``"post"`` (LayerNorm placement), or None when unknown.
+        residual: ``"sequential"`` or ``"parallel"``.
+        depth: number of blocks per stack, e.g. ``{"encoder": 12}``.
+        scheme: the re-initialization scheme applied (``"deepnet"``, ``"t-fixup"``,
+            ``"rezero"``) or None.
+        optimizer: optimizer class name, e.g. ``"AdamW"``.
+        lr: current learning rate (first param group).
+        base_lr: the peak / configured learning rate.
+        warmup_steps: number of warmup steps, 0 when none, None when unknown.
+        in_warmup: True while the learning rate is still ramping up.
+        precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``, ...
+        pretrained: True when the weights were loaded from a checkpoint (a fine-tune).
+        step: the current step.
+        max_steps: planned number of optimizer steps, if known.
+        extra: anything else an integration wants to pass along.
+
+    Example::
+
+        >>> ctx = RunContext(layout="post", depth={"encoder": 24}, optimizer="Adam", lr=1e-3)
+        >>> ctx.total_depth
+        24
+    """
+
+    family: str | None = None
+    layout: str | None = None
+    residual: str | None = None
+    depth: dict[str, int] = field(default_factory=dict)
+    scheme: str | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    base_lr: float | None = None
+    warmup_steps: int | None = None
+    in_warmup: bool = False
+    precision: str | None = None
+    pretrained: bool = False
+    step: int = 0
+    max_steps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_depth(self) -> int:
+        """Number of blocks over all stacks (0 when unknown)."""
+        return sum(self.depth.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for checkpoints and reports."""
+        return asdict(self)

@@ -1,0 +1,37 @@
+"""Exceptions initwatch raises. Each message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class InitWatchError(Exception):
+    """Base class of every initwatch error.
+
+    Example::
+
+        >>> issubclass(PretrainedWeightsError, InitWatchError)
+        True
+    """
+
+
+class AnatomyError(InitWatchError, ValueError):
+    """The model's structure could not be read; the message shows the pattern call that would."""
+
+
+class SchemeNotApplicableError(InitWatchError, ValueError):
+    """The scheme does not apply to this model (e.g. DeepNet on a Pre-LN model)."""
+
+
+class PretrainedWeightsError(InitWatchError):
+    """Re-initialization would overwrite weights loaded from a checkpoint."""
+
+
+class AlreadyAppliedError(InitWatchError):
+    """A scheme was already applied to this model."""
+
+
+class AlertError(InitWatchError):
+    """Raised by ``on_alert="raise"``; carries the :class:`~initwatch.Alert` as ``.alert``."""
+
+    def __init__(self, alert: object) -> None:
+        super().__init__(str(alert))
+        self.alert = alert
