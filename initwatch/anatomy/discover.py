@@ -1,0 +1,547 @@
+"""Reading a model: recognise known families, or follow the user's name patterns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from initwatch.anatomy.families import Family, family_of
+from initwatch.anatomy.model import ROLES, Anatomy, Block, Norm, Slot, Stack, Sublayer
+from initwatch.errors import AnatomyError
+
+_ENCODER_ONLY = {"bert", "roberta", "electra", "distilbert", "vit"}
+_SEQ2SEQ = {"t5", "bart", "marian"}
+_FUSED = ("rows", "cols", "heads")
+
+
+def _get(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError:
+        return None
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _config_for(model: nn.Module, path: str) -> object | None:
+    """The Hugging Face config of the nearest ancestor of ``path`` that has one."""
+    parts = path.split(".") if path else []
+    for n in range(len(parts), -1, -1):
+        mod = _get(model, ".".join(parts[:n]))
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict"):
+            return cfg
+    return None
+
+
+def _heads(config: object | None, block: nn.Module) -> int:
+    for attr in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"):
+        val = getattr(config, attr, None)
+        if isinstance(val, int) and val > 0:
+            return val
+    for m in block.modules():
+        for attr in ("num_heads", "num_attention_heads", "n_heads", "n_head"):
+            val = getattr(m, attr, None)
+            if isinstance(val, int) and val > 0:
+                return val
+    return 0
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _slots_for(
+    model: nn.Module, block_path: str, role: str, rel: str, fused: str | None, heads: int
+) -> list[Slot]:
+    path = _join(block_path, rel)
+    mod = _get(model, path)
+    if mod is None:
+        raise AnatomyError(f"role {role!r}: no module at {path!r}")
+    if isinstance(mod, nn.MultiheadAttention):
+        if role in ("o", "xo"):
+            w = mod.out_proj.weight
+            return [Slot(role, path + ".out_proj", "weight", "bias", w.shape[1], w.shape[0])]
+        prefix = "x" if role.startswith("x") else ""
+        d = mod.embed_dim
+        if mod._qkv_same_embed_dim:
+            return [
+                Slot(prefix + r, path, "in_proj_weight", "in_proj_bias", d, d, "rows", i)
+                for i, r in enumerate("qkv")
+            ]
+        return [
+            Slot(
+                prefix + r,
+                path,
+                f"{r}_proj_weight",
+                None,
+                getattr(mod, f"{r}_proj_weight").shape[1],
+                d,
+            )
+            for r in "qkv"
+        ]
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise AnatomyError(f"role {role!r}: {path!r} ({type(mod).__name__}) has no 2-D weight")
+    fan_in, fan_out = (w.shape[0], w.shape[1]) if _is_conv1d(mod) else (w.shape[1], w.shape[0])
+    bias = "bias" if getattr(mod, "bias", None) is not None else None
+    if role not in ("qkv", "xqkv"):
+        return [Slot(role, path, "weight", bias, fan_in, fan_out)]
+    layout = fused or ("cols" if _is_conv1d(mod) else "rows")
+    if layout not in _FUSED:
+        raise AnatomyError(f"fused={layout!r} is not one of {_FUSED}")
+    if layout == "heads" and heads <= 0:
+        raise AnatomyError(f"fused='heads' at {path!r} needs the number of heads (heads=...)")
+    prefix = "x" if role == "xqkv" else ""
+    return [
+        Slot(prefix + r, path, "weight", bias, fan_in, fan_out // 3, layout, i, 3, max(heads, 1))
+        for i, r in enumerate("qkv")
+    ]
+
+
+def _norm_kind(module: nn.Module) -> str:
+    name = type(module).__name__.lower()
+    if "gemma" in name:
+        return "rmsnorm_1p"
+    return "rmsnorm" if ("rms" in name or "t5layernorm" in name) else "layernorm"
+
+
+def _norm(model: nn.Module, path: str | None, where: str, placement: str) -> Norm | None:
+    if path is None:
+        return None
+    mod = _get(model, path)
+    if mod is None or isinstance(mod, nn.Identity):
+        return None
+    return Norm(path, where, placement, _norm_kind(mod))
+
+
+def _block(
+    model: nn.Module,
+    stack: str,
+    index: int,
+    path: str,
+    specs: list[tuple[str, dict[str, str], str, bool, str | None]],
+    layout: str,
+    fused: str | None,
+    heads: int,
+) -> Block:
+    subs = []
+    for kind, roles, out, out_tuple, norm_rel in specs:
+        slots = [
+            s
+            for role, rel in roles.items()
+            for s in _slots_for(model, path, role, rel, fused, heads)
+        ]
+        norm = _norm(model, _join(path, norm_rel) if norm_rel else None, kind, layout)
+        subs.append(Sublayer(kind, slots, _join(path, out), out_tuple, norm))
+    return Block(stack, index, path, subs)
+
+
+def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList, Family]]:
+    found = []
+    for path, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        fam = family_of(mod[0])
+        if fam is None or len({type(m) for m in mod}) != 1:
+            continue
+        if any(path.startswith(p + ".") for p, _, _ in found):
+            continue
+        found.append((path, mod, fam))
+    return found
+
+
+def _stack_kind(fam: Family, path: str, first: nn.Module) -> str:
+    if fam.name == "torch":
+        return "decoder" if hasattr(first, "multihead_attn") else "encoder"
+    if fam.name in _ENCODER_ONLY:
+        return "encoder"
+    if fam.name in _SEQ2SEQ:
+        if fam.name == "t5":
+            return "decoder" if len(first.layer) == 3 else "encoder"
+        return "decoder" if "Decoder" in type(first).__name__ else "encoder"
+    return "decoder"
+
+
+def _embed_scale(model: nn.Module, tok: str | None, root: str) -> float:
+    for mod in (_get(model, tok) if tok else None, _get(model, root)):
+        val = getattr(mod, "embed_scale", None) if mod is not None else None
+        if isinstance(val, torch.Tensor) and val.numel() == 1:
+            return float(val)
+        if isinstance(val, (int, float)):
+            return float(val)
+    return 1.0
+
+
+def _resolve(model: nn.Module, root: str, rel: str | None) -> str | None:
+    if rel is None:
+        return None
+    path = _join(root, rel)
+    parent, _, attr = path.rpartition(".")
+    owner = _get(model, parent)
+    if owner is None or getattr(owner, attr, None) is None:
+        return None
+    return path
+
+
+def _stack(
+    model: nn.Module,
+    kind: str,
+    list_path: str,
+    blocks: list[Block],
+    root: str,
+    token_embedding: str | None,
+    position_embedding: str | None,
+    embedding_norm: str | None,
+    final_norm: str | None,
+) -> Stack:
+    tok = _resolve(model, root, token_embedding)
+    return Stack(
+        kind=kind,
+        path=list_path,
+        blocks=blocks,
+        token_embedding=tok,
+        position_embedding=_resolve(model, root, position_embedding),
+        embedding_norm=_norm(model, _resolve(model, root, embedding_norm), "embedding", "stack"),
+        final_norm=_norm(model, _resolve(model, root, final_norm), "final", "stack"),
+        embed_scale=_embed_scale(model, tok, root),
+    )
+
+
+def _tied(model: nn.Module) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _hidden(blocks: list[Block]) -> int:
+    for b in blocks:
+        q = b.slot("q")
+        if q is not None:
+            return q.fan_in
+    return 0
+
+
+def _known(model: nn.Module) -> Anatomy | None:
+    lists = _block_lists(model)
+    if not lists:
+        return None
+    stacks = []
+    layouts, residuals = set(), set()
+    fam = lists[0][2]
+    heads = 0
+    for path, mlist, f in lists:
+        config = _config_for(model, path)
+        first = mlist[0]
+        kind = _stack_kind(f, path, first)
+        heads = heads or _heads(config, first)
+        layout = f.layout(first, config)
+        layouts.add(layout)
+        residuals.add(f.residual(first, config))
+        blocks = [
+            _block(
+                model, kind, i, _join(path, str(i)), f.sublayers(b, config), layout, f.fused, heads
+            )
+            for i, b in enumerate(mlist)
+        ]
+        root = ".".join(path.split(".")[: max(0, len(path.split(".")) - f.stack_up)])
+        stacks.append(
+            _stack(
+                model,
+                kind,
+                path,
+                blocks,
+                root,
+                f.token_embedding,
+                f.position_embedding,
+                f.embedding_norm,
+                f.final_norm,
+            )
+        )
+    stacks.sort(key=lambda s: s.kind != "encoder")
+    all_blocks = [b for s in stacks for b in s.blocks]
+    return Anatomy(
+        family=fam.name,
+        stacks=stacks,
+        layout=layouts.pop() if len(layouts) == 1 else "mixed",
+        residual=residuals.pop() if len(residuals) == 1 else "mixed",
+        norm_kind=fam.norm_kind,
+        hidden=_hidden(all_blocks),
+        heads=heads,
+        attn_scaled=fam.attn_scaled,
+        tied=_tied(model),
+        model_class=type(model).__name__,
+    )
+
+
+def inspect(
+    model: nn.Module,
+    *,
+    blocks: str | Mapping[str, str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    norms: Mapping[str, str] | None = None,
+    layout: str | None = None,
+    fused: str | None = None,
+    heads: int | None = None,
+    residual: str = "sequential",
+    attn_scaled: bool = True,
+    token_embedding: str | None = None,
+    position_embedding: str | None = None,
+    embedding_norm: str | None = None,
+    final_norm: str | None = None,
+) -> Anatomy:
+    """Read a model's structure: stacks, blocks, roles, norms, layout.
+
+    Known families (BERT, RoBERTa, DistilBERT, ELECTRA, GPT-2, GPT-Neo, GPT-NeoX, OPT, LLaMA,
+    Mistral, Qwen2, Gemma, Phi, T5, BART, Marian, ViT and the ``torch.nn`` Transformer
+    classes) are recognised wherever they sit in the model (a LightningModule wrapping a Hugging
+    Face model works). Anything else is described with name patterns: give ``blocks`` and
+    ``roles``, and the norms with their ``layout``.
+
+    Args:
+        model: the model.
+        blocks: path of the block list (an ``nn.ModuleList``), or ``{"encoder": path,
+            "decoder": path}``. A single path is an encoder stack; use ``{"decoder": path}``
+            for a decoder-only model.
+        roles: role -> module path relative to a block. Roles: ``q k v o`` (self-attention),
+            ``xq xk xv xo`` (cross-attention), ``ffn_in ffn_gate ffn_out``, and ``qkv`` /
+            ``xqkv`` for a fused projection (see ``fused``). A role may be absent from a whole
+            stack (cross-attention in an encoder), not from some of its blocks.
+        norms: sublayer -> norm path relative to a block, sublayers ``attn``, ``cross``, ``ffn``.
+        layout: ``"post"`` (norm after the residual add) or ``"pre"``; required with ``norms``.
+        fused: layout of a fused ``qkv``: ``"rows"`` (q, k, v row blocks of an (3d, d)
+            weight), ``"cols"`` (column blocks of an (in, out) ``Conv1D`` weight) or
+            ``"heads"`` (per-head interleaved rows, like GPT-NeoX; needs ``heads``).
+        heads: number of attention heads (read from the model when not given).
+        residual: ``"sequential"`` or ``"parallel"``.
+        attn_scaled: False if attention logits are not divided by sqrt(d_head).
+        token_embedding, position_embedding, embedding_norm, final_norm: module paths
+            from the model root.
+
+    Returns:
+        The :class:`~initwatch.anatomy.Anatomy`; ``print`` it for a table.
+
+    Raises:
+        AnatomyError: the model is not a known family and no patterns were given, or a
+            pattern does not match; the message shows what was found and a call that fits.
+
+    Example::
+
+        >>> import initwatch
+        >>> from initwatch import zoo
+        >>> anatomy = initwatch.inspect(zoo.build("bert", layers=2))
+        >>> anatomy.family, anatomy.layout, anatomy.depth
+        ('bert', 'post', {'encoder': 2})
+
+        A custom model, described by patterns::
+
+            anatomy = initwatch.inspect(
+                model, blocks="layers", layout="post",
+                roles={"q": "attn.wq", "k": "attn.wk", "v": "attn.wv", "o": "attn.wo",
+                       "ffn_in": "mlp.fc1", "ffn_out": "mlp.fc2"},
+                norms={"attn": "norm1", "ffn": "norm2"},
+            )
+    """
+    if blocks is None and roles is None:
+        anatomy = _known(model)
+        if anatomy is None:
+            raise AnatomyError(_not_recognised(model))
+        return anatomy
+    return _custom(
+        model,
+        blocks,
+        roles,
+        norms,
+        layout,
+        fused,
+        heads,
+        residual,
+        attn_scaled,
+        token_embedding,
+        position_embedding,
+        embedding_norm,
+        final_norm,
+    )
+
+
+def _custom(
+    model: nn.Module,
+    blocks: str | Mapping[str, str] | None,
+    roles: Mapping[str, str] | None,
+    norms: Mapping[str, str] | None,
+    layout: str | None,
+    fused: str | None,
+    heads: int | None,
+    residual: str,
+    attn_scaled: bool,
+    token_embedding: str | None,
+    position_embedding: str | None,
+    embedding_norm: str | None,
+    final_norm: str | None,
+) -> Anatomy:
+    if blocks is None or not roles:
+        raise AnatomyError(
+            "a custom model needs both blocks=... (the block list) and roles={...}; "
+            + _example_call(model)
+        )
+    unknown = set(roles) - set(ROLES) - {"qkv", "xqkv"}
+    if unknown:
+        raise AnatomyError(
+            f"unknown role(s) {sorted(unknown)}; valid roles: {', '.join(ROLES)}, qkv, xqkv"
+        )
+    norms = dict(norms or {})
+    bad = set(norms) - {"attn", "cross", "ffn"}
+    if bad:
+        raise AnatomyError(f"norms keys must be 'attn', 'cross' or 'ffn', got {sorted(bad)}")
+    if norms and layout not in ("pre", "post"):
+        raise AnatomyError(
+            f"layout={layout!r}: with norms given, say where they sit: layout='post' "
+            "(LN(x + G(x))) or layout='pre' (x + G(LN(x)))"
+        )
+    if residual not in ("sequential", "parallel"):
+        raise AnatomyError(f"residual={residual!r}; expected 'sequential' or 'parallel'")
+    stack_paths = {"encoder": blocks} if isinstance(blocks, str) else dict(blocks)
+    if not stack_paths or set(stack_paths) - {"encoder", "decoder"}:
+        raise AnatomyError(
+            f"blocks={blocks!r}: give a path or a dict with keys 'encoder' and/or 'decoder'"
+        )
+    stacks = []
+    n_heads = 0
+    for kind, path in stack_paths.items():
+        mlist = _get(model, path)
+        if not isinstance(mlist, (nn.ModuleList, nn.Sequential)) or len(mlist) == 0:
+            raise AnatomyError(
+                f"blocks: {path!r} is not a non-empty nn.ModuleList in "
+                f"{type(model).__name__}; " + _example_call(model)
+            )
+        n_heads = heads or _heads(_config_for(model, path), mlist[0])
+        specs = _custom_specs(model, path, len(mlist), roles, norms)
+        blist = [
+            _block(model, kind, i, _join(path, str(i)), specs, layout or "none", fused, n_heads)
+            for i in range(len(mlist))
+        ]
+        stack = _stack(model, kind, path, blist, "", None, None, None, None)
+        stack.token_embedding = (
+            token_embedding if kind == "encoder" or len(stack_paths) == 1 else None
+        )
+        stack.position_embedding = position_embedding if stack.token_embedding else None
+        stack.embedding_norm = (
+            _norm(model, embedding_norm, "embedding", "stack") if stack.token_embedding else None
+        )
+        if kind == max(stack_paths, key=lambda k: k == "decoder"):
+            stack.final_norm = _norm(model, final_norm, "final", "stack")
+        stack.embed_scale = _embed_scale(model, stack.token_embedding, "")
+        stacks.append(stack)
+    stacks.sort(key=lambda s: s.kind != "encoder")
+    all_blocks = [b for s in stacks for b in s.blocks]
+    kinds = {n.kind for b in all_blocks for n in b.norms}
+    return Anatomy(
+        family="custom",
+        stacks=stacks,
+        layout=layout or "none",
+        residual=residual,
+        norm_kind=kinds.pop() if len(kinds) == 1 else "layernorm",
+        hidden=_hidden(all_blocks),
+        heads=n_heads,
+        attn_scaled=attn_scaled,
+        tied=_tied(model),
+        model_class=type(model).__name__,
+    )
+
+
+def _custom_specs(
+    model: nn.Module, path: str, n: int, roles: Mapping[str, str], norms: Mapping[str, str]
+) -> list[tuple[str, dict[str, str], str, bool, str | None]]:
+    present = {}
+    for role, rel in roles.items():
+        hits = [_get(model, _join(path, str(i), rel)) is not None for i in range(n)]
+        if all(hits):
+            present[role] = rel
+        elif any(hits):
+            missing = [i for i, h in enumerate(hits) if not h]
+            raise AnatomyError(
+                f"role {role!r}: {rel!r} exists in some blocks of {path!r} but not in "
+                f"blocks {missing}"
+            )
+    groups = {
+        "attn": ("q", "k", "v", "o", "qkv"),
+        "cross": ("xq", "xk", "xv", "xo", "xqkv"),
+        "ffn": ("ffn_in", "ffn_gate", "ffn_out"),
+    }
+    specs = []
+    for kind, members in groups.items():
+        sub_roles = {r: present[r] for r in members if r in present}
+        if not sub_roles:
+            continue
+        out_role = "ffn_out" if kind == "ffn" else ("xo" if kind == "cross" else "o")
+        if out_role not in sub_roles:
+            raise AnatomyError(
+                f"the {kind} sublayer needs its output projection role {out_role!r} "
+                f"(the module whose output is added to the residual stream)"
+            )
+        out_rel = sub_roles[out_role]
+        out_mod = _get(model, _join(path, "0", out_rel))
+        out_tuple = isinstance(out_mod, nn.MultiheadAttention)
+        specs.append((kind, sub_roles, out_rel, out_tuple, norms.get(kind)))
+    if not specs:
+        raise AnatomyError(f"none of the roles {dict(roles)} matched a module in {path!r}.0")
+    return specs
+
+
+_GUESS = {
+    "q": r"(query|q_proj|q_lin|wq|^q)$",
+    "k": r"(key|k_proj|k_lin|wk|^k)$",
+    "v": r"(value|v_proj|v_lin|wv|^v)$",
+    "o": r"(out_proj|o_proj|out_lin|wo|c_proj|attn\.proj|attention\.dense|output\.dense)$",
+    "ffn_in": r"(fc1|w1|lin1|up_proj|c_fc|linear1|ff\.0|mlp\.0|dense_h_to_4h)$",
+    "ffn_out": r"(fc2|w2|lin2|down_proj|linear2|ff\.2|mlp\.2|dense_4h_to_h)$",
+}
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for path, mod in model.named_modules():
+        if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(mod) > 1:
+            if len({type(m) for m in mod}) == 1 and any(True for _ in mod[0].children()):
+                out.append((path, mod))
+    return out
+
+
+def _example_call(model: nn.Module) -> str:
+    cands = _candidates(model)
+    if not cands:
+        return (
+            "describe it like: initwatch.inspect(model, blocks='layers', layout='post', "
+            "roles={'q': 'attn.q', 'k': 'attn.k', 'v': 'attn.v', 'o': 'attn.out', "
+            "'ffn_in': 'ff.fc1', 'ffn_out': 'ff.fc2'}, norms={'attn': 'norm1', 'ffn': 'norm2'})"
+        )
+    path, mlist = cands[0]
+    first = mlist[0]
+    linears = [n for n, m in first.named_modules() if isinstance(m, nn.Linear)]
+    norms_found = [n for n, m in first.named_modules() if "norm" in type(m).__name__.lower()]
+    roles: dict[str, str] = {}
+    for role, pattern in _GUESS.items():
+        hit = next((n for n in linears if re.search(pattern, n) and n not in roles.values()), None)
+        if hit is not None:
+            roles[role] = hit
+    norm_guess = dict(zip(("attn", "ffn"), norms_found[:2], strict=False))
+    return (
+        f"found block list {path!r} ({len(mlist)} x {type(first).__name__}) with Linear "
+        f"modules {linears} and norms {norms_found}. Describe it like: "
+        f"initwatch.inspect(model, blocks={path!r}, roles={roles!r}, norms={norm_guess!r}, "
+        f"layout='post' or 'pre')"
+    )
+
+
+def _not_recognised(model: nn.Module) -> str:
+    return (
+        f"initwatch does not recognise {type(model).__name__}: no block list of a known family "
+        "(BERT, GPT-2, LLaMA, T5, BART, ViT, nn.TransformerEncoder, ...) was found. "
+        + _example_call(model)
+    )
