@@ -507,9 +507,13 @@ _GUESS = {
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     out = []
     for path, mod in model.named_modules():
-        if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(mod) > 1:
-            if len({type(m) for m in mod}) == 1 and any(True for _ in mod[0].children()):
-                out.append((path, mod))
+        if (
+            isinstance(mod, (nn.ModuleList, nn.Sequential))
+            and len(mod) > 1
+            and len({type(m) for m in mod}) == 1
+            and any(True for _ in mod[0].children())
+        ):
+            out.append((path, mod))
     return out
 
 
