@@ -1,10 +1,65 @@
-"""initwatch: re-initialize deep transformers and watch their layers while they train."""
+"""initwatch: re-initialize deep transformers and watch their layers while they train.
+
+Example::
+
+    >>> import initwatch
+    >>> from initwatch import zoo
+    >>> model = zoo.build("bert", layers=4)
+    >>> print(initwatch.inspect(model).layout)
+    post
+    >>> report = initwatch.reinit(model, "deepnet")
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from initwatch.alerts import Alert, AlertKind, Severity
+from initwatch.anatomy import Anatomy, inspect
 from initwatch.context import RunContext
+from initwatch.errors import (
+    AlertError,
+    AlreadyAppliedError,
+    AnatomyError,
+    InitWatchError,
+    PretrainedWeightsError,
+    SchemeNotApplicableError,
+)
+from initwatch.schemes import SCHEMES, ReinitReport, is_pretrained, reinit, restore
+
+if TYPE_CHECKING:
+    from initwatch.watch import Watch
 
 __version__ = "0.1.0"
 
-__all__ = ["Alert", "AlertKind", "RunContext", "Severity", "__version__"]
+
+def __getattr__(name: str) -> Any:
+    # Watch pulls in the TensorBoard machinery: import it on first use only.
+    if name == "Watch":
+        from initwatch.watch import Watch
+
+        return Watch
+    raise AttributeError(f"module 'initwatch' has no attribute {name!r}")
+
+
+__all__ = [
+    "SCHEMES",
+    "Alert",
+    "AlertError",
+    "AlertKind",
+    "AlreadyAppliedError",
+    "Anatomy",
+    "AnatomyError",
+    "InitWatchError",
+    "PretrainedWeightsError",
+    "ReinitReport",
+    "RunContext",
+    "SchemeNotApplicableError",
+    "Severity",
+    "Watch",
+    "__version__",
+    "inspect",
+    "is_pretrained",
+    "reinit",
+    "restore",
+]

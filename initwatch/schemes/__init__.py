@@ -1,0 +1,106 @@
+"""Re-initialization schemes: DeepNet, T-Fixup, ReZero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from initwatch.anatomy import Anatomy, inspect
+from initwatch.schemes import deepnet, rezero, tfixup
+from initwatch.schemes.base import execute, is_pretrained, xavier_std
+from initwatch.schemes.report import Change, ReinitReport
+from initwatch.schemes.restore import restore
+
+SCHEMES = {"deepnet": deepnet, "t-fixup": tfixup, "rezero": rezero}
+_ALIASES = {"tfixup": "t-fixup", "t_fixup": "t-fixup", "deepnorm": "deepnet"}
+
+
+def scheme_name(scheme: str) -> str:
+    """The canonical name of a scheme; ``ValueError`` listing the valid ones otherwise.
+
+    Example::
+
+        >>> scheme_name("T-Fixup")
+        't-fixup'
+    """
+    if not isinstance(scheme, str):
+        raise ValueError(f"scheme={scheme!r}: expected one of {', '.join(map(repr, SCHEMES))}")
+    key = scheme.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in SCHEMES:
+        raise ValueError(
+            f"unknown scheme {scheme!r}; valid schemes: {', '.join(map(repr, SCHEMES))} "
+            f"(e.g. initwatch.reinit(model, 'deepnet'))"
+        )
+    return key
+
+
+def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
+    """Re-initialize ``model`` in place with a scheme and report every change.
+
+    Parameters are changed in place (tied weights and optimizers keep their references);
+    structural edits are hooks or small modules that keep existing ``state_dict`` keys. All
+    checks run before anything is touched: a refused call leaves the model as it was.
+
+    Args:
+        model: the model (any ``nn.Module`` holding a recognised family, or one described by
+            ``anatomy=initwatch.inspect(model, blocks=..., roles=...)``).
+        scheme: ``"deepnet"``, ``"t-fixup"`` or ``"rezero"``.
+        **options: common to all schemes:
+
+            * ``allow_pretrained`` (False): overwrite weights loaded from a checkpoint.
+            * ``anatomy``: an :class:`~initwatch.anatomy.Anatomy` (for custom models).
+            * ``stacks``: which stacks to touch, e.g. ``["decoder"]`` (default: all).
+            * ``depth``: N (and M) used in the constants: an int or ``{"encoder": N,
+              "decoder": M}`` (default: the model's depths).
+            * ``seed``: seed the random draws (default: the global RNG).
+
+            DeepNet: ``alpha``, ``beta`` (number or ``{stack: number}``).
+            T-Fixup: ``scale``, ``embedding_scale`` (number or dict), ``embedding``
+            (``"literal"``: N(0, d^-1/2) times the scale, default; ``"effective"``:
+            compensate the model's embedding multiplier), ``norms`` (``"all"`` default,
+            ``"blocks"``), ``distribution`` (``"uniform"`` as the official code, or
+            ``"normal"``).
+            ReZero: ``per`` (``"block"``, default, or ``"sublayer"``), ``norms`` (``"all"``
+            default, ``"blocks"``, ``"none"``).
+
+    Returns:
+        A :class:`ReinitReport`: print it for a table, ``.to_dict()`` for plain data.
+
+    Raises:
+        ValueError: unknown scheme or option.
+        SchemeNotApplicableError: e.g. DeepNet on a Pre-LN model.
+        PretrainedWeightsError: the weights came from a checkpoint (see ``allow_pretrained``).
+        AlreadyAppliedError: a scheme was already applied to this model.
+        AnatomyError: the model's structure could not be read.
+
+    Example::
+
+        >>> import initwatch
+        >>> from initwatch import zoo
+        >>> model = zoo.build("bert", layers=4)
+        >>> report = initwatch.reinit(model, "deepnet")
+        >>> round(report.constants["encoder"]["beta"], 4)
+        0.4204
+    """
+    name = scheme_name(scheme)
+    anatomy = options.get("anatomy")
+    if anatomy is None:
+        anatomy = inspect(model)
+    elif not isinstance(anatomy, Anatomy):
+        raise ValueError(f"anatomy={anatomy!r}: pass the result of initwatch.inspect(model, ...)")
+    plan = SCHEMES[name].plan(model, anatomy, options)
+    return execute(model, anatomy, plan, options)
+
+
+__all__ = [
+    "SCHEMES",
+    "Change",
+    "ReinitReport",
+    "is_pretrained",
+    "reinit",
+    "restore",
+    "scheme_name",
+    "xavier_std",
+]

@@ -1,0 +1,354 @@
+"""Shared machinery of the schemes: options, plans, the pretrained guard, execution."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from initwatch.anatomy.model import Anatomy, Block, Norm, Slot
+from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError
+from initwatch.schemes.report import Change, ReinitReport
+from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
+
+COMMON_OPTIONS = ("allow_pretrained", "anatomy", "stacks", "depth", "seed")
+MARKER = "_initwatch_reinit"
+
+
+def xavier_std(fan_in: int, fan_out: int, gain: float = 1.0) -> float:
+    """Standard deviation of Xavier (Glorot) init: ``gain * sqrt(2 / (fan_in + fan_out))``.
+
+    Example::
+
+        >>> round(xavier_std(768, 768), 4)
+        0.0361
+    """
+    return gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+@dataclass
+class Init:
+    """A planned initialization of one weight (a slot, or a whole parameter by name)."""
+
+    role: str
+    block: str
+    action: str  # "xavier_normal" | "xavier_uniform" | "normal"
+    std: float
+    gain: float | None = None
+    slot: Slot | None = None
+    param: str | None = None  # parameter name when not a slot
+    zero_bias: bool = True
+    zero_row: int | None = None  # padding row of an embedding
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """Everything a scheme will do, computed before the model is touched."""
+
+    scheme: str
+    constants: dict[str, dict[str, float]]
+    inits: list[Init] = field(default_factory=list)
+    structure: list[tuple[Change, Callable[[], None]]] = field(default_factory=list)
+    skips: list[Change] = field(default_factory=list)
+
+
+def check_options(scheme: str, options: Mapping[str, Any], own: Iterable[str]) -> None:
+    """Raise a ``ValueError`` naming unknown options and listing the valid ones."""
+    valid = set(COMMON_OPTIONS) | set(own)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for scheme {scheme!r}; valid options: "
+            f"{', '.join(sorted(valid))}"
+        )
+
+
+def stacks_to_touch(anatomy: Anatomy, options: Mapping[str, Any]) -> list[str]:
+    """The stacks named by the ``stacks`` option (default: all), validated."""
+    present = [s.kind for s in anatomy.stacks]
+    wanted = options.get("stacks")
+    if wanted is None:
+        return present
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    bad = [w for w in wanted if w not in present]
+    if bad or not wanted:
+        raise ValueError(f"stacks={wanted!r}: this model has stacks {present}")
+    return wanted
+
+
+def depths(anatomy: Anatomy, options: Mapping[str, Any]) -> dict[str, int]:
+    """N and M per stack: the anatomy's depths, overridden by the ``depth`` option."""
+    out = dict(anatomy.depth)
+    depth = options.get("depth")
+    if depth is None:
+        return out
+    if isinstance(depth, int):
+        return {k: depth for k in out}
+    if isinstance(depth, Mapping) and set(depth) <= set(out):
+        out.update({k: int(v) for k, v in depth.items()})
+        return out
+    raise ValueError(f"depth={depth!r}: give an int or a dict over the stacks {list(out)}")
+
+
+def per_stack(value: Any, stack: str, default: float, name: str) -> float:
+    """An option that is a number (every stack) or a ``{stack: number}`` dict."""
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return float(value.get(stack, default))
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise ValueError(f"{name}={value!r}: give a number or a dict like {{'encoder': 0.5}}")
+
+
+def head_dim(anatomy: Anatomy, slot: Slot) -> int:
+    """Per-head width of a q projection."""
+    return slot.fan_out // anatomy.heads if anatomy.heads else slot.fan_out
+
+
+def slot_inits(
+    anatomy: Anatomy,
+    blocks: Iterable[Block],
+    gains: Mapping[str, float],
+    action: str,
+    notes: Mapping[str, str],
+    q_correction: bool = True,
+) -> list[Init]:
+    """Xavier inits for every slot of ``blocks`` whose role has a gain in ``gains``.
+
+    Where attention logits are not scaled by 1/sqrt(d_head) (T5, GPT-Neo) the q gain is
+    multiplied by d_head^(-1/2), so the logits have the scale Xavier assumes.
+    """
+    out = []
+    for block in blocks:
+        for slot in block.slots:
+            if slot.role not in gains:
+                continue
+            gain = gains[slot.role]
+            note = notes.get(slot.role, "")
+            if q_correction and not anatomy.attn_scaled and slot.role in ("q", "xq"):
+                dh = head_dim(anatomy, slot)
+                gain = gain / math.sqrt(dh)
+                note = (
+                    note + "; " if note else ""
+                ) + f"x d_head^-1/2 (d_head={dh}): no logit scaling"
+            out.append(
+                Init(
+                    slot.role,
+                    block.name,
+                    action,
+                    xavier_std(slot.fan_in, slot.fan_out, gain),
+                    gain,
+                    slot=slot,
+                    note=note,
+                )
+            )
+    return out
+
+
+def norm_removals(
+    model: nn.Module, anatomy: Anatomy, stacks: list[str], which: str
+) -> list[tuple[Change, Callable[[], None]]]:
+    """Structural steps removing residual-path norms: ``which`` is ``"all"`` (block, embedding
+    and final norms), ``"blocks"`` (block norms only) or ``"none"``."""
+    if which not in ("all", "blocks", "none"):
+        raise ValueError(f"norms={which!r}: choose 'all', 'blocks' or 'none'")
+    if which == "none":
+        return []
+    found: list[tuple[str, Norm]] = []
+    for stack in anatomy.stacks:
+        if stack.kind not in stacks:
+            continue
+        found += [(b.name, n) for b in stack.blocks for n in b.norms]
+        if which == "all":
+            found += [(stack.kind, n) for n in stack.stack_norms]
+    steps = []
+    for owner, norm in found:
+        change = Change(norm.path, "remove_norm", f"norm ({norm.where})", owner, note=norm.kind)
+        steps.append((change, _bind(remove_norm, model, norm.path)))
+    torch_layers = {
+        b.path
+        for s in anatomy.stacks
+        if s.kind in stacks
+        for b in s.blocks
+        if isinstance(
+            model.get_submodule(b.path), (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+        )
+    }
+    for path in sorted(torch_layers):
+        change = Change(path, "keep_eager", "block", path, note="no fused eval fast path")
+        steps.append((change, _bind(keep_eager, model.get_submodule(path))))
+    return steps
+
+
+def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+    return lambda: fn(*args)
+
+
+def _param_of(model: nn.Module, init: Init) -> nn.Parameter:
+    if init.slot is not None:
+        return getattr(model.get_submodule(init.slot.module), init.slot.weight)
+    return model.get_parameter(init.param)  # type: ignore[arg-type]
+
+
+def _key(init: Init, param: torch.Tensor) -> tuple[int, int]:
+    return (id(param), init.slot.index if init.slot is not None and init.slot.fused else -1)
+
+
+def _target(init: Init) -> str:
+    if init.slot is None:
+        return init.param or ""
+    s = init.slot
+    return s.param_name + (f"[{s.fused} {s.index}/{s.parts}]" if s.fused else "")
+
+
+def resolve(model: nn.Module, plan: Plan) -> list[tuple[Init, nn.Parameter]]:
+    """Pair each init with its parameter, drop repeats of shared tensors, skip frozen ones."""
+    seen: dict[tuple[int, int], str] = {}
+    todo = []
+    for init in plan.inits:
+        param = _param_of(model, init)
+        key = _key(init, param)
+        if key in seen:
+            plan.skips.append(
+                Change(
+                    _target(init),
+                    "skip",
+                    init.role,
+                    init.block,
+                    note=f"shared with {seen[key]}: initialized once",
+                )
+            )
+            continue
+        seen[key] = _target(init)
+        if not param.requires_grad:
+            plan.skips.append(
+                Change(
+                    _target(init),
+                    "skip",
+                    init.role,
+                    init.block,
+                    note="frozen (requires_grad=False): left alone",
+                )
+            )
+            continue
+        todo.append((init, param))
+    return todo
+
+
+def guard(
+    model: nn.Module, todo: list[tuple[Init, nn.Parameter]], options: Mapping[str, Any]
+) -> None:
+    """Refuse a second application and, unless allowed, overwriting pretrained weights."""
+    previous = getattr(model, MARKER, None)
+    present = applied_structure(model)
+    if previous is not None or present:
+        what = f"scheme {previous['scheme']!r}" if previous else "initwatch structure"
+        raise AlreadyAppliedError(
+            f"{what} was already applied to this {type(model).__name__} "
+            f"({'; '.join(present[:3]) or 'marker set'}). Applying a scheme twice would "
+            "re-initialize trained weights and stack structural edits. Build a fresh model, or "
+            "use initwatch.restore(model, checkpoint) to load a re-initialized checkpoint."
+        )
+    if options.get("allow_pretrained"):
+        return
+    loaded = [
+        name
+        for name, (_, p) in zip(_names(todo), todo, strict=True)
+        if getattr(p, "_is_hf_initialized", False)
+    ]
+    if loaded:
+        raise PretrainedWeightsError(
+            f"{len(loaded)} of the {len(todo)} weights this scheme would re-initialize were loaded "
+            f"from a checkpoint (e.g. {', '.join(loaded[:3])}); re-initializing would erase the "
+            "pretrained weights. To fine-tune, leave the scheme off (scheme=None) and let initwatch "
+            "monitor the run. To train this architecture from scratch, build it from its config "
+            "(AutoModel.from_config(config)) or pass allow_pretrained=True to overwrite on purpose."
+        )
+
+
+def _names(todo: list[tuple[Init, nn.Parameter]]) -> list[str]:
+    return [_target(i) for i, _ in todo]
+
+
+@torch.no_grad()
+def _apply_init(model: nn.Module, init: Init, param: nn.Parameter) -> list[Change]:
+    view = init.slot.weight_view(model) if init.slot is not None else param
+    if init.action == "xavier_uniform":
+        bound = init.std * math.sqrt(3.0)
+        view.uniform_(-bound, bound)
+    else:
+        view.normal_(0.0, init.std)
+    if init.zero_row is not None:
+        view[init.zero_row].zero_()
+    changes = [
+        Change(_target(init), init.action, init.role, init.block, init.gain, init.std, init.note)
+    ]
+    if init.slot is not None and init.zero_bias:
+        bias = init.slot.bias_view(model)
+        if bias is not None:
+            bias.zero_()
+            name = f"{init.slot.module}.{init.slot.bias}"
+            if init.slot.fused:
+                name += f"[{init.slot.fused} {init.slot.index}/{init.slot.parts}]"
+            changes.append(
+                Change(
+                    name,
+                    "zeros",
+                    init.role + " bias",
+                    init.block,
+                    note="bias of a re-initialized projection",
+                )
+            )
+    return changes
+
+
+def execute(
+    model: nn.Module, anatomy: Anatomy, plan: Plan, options: Mapping[str, Any]
+) -> ReinitReport:
+    """Check everything, then apply the plan in place and return the report.
+
+    Nothing is changed when a check fails (the refused call leaves the model as it was).
+    """
+    todo = resolve(model, plan)
+    guard(model, todo, options)
+    changes: list[Change] = []
+    seed = options.get("seed")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        for init, param in todo:
+            changes += _apply_init(model, init, param)
+    for change, step in plan.structure:
+        step()
+        changes.append(change)
+    changes += plan.skips
+    object.__setattr__(
+        model,
+        MARKER,
+        {"scheme": plan.scheme, "constants": plan.constants, "params": {id(p) for _, p in todo}},
+    )
+    return ReinitReport(plan.scheme, plan.constants, changes, anatomy.model_class, anatomy.family)
+
+
+def is_pretrained(model: nn.Module) -> bool:
+    """True when the model holds weights loaded from a checkpoint that initwatch did not
+    re-initialize (Hugging Face marks loaded tensors with ``_is_hf_initialized``).
+
+    ``config._name_or_path`` is not used: ``from_config`` sets it on random weights too.
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> is_pretrained(zoo.build("gpt2"))
+        False
+    """
+    mine = (getattr(model, MARKER, None) or {}).get("params", set())
+    return any(
+        getattr(p, "_is_hf_initialized", False) and id(p) not in mine for p in model.parameters()
+    )

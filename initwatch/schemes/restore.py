@@ -1,0 +1,213 @@
+"""Loading a re-initialized checkpoint into a fresh model: rebuild the structure, then load."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from initwatch.anatomy import Anatomy, inspect
+from initwatch.errors import AlreadyAppliedError, InitWatchError
+from initwatch.schemes.base import MARKER
+from initwatch.schemes.report import Change, ReinitReport
+from initwatch.schemes.structure import (
+    DEEPNORM_BUFFER,
+    REZERO_PARAM,
+    add_deepnorm,
+    add_rezero,
+    applied_structure,
+    hook_rezero,
+    keep_eager,
+    remove_norm,
+)
+
+Source = Mapping[str, torch.Tensor] | str | os.PathLike
+
+
+def load_state(source: Source) -> dict[str, torch.Tensor]:
+    """A state dict from a dict, a ``torch.save`` file, a Lightning ``.ckpt`` or a
+    ``save_pretrained`` directory (safetensors, sharded or not, or ``pytorch_model.bin``).
+
+    Example::
+
+        >>> load_state({"w": torch.zeros(1)})["w"].shape
+        torch.Size([1])
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if path.is_dir():
+        return _load_dir(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickled objects beyond tensors
+        raise InitWatchError(
+            f"could not load {str(path)!r} with torch.load(weights_only=True): {exc}. Load it "
+            "yourself and pass the state dict: initwatch.restore(model, "
+            "torch.load(path, weights_only=False)['state_dict'])"
+        ) from exc
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        return dict(data["state_dict"])  # a Lightning checkpoint
+    if isinstance(data, Mapping):
+        return dict(data)
+    raise InitWatchError(f"{str(path)!r} holds a {type(data).__name__}, not a state dict")
+
+
+def _load_dir(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            out.update(load_file(str(path / shard)))
+        return out
+    if (path / "model.safetensors").exists():
+        return load_file(str(path / "model.safetensors"))
+    if (path / "pytorch_model.bin").exists():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"{str(path)!r} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def _align_prefix(state: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]:
+    """Strip or add a leading module prefix (``model.``) so the keys meet the model's."""
+
+    def hits(sd: Mapping[str, torch.Tensor]) -> int:
+        return sum(k in keys for k in sd)
+
+    best, best_hits = state, hits(state)
+    prefixes = {k.split(".", 1)[0] + "." for k in list(state)[:50] + list(keys)[:50] if "." in k}
+    for pre in prefixes:
+        stripped = {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
+        added = {pre + k: v for k, v in state.items()}
+        for cand in (stripped, added):
+            h = hits(cand)
+            if h > best_hits:
+                best, best_hits = cand, h
+    return best
+
+
+def _norm_missing(model: nn.Module, path: str, state: Mapping[str, torch.Tensor]) -> bool:
+    names = [n for n, _ in model.get_submodule(path).named_parameters()]
+    return bool(names) and not any(f"{path}.{n}" in state for n in names)
+
+
+def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None) -> ReinitReport:
+    """Load a checkpoint of a re-initialized model into a freshly built one.
+
+    The structure the scheme added (DeepNorm residuals, ReZero gates, removed norms) is read
+    from the checkpoint's keys and rebuilt, then the weights are loaded strictly (keys of tied
+    weights that ``save_pretrained`` leaves out are accepted). The model ends up computing
+    exactly what the saved model computed.
+
+    Args:
+        model: a fresh model of the same architecture (e.g. ``Model(config)``), not yet
+            re-initialized.
+        source: a state dict, a ``torch.save`` file, a Lightning ``.ckpt`` (its
+            ``state_dict``; a ``model.`` prefix is matched automatically) or a directory
+            written by ``save_pretrained``.
+        anatomy: for custom models, the result of ``initwatch.inspect(model, ...)``.
+
+    Returns:
+        A :class:`ReinitReport` whose ``scheme`` is the one found (``"none"`` if the
+        checkpoint carries no initwatch structure) and whose changes are the rebuilt structure.
+
+    Example::
+
+        >>> import initwatch
+        >>> from initwatch import zoo
+        >>> trained = zoo.build("gpt2")
+        >>> _ = initwatch.reinit(trained, "rezero")
+        >>> fresh = zoo.build("gpt2")
+        >>> initwatch.restore(fresh, trained.state_dict()).scheme
+        'rezero'
+    """
+    state = load_state(source)
+    if applied_structure(model) or getattr(model, MARKER, None) is not None:
+        raise AlreadyAppliedError(
+            "restore() needs a freshly built model; this one already carries initwatch "
+            "structure. Build a new instance (e.g. Model(config)) and restore into it."
+        )
+    anatomy = anatomy or inspect(model)
+    state = _align_prefix(state, set(model.state_dict()))
+    changes: list[Change] = []
+    schemes: set[str] = set()
+    eager: set[str] = set()
+    for stack in anatomy.stacks:
+        for block in stack.blocks:
+            alpha_key = f"{block.path}.{DEEPNORM_BUFFER}"
+            if alpha_key in state:
+                alpha = float(state[alpha_key])
+                norms = [s.norm.path for s in block.sublayers if s.norm is not None]
+                add_deepnorm(model, block.path, norms, alpha)
+                changes.append(Change(block.path, "deepnorm_residual", "block", block.name, alpha))
+                schemes.add("deepnet")
+            gates = _gates(block.path, state, [s.kind for s in block.sublayers])
+            if gates:
+                add_rezero(model, block.path, list(dict.fromkeys(gates)))
+                for gate, sub in zip(gates, block.sublayers, strict=True):
+                    hook_rezero(model, block.path, gate, sub.output)
+                changes.append(Change(block.path, "rezero_gate", "block", block.name))
+                schemes.add("rezero")
+            for norm in block.norms:
+                if _norm_missing(model, norm.path, state):
+                    remove_norm(model, norm.path)
+                    changes.append(Change(norm.path, "remove_norm", "norm", block.name))
+                    eager.add(block.path)
+        for norm in stack.stack_norms:
+            if _norm_missing(model, norm.path, state):
+                remove_norm(model, norm.path)
+                changes.append(Change(norm.path, "remove_norm", "norm", stack.kind))
+    for path in eager:
+        block = model.get_submodule(path)
+        if isinstance(block, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            keep_eager(block)
+    _load_strict(model, state)
+    removed = any(c.action == "remove_norm" for c in changes)
+    scheme = (
+        "deepnet"
+        if "deepnet" in schemes
+        else "rezero"
+        if schemes
+        else "t-fixup"
+        if removed
+        else "none"
+    )
+    object.__setattr__(model, MARKER, {"scheme": scheme, "constants": {}, "params": set()})
+    return ReinitReport(scheme, {}, changes, anatomy.model_class, anatomy.family)
+
+
+def _gates(block_path: str, state: Mapping[str, torch.Tensor], kinds: list[str]) -> list[str]:
+    if f"{block_path}.{REZERO_PARAM}" in state:
+        return [REZERO_PARAM] * len(kinds)
+    per = [f"{REZERO_PARAM}_{k}" for k in kinds]
+    return per if all(f"{block_path}.{g}" in state for g in per) else []
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
+    covered = {n for names in tied.values() if any(x in state for x in names) for n in names}
+    really_missing = [k for k in missing if k not in covered]
+    if really_missing or unexpected:
+        raise InitWatchError(
+            f"the checkpoint does not fit this model: missing {really_missing[:8]}"
+            f"{'...' if len(really_missing) > 8 else ''}, unexpected {list(unexpected)[:8]}"
+            f"{'...' if len(unexpected) > 8 else ''}. Build the model with the same config "
+            "as the one that was saved."
+        )
