@@ -438,6 +438,15 @@ def _custom(
             stack.final_norm = _norm(model, final_norm, "final", "stack")
         stack.embed_scale = _embed_scale(model, stack.token_embedding, "")
         stacks.append(stack)
+    found = {s.role for st in stacks for b in st.blocks for s in b.slots}
+    found |= {"qkv"} if {"q", "k", "v"} <= found else set()
+    found |= {"xqkv"} if {"xq", "xk", "xv"} <= found else set()
+    never = [r for r in roles if r not in found]
+    if never:
+        raise AnatomyError(
+            f"role(s) {never} matched no module in any block "
+            f"({', '.join(f'{r}={roles[r]!r}' for r in never)}); paths are relative to a block"
+        )
     stacks.sort(key=lambda s: s.kind != "encoder")
     all_blocks = [b for s in stacks for b in s.blocks]
     kinds = {n.kind for b in all_blocks for n in b.norms}
@@ -489,8 +498,6 @@ def _custom_specs(
         out_mod = _get(model, _join(path, "0", out_rel))
         out_tuple = isinstance(out_mod, nn.MultiheadAttention)
         specs.append((kind, sub_roles, out_rel, out_tuple, norms.get(kind)))
-    if not specs:
-        raise AnatomyError(f"none of the roles {dict(roles)} matched a module in {path!r}.0")
     return specs
 
 

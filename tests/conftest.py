@@ -1,0 +1,26 @@
+"""Shared test settings: small thread count, quiet transformers, deterministic seeds."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", message=".*enable_nested_tensor.*")
+
+try:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+except Exception:  # pragma: no cover - transformers is a dependency
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
