@@ -1,0 +1,365 @@
+"""Which modules and parameters a Watch monitors, and the names they get in frames and tags."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from initwatch.anatomy.model import Anatomy, Block
+from initwatch.frame import LayerInfo
+
+PRESETS = ("default", "blocks", "linear")
+
+# Bounded activations and their saturation band: (centre, half width, inclusive).
+# An element y is saturated when |y - centre| > half width (>= when inclusive):
+# tanh / softsign |y| > 0.99, sigmoid y < 0.01 or y > 0.99, hardtanh / relu6 at its clamp values.
+_BANDS: dict[type, tuple[float, float, bool]] = {
+    nn.Tanh: (0.0, 0.99, False),
+    nn.Softsign: (0.0, 0.99, False),
+    nn.Sigmoid: (0.5, 0.49, False),
+    nn.Hardsigmoid: (0.5, 0.5, True),
+}
+_TORCH_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.GLU,
+)
+
+
+@dataclass(eq=False)
+class Target:
+    """A monitored module: where its forward hook goes and what its output is called.
+
+    Args:
+        info: the layer description that appears in frames.
+        module: the module whose output is measured (element 0 when it returns a tuple).
+        band: saturation band ``(centre, half_width, inclusive)`` for bounded activations.
+        grad_signal: also measure ``dL/d(output)`` (blocks; modules of unreadable models).
+
+    Example::
+
+        >>> t = select_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))[1]
+        >>> t.info.name, t.band
+        ('1', (0.0, 0.99, False))
+    """
+
+    info: LayerInfo
+    module: nn.Module
+    band: tuple[float, float, bool] | None = None
+    grad_signal: bool = False
+
+
+@dataclass(eq=False)
+class ParamTarget:
+    """A parameter tensor and its description.
+
+    Example::
+
+        >>> [p.info.name for p in select_parameters(nn.Linear(2, 2))]
+        ['weight', 'bias']
+    """
+
+    info: LayerInfo
+    param: nn.Parameter
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile`` / DDP / DataParallel wrappers.
+
+    Example::
+
+        >>> m = nn.Linear(2, 2)
+        >>> unwrap(nn.DataParallel(m)) is m
+        True
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(
+            model, nn.DataParallel | nn.parallel.DistributedDataParallel
+        ):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def is_activation(module: nn.Module) -> bool:
+    """True for activation-function modules (torch's and Hugging Face's ``ACT2FN`` classes).
+
+    Example::
+
+        >>> is_activation(nn.GELU()), is_activation(nn.Linear(2, 2))
+        (True, False)
+    """
+    return isinstance(module, _TORCH_ACTIVATIONS) or type(module).__module__.startswith(
+        "transformers.activations"
+    )
+
+
+def saturation_band(module: nn.Module) -> tuple[float, float, bool] | None:
+    """The saturation band of a bounded activation, None for unbounded ones.
+
+    Example::
+
+        >>> saturation_band(nn.Sigmoid()), saturation_band(nn.ReLU())
+        ((0.5, 0.49, False), None)
+    """
+    if isinstance(module, nn.Hardtanh):  # also ReLU6
+        lo, hi = float(module.min_val), float(module.max_val)
+        return ((lo + hi) / 2, (hi - lo) / 2, True)
+    return next((b for cls, b in _BANDS.items() if isinstance(module, cls)), None)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "" or path == prefix or path.startswith(prefix + ".")
+
+
+def _block_of(anatomy: Anatomy | None, path: str) -> Block | None:
+    if anatomy is None:
+        return None
+    return next((b for b in anatomy.blocks if _under(path, b.path)), None)
+
+
+def _scope(block: Block, sub_index: int) -> str | None:
+    """Longest module prefix shared by a sublayer's slots and output, if below the block."""
+    sub = block.sublayers[sub_index]
+    paths = [s.module for s in sub.slots] + [sub.output]
+    parts = [p.split(".") for p in paths]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    prefix = ".".join(common)
+    return prefix if len(prefix) > len(block.path) and prefix not in paths else None
+
+
+def _sublayer_of(block: Block, path: str) -> str | None:
+    for i, sub in enumerate(block.sublayers):
+        scope = _scope(block, i)
+        parents = {s.module.rsplit(".", 1)[0] for s in sub.slots}
+        parents = {p for p in parents if len(p) > len(block.path)}
+        if (scope and _under(path, scope)) or any(_under(path, p) for p in parents):
+            return sub.kind
+    kinds = [s.kind for s in block.sublayers]
+    return "ffn" if "ffn" in kinds else None
+
+
+def _info(name: str, kind: str, path: str, block: Block | None) -> LayerInfo:
+    return LayerInfo(
+        name=name,
+        kind=kind,
+        depth=0,
+        path=path,
+        stack=block.stack if block else None,
+        block=block.index if block else None,
+    )
+
+
+def _display(path: str, block: Block | None) -> str:
+    if block is None:
+        return path or "root"
+    rel = path[len(block.path) :].lstrip(".")
+    return f"{block.name}.{rel}" if rel else block.name
+
+
+def _anatomy_targets(model: nn.Module, anatomy: Anatomy) -> Iterator[tuple[str, Target]]:
+    """(preset, target) pairs in forward order for a readable transformer."""
+    modules = dict(model.named_modules())
+    for block in anatomy.blocks:
+        acts: dict[str | None, list[tuple[str, nn.Module]]] = {}
+        for path, mod in modules.items():
+            if _under(path, block.path) and path != block.path and is_activation(mod):
+                acts.setdefault(_sublayer_of(block, path), []).append((path, mod))
+        for sub in block.sublayers:
+            for i, (path, mod) in enumerate(acts.pop(sub.kind, [])):
+                name = f"{block.name}.{sub.kind}.act" + (f"_{i}" if i else "")
+                info = _info(name, "act", path, block)
+                yield "default", Target(info, mod, band=saturation_band(mod))
+            if sub.output in modules:
+                info = _info(f"{block.name}.{sub.kind}", sub.kind, sub.output, block)
+                yield "default", Target(info, modules[sub.output])
+        for i, (path, mod) in enumerate(acts.pop(None, [])):
+            name = f"{block.name}.act" + (f"_{i}" if i else "")
+            yield "default", Target(_info(name, "act", path, block), mod, band=saturation_band(mod))
+        if block.path in modules:
+            info = _info(block.name, "block", block.path, block)
+            yield "blocks", Target(info, modules[block.path], grad_signal=True)
+
+
+def _fallback_targets(model: nn.Module) -> Iterator[tuple[str, Target]]:
+    """(preset, target) pairs for models the anatomy cannot read: modules by path."""
+    for path, mod in model.named_modules():
+        if is_activation(mod):
+            info = _info(_display(path, None), "act", path, None)
+            yield "default", Target(info, mod, band=saturation_band(mod))
+        elif _has_params(mod):
+            info = _info(_display(path, None), "module", path, None)
+            yield "blocks", Target(info, mod, grad_signal=True)
+
+
+def _candidates(model: nn.Module, anatomy: Anatomy | None) -> list[tuple[str, Target]]:
+    found = list(_anatomy_targets(model, anatomy) if anatomy else _fallback_targets(model))
+    seen = {id(t.module) for _, t in found}
+    for path, mod in model.named_modules():
+        if id(mod) in seen:
+            continue
+        block = _block_of(anatomy, path)
+        kind = "linear" if _is_linear(mod) else "module"
+        info = _info(_display(path, block), kind, path, block)
+        found.append(("linear" if kind == "linear" else "any", Target(info, mod)))
+    return found
+
+
+def select_layers(
+    model: nn.Module, anatomy: Anatomy | None = None, layers: str | Sequence[str] = "default"
+) -> list[Target]:
+    """The modules to monitor, in forward order, with their display names.
+
+    Args:
+        model: the model (wrappers are unwrapped).
+        anatomy: what :func:`initwatch.inspect` read, or None for models it cannot read; those
+            are watched by module path (modules with parameters, and activation modules).
+        layers: ``"blocks"`` (block outputs only), ``"default"`` (blocks, attention / FFN
+            sublayer outputs and activation modules), ``"linear"`` (default plus every
+            ``nn.Linear`` / ``Conv1D``), or a list of module paths / display names / glob patterns.
+
+    Example::
+
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> [(t.info.name, t.info.kind) for t in select_layers(mlp)]
+        [('0', 'module'), ('1', 'act'), ('2', 'module')]
+        >>> [t.info.name for t in select_layers(mlp, layers=["2"])]
+        ['2']
+    """
+    model = unwrap(model)
+    candidates = _candidates(model, anatomy)
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    if isinstance(layers, str) and layers in PRESETS:
+        wanted = {"blocks": {"blocks"}, "default": {"blocks", "default"}}.get(
+            layers, {"blocks", "default", "linear"}
+        )
+        chosen = [t for preset, t in candidates if preset in wanted]
+    else:
+        chosen = []
+        for pattern in patterns:
+            hits = [
+                t
+                for _, t in candidates
+                if fnmatch.fnmatchcase(t.info.name, pattern)
+                or fnmatch.fnmatchcase(t.info.path, pattern)
+            ]
+            if not hits:
+                names = ", ".join(repr(t.info.name) for _, t in candidates[:6])
+                raise ValueError(
+                    f"layers={layers!r}: pattern {pattern!r} matches no module. Expected one of "
+                    f"{PRESETS} or module paths / display names / glob patterns such as {names}; "
+                    f"e.g. Watch(model, layers=['{candidates[0][1].info.name}*'])"
+                )
+            chosen.extend(t for t in hits if t not in chosen)
+        order = {id(t): i for i, (_, t) in enumerate(candidates)}
+        chosen.sort(key=lambda t: order[id(t)])
+    return _numbered(chosen)
+
+
+def _numbered(targets: list[Target]) -> list[Target]:
+    counts: dict[str, int] = {}
+    for t in targets:
+        t.info.depth = counts.get(t.info.kind, 0)
+        counts[t.info.kind] = t.info.depth + 1
+    return targets
+
+
+def _param_roles(model: nn.Module, anatomy: Anatomy) -> tuple[dict[str, list[str]], set[str]]:
+    """Parameter name -> anatomy roles; and the names of zero-by-construction biases."""
+    roles: dict[str, list[str]] = {}
+    zero: set[str] = set()
+    names = dict(model.named_parameters())
+
+    def tag(prefix: str, role: str) -> None:
+        for n in names:
+            if _under(n, prefix) and n != prefix:
+                roles.setdefault(n, []).append(role)
+
+    for block in anatomy.blocks:
+        for slot in block.slots:
+            roles.setdefault(slot.param_name, []).append(slot.role)
+            if slot.bias is not None:
+                bias = f"{slot.module}.{slot.bias}" if slot.module else slot.bias
+                if bias in names:
+                    roles.setdefault(bias, []).append(slot.role)
+                    if slot.role in ("k", "xk") and slot.fused is None:
+                        zero.add(bias)
+        for norm in block.norms:
+            tag(norm.path, "norm")
+    for stack in anatomy.stacks:
+        for norm in stack.stack_norms:
+            tag(norm.path, "norm")
+        for emb in (stack.token_embedding, stack.position_embedding):
+            if emb:
+                tag(emb, "embedding")
+    return roles, zero
+
+
+def select_parameters(model: nn.Module, anatomy: Anatomy | None = None) -> list[ParamTarget]:
+    """Every parameter tensor (shared tensors once), described for rules and sinks.
+
+    ``role`` is the anatomy role (``"q"``, ``"ffn_out"``...; fused tensors join their roles with
+    ``"+"``, e.g. ``"q+k+v"``; ``"norm"`` and ``"embedding"`` for those modules), or None.
+    ``zero_by_construction`` marks separate attention key biases, whose gradient is zero
+    because softmax ignores a shift common to all logits (the k slice of a fused bias cannot be
+    marked on its own: the fused tensor's gradient is not zero). ``trainable`` is False for
+    frozen parameters; parameters without a gradient at a step are marked by the Watch.
+
+    Example::
+
+        >>> [(p.info.name, p.info.trainable) for p in select_parameters(nn.Linear(2, 2))]
+        [('weight', True), ('bias', True)]
+    """
+    model = unwrap(model)
+    roles, zero = _param_roles(model, anatomy) if anatomy else ({}, set())
+    out = []
+    for i, (name, param) in enumerate(model.named_parameters()):
+        block = _block_of(anatomy, name)
+        info = LayerInfo(
+            name=name,
+            kind="param",
+            depth=i,
+            path=name,
+            stack=block.stack if block else None,
+            block=block.index if block else None,
+            role="+".join(dict.fromkeys(roles[name])) if name in roles else None,
+            zero_by_construction=name in zero,
+            trainable=param.requires_grad,
+        )
+        out.append(ParamTarget(info, param))
+    return out

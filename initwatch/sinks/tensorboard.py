@@ -1,0 +1,203 @@
+"""TensorBoard sink: scalars, the custom-scalars dashboard, depth x step heatmaps, alert text."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from initwatch.alerts import Alert
+from initwatch.frame import ACT_STATS, BACKWARD_STATS, PARAM_STATS, Frame
+from initwatch.sinks import Sink, aggregate_params, heatmap_image, summary_markdown
+
+PREFIX = "initwatch"
+DETAILS = ("default", "all")
+# The default tag budget: which statistics get a tag for which kind of layer.
+DEFAULT_TAGS = {
+    "block": ("act_rms", "act_absmax", "out_grad_rms"),
+    "module": ("act_rms", "act_absmax", "out_grad_rms"),
+    "attn": ("act_rms",),
+    "cross": ("act_rms",),
+    "ffn": ("act_rms",),
+    "linear": ("act_rms",),
+    "act": ("act_zero_frac", "act_sat_frac"),
+}
+PARAM_TAGS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio")
+HEATMAPS = ("grad_norm", "act_rms", "out_grad_rms")
+
+
+def layout() -> dict[str, dict[str, list]]:
+    """The custom-scalars layout: category ``initwatch``, one multiline chart per statistic
+    across depth (regex ``initwatch/<stat>/.*``), one for global signals, one for alerts.
+
+    Example::
+
+        >>> layout()["initwatch"]["act_rms"]
+        ['Multiline', ['initwatch/act_rms/.*']]
+    """
+    charts = {s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in ACT_STATS + BACKWARD_STATS}
+    charts.update({s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in PARAM_STATS})
+    charts["global"] = ["Multiline", [f"{PREFIX}/global/.*"]]
+    charts["alerts"] = ["Multiline", [f"{PREFIX}/alerts/count"]]
+    return {PREFIX: charts}
+
+
+def alert_markdown(alerts: Sequence[Alert]) -> str:
+    """Alerts as Markdown, one paragraph each, with the remedy.
+
+    Example::
+
+        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
+        >>> print(alert_markdown([a]))
+        **error · nonfinite** at `encoder.1` (step 3, value nan, threshold 0): NaN
+        <BLANKLINE>
+        → lower lr
+    """
+    parts = []
+    for a in alerts:
+        still = f", still since step {a.first_step}" if a.repeat else ""
+        parts.append(
+            f"**{a.severity} · {a.kind}** at `{a.layer}` (step {a.step}, value {a.value:.3g}, "
+            f"threshold {a.threshold:.3g}{still}): {a.message}\n\n→ {a.remedy}"
+        )
+    return "\n\n---\n\n".join(parts)
+
+
+class TensorBoardSink(Sink):
+    """Writes frames and alerts to a ``SummaryWriter``.
+
+    Tags: ``initwatch/<stat>/<layer>`` per layer, ``initwatch/global/<stat>`` for run-wide
+    values, ``initwatch/alerts/count`` (new alerts so far), text ``initwatch/alerts`` and
+    ``initwatch/summary``, images ``initwatch/heatmap/<stat>``. The default tag budget is about
+    10 tags per block (see docs/dashboards.md): block outputs get RMS, abs-max and output-gradient
+    RMS; sublayer outputs RMS; activation functions their zero / saturation fractions; parameter
+    statistics are aggregated per block (or per module outside blocks). ``detail="all"`` also
+    writes every statistic of every layer and every parameter tensor.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        detail: ``"default"`` (bounded tag budget) or ``"all"``.
+        heatmap_every: write the heatmap images every this many logging steps (and at close).
+        heatmap_steps: columns kept for the heatmaps (the most recent logging steps).
+
+    Example::
+
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> sink = TensorBoardSink(SummaryWriter(tempfile.mkdtemp()))
+        >>> sink.write_frame(Frame(step=0, layers=[], values={}, globals={"loss": 2.5}))
+        >>> sink.close(None, [])
+    """
+
+    def __init__(
+        self,
+        writer: object,
+        detail: str = "default",
+        heatmap_every: int = 10,
+        heatmap_steps: int = 256,
+    ) -> None:
+        if detail not in DETAILS:
+            raise ValueError(f"detail={detail!r}: expected one of {DETAILS}")
+        self.writer = writer
+        self.detail = detail
+        self.heatmap_every = max(1, int(heatmap_every))
+        self._history: deque[tuple[int, dict[str, dict[str, float]]]] = deque(maxlen=heatmap_steps)
+        self._rows: dict[str, list[str]] = {s: [] for s in HEATMAPS}
+        self._frames = 0
+        self._closed = False
+        writer.add_custom_scalars(layout())
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(f"{PREFIX}/{tag}", float(value), step)
+
+    def write_frame(self, frame: Frame) -> None:
+        """Scalars of one frame (within the tag budget), and the heatmaps every N frames."""
+        step = frame.step
+        params = aggregate_params(frame)
+        for stat, table in self._layer_tables(frame, params).items():
+            for layer, value in table.items():
+                self._scalar(f"{stat}/{layer}", value, step)
+        for stat, value in self._globals(frame, params).items():
+            self._scalar(f"global/{stat}", value, step)
+        self._remember(frame, params)
+        self._frames += 1
+        if self._frames % self.heatmap_every == 0:
+            self.write_heatmaps(step)
+
+    def _layer_tables(
+        self, frame: Frame, params: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for info in frame.layers:
+            for stat in DEFAULT_TAGS.get(info.kind, ()):
+                if info.name in frame.values.get(stat, {}):
+                    out.setdefault(stat, {})[info.name] = frame.values[stat][info.name]
+        for stat in PARAM_TAGS:
+            out.setdefault(stat, {}).update(params[stat])
+        if self.detail == "all":
+            for stat, table in frame.values.items():
+                out.setdefault(stat, {}).update(table)
+            out.setdefault("grad_nonfinite", {}).update(params["grad_nonfinite"])
+        return out
+
+    @staticmethod
+    def _globals(frame: Frame, params: dict[str, dict[str, float]]) -> dict[str, float]:
+        out = dict(frame.globals)
+        out["act_nonfinite"] = sum(frame.values.get("act_nonfinite", {}).values())
+        out["grad_nonfinite"] = sum(params["grad_nonfinite"].values())
+        return out
+
+    def _remember(self, frame: Frame, params: dict[str, dict[str, float]]) -> None:
+        depth_kinds = {"block", "module"}
+        rows = {
+            "grad_norm": params["grad_norm"],
+            "act_rms": {
+                i.name: frame.get("act_rms", i.name) for i in frame.layers if i.kind in depth_kinds
+            },
+            "out_grad_rms": {
+                i.name: frame.get("out_grad_rms", i.name)
+                for i in frame.layers
+                if i.kind in depth_kinds
+            },
+        }
+        for stat, table in rows.items():
+            known = self._rows[stat]
+            known.extend(k for k in table if k not in known)
+        self._history.append((frame.step, rows))
+
+    def write_heatmaps(self, step: int) -> None:
+        """Depth × step images of log10 grad norm (per block / module group), and log10
+        activation RMS and output-gradient RMS per block."""
+        if not self._history:
+            return
+        steps = [s for s, _ in self._history]
+        for stat in HEATMAPS:
+            rows = self._rows[stat]
+            if not rows:
+                continue
+            m = np.array(
+                [[table[stat].get(r, math.nan) for _, table in self._history] for r in rows],
+                dtype=np.float64,
+            )
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m = np.where(m > 0, np.log10(np.where(m > 0, m, 1.0)), np.nan)
+            img = heatmap_image(m, rows, steps, f"log10 {stat}")
+            self.writer.add_image(f"{PREFIX}/heatmap/{stat}", img, step, dataformats="HWC")
+
+    def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
+        """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text."""
+        self._scalar("alerts/count", total, step)
+        if alerts:
+            self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(alerts), step)
+
+    def close(self, last: Frame | None, alerts: Sequence[Alert]) -> None:
+        """Final heatmaps and the ``initwatch/summary`` text; flushes (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        step = last.step if last is not None else 0
+        self.write_heatmaps(step)
+        self.writer.add_text(f"{PREFIX}/summary", summary_markdown(last, alerts), step)
+        self.writer.flush()

@@ -1,0 +1,469 @@
+"""Watch: per-layer statistics, alerts and TensorBoard output for a training loop."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from initwatch.alerts import Alert
+from initwatch.anatomy.model import Anatomy
+from initwatch.context import RunContext
+from initwatch.errors import AlertError, AnatomyError
+from initwatch.frame import Frame, LayerInfo
+from initwatch.probes import ParamProbe, ProbeSet
+from initwatch.selection import select_layers, select_parameters, unwrap
+from initwatch.sinks import Sink
+from initwatch.stats import (
+    LOSS_FIELDS,
+    HostValues,
+    StatBuffer,
+    derive_activation,
+    derive_grad_signal,
+    derive_loss,
+    derive_param,
+)
+
+FRAME_HISTORY = 100
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _read_anatomy(model: nn.Module) -> Anatomy | None:
+    try:
+        from initwatch.anatomy import inspect
+    except ImportError:
+        return None
+    try:
+        return inspect(model)
+    except AnatomyError:
+        return None
+    except Exception as exc:  # never let reading the model stop training
+        warnings.warn(
+            f"initwatch: could not read the model ({exc!r}); watching modules by path", stacklevel=2
+        )
+        return None
+
+
+def _make_rules(rules: Any) -> Any:
+    if rules is False:
+        return None
+    if rules is None or isinstance(rules, dict):
+        try:
+            from initwatch.rules import Rules
+        except ImportError:
+            return None
+        return Rules(**(rules or {}))
+    return rules
+
+
+def _make_policy(on_alert: Any) -> Any:
+    try:
+        from initwatch.policy import AlertPolicy
+    except ImportError:
+        return None
+    return AlertPolicy(on_alert)
+
+
+def _make_sink(writer: Any, logdir: str | None) -> tuple[Sink | None, Any]:
+    """The sink for rank 0 (None elsewhere) and the writer the Watch owns (to close), if any."""
+    if _rank() != 0:
+        return None, None
+    if isinstance(writer, Sink):
+        return writer, None
+    own = None
+    if writer is None and logdir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = own = SummaryWriter(logdir)
+    if writer is None:
+        return None, None
+    from initwatch.sinks.tensorboard import TensorBoardSink
+
+    return TensorBoardSink(writer), own
+
+
+def _guarded(default: Any) -> Callable:
+    """Turn an exception inside initwatch into a warning (except a deliberate AlertError)."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def run(self: Watch, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except AlertError:
+                raise
+            except Exception as exc:
+                self._abort()
+                self._warn(f"{method.__name__} failed and was skipped: {exc!r}")
+                return default() if callable(default) else default
+
+        return run
+
+    return wrap
+
+
+@dataclass
+class StepScope:
+    """What :meth:`Watch.step` yields: set ``loss`` inside the block; ``alerts`` after it.
+
+    Example::
+
+        >>> StepScope().alerts
+        []
+    """
+
+    loss: Any = None
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class Watch:
+    """Per-layer statistics of a training run, checked by rules and written to TensorBoard.
+
+    Hooks are attached once, here, and gated by data: create the Watch before
+    ``torch.compile`` runs the model for the first time. Steps that are not logging steps cost
+    a few attribute reads. On a logging step (``step % every == 0``) the forward hooks reduce
+    each monitored output on the device (all micro-batches until :meth:`end_step`), tensor hooks
+    reduce ``dL/d(block output)``, :meth:`before_optimizer_step` reads gradient and weight norms
+    and snapshots a sample of weight coordinates, and :meth:`end_step` measures the update,
+    reduces across ranks (one SUM and one MAX collective), copies the buffer to the host once,
+    builds a :class:`~initwatch.frame.Frame`, runs the rules, writes the sinks (rank 0) and
+    applies the alert policy. An exception inside initwatch becomes a warning, never a crash
+    (except the deliberate :class:`~initwatch.errors.AlertError` of ``on_alert="raise"``).
+
+    Args:
+        model: the model (a ``torch.compile`` / DDP wrapper is unwrapped).
+        writer: a ``torch.utils.tensorboard.SummaryWriter``, or any
+            :class:`~initwatch.sinks.Sink`; None: a writer on ``logdir`` if given, else
+            frames and alerts are only kept in memory.
+        every: measure every this many optimizer steps (step 0 included).
+        layers: ``"default"``, ``"blocks"``, ``"linear"`` or module paths / glob patterns
+            (see :func:`~initwatch.selection.select_layers`).
+        on_alert: what an alert does: ``"warn"``, ``"stop"``, ``"raise"``, ``"ignore"`` or a
+            callable (see :class:`initwatch.policy.AlertPolicy`).
+        context: a :class:`~initwatch.RunContext` to start from (filled from the anatomy and
+            the optimizer).
+        anatomy: the model's :class:`~initwatch.anatomy.model.Anatomy`; read with
+            :func:`initwatch.inspect` when None (models it cannot read are watched by path).
+        rules: a ``Rules`` object, a dict of thresholds for ``Rules(**thresholds)``, None for
+            the default rules, or False for none.
+        update_sample: coordinates sampled per parameter tensor to estimate the update ratio
+            (relative error about ``1 / sqrt(2 * update_sample)``).
+        logdir: directory for a SummaryWriter the Watch creates and closes, when ``writer``
+            is None.
+
+    Example::
+
+        >>> import torch, torch.nn as nn, initwatch
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <...>
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> watch = initwatch.Watch(model, every=2, rules=False)
+        >>> for step in range(4):
+        ...     watch.begin_step(step)
+        ...     loss = model(torch.randn(4, 8)).pow(2).mean()
+        ...     loss.backward()
+        ...     watch.before_optimizer_step(opt)
+        ...     opt.step(); opt.zero_grad()
+        ...     _ = watch.end_step(loss=loss)
+        True
+        False
+        True
+        False
+        >>> watch.last_frame.step, sorted(watch.last_frame.values["act_sat_frac"])
+        (2, ['1'])
+        >>> watch.close()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        writer: Any = None,
+        every: int = 50,
+        layers: str | Sequence[str] = "default",
+        on_alert: Any = "warn",
+        context: RunContext | None = None,
+        anatomy: Anatomy | None = None,
+        rules: Any = None,
+        update_sample: int = 1024,
+        logdir: str | None = None,
+    ) -> None:
+        if int(every) < 1:
+            raise ValueError(f"every={every!r}: expected a positive number of steps, e.g. 50")
+        self.model = model
+        inner = unwrap(model)
+        self.every = int(every)
+        self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
+        self.context = context if context is not None else RunContext()
+        self._context_from_anatomy()
+        first = next(inner.parameters(), None)
+        self._buffer = StatBuffer(first.device if first is not None else "cpu")
+        targets = select_layers(inner, self.anatomy, layers)
+        self._param_infos = select_parameters(inner, self.anatomy)
+        self._params = ParamProbe(self._param_infos, self._buffer, sample=update_sample)
+        self._loss = self._buffer.add("loss", LOSS_FIELDS)
+        self._probes = ProbeSet(targets, self._buffer)
+        self._buffer.allocate()
+        self._rules = _make_rules(rules)
+        self._policy = _make_policy(on_alert)
+        self._sink, self._own_writer = _make_sink(writer, logdir)
+        self.alerts: list[Alert] = []
+        self.frames: deque[Frame] = deque(maxlen=FRAME_HISTORY)
+        self.step_index: int | None = None
+        self._logging = False
+        self._grads_read = False
+        self._closed = False
+        self._warned: set[str] = set()
+        self._new_alerts = 0
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def last_frame(self) -> Frame | None:
+        """The most recent frame, or None before the first logging step."""
+        return self.frames[-1] if self.frames else None
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the alert policy (``on_alert="stop"``) asks to stop training."""
+        return bool(getattr(self._policy, "should_stop", False))
+
+    @property
+    def is_logging(self) -> bool:
+        """True between :meth:`begin_step` and :meth:`end_step` of a logging step."""
+        return self._logging
+
+    # ---- the step protocol ----------------------------------------------------------------
+
+    @_guarded(False)
+    def begin_step(self, step: int) -> bool:
+        """Start optimizer step ``step`` (before the first micro-batch's forward).
+
+        Returns True when this step is measured.
+        """
+        if self._closed:
+            return False
+        if self._logging:  # the previous logging step was never ended
+            self.end_step()
+        self.step_index = int(step)
+        self.context.step = self.step_index
+        self._logging = self.step_index % self.every == 0
+        self._grads_read = False
+        self._probes.gate.on = self._logging
+        return self._logging
+
+    @_guarded(None)
+    def before_optimizer_step(self, optimizer: Any) -> None:
+        """Read the final gradients (accumulated, unscaled, all-reduced) and snapshot the
+        sampled weight coordinates; call it right before ``optimizer.step()``."""
+        if not self._logging:
+            return
+        opt = getattr(optimizer, "optimizer", optimizer)  # Lightning / accelerate wrappers
+        self.context.optimizer = type(opt).__name__
+        lr = opt.param_groups[0].get("lr") if getattr(opt, "param_groups", None) else None
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr) if lr.device.type == "cpu" else None
+        if lr is not None:
+            self.context.lr = float(lr)
+        self._params.read_grads()
+        self._params.snapshot()
+        self._grads_read = True
+
+    @_guarded(list)
+    def end_step(self, loss: Any = None, skipped: bool = False) -> list[Alert]:
+        """Finish the step (after ``optimizer.step()``): returns the alerts it raised.
+
+        Args:
+            loss: the step's loss (a tensor stays on the device until the one host copy).
+            skipped: True when an AMP scaler skipped the optimizer step: no update ratio.
+        """
+        if not self._logging:
+            return []
+        self._logging = False
+        self._probes.gate.on = False
+        if self._grads_read and not skipped:
+            self._params.measure_update()
+        self._params.discard_snapshot()
+        if loss is not None:
+            value = torch.as_tensor(loss).detach().reshape(-1)[:1].float()
+            self._buffer.accumulate(self._loss, torch.cat([value, torch.ones_like(value)]))
+        self._buffer.reduce_across_ranks()
+        host = self._buffer.read()
+        self._buffer.reset()
+        frame = self._frame(host, skipped)
+        self.frames.append(frame)
+        self._report_probe_errors()
+        alerts = list(self._rules.update(frame, self.context)) if self._rules else []
+        self.alerts.extend(alerts)
+        self._new_alerts += sum(1 for a in alerts if not a.repeat)
+        if self._sink is not None:
+            self._sink.write_frame(frame)
+            self._sink.write_alerts(alerts, frame.step, self._new_alerts)
+        if self._policy is not None:
+            for alert in alerts:
+                self._policy.handle(alert)
+        return alerts
+
+    @contextmanager
+    def step(self, step: int, optimizer: torch.optim.Optimizer) -> Iterator[StepScope]:
+        """One optimizer step of a plain loop, as a ``with`` block.
+
+        Calls :meth:`begin_step` on entry, :meth:`before_optimizer_step` from a step pre-hook
+        of ``optimizer`` and :meth:`end_step` on exit (``skipped`` when ``optimizer.step()``
+        did not run, e.g. a ``GradScaler`` skipped it). Set ``scope.loss`` inside the block.
+
+        Example::
+
+            >>> import torch, torch.nn as nn, initwatch
+            >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> watch = initwatch.Watch(model, every=1, rules=False)
+            >>> with watch.step(0, opt) as scope:
+            ...     scope.loss = model(torch.randn(8, 4)).pow(2).mean()
+            ...     scope.loss.backward()
+            ...     opt.step()
+            >>> "update_ratio" in watch.last_frame.values
+            True
+        """
+        scope = StepScope()
+        ran = {"post": False}
+
+        def pre(opt: Any, args: Any, kwargs: Any) -> None:
+            self.before_optimizer_step(opt)
+
+        def post(opt: Any, args: Any, kwargs: Any) -> None:
+            ran["post"] = True
+
+        self.begin_step(step)
+        handles = [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+        try:
+            yield scope
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            for h in handles:
+                h.remove()
+        scope.alerts = self.end_step(loss=scope.loss, skipped=not ran["post"])
+
+    @_guarded(None)
+    def close(self) -> None:
+        """Write the summary, remove every hook, close the writer the Watch created
+        (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._abort()
+        self._probes.remove()
+        if self._sink is not None:
+            self._sink.close(self.last_frame, self.alerts)
+        if self._own_writer is not None:
+            self._own_writer.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (weights-only-loadable): step, alert history and rule state."""
+        state: dict[str, Any] = {
+            "step": self.step_index,
+            "alerts": [a.to_dict() for a in self.alerts],
+            "new_alerts": self._new_alerts,
+        }
+        if self._rules is not None and hasattr(self._rules, "state_dict"):
+            state["rules"] = self._rules.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.step_index = state.get("step")
+        self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]
+        self._new_alerts = int(state.get("new_alerts", sum(1 for a in self.alerts if not a.repeat)))
+        if "rules" in state and self._rules is not None and hasattr(self._rules, "load_state_dict"):
+            self._rules.load_state_dict(state["rules"])
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _context_from_anatomy(self) -> None:
+        a, ctx = self.anatomy, self.context
+        if a is None:
+            return
+        ctx.family = ctx.family or a.family
+        ctx.layout = ctx.layout or a.layout
+        ctx.residual = ctx.residual or a.residual
+        ctx.depth = ctx.depth or dict(a.depth)
+
+    def _frame(self, host: HostValues, skipped: bool) -> Frame:
+        values: dict[str, dict[str, float]] = {}
+
+        def put(name: str, stats: dict[str, float]) -> None:
+            for stat, value in stats.items():
+                values.setdefault(stat, {})[name] = value
+
+        layers: list[LayerInfo] = []
+        for probe in self._probes.probes:
+            info = probe.target.info
+            layers.append(info)
+            put(info.name, derive_activation(host.row(probe.group), probe.band is not None))
+            if probe.grad_group is not None:
+                put(info.name, derive_grad_signal(host.row(probe.grad_group)))
+        p = self._params
+        measured = {id(t): i for i, t in enumerate(p.targets)}
+        grad_sq = 0.0
+        any_grad = False
+        for t in self._param_infos:
+            i = measured.get(id(t))
+            info = t.info
+            if i is not None and self._grads_read:
+                has = p.has_grad[i]
+                row = host.row(p.group, i)
+                updated = has and not skipped
+                put(info.name, derive_param(row, p.numel[i], p.sampled[i], has, updated))
+                if has:
+                    grad_sq += row["grad_sumsq"]
+                    any_grad = True
+                else:  # no gradient this step: unused, rules skip it
+                    info = replace(info, zero_by_construction=True)
+            layers.append(info)
+        glob: dict[str, float] = {"skipped_step": 1.0 if skipped else 0.0}
+        if any_grad:
+            glob["grad_norm_global"] = math.sqrt(grad_sq) if grad_sq >= 0 else math.nan
+        if self.context.lr is not None:
+            glob["lr"] = float(self.context.lr)
+        glob.update(derive_loss(host.row(self._loss)))
+        return Frame(step=self.step_index or 0, layers=layers, values=values, globals=glob)
+
+    def _abort(self) -> None:
+        """Leave a half-done logging step cleanly (gate off, buffer reset)."""
+        self._logging = False
+        self._probes.gate.on = False
+        self._params.discard_snapshot()
+        with suppress(Exception):
+            self._buffer.reset()
+
+    def _report_probe_errors(self) -> None:
+        for layer, err in self._probes.errors().items():
+            self._warn(f"probe on {layer} failed and was skipped: {err}")
+
+    def _warn(self, message: str) -> None:
+        if message in self._warned or _rank() != 0:
+            return
+        self._warned.add(message)
+        warnings.warn(f"initwatch: {message}", RuntimeWarning, stacklevel=3)
