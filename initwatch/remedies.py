@@ -1,0 +1,463 @@
+"""Remedies: what to do about an alert, chosen for this model and this run, with numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from initwatch.alerts import AlertKind
+from initwatch.context import RunContext
+
+K = AlertKind
+
+
+def deepnet_constants(depth: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """DeepNet's (alpha, beta) per stack, from init-schemes.md §2.2.
+
+    Single stacks (encoder-only or decoder-only, N blocks): alpha = (2N)^(1/4),
+    beta = (8N)^(-1/4). Encoder-decoder (N encoder, M decoder blocks): encoder
+    alpha = 0.81 (N^4 M)^(1/16), beta = 0.87 (N^4 M)^(-1/16); decoder alpha = (3M)^(1/4),
+    beta = (12M)^(-1/4).
+
+    Args:
+        depth: blocks per stack, e.g. ``{"encoder": 24}``.
+
+    Returns:
+        ``{stack: (alpha, beta)}``.
+
+    Example::
+
+        >>> a, b = deepnet_constants({"decoder": 24})["decoder"]
+        >>> round(a, 4), round(b, 4)
+        (2.6321, 0.2686)
+        >>> {k: round(v[0], 4) for k, v in deepnet_constants({"encoder": 6, "decoder": 6}).items()}
+        {'encoder': 1.4179, 'decoder': 2.0598}
+    """
+    n, m = depth.get("encoder", 0), depth.get("decoder", 0)
+    if n and m:
+        return {
+            "encoder": (0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)),
+            "decoder": ((3 * m) ** 0.25, (12 * m) ** -0.25),
+        }
+    return {s: ((2 * d) ** 0.25, (8 * d) ** -0.25) for s, d in depth.items() if d}
+
+
+def tfixup_scales(depth: dict[str, int]) -> dict[str, float]:
+    """T-Fixup's weight scale per stack (init-schemes.md §3.2; single stacks per §3.4).
+
+    Encoder: 0.67 N^(-1/4); decoder (and a decoder-only stack): (9M)^(-1/4).
+
+    Args:
+        depth: blocks per stack.
+
+    Example::
+
+        >>> round(tfixup_scales({"decoder": 12})["decoder"], 4)
+        0.3102
+    """
+    return {
+        s: (0.67 * d**-0.25 if s == "encoder" else (9 * d) ** -0.25) for s, d in depth.items() if d
+    }
+
+
+def _n(x: float | None) -> str:
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "?"
+    if x == 0:
+        return "0"
+    return f"{x:.2g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
+
+
+def _round2(x: float) -> float:
+    if x <= 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.2g}")
+
+
+def _depth(ev: dict[str, Any], ctx: RunContext) -> dict[str, int]:
+    if ctx.depth:
+        return {k: int(v) for k, v in ctx.depth.items() if v}
+    n = ev.get("n_layers")
+    stack = ev.get("stack") or "model"
+    if isinstance(n, (int, float)) and n > 0 and ev.get("blocks", True):
+        return {stack if stack != "model" else "encoder": int(n)}
+    return {}
+
+
+def _is_transformer(ev: dict[str, Any], ctx: RunContext) -> bool:
+    return bool(ctx.layout or ctx.depth or ctx.family or ctx.scheme)
+
+
+def _lr_text(ctx: RunContext, ev: dict[str, Any]) -> float | None:
+    lr = ev.get("lr")
+    if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0:
+        return float(lr)
+    for v in (ctx.lr, ctx.base_lr):
+        if v:
+            return float(v)
+    return None
+
+
+def _opt(ctx: RunContext) -> str:
+    return f"{ctx.optimizer} " if ctx.optimizer else ""
+
+
+def _lower_lr(ctx: RunContext, ev: dict[str, Any], factor: float = 10.0) -> str:
+    lr = _lr_text(ctx, ev)
+    if lr is None:
+        return f"lower the learning rate ~{_n(factor)}x"
+    return f"lower the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr / factor)})"
+
+
+def _warmup(ctx: RunContext) -> str:
+    if ctx.warmup_steps:
+        return f"lengthen the learning-rate warmup (now {ctx.warmup_steps} steps, try {2 * ctx.warmup_steps})"
+    steps = 1000 if not ctx.max_steps else int(min(4000, max(100, ctx.max_steps // 20)))
+    return f"add a learning-rate warmup (linear, ~{steps} steps)"
+
+
+def _clip(ev: dict[str, Any]) -> str:
+    base = ev.get("baseline")
+    if isinstance(base, (int, float)) and math.isfinite(base) and base > 0:
+        x = _round2(2 * base)
+        why = f"twice the run's median gradient norm {_n(base)}"
+    else:
+        x, why = 1.0, "the common default"
+    return (
+        f"clip gradients at max_norm={_n(x)} ({why}): Lightning `Trainer(gradient_clip_val={_n(x)})`, "
+        f"HF `TrainingArguments(max_grad_norm={_n(x)})`, or "
+        f"`torch.nn.utils.clip_grad_norm_(model.parameters(), {_n(x)})`"
+    )
+
+
+def _deepnet(ctx: RunContext, depth: dict[str, int]) -> str:
+    consts = deepnet_constants(depth)
+    if not consts:
+        return '`InitWatch(scheme="deepnet")` (DeepNet: skip x alpha inside the LayerNorm, v/o/FFN init x beta)'
+    if len(consts) == 1:
+        (_, (a, b)), n = next(iter(consts.items())), next(iter(depth.values()))
+        vals = f"alpha=(2N)^(1/4)={a:.3f}, beta=(8N)^(-1/4)={b:.3f} for N={n} blocks"
+    else:
+        vals = "; ".join(f"{s} alpha={a:.3f}, beta={b:.3f}" for s, (a, b) in consts.items())
+        vals += f" for {depth.get('encoder')} encoder / {depth.get('decoder')} decoder blocks"
+    return (
+        f'DeepNet ({vals}): `InitWatch(scheme="deepnet")` or `initwatch.reinit(model, "deepnet")`'
+    )
+
+
+def _tfixup(depth: dict[str, int]) -> str:
+    scales = tfixup_scales(depth)
+    vals = ", ".join(f"{s} x{v:.3f}" for s, v in scales.items())
+    return (
+        f'T-Fixup (`scheme="t-fixup"`: no LayerNorm, no warmup, v/o/FFN weights scaled {vals})'
+        if vals
+        else 'T-Fixup (`scheme="t-fixup"`)'
+    )
+
+
+def _join(items: list[str]) -> str:
+    items = [i for i in items if i]
+    if not items:
+        return ""
+    text = items[0] if len(items) == 1 else "; or ".join(items)
+    return text[0].upper() + text[1:] + "."
+
+
+# ------------------------------------------------------------------ one function per kind
+def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    depth = _depth(ev, ctx)
+    where = f"{layer} and the other lower layers" if ev.get("n_affected", 1) > 1 else layer
+    if ev.get("source") == "floor" and not _is_transformer(ev, ctx):
+        lead = f"The gradient reaching {layer} is almost zero: check that it is used in the loss (no detach, no frozen path)"
+        return _join(
+            [
+                lead,
+                "use a variance-preserving init (Kaiming for ReLU, Xavier for tanh)",
+                _warmup(ctx),
+            ]
+        )
+    if ctx.pretrained:
+        return _join(
+            [
+                f"This is a fine-tune: keep the pretrained weights (re-initializing would discard them); {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
+                f"check that {where} are not frozen or detached by accident",
+            ]
+        )
+    if not _is_transformer(ev, ctx):
+        n = ev.get("n_layers")
+        return _join(
+            [
+                f"Gradients shrink across {n or 'the'} layers before reaching {where}: replace saturating activations (sigmoid, tanh) by ReLU or GELU",
+                "use a variance-preserving init (Kaiming for ReLU, Xavier for tanh)",
+                "add normalization (LayerNorm/BatchNorm) or residual connections",
+            ]
+        )
+    scheme = (ctx.scheme or "").lower()
+    if scheme == "deepnet":
+        consts = deepnet_constants(depth)
+        vals = ", ".join(f"{s}: alpha={a:.3f}, beta={b:.3f}" for s, (a, b) in consts.items())
+        return _join(
+            [
+                f"DeepNet is already applied{f' ({vals})' if vals else ''}: check with `initwatch.inspect(model)` that it reached every block, then {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
+                "switch to Pre-LN (norm_first=True)",
+                'try ReZero (`scheme="rezero"`)',
+            ]
+        )
+    if scheme in ("t-fixup", "rezero"):
+        name = "T-Fixup" if scheme == "t-fixup" else "ReZero"
+        return _join(
+            [
+                f"{name} is already applied and its grace period is over: {_lower_lr(ctx, ev, 3)} and {_warmup(ctx)}",
+                f"try DeepNet, which keeps LayerNorm: {_deepnet(ctx, depth)}"
+                if ctx.layout == "post"
+                else "switch to Pre-LN",
+            ]
+        )
+    if ctx.layout == "pre":
+        return _join(
+            [
+                f"Pre-LN should not starve its lower blocks; {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
+                'try ReZero (`scheme="rezero"`)',
+            ]
+        )
+    # Post-LN (or unknown layout) trained from scratch without a scheme: the deep-transformer case.
+    lead = "Post-LN" if ctx.layout == "post" else "This"
+    n_text = f"{sum(depth.values())}-block " if depth else ""
+    return _join(
+        [
+            f"{lead} {n_text}model loses its gradient before {where}: use {_deepnet(ctx, depth)}",
+            _tfixup(depth),
+            "switch to Pre-LN (norm_first=True)",
+            _warmup(ctx) + (f" for {ctx.optimizer}" if ctx.optimizer else ""),
+        ]
+    )
+
+
+def _exploding_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    g, base = ev.get("grad_norm"), ev.get("baseline")
+    factor = 10.0
+    if isinstance(g, (int, float)) and isinstance(base, (int, float)) and base and base > 0:
+        factor = max(3.0, min(100.0, _round2(g / base)))
+    items = [_clip(ev), _lower_lr(ctx, ev, factor), _warmup(ctx)]
+    if _fp16(ctx):
+        items.append("under fp16 keep dynamic loss scaling on or switch to bf16")
+    depth = _depth(ev, ctx)
+    if (
+        not ctx.pretrained
+        and not ctx.scheme
+        and ctx.layout == "post"
+        and depth
+        and sum(depth.values()) >= 12
+    ):
+        items.append(f"for a deep Post-LN model, {_deepnet(ctx, depth)}")
+    return _join(items)
+
+
+def _fp16(ctx: RunContext) -> bool:
+    p = (ctx.precision or "").lower()
+    return "16" in p and "bf16" not in p and "bfloat" not in p
+
+
+def _vanishing_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    if ev.get("source") == "time":
+        return _join(
+            [
+                f"Outputs of {layer} collapsed during training: {_lower_lr(ctx, ev)}",
+                "check weight decay is not too strong",
+                "look for dead units (LeakyReLU/GELU instead of ReLU)",
+            ]
+        )
+    per = ev.get("per_layer")
+    gain = (
+        f"multiply the init gain by ~{_n(1 / per)} " if isinstance(per, float) and per > 0 else ""
+    )
+    items = [
+        f"The signal shrinks by ~{_n(per)}x per layer before {layer}: {gain}(variance-preserving init: Kaiming for ReLU, Xavier for tanh)",
+        "add normalization (LayerNorm/BatchNorm)",
+    ]
+    if _is_transformer(ev, ctx) and not ctx.pretrained:
+        items.append("check the residual connections are intact (x + f(x), not f(x))")
+    return _join(items)
+
+
+def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    src = ev.get("source")
+    if src == "fp16":
+        return _join(
+            [
+                f"{layer} approaches fp16's limit 65504: train in bf16 (Lightning `precision='bf16-mixed'`, HF `bf16=True`)",
+                f"keep {layer} in fp32 (`torch.autocast(..., enabled=False)` around it)",
+                _lower_lr(ctx, ev, 3),
+                "add a normalization before it",
+            ]
+        )
+    if src == "time":
+        return _join(
+            [
+                f"Outputs of {layer} grew {_n(ev.get('ratio'))}x during training: {_lower_lr(ctx, ev)}",
+                _warmup(ctx),
+                "add weight decay (e.g. 0.01-0.1 with AdamW)",
+                _clip(ev),
+            ]
+        )
+    per = ev.get("per_layer")
+    if ctx.pretrained:
+        return _join(
+            [
+                f"Activations grow ~{_n(per)}x per layer up to {layer}: {_lower_lr(ctx, ev, 3)}",
+                _warmup(ctx),
+            ]
+        )
+    if _is_transformer(ev, ctx) and ev.get("blocks", True):
+        depth = _depth(ev, ctx)
+        n = sum(depth.values()) or ev.get("n_layers") or 1
+        branch = 1 / math.sqrt(2 * n)
+        items = [
+            f"The residual stream grows ~{_n(per)}x per block up to {layer}: scale each residual branch's output projection by 1/sqrt(2N)={branch:.3f} (GPT-2) for N={n}",
+            "LayerNorm scaling by 1/sqrt(depth) (Curse of Depth)",
+            'ReZero (`scheme="rezero"`), whose branches start at zero',
+        ]
+        if ctx.layout == "post":
+            items.append(_deepnet(ctx, depth))
+        return _join(items)
+    gain = (
+        f"divide the init gain by ~{_n(per)}"
+        if isinstance(per, float) and per > 0
+        else "lower the init gain"
+    )
+    return _join(
+        [
+            f"Activations grow ~{_n(per)}x per layer up to {layer}: {gain} (Kaiming for ReLU: std sqrt(2/fan_in); Xavier for tanh)",
+            "add normalization (LayerNorm/BatchNorm)",
+        ]
+    )
+
+
+def _nonfinite(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    where = ev.get("where")
+    first = (
+        f"Start at {layer}, the first non-finite {'output' if where == 'activation' else 'value'}"
+    )
+    if _fp16(ctx):
+        return _join(
+            [
+                f"{first}: fp16 overflows above 65504 — train in bf16 (Lightning `precision='bf16-mixed'`, HF `bf16=True`)",
+                "keep dynamic loss scaling on (`torch.amp.GradScaler`)",
+                f"keep {layer} in fp32",
+                _lower_lr(ctx, ev),
+            ]
+        )
+    items = [
+        f"{first}: {_lower_lr(ctx, ev)}",
+        _clip(ev),
+        _warmup(ctx),
+        "check inputs and labels for NaN/Inf and ops such as log(0), sqrt(0) backward, division by ~0",
+    ]
+    return _join(items)
+
+
+def _dead_units(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    frac = ev.get("fraction")
+    return _join(
+        [
+            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs are zero: use LeakyReLU(0.01) or GELU instead of ReLU",
+            _lower_lr(ctx, ev) + " (large steps push pre-activations below zero for good)",
+            "check the bias init of the layer before it (zero or small positive, never large negative) and use Kaiming init",
+            "add a normalization before the activation",
+        ]
+    )
+
+
+def _saturation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    frac = ev.get("fraction")
+    return _join(
+        [
+            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs sit in the flat tails: lower the init gain of the layer before it (Xavier with gain 5/3 for tanh, 1 for sigmoid; halve it if still saturated)",
+            "add a normalization (LayerNorm/BatchNorm) before the activation",
+            "use a ReLU-family activation (ReLU, GELU)",
+            _lower_lr(ctx, ev, 3),
+        ]
+    )
+
+
+def _update_ratio_high(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    ratio, target = ev.get("ratio"), ev.get("target", 1e-3)
+    factor = ev.get("factor") or (ratio / target if ratio else 10.0)
+    factor = max(2.0, _round2(factor))
+    lead = f"Each step changes {layer}'s weights by {_n(ratio)} of their norm ({_n(factor)}x the healthy ~{_n(target)}): {_lower_lr(ctx, ev, factor)}"
+    items = [lead, _warmup(ctx)]
+    if ctx.pretrained:
+        items.append(
+            "use layer-wise learning-rate decay (e.g. x0.9 per block from the top), as fine-tunes of pretrained weights do"
+        )
+    return _join(items)
+
+
+def _update_ratio_low(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    ratio, target = ev.get("ratio"), ev.get("target", 1e-3)
+    factor = target / ratio if ratio else 10.0
+    factor = max(2.0, _round2(factor))
+    lr = _lr_text(ctx, ev)
+    raise_text = (
+        f"raise the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr * factor)})"
+        if lr
+        else f"raise the learning rate ~{_n(factor)}x"
+    )
+    return _join(
+        [
+            f"Each step changes {layer}'s weights by only {_n(ratio)} of their norm ({_n(1 / factor)}x the healthy ~{_n(target)}): {raise_text}",
+            "check that these parameters are in the optimizer and not over-regularized by weight decay",
+        ]
+    )
+
+
+_BY_KIND = {
+    K.VANISHING_GRADIENT: _vanishing_gradient,
+    K.EXPLODING_GRADIENT: _exploding_gradient,
+    K.VANISHING_ACTIVATION: _vanishing_activation,
+    K.EXPLODING_ACTIVATION: _exploding_activation,
+    K.NONFINITE: _nonfinite,
+    K.DEAD_UNITS: _dead_units,
+    K.SATURATION: _saturation,
+    K.UPDATE_RATIO_HIGH: _update_ratio_high,
+    K.UPDATE_RATIO_LOW: _update_ratio_low,
+}
+
+
+def suggest(
+    kind: str | AlertKind,
+    layer: str,
+    evidence: dict[str, Any] | None = None,
+    context: RunContext | None = None,
+) -> str:
+    """What to do about an alert, for this model and this run, with concrete numbers.
+
+    Uses everything :class:`~initwatch.RunContext` knows: layout (Pre-/Post-LN), depth, the
+    scheme in use, optimizer and learning rate, warmup, precision and whether the weights are
+    pretrained (a fine-tune is never told to re-initialize).
+
+    Args:
+        kind: an alert kind, e.g. ``"vanishing_gradient"``.
+        layer: the layer the alert names.
+        evidence: the numbers a rule measured (``ratio``, ``baseline``, ``lr``, ...); missing
+            numbers give a more generic text.
+        context: the run context.
+
+    Returns:
+        One or a few sentences.
+
+    Example::
+
+        >>> from initwatch.context import RunContext
+        >>> ctx = RunContext(layout="post", depth={"encoder": 24}, optimizer="Adam", lr=1e-3)
+        >>> text = suggest("vanishing_gradient", "encoder.0", {"ratio": 1e-3}, ctx)
+        >>> "alpha=(2N)^(1/4)=2.632" in text and 'scheme="deepnet"' in text
+        True
+    """
+    k = AlertKind(kind)
+    ev = dict(evidence or {})
+    ctx = context if context is not None else RunContext()
+    return _BY_KIND[k](layer, ev, ctx)
+
+
+__all__ = ["deepnet_constants", "suggest", "tfixup_scales"]

@@ -1,0 +1,610 @@
+"""One detector per pathology: each reads a frame (and a short history) and returns findings.
+
+A finding is a condition seen in one frame; :class:`~initwatch.rules.Rules` turns findings that
+persist into alerts. Detectors never raise alerts themselves and keep no state of their own:
+the history they read and extend belongs to the engine (so it is checkpointed with it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from initwatch.alerts import AlertKind, Severity
+from initwatch.context import RunContext
+from initwatch.frame import Frame, LayerInfo
+from initwatch.rules.thresholds import Thresholds
+from initwatch.rules.view import (
+    Stream,
+    Unit,
+    finite,
+    fmt,
+    median,
+    name_list,
+    param_units,
+    stream_groups,
+)
+
+K = AlertKind
+GRACE_SCHEMES = ("rezero", "t-fixup")
+FP16_MAX = 65504.0
+
+
+@dataclass
+class Finding:
+    """A condition seen in one frame, before persistence and de-duplication.
+
+    Args:
+        kind: an :class:`~initwatch.alerts.AlertKind` value.
+        scope: what the cause is about (a stack, ``"model"``, ``"fp16"``...); one alert per
+            ``kind/scope`` at a time.
+        layer: the worst layer.
+        value: its measured value; threshold: the threshold it crossed.
+        message: one sentence with the evidence numbers.
+        layers: every affected layer, worst first.
+        evidence: the numbers remedies use.
+        score: how far past the threshold (log10 units); the worst finding of a cause wins.
+        severity: ``"warning"`` or ``"error"``.
+        immediate: raise without waiting for persistence (non-finite values).
+
+    Example::
+
+        >>> f = Finding("dead_units", "model", "net.1", 0.99, 0.95, "99% zeros", ["net.1"], {}, 0.1)
+        >>> f.key
+        'dead_units/model'
+    """
+
+    kind: str
+    scope: str
+    layer: str
+    value: float
+    threshold: float
+    message: str
+    layers: list[str]
+    evidence: dict[str, Any]
+    score: float
+    severity: str = Severity.WARNING.value
+    immediate: bool = False
+
+    @property
+    def key(self) -> str:
+        """The cause: ``kind/scope``."""
+        return f"{self.kind}/{self.scope}"
+
+
+@dataclass
+class Inputs:
+    """What every detector reads.
+
+    Args:
+        frame: the frame.
+        context: the run context.
+        th: thresholds.
+        history: ``series name -> recent values`` (owned by the engine, extended by detectors).
+        warmup_frames: frames of history needed before a history baseline is trusted.
+
+    Example::
+
+        >>> from initwatch.frame import Frame
+        >>> Inputs(Frame(0, [], {}), RunContext(), Thresholds(), {}, 5).skipped
+        False
+    """
+
+    frame: Frame
+    context: RunContext
+    th: Thresholds
+    history: dict[str, list[float]] = field(default_factory=dict)
+    warmup_frames: int = 5
+
+    @property
+    def skipped(self) -> bool:
+        """True when an AMP scaler skipped this step (gradients overflowed on purpose)."""
+        return self.frame.globals.get("skipped_step", 0.0) == 1
+
+    @property
+    def lr(self) -> float | None:
+        """The learning rate of this frame (the frame's, else the context's)."""
+        lr = self.frame.globals.get("lr")
+        if finite(lr):
+            return float(lr)
+        return self.context.lr
+
+    @property
+    def fp16(self) -> bool:
+        """True under float16 precision (not bfloat16)."""
+        p = (self.context.precision or "").lower()
+        return "16" in p and "bf16" not in p and "bfloat" not in p
+
+    @property
+    def grace(self) -> bool:
+        """True while block weights are small or zero by construction (ReZero, T-Fixup)."""
+        return (self.context.scheme or "").lower() in GRACE_SCHEMES and (
+            self.frame.step < self.th.scheme_grace_steps or self.context.in_warmup
+        )
+
+    def baseline(self, series: str) -> float | None:
+        """Median of the series' history once ``warmup_frames`` values were seen, else None."""
+        h = self.history.get(series, [])
+        return median(h) if len(h) >= self.warmup_frames else None
+
+    def remember(self, series: str, value: float) -> None:
+        """Append a finite value to a series, keeping ``th.history`` values."""
+        if finite(value):
+            h = self.history.setdefault(series, [])
+            h.append(float(value))
+            del h[: -self.th.history]
+
+
+def _log_ratio(a: float, b: float) -> float:
+    if a <= 0 or b <= 0:
+        return math.inf
+    return math.log10(a / b)
+
+
+def _top_reference(values: list[float]) -> float:
+    """The largest value among the top quarter (at least one) of a depth-ordered list."""
+    n = max(1, len(values) // 4)
+    return max(values[-n:])
+
+
+# --------------------------------------------------------------------------- nonfinite
+def nonfinite(x: Inputs) -> list[Finding]:
+    """Any NaN/Inf in activations, gradients (unless the step was skipped) or the loss.
+
+    Names the first non-finite layer in forward order: activations come before gradients.
+    """
+    f = x.frame
+    acts: list[tuple[LayerInfo, float]] = []
+    for info in f.layers:
+        if info.kind == "param":
+            continue
+        count = f.get("act_nonfinite", info.name)
+        absmax = f.get("act_absmax", info.name)
+        if (finite(count) and count > 0) or absmax == math.inf:
+            acts.append((info, count if finite(count) else math.inf))
+    grads: list[tuple[LayerInfo, float]] = []
+    gnorm = f.globals.get("grad_norm_global")
+    if not x.skipped:
+        for info in f.layers:
+            if info.kind != "param" or not info.trainable:
+                continue
+            count = f.get("grad_nonfinite", info.name)
+            g = f.get("grad_norm", info.name)
+            if (finite(count) and count > 0) or g == math.inf:
+                grads.append((info, count if finite(count) else math.inf))
+    bad_global = gnorm is not None and not x.skipped and not finite(gnorm)
+    loss = f.globals.get("loss")
+    bad_loss = loss is not None and not finite(loss)
+    if not (acts or grads or bad_global or bad_loss):
+        return []
+    parts = []
+    if acts:
+        first, count = acts[0]
+        where, what = "activation", f"output of {first.name}"
+    elif grads:
+        first, count = grads[0]
+        where, what = "gradient", f"gradient of {first.name}"
+    else:
+        first, count = None, math.nan
+        where, what = "global", "global gradient norm" if bad_global else "loss"
+    layer = first.name if first is not None else "*"
+    if first is not None:
+        n = f"{int(count)} non-finite values" if finite(count) else "non-finite values"
+        parts.append(f"{n} in the {what}, the first in forward order")
+    else:
+        parts.append(f"non-finite {what}")
+    others = [i.name for i, _ in acts[1:]] + [i.name for i, _ in grads[(0 if acts else 1) :]]
+    if others:
+        parts.append(f"also in {len(others)} later layers: {name_list(others)}")
+    if gnorm is not None:
+        parts.append(f"global grad norm {fmt(gnorm)}")
+    if loss is not None:
+        parts.append(f"loss {fmt(loss)}")
+    layers = [layer] + others
+    return [
+        Finding(
+            K.NONFINITE.value,
+            "model",
+            layer,
+            float(count) if finite(count) else math.inf,
+            0.0,
+            "; ".join(parts),
+            layers,
+            {
+                "where": where,
+                "count": float(count) if finite(count) else math.inf,
+                "grad_norm_global": gnorm,
+                "loss": loss,
+                "precision": x.context.precision,
+                "lr": x.lr,
+            },
+            math.inf,
+            Severity.ERROR.value,
+            immediate=True,
+        )
+    ]
+
+
+# --------------------------------------------------------------------------- gradients
+def vanishing_gradient(x: Inputs) -> list[Finding]:
+    """Depth-wise decay of block gradient norms and of the backward signal; absolute floor."""
+    th, f = x.th, x.frame
+    out: list[Finding] = []
+    units = param_units(f)
+    for stack, us in units.items():
+        norms = [(u, u.grad_norm(f, skip_blocks=x.grace)) for u in us]
+        norms = [(u, g) for u, g in norms if finite(g)]
+        if len(norms) >= th.min_layers:
+            out += _depth_decay(x, stack, [(u.name, g) for u, g in norms], "gradient norm")
+        low = sorted((g, u.name) for u, g in norms if g < th.grad_floor)
+        if low:
+            g, name = low[0]
+            names = [n for _, n in low]
+            out.append(
+                Finding(
+                    K.VANISHING_GRADIENT.value,
+                    stack,
+                    name,
+                    g,
+                    th.grad_floor,
+                    f"gradient norm of {name} is {fmt(g)}, below the floor {fmt(th.grad_floor)}"
+                    + (
+                        f"; {len(names)} layers below it: {name_list(names)}"
+                        if len(names) > 1
+                        else ""
+                    ),
+                    names,
+                    _grad_evidence(x, stack, {"grad_norm": g, "source": "floor"}),
+                    _log_ratio(th.grad_floor, g),
+                )
+            )
+    for s in stream_groups(f, "out_grad_rms"):
+        if len(s.items) >= th.min_layers:
+            out += _depth_decay(
+                x, s.stack, [(i.name, v) for i, v in s.items], "backward signal (out_grad_rms)"
+            )
+    return out
+
+
+def _grad_evidence(x: Inputs, stack: str, ev: dict[str, Any]) -> dict[str, Any]:
+    depth = x.context.depth.get(stack) if stack in x.context.depth else None
+    ev.update({"stack": stack, "depth": depth, "lr": x.lr})
+    return ev
+
+
+def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: str) -> list[Finding]:
+    th = x.th
+    ref = _top_reference([v for _, v in items])
+    if ref <= 0:
+        return []
+    low = sorted((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio)
+    if not low:
+        return []
+    ratio, name = low[0]
+    names = [n for _, n in low]
+    value = dict(items)[name]
+    msg = (
+        f"{what} of {name} is {fmt(value)}, {fmt(ratio)}x that of the top layers ({fmt(ref)}); "
+        f"{len(names)} of {len(items)} layers below {fmt(th.grad_depth_ratio)}x: {name_list(names)}"
+    )
+    ev = _grad_evidence(
+        x,
+        stack,
+        {"ratio": ratio, "reference": ref, "source": "depth", "n_layers": len(items)},
+    )
+    ev["n_affected"] = len(names)
+    return [
+        Finding(
+            K.VANISHING_GRADIENT.value,
+            stack,
+            name,
+            ratio,
+            th.grad_depth_ratio,
+            msg,
+            names,
+            ev,
+            _log_ratio(th.grad_depth_ratio, ratio),
+        )
+    ]
+
+
+def exploding_gradient(x: Inputs) -> list[Finding]:
+    """Global gradient norm against its own history (median) and an absolute ceiling."""
+    th, f = x.th, x.frame
+    units = [u for us in param_units(f, blocks_only=False).values() for u in us]
+    unorms = {u.name: u.grad_norm(f) for u in units}
+    g = f.globals.get("grad_norm_global")
+    if not finite(g):
+        parts = [v for v in unorms.values() if finite(v)]
+        g = math.sqrt(sum(v * v for v in parts)) if parts else math.nan
+    out: list[Finding] = []
+    if finite(g):
+        base = x.baseline("grad_norm_global")
+        spike = base is not None and base > 0 and g > th.grad_spike_factor * base
+        ceiling = g > th.grad_norm_ceiling
+        if spike or ceiling:
+            out.append(_explosion(x, g, base, unorms, spike))
+    x.remember("grad_norm_global", g)
+    for name, v in unorms.items():
+        x.remember(f"grad:{name}", v)
+    return out
+
+
+def _explosion(
+    x: Inputs, g: float, base: float | None, unorms: dict[str, float], spike: bool
+) -> Finding:
+    th = x.th
+    ratios = {}
+    for name, v in unorms.items():
+        b = x.baseline(f"grad:{name}")
+        if finite(v) and b is not None and b > 0:
+            ratios[name] = v / b
+    if ratios:
+        ranked = sorted(ratios, key=lambda n: -ratios[n])
+        names = [n for n in ranked if ratios[n] > th.grad_spike_factor] or ranked[:1]
+        where = f"largest rise at {names[0]} ({fmt(ratios[names[0]])}x its median)"
+    else:
+        ranked = sorted((n for n in unorms if finite(unorms[n])), key=lambda n: -unorms[n])
+        names = ranked[:1]
+        where = f"largest at {names[0]} ({fmt(unorms[names[0]])})" if names else ""
+    layer = names[0] if names else "*"
+    h = x.history.get("grad_norm_global", [])
+    if spike:
+        assert base is not None
+        value, threshold = g, th.grad_spike_factor * base
+        msg = f"global gradient norm {fmt(g)} is {fmt(g / base)}x its median {fmt(base)}"
+    else:
+        value, threshold = g, th.grad_norm_ceiling
+        msg = f"global gradient norm {fmt(g)} is above the ceiling {fmt(th.grad_norm_ceiling)}"
+    if where:
+        msg += f"; {where}"
+    if len(names) > 1:
+        msg += f"; {len(names)} layers rose over {fmt(th.grad_spike_factor)}x: {name_list(names)}"
+    ev = {
+        "grad_norm": g,
+        "baseline": base,
+        "history_max": max(h) if h else None,
+        "source": "spike" if spike else "ceiling",
+        "lr": x.lr,
+    }
+    return Finding(
+        K.EXPLODING_GRADIENT.value,
+        "model",
+        layer,
+        value,
+        threshold,
+        msg,
+        names or [layer],
+        ev,
+        _log_ratio(value, threshold),
+    )
+
+
+# --------------------------------------------------------------------------- activations
+def activations(x: Inputs) -> list[Finding]:
+    """Growth/decay of output RMS across depth and over time; fp16 range."""
+    th, f = x.th, x.frame
+    out: list[Finding] = []
+    for s in stream_groups(f, "act_rms"):
+        items = s.items if s.blocks else s.items[:-1]  # a head's scale is set by the loss
+        out += _act_depth(x, s, items)
+        out += _act_time(x, s, items)
+    if x.fp16:
+        big = sorted(
+            ((v, i.name) for i, v in f.series("act_absmax") if finite(v) and v > th.fp16_absmax),
+            reverse=True,
+        )
+        if big:
+            v, name = big[0]
+            names = [n for _, n in big]
+            out.append(
+                Finding(
+                    K.EXPLODING_ACTIVATION.value,
+                    "fp16",
+                    name,
+                    v,
+                    th.fp16_absmax,
+                    f"output abs-max of {name} is {fmt(v)} under fp16 (largest finite value "
+                    f"{fmt(FP16_MAX)}, {fmt(v / FP16_MAX * 100)}% of it)"
+                    + (
+                        f"; {len(names)} layers above {fmt(th.fp16_absmax)}: {name_list(names)}"
+                        if len(names) > 1
+                        else ""
+                    ),
+                    names,
+                    {"absmax": v, "source": "fp16", "precision": x.context.precision, "lr": x.lr},
+                    _log_ratio(v, th.fp16_absmax),
+                )
+            )
+    return out
+
+
+def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> list[Finding]:
+    th = x.th
+    if len(items) < th.min_layers or items[0][1] <= 0:
+        return []
+    first_name, ref = items[0][0].name, items[0][1]
+    growth = [(v / ref, i.name) for i, v in items[1:]]
+    n = len(items)
+    per_layer = (items[-1][1] / ref) ** (1.0 / (n - 1)) if items[-1][1] > 0 else 0.0
+    out = []
+    up = sorted((r, name) for r, name in growth if r > th.act_depth_growth)[::-1]
+    down = sorted((r, name) for r, name in growth if r < th.act_depth_decay)
+    for kind, hits, thr in (
+        (K.EXPLODING_ACTIVATION, up, th.act_depth_growth),
+        (K.VANISHING_ACTIVATION, down, th.act_depth_decay),
+    ):
+        if not hits:
+            continue
+        r, name = hits[0]
+        names = [nm for _, nm in hits]
+        msg = (
+            f"output RMS of {name} is {fmt(r)}x that of {first_name} ({fmt(r * ref)} vs "
+            f"{fmt(ref)}), {fmt(per_layer)}x per layer over {n} layers; {len(names)} layers "
+            f"beyond {fmt(thr)}x: {name_list(names)}"
+        )
+        ev = {
+            "ratio": r,
+            "per_layer": per_layer,
+            "n_layers": n,
+            "reference": ref,
+            "source": "depth",
+            "stack": s.stack,
+            "blocks": s.blocks,
+            "lr": x.lr,
+            "precision": x.context.precision,
+        }
+        score = _log_ratio(r, thr) if kind is K.EXPLODING_ACTIVATION else _log_ratio(thr, r)
+        out.append(Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score))
+    return out
+
+
+def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> list[Finding]:
+    th = x.th
+    up: list[tuple[float, str, float, float]] = []
+    down: list[tuple[float, str, float, float]] = []
+    for info, v in items:
+        series = f"act_rms:{info.name}"
+        base = x.baseline(series)
+        x.remember(series, v)
+        if base is None or base <= 1e-12:
+            continue
+        r = v / base
+        if r > th.act_time_factor:
+            up.append((r, info.name, v, base))
+        elif r < 1.0 / th.act_time_factor:
+            down.append((r, info.name, v, base))
+    out = []
+    for kind, hits, thr in (
+        (K.EXPLODING_ACTIVATION, sorted(up, reverse=True), th.act_time_factor),
+        (K.VANISHING_ACTIVATION, sorted(down), 1.0 / th.act_time_factor),
+    ):
+        if not hits:
+            continue
+        r, name, v, base = hits[0]
+        names = [h[1] for h in hits]
+        verb = "grew" if kind is K.EXPLODING_ACTIVATION else "fell"
+        msg = (
+            f"output RMS of {name} {verb} to {fmt(v)}, {fmt(r)}x its recent median {fmt(base)}"
+            + (
+                f"; {len(names)} layers moved beyond {fmt(thr)}x: {name_list(names)}"
+                if len(names) > 1
+                else ""
+            )
+        )
+        ev = {
+            "ratio": r,
+            "value": v,
+            "baseline": base,
+            "source": "time",
+            "stack": s.stack,
+            "blocks": s.blocks,
+            "lr": x.lr,
+            "precision": x.context.precision,
+        }
+        score = _log_ratio(r, thr) if kind is K.EXPLODING_ACTIVATION else _log_ratio(thr, r)
+        out.append(Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score))
+    return out
+
+
+def dead_units(x: Inputs) -> list[Finding]:
+    """Activation modules whose outputs are (almost) all exact zeros."""
+    return _fraction_rule(x, "act_zero_frac", x.th.dead_frac, K.DEAD_UNITS, "zeros")
+
+
+def saturation(x: Inputs) -> list[Finding]:
+    """tanh / sigmoid outputs stuck in their flat tails."""
+    return _fraction_rule(x, "act_sat_frac", x.th.sat_frac, K.SATURATION, "saturated")
+
+
+def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list[Finding]:
+    hits = sorted(
+        ((v, i.name) for i, v in x.frame.series(stat, kind="act") if finite(v) and v > thr),
+        reverse=True,
+    )
+    if not hits:
+        return []
+    v, name = hits[0]
+    names = [n for _, n in hits]
+    n_act = len([1 for _, val in x.frame.series(stat, kind="act") if finite(val)])
+    msg = f"{fmt(v * 100)}% of the outputs of {name} are {what} (threshold {fmt(thr * 100)}%)"
+    if len(names) > 1:
+        msg += f"; {len(names)} of {n_act} activation layers above it: {name_list(names)}"
+    ev = {"fraction": v, "n_affected": len(names), "n_layers": n_act, "lr": x.lr}
+    return [Finding(kind.value, "model", name, v, thr, msg, names, ev, _log_ratio(v, thr))]
+
+
+# --------------------------------------------------------------------------- update ratio
+def update_ratio(x: Inputs) -> list[Finding]:
+    """Update/weight ratio of each block (or module) far from the ~1e-3 band."""
+    th, ctx = x.th, x.context
+    lr = x.lr
+    high_thr = th.update_ratio_high_pretrained if ctx.pretrained else th.update_ratio_high
+    low_thr = th.update_ratio_low_pretrained if ctx.pretrained else th.update_ratio_low
+    annealing = (
+        lr is not None
+        and ctx.base_lr is not None
+        and ctx.base_lr > 0
+        and lr < th.anneal_fraction * ctx.base_lr
+    )
+    units = [u for us in param_units(x.frame).values() for u in us]
+    ratios = [(u.update_ratio(x.frame), u) for u in units]
+    ratios = [(r, u) for r, u in ratios if finite(r)]
+    out = []
+    high = sorted(((r, u) for r, u in ratios if r > high_thr), key=lambda t: -t[0])
+    low = sorted(((r, u) for r, u in ratios if r < low_thr), key=lambda t: t[0])
+    for kind, hits, thr in (
+        (K.UPDATE_RATIO_HIGH, high, high_thr),
+        (K.UPDATE_RATIO_LOW, [] if annealing else low, low_thr),
+    ):
+        if not hits:
+            continue
+        r, u = hits[0]
+        names = [h[1].name for h in hits]
+        rel = "above" if kind is K.UPDATE_RATIO_HIGH else "below"
+        msg = (
+            f"update/weight ratio of {u.name} is {fmt(r)}, {fmt(r / th.update_ratio_target)}x "
+            f"the healthy ~{fmt(th.update_ratio_target)} ({rel} {fmt(thr)}) at lr {fmt(lr) if lr is not None else '?'}"
+        )
+        if len(names) > 1:
+            msg += f"; {len(names)} of {len(ratios)} layers {rel} it: {name_list(names)}"
+        ev = {
+            "ratio": r,
+            "target": th.update_ratio_target,
+            "factor": r / th.update_ratio_target,
+            "median_ratio": median([h[0] for h in hits]),
+            "n_affected": len(names),
+            "n_layers": len(ratios),
+            "lr": lr,
+        }
+        score = _log_ratio(r, thr) if kind is K.UPDATE_RATIO_HIGH else _log_ratio(thr, r)
+        out.append(Finding(kind.value, "model", u.name, r, thr, msg, names, ev, score))
+    return out
+
+
+def update_ratio_applies(x: Inputs) -> bool:
+    """Update ratios are judged only on real optimizer steps at a positive, post-warmup lr."""
+    lr = x.lr
+    return not x.skipped and not x.context.in_warmup and (lr is None or lr > 0)
+
+
+Detector = Callable[[Inputs], list[Finding]]
+
+# (detector, kinds it judges, whether it runs on this frame)
+DETECTORS: list[tuple[Detector, tuple[str, ...], Callable[[Inputs], bool]]] = [
+    (nonfinite, (K.NONFINITE.value,), lambda x: True),
+    (vanishing_gradient, (K.VANISHING_GRADIENT.value,), lambda x: not x.skipped),
+    (exploding_gradient, (K.EXPLODING_GRADIENT.value,), lambda x: not x.skipped),
+    (
+        activations,
+        (K.EXPLODING_ACTIVATION.value, K.VANISHING_ACTIVATION.value),
+        lambda x: True,
+    ),
+    (dead_units, (K.DEAD_UNITS.value,), lambda x: True),
+    (saturation, (K.SATURATION.value,), lambda x: True),
+    (update_ratio, (K.UPDATE_RATIO_HIGH.value, K.UPDATE_RATIO_LOW.value), update_ratio_applies),
+]
+
+__all__ = ["DETECTORS", "Finding", "Inputs", "Unit"]

@@ -1,0 +1,246 @@
+"""The rule engine: findings that persist become alerts, one per cause, with spaced updates."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from initwatch.alerts import Alert
+from initwatch.context import RunContext
+from initwatch.frame import Frame
+from initwatch.rules.detectors import DETECTORS, Finding, Inputs
+from initwatch.rules.thresholds import Thresholds
+
+STATE_VERSION = 1
+
+
+def _merge(findings: list[Finding]) -> dict[str, Finding]:
+    """One finding per cause: the worst one, with the affected layers of all of them."""
+    out: dict[str, Finding] = {}
+    for f in findings:
+        cur = out.get(f.key)
+        if cur is None:
+            out[f.key] = f
+            continue
+        best, other = (f, cur) if f.score > cur.score else (cur, f)
+        best.layers = best.layers + [n for n in other.layers if n not in best.layers]
+        best.evidence = {**other.evidence, **best.evidence}
+        out[f.key] = best
+    return out
+
+
+class Rules:
+    """Turns frames into alerts: detection, persistence, de-duplication, "still" updates.
+
+    A condition must hold for ``persistence`` consecutive logging frames before it becomes an
+    alert (non-finite values alert at once). A cause (an alert kind within a scope such as a
+    stack) gives one alert naming its worst layer and listing the others; while it lasts, a
+    "still" update (``repeat`` = 1, 2, ...) follows every ``still_every`` frames. A cause that is
+    absent for ``persistence`` frames is cleared, and may alert again later. Rules that do not
+    apply to a frame (gradient rules on a step the AMP scaler skipped, update-ratio rules during
+    warmup or at lr 0) leave their counters untouched.
+
+    Args:
+        thresholds: a :class:`Thresholds`; None for the defaults.
+        persistence: consecutive frames a condition must hold (k, default 3).
+        warmup_frames: frames of history collected before rules that compare a value with its
+            own history (gradient spikes, activation growth over time) may fire.
+        still_every: frames between two "still" updates of an ongoing alert.
+
+    Example::
+
+        >>> from initwatch.frame import Frame, LayerInfo
+        >>> from initwatch.context import RunContext
+        >>> acts = [LayerInfo(f"relu{i}", "act", i, f"net.{i}") for i in range(3)]
+        >>> rules = Rules(persistence=2)
+        >>> def frame(step):
+        ...     return Frame(step, acts, {"act_zero_frac": {"relu0": 0.5, "relu1": 0.99, "relu2": 0.5}})
+        >>> rules.update(frame(0), RunContext())
+        []
+        >>> [(a.kind, a.layer) for a in rules.update(frame(1), RunContext())]
+        [('dead_units', 'relu1')]
+    """
+
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        persistence: int = 3,
+        warmup_frames: int = 5,
+        still_every: int = 10,
+    ) -> None:
+        if persistence < 1:
+            raise ValueError(f"persistence must be >= 1, got {persistence!r}")
+        if warmup_frames < 1:
+            raise ValueError(f"warmup_frames must be >= 1, got {warmup_frames!r}")
+        if still_every < 1:
+            raise ValueError(f"still_every must be >= 1, got {still_every!r}")
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.persistence = persistence
+        self.warmup_frames = warmup_frames
+        self.still_every = still_every
+        self.frames = 0
+        # cause -> {"count": consecutive frames seen, "since": step first seen in this streak}
+        self._streak: dict[str, dict[str, int]] = {}
+        # cause -> {"first_step", "repeat", "since_emit", "absent"} of alerts raised
+        self._active: dict[str, dict[str, int]] = {}
+        self._history: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------ main entry
+    def update(self, frame: Frame, context: RunContext | None = None) -> list[Alert]:
+        """Judge one frame; return new alerts and "still" updates (``repeat > 0``) only.
+
+        Args:
+            frame: the statistics of one logging step.
+            context: what is known about the run (layout, scheme, lr, warmup...).
+
+        Returns:
+            Alerts raised by this frame, oldest cause first.
+
+        Example::
+
+            >>> from initwatch.frame import Frame
+            >>> Rules().update(Frame(0, [], {}, {"loss": float("nan")}))[0].severity
+            'error'
+        """
+        from initwatch.remedies import suggest
+
+        ctx = context if context is not None else RunContext()
+        x = Inputs(frame, ctx, self.thresholds, self._history, self.warmup_frames)
+        findings: list[Finding] = []
+        judged: set[str] = set()
+        for detector, kinds, applies in DETECTORS:
+            if applies(x):
+                judged.update(kinds)
+                findings += detector(x)
+        found = _merge(findings)
+        self.frames += 1
+
+        alerts: list[Alert] = []
+        for key in list(self._streak) + [k for k in self._active if k not in self._streak]:
+            if key in found or key.split("/", 1)[0] not in judged:
+                continue
+            self._streak.pop(key, None)
+            state = self._active.get(key)
+            if state is not None:
+                state["absent"] += 1
+                if state["absent"] >= self.persistence:
+                    del self._active[key]
+
+        for key, f in found.items():
+            streak = self._streak.setdefault(key, {"count": 0, "since": frame.step})
+            streak["count"] += 1
+            state = self._active.get(key)
+            if state is not None:
+                state["absent"] = 0
+                state["since_emit"] += 1
+                if state["since_emit"] >= self.still_every:
+                    state["since_emit"] = 0
+                    state["repeat"] += 1
+                    alerts.append(self._alert(f, frame, ctx, state, streak, suggest))
+            elif f.immediate or streak["count"] >= self.persistence:
+                state = {"first_step": frame.step, "repeat": 0, "since_emit": 0, "absent": 0}
+                self._active[key] = state
+                alerts.append(self._alert(f, frame, ctx, state, streak, suggest))
+        return alerts
+
+    def _alert(
+        self,
+        f: Finding,
+        frame: Frame,
+        ctx: RunContext,
+        state: dict[str, int],
+        streak: dict[str, int],
+        suggest: Any,
+    ) -> Alert:
+        frames = streak["count"]
+        if state["repeat"]:
+            note = f" (for {frames} logging frames since step {streak['since']})"
+        elif frames > 1:
+            note = f" (held for {frames} logging frames since step {streak['since']})"
+        else:
+            note = ""
+        evidence = dict(f.evidence)
+        evidence["layers"] = list(f.layers)
+        evidence["value"] = f.value
+        evidence["threshold"] = f.threshold
+        return Alert(
+            step=frame.step,
+            kind=f.kind,
+            layer=f.layer,
+            value=float(f.value),
+            threshold=float(f.threshold),
+            severity=f.severity,
+            message=f.message + note,
+            remedy=suggest(f.kind, f.layer, evidence, ctx),
+            first_step=state["first_step"],
+            repeat=state["repeat"],
+            extra={
+                "cause": f.key,
+                "layers": list(f.layers),
+                "since_step": streak["since"],
+                "frames": frames,
+                "evidence": _plain(evidence),
+            },
+        )
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Persistence counters, ongoing alerts and history baselines, as plain data.
+
+        Loadable with ``torch.load(..., weights_only=True)``.
+
+        Example::
+
+            >>> Rules().state_dict()["frames"]
+            0
+        """
+        return {
+            "version": STATE_VERSION,
+            "frames": self.frames,
+            "streak": copy.deepcopy(self._streak),
+            "active": copy.deepcopy(self._active),
+            "history": {k: [float(v) for v in vs] for k, vs in self._history.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (e.g. when training resumes).
+
+        Example::
+
+            >>> a, b = Rules(), Rules()
+            >>> b.load_state_dict(a.state_dict())
+        """
+        version = state.get("version", STATE_VERSION)
+        if version != STATE_VERSION:
+            raise ValueError(f"unknown Rules state version {version!r}; expected {STATE_VERSION}")
+        self.frames = int(state.get("frames", 0))
+        self._streak = {k: {a: int(b) for a, b in v.items()} for k, v in state["streak"].items()}
+        self._active = {k: {a: int(b) for a, b in v.items()} for k, v in state["active"].items()}
+        self._history = {k: [float(v) for v in vs] for k, vs in state["history"].items()}
+
+    @property
+    def active(self) -> list[str]:
+        """The causes (``kind/scope``) currently alerting.
+
+        Example::
+
+            >>> Rules().active
+            []
+        """
+        return sorted(self._active)
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as plain data (str, int, float, bool, None, list, dict)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,0 +1,111 @@
+"""Default thresholds of the alert rules, each with where it comes from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class Thresholds:
+    """Every threshold the rules use. Defaults and their sources are listed in docs/alerts.md.
+
+    Source keys (see ``shared/reference/monitoring.md`` §0 and §3): SMD = SageMaker Debugger
+    built-in rules, KARP = Karpathy's makemore part 3, MEG = Megatron-LM, OC = OLMo-core,
+    HF-DBG = Hugging Face ``DebugUnderflowOverflow``. "initwatch" marks a value we chose and
+    calibrated on the fault-injection suite (``tests/test_detection.py``), because no anchor
+    defines one.
+
+    Args:
+        grad_floor: vanishing_gradient when the gradient norm of a whole layer or block is below
+            this. SMD VanishingGradient flags mean ``|grad|`` < 1e-7; the L2 norm of a layer is at
+            least its mean ``|grad|``, so this floor is never stricter than SMD's.
+        grad_depth_ratio: vanishing_gradient when a lower block's gradient norm (or its
+            backward signal ``out_grad_rms``) is below this fraction of the largest of the top
+            quarter of blocks (initwatch; no anchor defines a depth rule, monitoring.md §3 #25.
+            Measured: healthy Pre-LN 2-7x *larger* at the bottom, healthy shallow Post-LN
+            0.1-0.7x, 24-layer Post-LN with Adam and no warmup 1e-2 after ~5 steps, 3e-4 after 40).
+        min_layers: depth rules need at least this many layers in a stack.
+        grad_spike_factor: exploding_gradient when the global gradient norm exceeds this multiple
+            of the median of its own recent history (MEG: 10x the early maximum).
+        grad_norm_ceiling: exploding_gradient when the global gradient norm exceeds this, history
+            or not (initwatch: ~1e3x the O(1) norms of mean-reduced losses).
+        act_depth_growth: exploding_activation when a block's output RMS exceeds this multiple of
+            the lowest block's (initwatch; SMD PoorInitialization flags a 10x *variance* spread,
+            i.e. ~3x RMS, but a healthy Pre-LN stream grows ~sqrt(depth): 8x over 24 blocks).
+        act_depth_decay: vanishing_activation when a block's output RMS is below this fraction of
+            the lowest block's (initwatch, mirror of ``act_depth_growth``).
+        act_time_factor: exploding_activation (vanishing_activation) when a layer's output RMS is
+            above (below) this multiple (fraction) of the median of its own recent history
+            (initwatch; same form as the gradient spike rule).
+        fp16_absmax: exploding_activation under fp16 when an output's abs-max exceeds this
+            (fp16's largest finite value is 65504; HF-DBG points at values near it).
+        dead_frac: dead_units when the fraction of exact zeros of an activation's output exceeds
+            this. SMD flags a layer with > 50% of units dead (active < 1% of steps); a per-batch
+            zero fraction cannot see units, and ~0.5 is normal for ReLU, so the bar is high.
+        sat_frac: saturation when the fraction of tanh/sigmoid outputs in the saturation band
+            exceeds this (SMD flags a layer with > 50% of units saturated; KARP shows 2-3% when
+            healthy).
+        update_ratio_target: the healthy update/weight ratio (KARP: log10 ratio ~ -3).
+        update_ratio_high: update_ratio_high above this when training from scratch (100x the
+            target; Adam's first steps give ~lr/rms(W), e.g. 0.05 for lr 1e-3 on std-0.02 weights).
+        update_ratio_high_pretrained: the same for a fine-tune of pretrained weights (10x the
+            target; fine-tunes at lr 1e-5..5e-5 measure ~1e-4..1e-3).
+        update_ratio_low: update_ratio_low below this (100x under the target; SMD's coarse rule
+            flags < 1e-8).
+        update_ratio_low_pretrained: the same for a fine-tune (1e-6, since fine-tunes go as
+            low as lr 1e-6).
+        anneal_fraction: update_ratio_low is not raised while the learning rate is below this
+            fraction of the peak (the schedule is annealing on purpose).
+        history: number of logging frames kept per series for the robust (median) baselines.
+        scheme_grace_steps: under ReZero and T-Fixup, block weights have zero or small gradients
+            by construction in the first steps (init-schemes.md §4.4, §9 item 10); vanishing
+            gradient rules skip block weights for this many steps, and during warmup.
+
+    Example::
+
+        >>> th = Thresholds(dead_frac=0.98)
+        >>> th.dead_frac, th.grad_floor
+        (0.98, 1e-07)
+    """
+
+    grad_floor: float = 1e-7
+    grad_depth_ratio: float = 1e-2
+    min_layers: int = 3
+    grad_spike_factor: float = 10.0
+    grad_norm_ceiling: float = 1e3
+    act_depth_growth: float = 100.0
+    act_depth_decay: float = 1e-2
+    act_time_factor: float = 10.0
+    fp16_absmax: float = 1e4
+    dead_frac: float = 0.95
+    sat_frac: float = 0.5
+    update_ratio_target: float = 1e-3
+    update_ratio_high: float = 1e-1
+    update_ratio_high_pretrained: float = 1e-2
+    update_ratio_low: float = 1e-5
+    update_ratio_low_pretrained: float = 1e-6
+    anneal_fraction: float = 0.1
+    history: int = 32
+    scheme_grace_steps: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for reports).
+
+        Example::
+
+            >>> Thresholds().to_dict()["sat_frac"]
+            0.5
+        """
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The names of every threshold.
+
+        Example::
+
+            >>> "grad_floor" in Thresholds.names()
+            True
+        """
+        return [f.name for f in fields(cls)]
