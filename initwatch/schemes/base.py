@@ -338,7 +338,8 @@ def execute(
 
 def is_pretrained(model: nn.Module) -> bool:
     """True when the model holds weights loaded from a checkpoint that initwatch did not
-    re-initialize (Hugging Face marks loaded tensors with ``_is_hf_initialized``).
+    re-initialize (Hugging Face marks loaded tensors with ``_is_hf_initialized``), or was
+    loaded with :func:`initwatch.restore`.
 
     ``config._name_or_path`` is not used: ``from_config`` sets it on random weights too.
 
@@ -348,7 +349,10 @@ def is_pretrained(model: nn.Module) -> bool:
         >>> is_pretrained(zoo.build("gpt2"))
         False
     """
-    mine = (getattr(model, MARKER, None) or {}).get("params", set())
+    marker = getattr(model, MARKER, None) or {}
+    if marker.get("restored"):
+        return True  # trained weights loaded by initwatch.restore
+    mine = marker.get("params", set())
     return any(
         getattr(p, "_is_hf_initialized", False) and id(p) not in mine for p in model.parameters()
     )

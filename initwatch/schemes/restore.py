@@ -135,7 +135,10 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         >>> initwatch.restore(fresh, trained.state_dict()).scheme
         'rezero'
     """
-    state = load_state(source)
+    if _is_hf_dir(model, source):
+        state = _load_hf_dir(model, Path(source))  # type: ignore[arg-type]
+    else:
+        state = load_state(source)
     if applied_structure(model) or getattr(model, MARKER, None) is not None:
         raise AlreadyAppliedError(
             "restore() needs a freshly built model; this one already carries initwatch "
@@ -186,8 +189,40 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         if removed
         else "none"
     )
-    object.__setattr__(model, MARKER, {"scheme": scheme, "constants": {}, "params": set()})
+    object.__setattr__(
+        model, MARKER, {"scheme": scheme, "constants": {}, "params": set(), "restored": True}
+    )
     return ReinitReport(scheme, {}, changes, anatomy.model_class, anatomy.family)
+
+
+def _is_hf_dir(model: nn.Module, source: Source) -> bool:
+    if isinstance(source, Mapping) or not Path(source).is_dir():
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel) and (Path(source) / "config.json").exists()
+
+
+def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Weights of a ``save_pretrained`` directory in the model's own key names.
+
+    Hugging Face renames some keys on save (GPT-NeoX ``lm_head`` -> ``embed_out``), so the
+    weights go through ``from_pretrained``; what it does not know (ReZero gates, DeepNorm
+    alphas) comes from the raw files, and norms the checkpoint lacks stay missing.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        loaded, info = type(model).from_pretrained(path, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = set(info.get("missing_keys", ()))
+    state = {k: v for k, v in loaded.state_dict().items() if k not in missing}
+    raw = _load_dir(path)
+    state.update({k: v for k, v in raw.items() if DEEPNORM_BUFFER in k or REZERO_PARAM in k})
+    return state
 
 
 def _gates(block_path: str, state: Mapping[str, torch.Tensor], kinds: list[str]) -> list[str]:
