@@ -135,10 +135,8 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         >>> initwatch.restore(fresh, trained.state_dict()).scheme
         'rezero'
     """
-    if _is_hf_dir(model, source):
-        state = _load_hf_dir(model, Path(source))  # type: ignore[arg-type]
-    else:
-        state = load_state(source)
+    hf_dir = _is_hf_dir(model, source)
+    state = _load_hf_dir(model, Path(source)) if hf_dir else load_state(source)  # type: ignore[arg-type]
     if applied_structure(model) or getattr(model, MARKER, None) is not None:
         raise AlreadyAppliedError(
             "restore() needs a freshly built model; this one already carries initwatch "
