@@ -36,6 +36,7 @@ class OnAlert(str, Enum):
     WARN = "warn"
     STOP = "stop"
     RAISE = "raise"
+    IGNORE = "ignore"
 
 
 VALID = tuple(m.value for m in OnAlert)
@@ -54,10 +55,12 @@ class AlertPolicy:
     - ``"stop"``: logs the alert and sets :attr:`should_stop`; integrations then end training
       cleanly (Lightning ``trainer.should_stop``, HF ``control.should_training_stop``).
     - ``"raise"``: raises :class:`~initwatch.errors.AlertError` carrying the alert.
+    - ``"ignore"``: nothing (alerts are still kept in ``.alerts`` and written to the sinks).
     - a callable: called with every alert (new ones and "still" updates).
 
     Args:
-        on_alert: ``"warn"``, ``"stop"``, ``"raise"`` or a callable ``f(alert) -> None``.
+        on_alert: ``"warn"``, ``"stop"``, ``"raise"``, ``"ignore"`` or a callable
+            ``f(alert) -> None``.
 
     Example::
 
@@ -125,6 +128,8 @@ class AlertPolicy:
             self.should_stop = True
         elif self.mode == OnAlert.RAISE.value:
             raise AlertError(alert)
+        elif self.mode == OnAlert.IGNORE.value:
+            return
         else:
             assert self.callback is not None
             self.callback(alert)

@@ -238,7 +238,7 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
         norms = [(u, g) for u, g in norms if finite(g)]
         if len(norms) >= th.min_layers:
             out += _depth_decay(x, stack, [(u.name, g) for u, g in norms], "gradient norm")
-        low = sorted((g, u.name) for u, g in norms if g < th.grad_floor)
+        low = sorted(((g, u.name) for u, g in norms if g < th.grad_floor), key=lambda t: t[0])
         if low:
             g, name = low[0]
             names = [n for _, n in low]
@@ -260,8 +260,9 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
                     _log_ratio(th.grad_floor, g),
                 )
             )
+    # dL/d(output) per element is only comparable between outputs of one shape: blocks.
     for s in stream_groups(f, "out_grad_rms"):
-        if len(s.items) >= th.min_layers:
+        if s.blocks and len(s.items) >= th.min_layers:
             out += _depth_decay(
                 x, s.stack, [(i.name, v) for i, v in s.items], "backward signal (out_grad_rms)"
             )
@@ -279,7 +280,9 @@ def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: st
     ref = _top_reference([v for _, v in items])
     if ref <= 0:
         return []
-    low = sorted((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio)
+    low = sorted(
+        ((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio), key=lambda t: t[0]
+    )
     if not low:
         return []
     ratio, name = low[0]
@@ -393,12 +396,16 @@ def activations(x: Inputs) -> list[Finding]:
         out += _act_time(x, s, items)
     if x.fp16:
         big = sorted(
-            ((v, i.name) for i, v in f.series("act_absmax") if finite(v) and v > th.fp16_absmax),
-            reverse=True,
+            (
+                (v, k, i.name)
+                for k, (i, v) in enumerate(f.series("act_absmax"))
+                if finite(v) and v > th.fp16_absmax
+            ),
+            key=lambda t: (-t[0], t[1]),
         )
         if big:
-            v, name = big[0]
-            names = [n for _, n in big]
+            v, _, name = big[0]
+            names = [b[2] for b in big]
             out.append(
                 Finding(
                     K.EXPLODING_ACTIVATION.value,
@@ -430,8 +437,8 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
     n = len(items)
     per_layer = (items[-1][1] / ref) ** (1.0 / (n - 1)) if items[-1][1] > 0 else 0.0
     out = []
-    up = sorted((r, name) for r, name in growth if r > th.act_depth_growth)[::-1]
-    down = sorted((r, name) for r, name in growth if r < th.act_depth_decay)
+    up = sorted(((r, nm) for r, nm in growth if r > th.act_depth_growth), key=lambda t: -t[0])
+    down = sorted(((r, nm) for r, nm in growth if r < th.act_depth_decay), key=lambda t: t[0])
     for kind, hits, thr in (
         (K.EXPLODING_ACTIVATION, up, th.act_depth_growth),
         (K.VANISHING_ACTIVATION, down, th.act_depth_decay),
@@ -478,8 +485,8 @@ def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> lis
             down.append((r, info.name, v, base))
     out = []
     for kind, hits, thr in (
-        (K.EXPLODING_ACTIVATION, sorted(up, reverse=True), th.act_time_factor),
-        (K.VANISHING_ACTIVATION, sorted(down), 1.0 / th.act_time_factor),
+        (K.EXPLODING_ACTIVATION, sorted(up, key=lambda t: -t[0]), th.act_time_factor),
+        (K.VANISHING_ACTIVATION, sorted(down, key=lambda t: t[0]), 1.0 / th.act_time_factor),
     ):
         if not hits:
             continue
@@ -520,15 +527,16 @@ def saturation(x: Inputs) -> list[Finding]:
 
 
 def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list[Finding]:
+    series = x.frame.series(stat, kind="act")
     hits = sorted(
-        ((v, i.name) for i, v in x.frame.series(stat, kind="act") if finite(v) and v > thr),
-        reverse=True,
+        ((v, k, i.name) for k, (i, v) in enumerate(series) if finite(v) and v > thr),
+        key=lambda t: (-t[0], t[1]),
     )
     if not hits:
         return []
-    v, name = hits[0]
-    names = [n for _, n in hits]
-    n_act = len([1 for _, val in x.frame.series(stat, kind="act") if finite(val)])
+    v, _, name = hits[0]
+    names = [h[2] for h in hits]
+    n_act = len([1 for _, val in series if finite(val)])
     msg = f"{fmt(v * 100)}% of the outputs of {name} are {what} (threshold {fmt(thr * 100)}%)"
     if len(names) > 1:
         msg += f"; {len(names)} of {n_act} activation layers above it: {name_list(names)}"
@@ -590,6 +598,34 @@ def update_ratio_applies(x: Inputs) -> bool:
     return not x.skipped and not x.context.in_warmup and (lr is None or lr > 0)
 
 
+def explain(findings: list[Finding]) -> list[Finding]:
+    """Drop findings that another finding of the same frame explains.
+
+    Dead units explain exact zeros: a layer whose output RMS or gradient norm is exactly 0 while
+    activations are dead is a consequence, not a second cause. The dead-units finding lists
+    what it explains in its message.
+
+    Example::
+
+        >>> dead = Finding("dead_units", "model", "r1", 1.0, 0.95, "all zeros", ["r1"], {}, 0.1)
+        >>> zero = Finding("vanishing_activation", "model", "l2", 0.0, 0.01, "0x", ["l2"], {}, 9)
+        >>> [f.kind for f in explain([dead, zero])]
+        ['dead_units']
+    """
+    dead = [f for f in findings if f.kind == K.DEAD_UNITS.value]
+    if not dead:
+        return findings
+    vanishing = (K.VANISHING_GRADIENT.value, K.VANISHING_ACTIVATION.value)
+    explained = [f for f in findings if f.kind in vanishing and f.value == 0.0]
+    if explained:
+        worst = max(dead, key=lambda f: f.score)
+        worst.message += "; this explains the exact zeros of " + ", ".join(
+            f"{f.kind} at {f.layer}" for f in explained
+        )
+        worst.evidence["explains"] = [f"{f.kind}/{f.layer}" for f in explained]
+    return [f for f in findings if f not in explained]
+
+
 Detector = Callable[[Inputs], list[Finding]]
 
 # (detector, kinds it judges, whether it runs on this frame)
@@ -607,4 +643,4 @@ DETECTORS: list[tuple[Detector, tuple[str, ...], Callable[[Inputs], bool]]] = [
     (update_ratio, (K.UPDATE_RATIO_HIGH.value, K.UPDATE_RATIO_LOW.value), update_ratio_applies),
 ]
 
-__all__ = ["DETECTORS", "Finding", "Inputs", "Unit"]
+__all__ = ["DETECTORS", "Finding", "Inputs", "Unit", "explain"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from initwatch.alerts import Alert
 from initwatch.context import RunContext
 from initwatch.frame import Frame
-from initwatch.rules.detectors import DETECTORS, Finding, Inputs
+from initwatch.rules.detectors import DETECTORS, Finding, Inputs, explain
 from initwatch.rules.thresholds import Thresholds
 
 STATE_VERSION = 1
@@ -46,6 +47,8 @@ class Rules:
         warmup_frames: frames of history collected before rules that compare a value with its
             own history (gradient spikes, activation growth over time) may fire.
         still_every: frames between two "still" updates of an ongoing alert.
+        **overrides: individual thresholds, e.g. ``Rules(dead_frac=0.98)`` (applied on top of
+            ``thresholds``).
 
     Example::
 
@@ -67,6 +70,7 @@ class Rules:
         persistence: int = 3,
         warmup_frames: int = 5,
         still_every: int = 10,
+        **overrides: float,
     ) -> None:
         if persistence < 1:
             raise ValueError(f"persistence must be >= 1, got {persistence!r}")
@@ -75,6 +79,14 @@ class Rules:
         if still_every < 1:
             raise ValueError(f"still_every must be >= 1, got {still_every!r}")
         self.thresholds = thresholds if thresholds is not None else Thresholds()
+        unknown = sorted(set(overrides) - set(Thresholds.names()))
+        if unknown:
+            raise ValueError(
+                f"unknown threshold(s) {', '.join(map(repr, unknown))}; expected "
+                f"{', '.join(Thresholds.names())}, e.g. Rules(dead_frac=0.98)"
+            )
+        if overrides:
+            self.thresholds = replace(self.thresholds, **overrides)
         self.persistence = persistence
         self.warmup_frames = warmup_frames
         self.still_every = still_every
@@ -112,7 +124,7 @@ class Rules:
             if applies(x):
                 judged.update(kinds)
                 findings += detector(x)
-        found = _merge(findings)
+        found = _merge(explain(findings))
         self.frames += 1
 
         alerts: list[Alert] = []

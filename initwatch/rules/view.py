@@ -42,14 +42,16 @@ def fmt(x: float) -> str:
 
     Example::
 
-        >>> fmt(0.000123456), fmt(12.0), fmt(float("nan"))
-        ('1.2e-04', '12', 'nan')
+        >>> fmt(0.000123456), fmt(12.0), fmt(314.2), fmt(float("nan"))
+        ('1.2e-04', '12', '314', 'nan')
     """
     if not math.isfinite(x):
         return str(x)
     if x == 0:
         return "0"
-    if 1e-2 <= abs(x) < 1e4:
+    if 10 <= abs(x) < 1e4:
+        return f"{x:.0f}"
+    if 1e-2 <= abs(x) < 10:
         return f"{x:.2g}"
     return f"{x:.1e}"
 
@@ -102,24 +104,27 @@ class Unit:
     def update_ratio(self, frame: Frame) -> float:
         """The unit's ||update|| / ||weight||, weighting each parameter by its weight norm.
 
-        Parameters whose update is exactly zero (not in the optimizer, or frozen by hand) are
-        left out. Falls back to the median of the parameters' ratios when weight norms are
+        A unit none of whose parameters moved (not in the optimizer, or frozen by hand) is left
+        out (NaN); a parameter that did not move while others did counts as zero. Falls back to the median of the parameters' ratios when weight norms are
         missing. NaN when nothing is usable.
         """
-        num, den, plain = 0.0, 0.0, []
+        num, den, plain, moved = 0.0, 0.0, [], False
         for p in self.params:
             r = frame.get("update_ratio", p.name)
-            if not usable(p) or not finite(r) or r == 0.0:
+            if not usable(p) or not finite(r):
                 continue
+            moved = moved or r > 0
             w = frame.get("weight_norm", p.name)
             if finite(w) and w > 0:
                 num += (r * w) ** 2
                 den += w * w
             else:
                 plain.append(r)
+        if not moved:
+            return math.nan
         if den > 0:
             return math.sqrt(num / den)
-        return median(plain) if plain else math.nan
+        return median(plain)
 
 
 def usable(p: LayerInfo) -> bool:
