@@ -1,0 +1,489 @@
+"""What the Lightning and Hugging Face adapters share: applying a scheme once, the run context,
+and driving a :class:`~initwatch.Watch` through a framework's step events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from initwatch.alerts import Alert
+from initwatch.anatomy import Anatomy, try_inspect
+from initwatch.context import RunContext
+from initwatch.errors import AlreadyAppliedError, InitWatchError
+from initwatch.schemes import ReinitReport, is_pretrained, reinit, scheme_name
+from initwatch.schemes.base import MARKER
+
+STATE_VERSION = 1
+OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
+_WARMUP_PROBE_LIMIT = 100_000
+
+
+class UnsupportedStrategyError(InitWatchError, RuntimeError):
+    """The training strategy (FSDP, DeepSpeed, ...) is one initwatch refuses to watch.
+
+    Example::
+
+        >>> issubclass(UnsupportedStrategyError, InitWatchError)
+        True
+    """
+
+
+def resolve_scheme(scheme: str | None) -> str | None:
+    """The canonical scheme name (``None`` stays ``None``); ``ValueError`` for an unknown one.
+
+    Example::
+
+        >>> resolve_scheme("T-Fixup"), resolve_scheme(None)
+        ('t-fixup', None)
+    """
+    return None if scheme is None else scheme_name(scheme)
+
+
+def validate_on_alert(on_alert: Any) -> None:
+    """Raise ``ValueError`` at construction for an ``on_alert`` the alert policy rejects.
+
+    Example::
+
+        >>> validate_on_alert("stop")
+    """
+    from initwatch.policy import AlertPolicy
+
+    AlertPolicy(on_alert)
+
+
+def applied_scheme(model: nn.Module) -> str | None:
+    """The scheme initwatch already applied (or restored) somewhere in ``model``, else None.
+
+    Example::
+
+        >>> applied_scheme(nn.Linear(2, 2)) is None
+        True
+    """
+    for module in model.modules():
+        marker = getattr(module, MARKER, None)
+        if marker is not None:
+            return str(marker.get("scheme"))
+    return None
+
+
+def apply_scheme(
+    model: nn.Module,
+    scheme: str | None,
+    options: Mapping[str, Any] | None,
+    *,
+    anatomy: Anatomy | None = None,
+    framework: str,
+) -> ReinitReport | None:
+    """Apply ``scheme`` to ``model`` unless it already carries it; return the report or None.
+
+    The framework hook that calls this runs before the optimizer exists, before a DDP wrap
+    broadcasts rank 0's weights and before a checkpoint is restored, so new parameters are
+    trained, all ranks agree and a resume overwrites the fresh draw with the saved weights. The
+    same model seen again (``validate``/``test`` after ``fit``, a second ``fit``, a model
+    restored with :func:`initwatch.restore`) is left alone; a model carrying a *different*
+    scheme is refused.
+
+    Raises:
+        PretrainedWeightsError: ``model`` holds weights loaded with ``from_pretrained``.
+        AlreadyAppliedError: ``model`` carries another scheme.
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> model = zoo.build("gpt2")
+        >>> apply_scheme(model, "rezero", None, framework="test").scheme
+        'rezero'
+        >>> apply_scheme(model, "rezero", None, framework="test") is None
+        True
+    """
+    if scheme is None:
+        return None
+    present = applied_scheme(model)
+    if present == scheme:
+        return None
+    if present is not None:
+        raise AlreadyAppliedError(
+            f"{framework}: this model already carries initwatch scheme {present!r}, and the "
+            f"callback was asked for scheme={scheme!r}. Applying a second scheme would "
+            f"re-initialize trained weights. Pass scheme={present!r} (or scheme=None to only "
+            "monitor), or build a fresh model."
+        )
+    opts = dict(options or {})
+    if anatomy is not None:
+        opts.setdefault("anatomy", anatomy)
+    return reinit(model, scheme, **opts)
+
+
+def read_anatomy(model: nn.Module, given: Anatomy | None) -> Anatomy | None:
+    """The anatomy passed by the user, else :func:`initwatch.inspect`'s, else None.
+
+    Read it *before* a scheme edits the model, and hand the same object to the Watch.
+
+    Example::
+
+        >>> read_anatomy(nn.Linear(2, 2), None) is None
+        True
+    """
+    return given if given is not None else try_inspect(model)
+
+
+def base_context(
+    model: nn.Module,
+    *,
+    scheme: str | None,
+    framework: str,
+    precision: str | None = None,
+    max_steps: int | None = None,
+    pretrained: bool | None = None,
+) -> RunContext:
+    """A :class:`~initwatch.RunContext` with what is known before training starts.
+
+    ``pretrained`` defaults to :func:`initwatch.is_pretrained` (weights loaded with
+    ``from_pretrained`` that initwatch did not re-initialize): remedies then speak of a
+    fine-tune. The anatomy fields are filled by the Watch.
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> ctx = base_context(zoo.build("gpt2"), scheme=None, framework="lightning")
+        >>> ctx.pretrained, ctx.extra["framework"]
+        (False, 'lightning')
+    """
+    return RunContext(
+        scheme=scheme or applied_scheme(model),
+        precision=precision,
+        max_steps=max_steps if max_steps is not None and max_steps > 0 else None,
+        pretrained=is_pretrained(model) if pretrained is None else pretrained,
+        extra={"framework": framework},
+    )
+
+
+def torch_optimizer(optimizer: Any) -> Any:
+    """The ``torch.optim.Optimizer`` inside Lightning's / accelerate's wrappers.
+
+    Example::
+
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> torch_optimizer(opt) is opt
+        True
+    """
+    for attr in ("optimizer", "_optimizer"):
+        inner = getattr(optimizer, attr, None)
+        if inner is not None and hasattr(inner, "param_groups"):
+            return torch_optimizer(inner)
+    return optimizer
+
+
+def _lambda_warmup(fn: Any, limit: int) -> int | None:
+    """Steps a multiplicative LR lambda keeps rising from step 0 (0: no warmup)."""
+    try:
+        prev = float(fn(0))
+        for i in range(1, limit + 1):
+            cur = float(fn(i))
+            if cur <= prev:
+                return i - 1
+            prev = cur
+    except Exception:
+        return None
+    return None
+
+
+def warmup_steps_of(scheduler: Any, max_steps: int | None = None) -> int | None:
+    """Number of warmup steps of a per-step LR scheduler, 0 for none, None when unknown.
+
+    Recognises ``LinearLR`` (rising), ``OneCycleLR``, ``SequentialLR`` starting with a warmup,
+    and ``LambdaLR`` / ``MultiplicativeLR``-free lambdas (the Hugging Face schedules), whose
+    multiplier is probed step by step until it stops rising.
+
+    Example::
+
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+        >>> warmup_steps_of(sched)
+        9
+    """
+    sched = torch.optim.lr_scheduler
+    if scheduler is None:
+        return None
+    if isinstance(scheduler, sched.LinearLR):
+        rising = scheduler.start_factor < scheduler.end_factor
+        return int(scheduler.total_iters) if rising else 0
+    if isinstance(scheduler, sched.OneCycleLR):
+        phases = getattr(scheduler, "_schedule_phases", None)
+        return int(phases[0]["end_step"]) if phases else None
+    if isinstance(scheduler, sched.SequentialLR):
+        inner = getattr(scheduler, "_schedulers", [])
+        milestones = getattr(scheduler, "_milestones", [])
+        if inner and milestones and warmup_steps_of(inner[0], max_steps):
+            return int(milestones[0])
+        return 0 if inner else None
+    if isinstance(scheduler, sched.LambdaLR) and len(scheduler.lr_lambdas) >= 1:
+        limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
+        return _lambda_warmup(scheduler.lr_lambdas[0], limit)
+    if isinstance(scheduler, (sched.ConstantLR, sched.StepLR, sched.ExponentialLR)):
+        return 0
+    return None
+
+
+def base_lr_of(scheduler: Any, optimizer: Any) -> float | None:
+    """The configured (peak) learning rate: the scheduler's ``base_lrs[0]``, else the
+    optimizer's ``initial_lr`` / ``lr``.
+
+    Example::
+
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> base_lr_of(None, opt)
+        0.1
+    """
+    base = getattr(scheduler, "base_lrs", None)
+    if base:
+        return float(base[0])
+    opt = torch_optimizer(optimizer)
+    groups = getattr(opt, "param_groups", None)
+    if not groups:
+        return None
+    lr = groups[0].get("initial_lr", groups[0].get("lr"))
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is True on any rank (one collective under ``torch.distributed``).
+
+    Example::
+
+        >>> any_rank(True)
+        True
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def is_summary_writer(obj: Any) -> bool:
+    """True for a TensorBoard ``SummaryWriter`` (torch's or tensorboardX's); False for
+    Lightning's ``_DummyExperiment`` on ranks > 0, a CSV writer, or None.
+
+    Example::
+
+        >>> is_summary_writer(None)
+        False
+    """
+    return any(c.__name__ == "SummaryWriter" for c in type(obj).__mro__)
+
+
+def _plain(obj: Any) -> Any:
+    """Plain data for a weights-only checkpoint (tuples and sets become lists)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [_plain(v) for v in items]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+class StepDriver:
+    """Maps a framework's step events onto one :class:`~initwatch.Watch` and keeps the alert
+    history across fits and resumes. Each adapter owns one; all the statistics, rules and
+    writing stay in the Watch.
+
+    Protocol per optimizer step: :meth:`begin` before the first micro-batch, :meth:`add_loss`
+    per micro-batch (optional), :meth:`before_optimizer_step` once with the final gradients,
+    :meth:`end` after the optimizer step.
+
+    Args:
+        every: measure every this many optimizer steps (None: set by :meth:`start`).
+        layers, on_alert, rules, update_sample: passed to the Watch.
+
+    Example::
+
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> driver = StepDriver(every=1, rules=False)
+        >>> driver.start(model, context=RunContext())
+        >>> driver.begin(0)
+        True
+        >>> loss = model(torch.randn(8, 4)).pow(2).mean(); loss.backward()
+        >>> driver.add_loss(loss); driver.before_optimizer_step(opt); opt.step()
+        >>> driver.end()
+        []
+        >>> driver.close(); driver.alerts
+        []
+    """
+
+    def __init__(
+        self,
+        every: int | None = None,
+        layers: str | Sequence[str] = "default",
+        on_alert: Any = "warn",
+        rules: Any = None,
+        update_sample: int = 1024,
+    ) -> None:
+        self.every = every
+        self.layers = layers
+        self.on_alert = on_alert
+        self.rules = rules
+        self.update_sample = update_sample
+        self.watch: Any = None
+        self.step: int | None = None
+        self.logging = False
+        self._state: dict[str, Any] | None = None
+        self._history: list[Alert] = []
+        self._loss: torch.Tensor | None = None
+        self._loss_n = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(
+        self,
+        model: nn.Module,
+        *,
+        context: RunContext,
+        every: int | None = None,
+        writer: Any = None,
+        logdir: str | None = None,
+        anatomy: Anatomy | None = None,
+        rank: int = 0,
+    ) -> None:
+        """Create the Watch (hooks attached now: before any compiled forward) and load the
+        state saved by an earlier fit or a checkpoint."""
+        from initwatch.watch import Watch
+
+        self.close()
+        on_alert = self.on_alert
+        if rank != 0 and on_alert == "warn":
+            on_alert = _silent  # the alert policy warns on rank 0 only
+        self.watch = Watch(
+            model,
+            writer=writer if rank == 0 else None,
+            every=int(every or self.every or 50),
+            layers=self.layers,
+            on_alert=on_alert,
+            context=context,
+            anatomy=anatomy,
+            rules=self.rules,
+            update_sample=self.update_sample,
+            logdir=logdir if rank == 0 else None,
+        )
+        if self._state is not None:
+            self.watch.load_state_dict(self._state)
+        self.step = None
+        self.logging = False
+
+    def close(self) -> None:
+        """Write the summary and remove every hook (idempotent); the history is kept."""
+        if self.watch is None:
+            return
+        watch, self.watch = self.watch, None
+        try:
+            watch.close()
+        finally:
+            self._state = _plain(watch.state_dict())
+            self._history = list(watch.alerts)
+            self.logging = False
+
+    @property
+    def started(self) -> bool:
+        """True while a Watch is attached."""
+        return self.watch is not None
+
+    # ---- steps --------------------------------------------------------------------------
+
+    def begin(self, step: int) -> bool:
+        """Begin optimizer step ``step``; True when it is measured."""
+        self.step = int(step)
+        self._loss, self._loss_n = None, 0
+        self.logging = bool(self.watch.begin_step(self.step)) if self.watch is not None else False
+        return self.logging
+
+    def add_loss(self, loss: Any) -> None:
+        """Add one micro-batch's loss (kept on the device) on a measured step."""
+        if not self.logging or loss is None:
+            return
+        value = loss.detach().float().reshape(-1)[:1] if torch.is_tensor(loss) else None
+        if value is None:
+            try:
+                value = torch.tensor([float(loss)])
+            except (TypeError, ValueError):
+                return
+        self._loss = value if self._loss is None else self._loss + value.to(self._loss.device)
+        self._loss_n += 1
+
+    def before_optimizer_step(self, optimizer: Any, **context: Any) -> None:
+        """Read the final gradients; ``context`` fields (lr, in_warmup, ...) are set first."""
+        if not self.logging or self.watch is None:
+            return
+        ctx = self.watch.context
+        for key, value in context.items():
+            if hasattr(ctx, key) and key != "extra":
+                setattr(ctx, key, value)
+            else:
+                ctx.extra[key] = value
+        self.watch.before_optimizer_step(optimizer)
+
+    def end(self, skipped: bool = False) -> list[Alert]:
+        """End the step; returns its new alerts (empty on steps that are not measured)."""
+        if self.watch is None:
+            return []
+        loss = self._loss / self._loss_n if self._loss is not None and self._loss_n else None
+        self._loss, self._loss_n = None, 0
+        self.logging = False
+        return list(self.watch.end_step(loss=loss, skipped=skipped))
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``on_alert="stop"`` asked to stop."""
+        return bool(self.watch is not None and self.watch.should_stop)
+
+    # ---- history and state --------------------------------------------------------------
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """All alerts so far (earlier fits and resumed runs included), oldest first."""
+        return list(self.watch.alerts) if self.watch is not None else list(self._history)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the Watch's state (step, alert history, rule state)."""
+        watch = _plain(self.watch.state_dict()) if self.watch is not None else self._state
+        return {"version": STATE_VERSION, "watch": watch} if watch is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; applied to the Watch now or when it starts."""
+        watch = state.get("watch") if state else None
+        if watch is None:
+            return
+        self._state = dict(watch)
+        self._history = [Alert.from_dict(a) for a in watch.get("alerts", [])]
+        if self.watch is not None:
+            self.watch.load_state_dict(self._state)
+
+
+def _silent(alert: Alert) -> None:
+    """The alert policy of ranks > 0 under ``on_alert="warn"``: rank 0 warns for all."""
+
+
+def describe_report(report: ReinitReport | None) -> str:
+    """One line about a scheme application, for the adapters' info messages.
+
+    Example::
+
+        >>> describe_report(None)
+        'no scheme applied'
+    """
+    if report is None:
+        return "no scheme applied"
+    return str(report).splitlines()[0]

@@ -1,0 +1,415 @@
+"""Re-initialize a transformer when Lightning sets up ``fit`` and watch its layers while it trains."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from initwatch.alerts import Alert
+from initwatch.anatomy import Anatomy
+from initwatch.errors import InitWatchError
+from initwatch.integrations._common import (
+    OWN_RUN,
+    StepDriver,
+    UnsupportedStrategyError,
+    any_rank,
+    apply_scheme,
+    base_context,
+    base_lr_of,
+    describe_report,
+    is_summary_writer,
+    read_anatomy,
+    resolve_scheme,
+    validate_on_alert,
+    warmup_steps_of,
+)
+from initwatch.schemes import ReinitReport
+
+# One class serves both import styles: it is a ``lightning.pytorch`` Callback and, when the
+# separate ``pytorch_lightning`` package is installed, a ``pytorch_lightning`` Callback too, so
+# either Trainer accepts it (each checks ``isinstance`` against its own class tree).
+_BASES: tuple[type, ...] = (pl.Callback,)
+if importlib.util.find_spec("pytorch_lightning") is not None:
+    import pytorch_lightning as _pl_old
+
+    _BASES = (pl.Callback, _pl_old.Callback)
+
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel", "XLA")
+
+
+class InitWatchStoppingReason(Enum):
+    """Why :class:`InitWatch` stopped training (``callback.stopping_reason``).
+
+    Example::
+
+        >>> InitWatchStoppingReason.NOT_STOPPED.name
+        'NOT_STOPPED'
+    """
+
+    NOT_STOPPED = 0
+    ALERT = 1
+
+
+class SchemeOutcome(Enum):
+    """What :class:`InitWatch` did with its scheme at the last ``setup("fit")``.
+
+    Example::
+
+        >>> SchemeOutcome.APPLIED.value
+        'applied'
+    """
+
+    NO_SCHEME = "no scheme"
+    APPLIED = "applied"
+    ALREADY_PRESENT = "already present (a second fit, or a restored model): left alone"
+
+
+class InitWatch(*_BASES):  # type: ignore[misc]
+    r"""Apply a re-initialization scheme at ``setup("fit")`` and watch per-layer statistics.
+
+    The scheme (DeepNet, T-Fixup or ReZero) is applied once, in ``setup`` for the stage
+    ``"fit"``: before ``configure_optimizers`` (so ReZero's new parameters are trained), before
+    the DDP wrap broadcasts rank 0's weights (so all ranks agree) and before a checkpoint is
+    restored (so a resume gets the saved weights back, into the same structure). A module that
+    already carries the scheme (a second ``fit``, ``validate``/``test`` after ``fit``) is left
+    alone.
+
+    While training, the statistics of every ``log_every_n_steps``-th optimizer step (step 0
+    included) are measured: activations of all micro-batches of that step, gradients in
+    ``on_before_optimizer_step`` (accumulated, unscaled, after the DDP all-reduce, *before*
+    gradient clipping), and the update the optimizer made. Steps are numbered as Lightning
+    numbers its own scalars (``trainer.global_step`` before the step's increment). Rules turn
+    them into :class:`~initwatch.Alert`\ s with remedies, and everything is written to the
+    TensorBoard run of the first ``TensorBoardLogger`` in ``trainer.loggers`` (only rank 0
+    writes), or to an own run under ``trainer.log_dir``/``initwatch_logs`` without one.
+
+    Args:
+        scheme: ``"deepnet"``, ``"t-fixup"``, ``"rezero"`` or None (only watch; the right
+            choice for a fine-tune). An unknown name raises ``ValueError`` here.
+        log_every_n_steps: measure every this many optimizer steps; None: the Trainer's
+            ``log_every_n_steps``.
+        on_alert: ``"warn"`` (a warning on rank 0 per cause), ``"stop"`` (sets
+            ``trainer.should_stop``), ``"raise"`` (:class:`~initwatch.AlertError`) or a callable
+            ``f(alert)``.
+        scheme_options: keyword arguments for :func:`initwatch.reinit` (``seed``, ``depth``,
+            ``stacks``, ``per``, ``norms``, ``allow_pretrained``, ...).
+        layers: which modules to watch: ``"default"``, ``"blocks"``, ``"linear"`` or module
+            paths / glob patterns relative to the LightningModule.
+        logdir: write the statistics to this directory instead (a run of its own).
+        rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
+        update_sample: coordinates sampled per tensor to estimate the update ratio.
+        anatomy: for custom models, ``initwatch.inspect(module, blocks=..., roles=...)``.
+
+    Attributes:
+        alerts: the alerts raised so far, oldest first (restored on resume).
+        report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
+        scheme_outcome: a :class:`SchemeOutcome`.
+        stopping_reason: an :class:`InitWatchStoppingReason`.
+
+    Raises:
+        UnsupportedStrategyError: FSDP, DeepSpeed, model-parallel and XLA strategies, and fp16
+            with a fused optimizer (gradients still scaled in the hook).
+        PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
+            ``scheme=None`` to fine-tune with the monitor.
+
+    Example::
+
+        >>> import tempfile, torch, lightning as L
+        >>> from torch import nn
+        >>> from initwatch.integrations.lightning import InitWatch
+        >>> class Encoder(L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        ...         self.encoder = nn.TransformerEncoder(layer, num_layers=4)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return self.encoder(batch).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.Adam(self.parameters(), lr=1e-3)
+        >>> watch = InitWatch(scheme="deepnet", log_every_n_steps=2)
+        >>> trainer = L.Trainer(max_steps=4, callbacks=[watch], default_root_dir=tempfile.mkdtemp(),
+        ...                     enable_checkpointing=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False)
+        >>> trainer.fit(Encoder(), torch.utils.data.DataLoader(torch.randn(8, 5, 16), batch_size=2))
+        >>> watch.report.scheme, watch.scheme_outcome.name, watch.alerts
+        ('deepnet', 'APPLIED', [])
+    """
+
+    def __init__(
+        self,
+        scheme: str | None = None,
+        log_every_n_steps: int | None = None,
+        on_alert: Any = "warn",
+        *,
+        scheme_options: Mapping[str, Any] | None = None,
+        layers: str | Sequence[str] = "default",
+        logdir: str | os.PathLike | None = None,
+        rules: Any = None,
+        update_sample: int = 1024,
+        anatomy: Anatomy | None = None,
+    ) -> None:
+        super().__init__()
+        self.scheme = resolve_scheme(scheme)
+        if log_every_n_steps is not None and int(log_every_n_steps) < 1:
+            raise ValueError(
+                f"log_every_n_steps={log_every_n_steps!r}: expected a positive number of "
+                "optimizer steps, or None for the Trainer's log_every_n_steps"
+            )
+        validate_on_alert(on_alert)
+        self.log_every_n_steps = log_every_n_steps
+        self.on_alert = on_alert
+        self.scheme_options = dict(scheme_options or {})
+        self.layers = layers
+        self.logdir = os.fspath(logdir) if logdir is not None else None
+        self.anatomy = anatomy
+        self.report: ReinitReport | None = None
+        self.scheme_outcome = SchemeOutcome.NO_SCHEME
+        self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
+        self.stopping_reason_message: str | None = None
+        self._driver = StepDriver(
+            every=log_every_n_steps,
+            layers=layers,
+            on_alert=on_alert,
+            rules=rules,
+            update_sample=update_sample,
+        )
+        self._anatomies: dict[int, Anatomy | None] = {}
+        self._scale_before: float | None = None
+
+    # ---- public state -------------------------------------------------------------------
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts raised so far (all fits, and the run this one resumed), oldest first."""
+        return self._driver.alerts
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            scheme=self.scheme,
+            log_every_n_steps=self.log_every_n_steps,
+            layers=self.layers if isinstance(self.layers, str) else list(self.layers),
+            logdir=self.logdir,
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (weights-only-loadable): the alert history and the rules' state."""
+        return self._driver.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._driver.load_state_dict(state_dict)
+
+    # ---- setup: the scheme ----------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        _refuse_strategy(trainer)
+        if self.scheme is None:
+            self.scheme_outcome = SchemeOutcome.NO_SCHEME
+            return
+        anatomy = read_anatomy(pl_module, self.anatomy)
+        if anatomy is None and _overrides(pl_module, "configure_model"):
+            raise InitWatchError(
+                f"InitWatch(scheme={self.scheme!r}) found no transformer blocks in "
+                f"{type(pl_module).__name__} at setup: layers built in configure_model() do not "
+                "exist yet when callbacks run setup, and no callback hook runs between "
+                "configure_model() and configure_optimizers(). Apply the scheme yourself at the "
+                "end of configure_model(), e.g. `initwatch.reinit(self.model, "
+                f"{self.scheme!r})`, and pass InitWatch(scheme=None) to watch the run."
+            )
+        report = apply_scheme(
+            pl_module, self.scheme, self.scheme_options, anatomy=anatomy, framework="InitWatch"
+        )
+        if report is None:
+            self.scheme_outcome = SchemeOutcome.ALREADY_PRESENT
+            rank_zero_info(f"InitWatch: {self.scheme} {self.scheme_outcome.value}")
+            return
+        self.report = report
+        self.scheme_outcome = SchemeOutcome.APPLIED
+        self._anatomies[id(pl_module)] = anatomy
+        rank_zero_info(f"InitWatch: {describe_report(report)}")
+
+    # ---- fit: attach the Watch --------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here (not on_train_start): before the sanity check runs a possibly compiled forward.
+        _refuse_fused_scaling(trainer)
+        self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)
+        writer, logdir = self._output(trainer)
+        context = base_context(
+            pl_module,
+            scheme=self.scheme,
+            framework="lightning",
+            precision=str(trainer.precision),
+            max_steps=_max_steps(trainer),
+        )
+        self._driver.start(
+            pl_module,
+            context=context,
+            every=self.log_every_n_steps or trainer.log_every_n_steps,
+            writer=writer,
+            logdir=logdir,
+            anatomy=anatomy,
+            rank=trainer.global_rank,
+        )
+
+    def _output(self, trainer: pl.Trainer) -> tuple[Any, str | None]:
+        """(writer, logdir): the TensorBoardLogger's writer, or a directory for an own run.
+
+        Decided on every rank alike (``trainer.log_dir`` is a collective); only rank 0 writes.
+        """
+        if self.logdir is not None:
+            return None, self.logdir
+        tb = next((lg for lg in trainer.loggers if _is_tensorboard_logger(lg)), None)
+        if tb is not None:
+            experiment = tb.experiment if trainer.is_global_zero else None
+            if is_summary_writer(experiment):
+                return experiment, None
+            return None, os.path.join(str(tb.log_dir), OWN_RUN)
+        return None, os.path.join(str(trainer.log_dir), OWN_RUN)
+
+    # ---- steps --------------------------------------------------------------------------
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The first micro-batch of an optimizer step: global_step has moved on since the last.
+        if self._driver.started and self._driver.step != trainer.global_step:
+            self._driver.begin(trainer.global_step)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if not self._driver.logging:
+            return
+        scaler = _scaler(trainer)
+        self._scale_before = float(scaler.get_scale()) if scaler is not None else None
+        config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
+        scheduler = config.scheduler if config is not None and config.interval == "step" else None
+        warmup = warmup_steps_of(scheduler, _max_steps(trainer))
+        self._driver.before_optimizer_step(
+            optimizer,
+            base_lr=base_lr_of(scheduler, optimizer),
+            warmup_steps=warmup,
+            in_warmup=warmup is not None and trainer.global_step < warmup,
+        )
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._driver.started:
+            return
+        measured = self._driver.logging
+        if measured:
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            self._driver.add_loss(loss)
+        if self._driver.step is None or trainer.global_step == self._driver.step:
+            return  # accumulating: the optimizer has not stepped yet
+        self._driver.end(skipped=measured and self._step_was_skipped(trainer))
+        if measured and self.on_alert == "stop":
+            # Every rank makes this call on the same steps: one collective per logging step.
+            device = pl_module.device
+            if any_rank(self._driver.should_stop, device) and not trainer.should_stop:
+                trainer.should_stop = True
+                self.stopping_reason = InitWatchStoppingReason.ALERT
+                last = self.alerts[-1] if self.alerts else None
+                self.stopping_reason_message = f"InitWatch stopped training: {last}"
+                rank_zero_warn(self.stopping_reason_message)
+
+    def _step_was_skipped(self, trainer: pl.Trainer) -> bool:
+        """True when the AMP GradScaler skipped the step (it lowers its scale when it does)."""
+        scaler = _scaler(trainer)
+        before, self._scale_before = self._scale_before, None
+        return scaler is not None and before is not None and float(scaler.get_scale()) < before
+
+    # ---- teardown -----------------------------------------------------------------------
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._driver.close()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._driver.close()
+
+
+def _is_tensorboard_logger(logger: Any) -> bool:
+    # By class name: lightning.pytorch and pytorch_lightning have separate class trees.
+    return any(c.__name__ == "TensorBoardLogger" for c in type(logger).__mro__)
+
+
+def _overrides(module: Any, name: str) -> bool:
+    for cls in type(module).__mro__:
+        if cls.__name__ == "LightningModule":
+            return False
+        if name in cls.__dict__:
+            return True
+    return False
+
+
+def _scaler(trainer: pl.Trainer) -> Any:
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def _max_steps(trainer: pl.Trainer) -> int | None:
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    return None
+
+
+def _refuse_strategy(trainer: pl.Trainer) -> None:
+    name = type(trainer.strategy).__name__
+    if any(s.lower() in name.lower() for s in _SHARDED):
+        raise UnsupportedStrategyError(
+            f"InitWatch does not support {name}: it shards or flattens parameters, so per-layer "
+            "gradient and weight statistics would be read from shards and be wrong, and a "
+            "scheme applied in setup would not be broadcast. Use strategy='ddp' (supported), or "
+            "re-initialize before fit with a fixed seed on every rank "
+            "(`initwatch.reinit(module, 'deepnet', seed=0)`) and train without InitWatch."
+        )
+
+
+def _refuse_fused_scaling(trainer: pl.Trainer) -> None:
+    if _scaler(trainer) is None:
+        return
+    fused = [
+        type(o).__name__
+        for o in trainer.optimizers
+        if getattr(o, "_step_supports_amp_scaling", False)
+    ]
+    if fused:
+        raise UnsupportedStrategyError(
+            f"InitWatch cannot read unscaled gradients with a fused optimizer ({fused[0]}) under "
+            "fp16 mixed precision: Lightning leaves its gradients scaled in "
+            "on_before_optimizer_step. Create the optimizer with fused=False, or train with "
+            "precision='bf16-mixed'."
+        )
+
+
+__all__ = ["InitWatch", "InitWatchStoppingReason", "SchemeOutcome"]

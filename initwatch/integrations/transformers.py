@@ -1,0 +1,403 @@
+"""Re-initialize a transformer when the Hugging Face Trainer is built and watch its layers train."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from initwatch.alerts import Alert
+from initwatch.anatomy import Anatomy
+from initwatch.errors import InitWatchError
+from initwatch.integrations._common import (
+    OWN_RUN,
+    StepDriver,
+    UnsupportedStrategyError,
+    any_rank,
+    apply_scheme,
+    base_context,
+    base_lr_of,
+    describe_report,
+    read_anatomy,
+    resolve_scheme,
+    validate_on_alert,
+    warmup_steps_of,
+)
+from initwatch.schemes import ReinitReport
+
+log = logging.getLogger("initwatch")
+
+STATE_FILE = "initwatch_state.json"  # written into each checkpoint-N folder
+PRECLIP_TAG = "initwatch/global/grad_norm_preclip"
+
+
+class InitWatchCallback(TrainerCallback):
+    r"""Apply a re-initialization scheme when the Trainer is built, and watch per-layer
+    statistics while it trains.
+
+    Pass it to ``Trainer(callbacks=[...])``. The scheme is applied in ``on_init_end``: the
+    optimizer is created later (so ReZero's new parameters are trained), the DDP wrap later
+    broadcasts rank 0's weights, and ``train(resume_from_checkpoint=...)`` later loads the saved
+    weights into the re-initialized structure. A callback that misses ``on_init_end``
+    (``trainer.add_callback``) or a model that ``model_init`` replaces is refused with an
+    error: applying a scheme at ``on_train_begin`` would leave new parameters out of the
+    optimizer and destroy resumed weights.
+
+    Every ``logging_steps``-th optimizer step (the Trainer's cadence and numbering: the step
+    counted after its increment, like ``train/loss``) is measured: activations of all
+    micro-batches, gradients at ``on_pre_optimizer_step`` (accumulated, unscaled, after the DDP
+    all-reduce, **and already clipped** to ``max_grad_norm``: per-layer norms are scaled by the
+    clip factor, their ratios are unchanged), and the update the optimizer made. The pre-clip
+    global norm the Trainer reports (``logs["grad_norm"]``) is written as
+    ``initwatch/global/grad_norm_preclip`` (and is ``train/grad_norm`` in the Trainer's own
+    run). With ``report_to="tensorboard"`` the statistics go into the Trainer's run directory;
+    otherwise into ``<output_dir>/initwatch_logs``. Only world process zero writes.
+
+    Args:
+        scheme: ``"deepnet"``, ``"t-fixup"``, ``"rezero"`` or None (only watch; the right
+            choice for a fine-tune). An unknown name raises ``ValueError`` here.
+        logging_steps: measure every this many optimizer steps; None: ``args.logging_steps``.
+        on_alert: ``"warn"``, ``"stop"`` (sets ``control.should_training_stop``), ``"raise"``
+            or a callable ``f(alert)``.
+        scheme_options: keyword arguments for :func:`initwatch.reinit`.
+        layers: which modules to watch: ``"default"``, ``"blocks"``, ``"linear"`` or module
+            paths / glob patterns.
+        logdir: write the statistics to this directory instead.
+        rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
+        update_sample: coordinates sampled per tensor to estimate the update ratio.
+        anatomy: for custom models, ``initwatch.inspect(model, blocks=..., roles=...)``.
+
+    Attributes:
+        alerts: the alerts raised so far, oldest first (restored on resume from the
+            ``initwatch_state.json`` written into each checkpoint folder).
+        report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
+
+    Raises:
+        UnsupportedStrategyError: FSDP or DeepSpeed.
+        PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
+            ``scheme=None`` to fine-tune with the monitor.
+        InitWatchError: the callback missed ``on_init_end``, the model comes from
+            ``model_init``, or ReZero with an optimizer built before the Trainer.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from transformers import PrinterCallback, Trainer, TrainingArguments
+        >>> from initwatch import zoo
+        >>> from initwatch.integrations.transformers import InitWatchCallback
+        >>> model = zoo.build("gpt2", layers=2, hidden=32)
+        >>> data = [{"input_ids": torch.randint(0, 96, (8,)), "labels": torch.randint(0, 96, (8,))}
+        ...         for _ in range(8)]
+        >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=4, per_device_train_batch_size=2,
+        ...                          logging_steps=2, report_to="none", save_strategy="no",
+        ...                          use_cpu=True, disable_tqdm=True)
+        >>> watch = InitWatchCallback(scheme="t-fixup")
+        >>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[watch])
+        >>> watch.report.scheme
+        't-fixup'
+        >>> trainer.remove_callback(PrinterCallback)  # keep this example quiet
+        >>> _ = trainer.train()
+        >>> isinstance(watch.alerts, list)
+        True
+    """
+
+    def __init__(
+        self,
+        scheme: str | None = None,
+        logging_steps: int | None = None,
+        on_alert: Any = "warn",
+        *,
+        scheme_options: Mapping[str, Any] | None = None,
+        layers: str | Sequence[str] = "default",
+        logdir: str | os.PathLike | None = None,
+        rules: Any = None,
+        update_sample: int = 1024,
+        anatomy: Anatomy | None = None,
+    ) -> None:
+        self.scheme = resolve_scheme(scheme)
+        if logging_steps is not None and int(logging_steps) < 1:
+            raise ValueError(
+                f"logging_steps={logging_steps!r}: expected a positive number of optimizer "
+                "steps, or None for args.logging_steps"
+            )
+        validate_on_alert(on_alert)
+        self.logging_steps = logging_steps
+        self.on_alert = on_alert
+        self.scheme_options = dict(scheme_options or {})
+        self.layers = layers
+        self.logdir = os.fspath(logdir) if logdir is not None else None
+        self.anatomy = anatomy
+        self.report: ReinitReport | None = None
+        self._driver = StepDriver(
+            every=logging_steps,
+            layers=layers,
+            on_alert=on_alert,
+            rules=rules,
+            update_sample=update_sample,
+        )
+        self._model: weakref.ref[nn.Module] | None = None  # the model seen at on_init_end
+        self._trainer: weakref.ref[Trainer] | None = None
+        self._anatomy: Anatomy | None = None
+        self._writer: Any = None
+        self._loss_hook: Any = None
+        self._skipped = False
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts raised so far (and those of the run this one resumed), oldest first."""
+        return self._driver.alerts
+
+    # ---- init: the scheme -----------------------------------------------------------------
+
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model, trainer = kwargs.get("model"), _find_trainer()
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
+        _refuse_strategy(args, trainer)
+        if model is None:
+            return
+        self._model = weakref.ref(model)
+        if self.scheme is None:
+            return
+        if trainer is not None and trainer.model_init is not None:
+            raise InitWatchError(_MODEL_INIT_HELP.format(scheme=self.scheme))
+        if kwargs.get("optimizer") is not None and self.scheme == "rezero":
+            raise InitWatchError(
+                "InitWatchCallback(scheme='rezero') adds trainable parameters, but the optimizer "
+                "passed with Trainer(optimizers=...) was built before them and would never train "
+                "them. Let the Trainer create the optimizer (drop optimizers=), or call "
+                "initwatch.reinit(model, 'rezero') before building your optimizer and pass "
+                "InitWatchCallback(scheme=None)."
+            )
+        self._anatomy = read_anatomy(model, self.anatomy)
+        self.report = apply_scheme(
+            model,
+            self.scheme,
+            self.scheme_options,
+            anatomy=self._anatomy,
+            framework="InitWatchCallback",
+        )
+        if state.is_world_process_zero:
+            log.info("InitWatchCallback: %s", describe_report(self.report))
+
+    # ---- train: attach the Watch ------------------------------------------------------------
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model: nn.Module = kwargs["model"]
+        seen = self._model() if self._model is not None else None
+        if self.scheme is not None and seen is None:
+            raise InitWatchError(_MISSED_INIT_HELP.format(scheme=self.scheme))
+        if self.scheme is not None and seen is not model:
+            raise InitWatchError(_MODEL_INIT_HELP.format(scheme=self.scheme))
+        trainer = (self._trainer() if self._trainer is not None else None) or _find_trainer()
+        _refuse_strategy(args, trainer)
+        rank0 = state.is_world_process_zero
+        self._writer = _open_writer(self._logdir(args, trainer)) if rank0 else None
+        self._driver.load_state_dict(_load_state(args, state))
+        anatomy = self._anatomy if seen is model else None
+        context = base_context(
+            model,
+            scheme=self.scheme,
+            framework="transformers",
+            precision="bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32",
+            max_steps=state.max_steps,
+        )
+        self._driver.start(
+            model,
+            context=context,
+            every=self.logging_steps or state.logging_steps,
+            writer=self._writer,
+            anatomy=anatomy or read_anatomy(model, self.anatomy),
+            rank=0 if rank0 else 1,
+        )
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+        self._loss_hook = model.register_forward_hook(self._capture_loss)
+
+    def _logdir(self, args: TrainingArguments, trainer: Trainer | None) -> str:
+        """The TensorBoardCallback's run directory, else ``<output_dir>/initwatch_logs``."""
+        if self.logdir is not None:
+            return self.logdir
+        callbacks = trainer.callback_handler.callbacks if trainer is not None else []
+        for cb in callbacks:
+            if type(cb).__name__ == "TensorBoardCallback":
+                writer = getattr(cb, "tb_writer", None)
+                found = getattr(writer, "log_dir", None) or getattr(cb, "logging_dir", None)
+                if found:
+                    return str(found)
+        return os.path.join(args.output_dir, OWN_RUN)
+
+    def _capture_loss(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._driver.logging or not module.training:
+            return
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        self._driver.add_loss(loss)
+
+    # ---- steps --------------------------------------------------------------------------
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Numbered as the Trainer logs: the step count after this step's increment.
+        self._driver.begin(state.global_step + 1)
+        self._skipped = False
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not self._driver.logging:
+            return
+        optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
+        warmup = warmup_steps_of(scheduler, state.max_steps)
+        if warmup is None:
+            warmup = args.get_warmup_steps(state.max_steps)
+        self._driver.before_optimizer_step(
+            optimizer,
+            base_lr=base_lr_of(scheduler, optimizer) or args.learning_rate,
+            warmup_steps=warmup,
+            in_warmup=state.global_step < warmup,
+            max_grad_norm=args.max_grad_norm,
+        )
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # accelerate's AcceleratedOptimizer knows whether the GradScaler skipped the step.
+        self._skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        measured = self._driver.logging
+        self._driver.end(skipped=measured and self._skipped)
+        if measured and self.on_alert == "stop":
+            # Every rank makes this call on the same steps: one collective per logging step.
+            device = next(kwargs["model"].parameters()).device
+            if any_rank(self._driver.should_stop, device):
+                control.should_training_stop = True
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        norm = (logs or {}).get("grad_norm")
+        if norm is None or not self._driver.started:
+            return
+        self._driver.watch.context.extra["grad_norm_preclip"] = float(norm)
+        if self._writer is not None:
+            self._writer.add_scalar(PRECLIP_TAG, float(norm), state.global_step)
+
+    # ---- checkpoints and the end --------------------------------------------------------------
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump(self._driver.state_dict(), f)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write the summary, remove the hooks and close the writer (idempotent; called at
+        ``on_train_end``)."""
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+            self._loss_hook = None
+        try:
+            self._driver.close()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+
+_MISSED_INIT_HELP = (
+    "InitWatchCallback(scheme={scheme!r}) did not see on_init_end, so the scheme was never "
+    "applied; applying it now, at on_train_begin, would leave new parameters out of the "
+    "optimizer and overwrite resumed weights. Pass the callback when building the Trainer: "
+    "Trainer(..., callbacks=[InitWatchCallback(scheme={scheme!r})]), not trainer.add_callback(). "
+    "(add_callback is fine with scheme=None: monitoring only.)"
+)
+_MODEL_INIT_HELP = (
+    "InitWatchCallback(scheme={scheme!r}) cannot re-initialize a model built by model_init: "
+    "Trainer.train() builds a new model after the callback applied the scheme. Apply it inside "
+    "model_init instead, e.g.\n"
+    "    def model_init():\n"
+    "        model = AutoModelForCausalLM.from_config(config)\n"
+    "        initwatch.reinit(model, {scheme!r})\n"
+    "        return model\n"
+    "and pass InitWatchCallback(scheme=None) to watch the run."
+)
+
+
+def _find_trainer() -> Trainer | None:
+    """The Trainer whose callback handler is calling us (events carry no trainer)."""
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _refuse_strategy(args: TrainingArguments, trainer: Trainer | None) -> None:
+    fsdp = bool(getattr(args, "fsdp", None)) or bool(getattr(trainer, "is_fsdp_enabled", False))
+    deepspeed = bool(getattr(args, "deepspeed", None)) or bool(
+        getattr(trainer, "is_deepspeed_enabled", False)
+    )
+    if fsdp or deepspeed:
+        name = "FSDP" if fsdp else "DeepSpeed"
+        raise UnsupportedStrategyError(
+            f"InitWatchCallback does not support {name}: it shards or flattens parameters, so "
+            "per-layer gradient and weight statistics would be read from shards and be wrong, "
+            "and the re-initialization would not be broadcast. Use DDP (supported), or "
+            "re-initialize before building the Trainer with a fixed seed on every rank "
+            "(`initwatch.reinit(model, 't-fixup', seed=0)`) and train without the callback."
+        )
+
+
+def _open_writer(logdir: str) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(logdir)
+
+
+def _load_state(args: TrainingArguments, state: TrainerState) -> dict[str, Any]:
+    """The callback state saved in the checkpoint this run resumes from, if any."""
+    if not state.global_step:
+        return {}
+    candidates = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+    resume = getattr(args, "resume_from_checkpoint", None)
+    if isinstance(resume, str):
+        candidates.insert(0, resume)
+    for folder in candidates:
+        path = os.path.join(folder, STATE_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return {}
+
+
+__all__ = ["InitWatchCallback"]
