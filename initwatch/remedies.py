@@ -65,7 +65,9 @@ def _n(x: float | None) -> str:
         return "?"
     if x == 0:
         return "0"
-    return f"{x:.2g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
+    if 10 <= abs(x) < 1e4:
+        return f"{x:.0f}"
+    return f"{x:.2g}" if 1e-3 <= abs(x) < 10 else f"{x:.1e}"
 
 
 def _round2(x: float) -> float:
@@ -179,8 +181,8 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     if ctx.pretrained:
         return _join(
             [
-                f"This is a fine-tune: keep the pretrained weights (re-initializing would discard them); {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
-                f"check that {where} are not frozen or detached by accident",
+                f"This is a fine-tune: keep the pretrained weights as they are; {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
+                f"check that {where} {'are' if ev.get('n_affected', 1) > 1 else 'is'} not frozen or detached by accident",
             ]
         )
     if not _is_transformer(ev, ctx):
