@@ -239,7 +239,7 @@ def _exploding_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     g, base = ev.get("grad_norm"), ev.get("baseline")
     factor = 10.0
     if isinstance(g, (int, float)) and isinstance(base, (int, float)) and base and base > 0:
-        factor = max(3.0, min(100.0, _round2(g / base)))
+        factor = max(3.0, min(10.0, _round2(g / base)))
     items = [_clip(ev), _lower_lr(ctx, ev, factor), _warmup(ctx)]
     if _fp16(ctx):
         items.append("under fp16 keep dynamic loss scaling on or switch to bf16")
@@ -337,9 +337,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
 
 def _nonfinite(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     where = ev.get("where")
-    first = (
-        f"Start at {layer}, the first non-finite {'output' if where == 'activation' else 'value'}"
-    )
+    first = f"The first non-finite {'output' if where == 'activation' else 'value'} is at {layer}"
     if _fp16(ctx):
         return _join(
             [
