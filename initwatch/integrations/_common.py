@@ -341,6 +341,7 @@ class StepDriver:
         self.watch: Any = None
         self.step: int | None = None
         self.logging = False
+        self.context: RunContext | None = None
         self._state: dict[str, Any] | None = None
         self._history: list[Alert] = []
         self._loss: torch.Tensor | None = None
@@ -381,6 +382,7 @@ class StepDriver:
         )
         if self._state is not None:
             self.watch.load_state_dict(self._state)
+        self.context = self.watch.context
         self.step = None
         self.logging = False
 

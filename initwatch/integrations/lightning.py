@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy
+from initwatch.context import RunContext
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     OWN_RUN,
@@ -189,6 +190,12 @@ class InitWatch(*_BASES):  # type: ignore[misc]
     def alerts(self) -> list[Alert]:
         """The alerts raised so far (all fits, and the run this one resumed), oldest first."""
         return self._driver.alerts
+
+    @property
+    def context(self) -> RunContext | None:
+        """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
+        last fit; None before the first)."""
+        return self._driver.context
 
     @property
     @override

@@ -15,6 +15,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy
+from initwatch.context import RunContext
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     OWN_RUN,
@@ -153,6 +154,12 @@ class InitWatchCallback(TrainerCallback):
     def alerts(self) -> list[Alert]:
         """The alerts raised so far (and those of the run this one resumed), oldest first."""
         return self._driver.alerts
+
+    @property
+    def context(self) -> RunContext | None:
+        """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
+        last training run; None before the first)."""
+        return self._driver.context
 
     # ---- init: the scheme -----------------------------------------------------------------
 

@@ -1,0 +1,411 @@
+"""The Lightning adapter: scheme at setup("fit") once, steps, loggers, state, resume, precision."""
+
+from __future__ import annotations
+
+import gc
+import math
+import warnings
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+import initwatch
+from initwatch import zoo
+from initwatch.errors import InitWatchError, PretrainedWeightsError
+from initwatch.integrations import UnsupportedStrategyError
+from initwatch.integrations import lightning as iw_lightning
+from initwatch.integrations.lightning import InitWatch, InitWatchStoppingReason, SchemeOutcome
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+HIDDEN = 16
+
+
+class Tiny(L.LightningModule):
+    """A small Post-LN encoder (DeepNet, T-Fixup and ReZero all apply) with a regression head."""
+
+    def __init__(self, layers: int = 2, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.net = zoo.build("torch_encoder", layers=layers, hidden=HIDDEN, heads=2)
+        self.head = nn.Linear(HIDDEN, 1)
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def loader(n: int = 32, batch: int = 4) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(n, 6, HIDDEN, generator=g), torch.randn(n, generator=g)
+    )
+    return torch.utils.data.DataLoader(data, batch_size=batch)
+
+
+def trainer(tmp_path, callbacks, **kw) -> L.Trainer:
+    args = dict(
+        max_steps=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, **args)
+
+
+class Spy(Callback):
+    """Runs after InitWatch: records frames, Watch calls and whether the gate was on per forward."""
+
+    def __init__(self, watch_cb: InitWatch) -> None:
+        self.cb = watch_cb
+        self.frames = []
+        self.calls = []
+        self.gate = []  # (global_step, is_logging) per micro-batch forward
+        self.weights_at_fit_start = None
+        self._handle = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.weights_at_fit_start = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        watch = self.cb._driver.watch
+        for name in ("begin_step", "before_optimizer_step", "end_step"):
+            self._wrap(watch, name)
+
+        def record(module, args, output):
+            self.gate.append((trainer.global_step, watch.is_logging))
+
+        self._handle = pl_module.net.register_forward_hook(record)
+
+    def _wrap(self, watch, name):
+        original = getattr(watch, name)
+
+        def wrapped(*args, **kwargs):
+            self.calls.append((name, args[0] if name == "begin_step" else kwargs.get("skipped")))
+            return original(*args, **kwargs)
+
+        setattr(watch, name, wrapped)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        frame = self.cb._driver.watch.last_frame
+        if frame is not None and (not self.frames or self.frames[-1] is not frame):
+            self.frames.append(frame)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def hook_count(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+# ---- construction ------------------------------------------------------------------------
+
+
+def test_constructor_validates_and_state_key_is_per_config():
+    with pytest.raises(ValueError, match="unknown scheme"):
+        InitWatch(scheme="fixup-ish")
+    with pytest.raises(ValueError, match="on_alert"):
+        InitWatch(on_alert="explode")
+    with pytest.raises(ValueError, match="log_every_n_steps"):
+        InitWatch(log_every_n_steps=0)
+    assert InitWatch("T-Fixup").scheme == "t-fixup"
+    assert InitWatch("deepnet").state_key == InitWatch("deepnet").state_key
+    assert InitWatch("deepnet").state_key != InitWatch("rezero").state_key
+    assert InitWatch(log_every_n_steps=5).state_key != InitWatch(log_every_n_steps=10).state_key
+
+
+# ---- setup: once, fit only; hooks removed ------------------------------------------------
+
+
+def test_scheme_once_at_fit_setup_new_params_trained_and_hooks_removed(tmp_path):
+    module, data = Tiny(), loader()
+    cb = InitWatch("rezero", log_every_n_steps=2)
+    before_hooks = hook_count(module)
+    t1 = trainer(tmp_path, [cb])
+    t1.fit(module, data)
+    assert cb.scheme_outcome is SchemeOutcome.APPLIED and cb.report.scheme == "rezero"
+    gates = {n: p for n, p in module.named_parameters() if "rezero_alpha" in n}
+    assert gates, "ReZero gates were registered"
+    optimized = {id(p) for g in t1.optimizers[0].param_groups for p in g["params"]}
+    assert all(id(p) in optimized for p in gates.values()), "new parameters are in the optimizer"
+    assert all(float(p) != 0.0 for p in gates.values()), "and they were trained"
+    scheme_hooks = hook_count(module)
+    assert scheme_hooks > before_hooks  # the ReZero gates are forward hooks
+    assert cb._driver.watch is None  # closed at teardown
+    trained = {k: v.clone() for k, v in module.state_dict().items()}
+
+    t1.validate(module, loader(8))  # setup("validate"): nothing applied
+    spy = Spy(cb)
+    t2 = trainer(tmp_path, [cb, spy])
+    t2.fit(module, data)  # the same callback, the trained module: nothing re-initialized
+    assert cb.scheme_outcome is SchemeOutcome.ALREADY_PRESENT
+    for k, v in trained.items():
+        assert torch.equal(spy.weights_at_fit_start[k], v), k
+    assert hook_count(module) == scheme_hooks, "fitting twice leaves no extra hooks"
+    gc.collect()
+    from initwatch.watch import Watch
+
+    assert not [o for o in gc.get_objects() if isinstance(o, Watch)], "no Watch kept alive"
+
+
+def test_configure_model_layers_are_refused_with_the_way_out(tmp_path):
+    class Lazy(Tiny):
+        def __init__(self):
+            L.LightningModule.__init__(self)
+            self.lr = 1e-3
+            self.net = None
+
+        def configure_model(self):
+            if self.net is None:
+                self.net = zoo.build("torch_encoder", layers=2, hidden=HIDDEN, heads=2)
+                self.head = nn.Linear(HIDDEN, 1)
+
+    with pytest.raises(InitWatchError, match="configure_model"):
+        trainer(tmp_path, [InitWatch("deepnet")]).fit(Lazy(), loader())
+
+
+def test_sharded_strategies_and_fused_fp16_are_refused():
+    class FSDPStrategy:
+        pass
+
+    with pytest.raises(UnsupportedStrategyError, match="FSDPStrategy"):
+        iw_lightning._refuse_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+    fused = SimpleNamespace(_step_supports_amp_scaling=True)
+    fake = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()), optimizers=[fused])
+    with pytest.raises(UnsupportedStrategyError, match="fused=False"):
+        iw_lightning._refuse_fused_scaling(fake)
+
+
+# ---- steps, accumulation, cadence, clipping ------------------------------------------------
+
+
+def test_steps_accumulation_cadence_and_unclipped_grads(tmp_path):
+    cb = InitWatch(None)  # cadence: the Trainer's log_every_n_steps
+    spy = Spy(cb)
+    t = trainer(
+        tmp_path,
+        [cb, spy],
+        max_steps=7,
+        log_every_n_steps=3,
+        accumulate_grad_batches=2,
+        gradient_clip_val=1e-4,
+    )
+    t.fit(Tiny(), loader(64))
+    begins = [s for n, s in spy.calls if n == "begin_step"]
+    assert begins == list(range(7)), "one begin per optimizer step, numbered like Lightning"
+    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 3  # steps 0, 3, 6
+    assert [n for n, _ in spy.calls].count("end_step") == 7
+    assert [f.step for f in spy.frames] == [0, 3, 6]
+    # Activation hooks are on for every micro-batch of a logging step, and off otherwise.
+    per_step = {}
+    for step, on in spy.gate:
+        per_step.setdefault(step, []).append(on)
+    assert per_step[0] == [True, True] and per_step[3] == [True, True]
+    assert per_step[1] == [False, False]
+    # Gradients are read before Lightning clips them.
+    assert all(f.globals["grad_norm_global"] > 1e-3 for f in spy.frames)
+    assert all(math.isfinite(f.globals["loss"]) for f in spy.frames)
+
+
+# ---- TensorBoard --------------------------------------------------------------------------
+
+
+def scalars(logdir) -> dict[str, list[int]]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
+    csv, tb = CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path / "tb")
+    cb = InitWatch("deepnet")
+    trainer(tmp_path, [cb], logger=[csv, tb], log_every_n_steps=2).fit(Tiny(), loader())
+    tags = scalars(tb.log_dir)
+    assert "train_loss" in tags, "Lightning's own scalars"
+    ours = [t for t in tags if t.startswith("initwatch/")]
+    assert ours and tags["initwatch/global/grad_norm_global"] == [0, 2]
+    assert not list((tmp_path / "csv").rglob("events.out.tfevents*")), "no own run besides"
+
+
+def test_writes_an_own_run_without_a_tensorboard_logger(tmp_path):
+    trainer(tmp_path, [InitWatch(None, log_every_n_steps=2)]).fit(Tiny(), loader())
+    tags = scalars(tmp_path / "initwatch_logs")
+    assert tags["initwatch/global/grad_norm_global"] == [0, 2]
+
+
+# ---- alerts: stop, state, resume -------------------------------------------------------------
+
+ALWAYS = {"persistence": 1, "grad_norm_ceiling": 1e-9}  # an exploding_gradient alert each frame
+
+
+def test_on_alert_stop_sets_trainer_should_stop(tmp_path):
+    cb = InitWatch(None, log_every_n_steps=1, on_alert="stop", rules=ALWAYS)
+    t = trainer(tmp_path, [cb], max_steps=10)
+    t.fit(Tiny(), loader())
+    assert t.global_step == 1 and t.should_stop
+    assert cb.stopping_reason is InitWatchStoppingReason.ALERT
+    assert [a.kind for a in cb.alerts] == ["exploding_gradient"]
+
+
+def test_resume_restores_checkpoint_weights_structure_and_alert_history(tmp_path):
+    quiet = lambda alert: None  # noqa: E731
+    L.seed_everything(1, verbose=False)
+    cb = InitWatch("rezero", log_every_n_steps=1, on_alert=quiet, rules=ALWAYS)
+    t = trainer(tmp_path, [cb], max_steps=3)
+    t.fit(Tiny(), loader())
+    ckpt = tmp_path / "run.ckpt"
+    t.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)  # the callback state is weights-only-safe
+    assert saved["callbacks"][cb.state_key]["watch"]["alerts"]
+    history = [a.to_dict() for a in cb.alerts]
+    assert [(a["step"], a["kind"]) for a in history] == [(0, "exploding_gradient")]
+
+    L.seed_everything(2, verbose=False)  # another seed: another re-init, overwritten by the load
+    cb2 = InitWatch("rezero", log_every_n_steps=1, on_alert=quiet, rules=ALWAYS)
+    spy = Spy(cb2)
+    module = Tiny()
+    t2 = trainer(tmp_path, [cb2, spy], max_steps=5)
+    t2.fit(module, loader(), ckpt_path=ckpt)  # strict load: ReZero gates exist again
+    assert cb2.scheme_outcome is SchemeOutcome.APPLIED
+    restored = spy.weights_at_fit_start
+    assert set(restored) == set(saved["state_dict"])
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(restored[k], v), k
+    # The rules' state came back too: the cause is still ongoing, not a new alert at step 3.
+    assert [a.to_dict() for a in cb2.alerts] == history
+    assert t2.global_step == 5
+
+
+# ---- fine-tuning ------------------------------------------------------------------------
+
+
+class Wrapped(L.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+
+def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    zoo.build("gpt2", layers=2, hidden=32).save_pretrained(tmp_path / "gpt2")
+    ids = torch.utils.data.DataLoader(torch.randint(0, 96, (8, 8)), batch_size=2)
+
+    pretrained = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
+    with pytest.raises(PretrainedWeightsError, match="scheme=None"):
+        trainer(tmp_path, [InitWatch("t-fixup")]).fit(Wrapped(pretrained), ids)
+    assert initwatch.is_pretrained(pretrained), "the refused call left the weights alone"
+
+    cb = InitWatch(None, log_every_n_steps=1)
+    trainer(tmp_path, [cb], max_steps=2).fit(Wrapped(pretrained), ids)
+    assert cb.context.pretrained and cb.context.scheme is None
+    assert cb.context.family == "gpt2" and cb.context.optimizer == "AdamW"
+
+
+# ---- import styles and precision --------------------------------------------------------------
+
+
+def test_works_with_the_pytorch_lightning_package(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Old(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.inner = Tiny()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.inner.head(self.inner.net(x)).squeeze(-1).mean(-1), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    cb = InitWatch("deepnet", log_every_n_steps=1)
+    assert isinstance(cb, pl.Callback) and isinstance(cb, L.Callback)
+    t = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+    )
+    t.fit(Old(), loader())
+    assert cb.scheme_outcome is SchemeOutcome.APPLIED and t.global_step == 2
+
+
+def test_bf16_mixed(tmp_path):
+    cb = InitWatch("t-fixup", log_every_n_steps=1)
+    spy = Spy(cb)
+    trainer(tmp_path, [cb, spy], precision="bf16-mixed", max_steps=2).fit(Tiny(), loader())
+    assert cb.context.precision == "bf16-mixed"
+    assert len(spy.frames) == 2
+    assert all(math.isfinite(f.globals["grad_norm_global"]) for f in spy.frames)
+
+
+def _fp16_run(tmp_path, init_scale):
+    L.seed_everything(0, verbose=False)
+    cb = InitWatch(None, log_every_n_steps=1)
+    spy = Spy(cb)
+    plugins = None
+    if init_scale is not None:
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+    trainer(tmp_path, [cb, spy], plugins=plugins, max_steps=3).fit(Tiny(), loader())
+    return cb, spy
+
+
+def test_fp16_grad_scaler_unscaled_grads_and_skipped_steps_are_not_explosions(tmp_path):
+    # A scale of 2**40 overflows fp16: the scaler skips every step and halves its scale.
+    cb, spy = _fp16_run(tmp_path, 2.0**40)
+    assert [f.globals["skipped_step"] for f in spy.frames] == [1.0, 1.0, 1.0]
+    assert [s for n, s in spy.calls if n == "end_step"] == [True, True, True]
+    assert not cb.alerts, [str(a) for a in cb.alerts]
+    # A sane scale: the logged gradient norm is the unscaled one (as in fp32), not x256.
+    _, fp16 = _fp16_run(tmp_path, 2.0**8)
+    _, fp32 = _fp16_run(tmp_path, None)
+    g16 = fp16.frames[0].globals["grad_norm_global"]
+    g32 = fp32.frames[0].globals["grad_norm_global"]
+    assert fp16.frames[0].globals["skipped_step"] == 0.0
+    assert g16 == pytest.approx(g32, rel=0.1)
+
+
+def test_warn_goes_through_the_alert_policy_once_per_cause(tmp_path):
+    cb = InitWatch(None, log_every_n_steps=1, rules=ALWAYS)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], max_steps=3).fit(Tiny(), loader())
+    from initwatch.policy import AlertWarning
+
+    ours = [w for w in seen if issubclass(w.category, AlertWarning)]
+    assert len(ours) == 1 and len(cb.alerts) >= 1
