@@ -385,6 +385,7 @@ def _fp16_run(tmp_path, init_scale):
     return cb, spy
 
 
+@pytest.mark.slow
 def test_fp16_grad_scaler_unscaled_grads_and_skipped_steps_are_not_explosions(tmp_path):
     # A scale of 2**40 overflows fp16: the scaler skips every step and halves its scale.
     cb, spy = _fp16_run(tmp_path, 2.0**40)

@@ -1,0 +1,286 @@
+"""The Hugging Face adapter: scheme at on_init_end, steps, TensorBoard, stop, resume, precision."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import (
+    GPT2LMHeadModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+import initwatch
+from initwatch import zoo
+from initwatch.errors import InitWatchError, PretrainedWeightsError
+from initwatch.integrations import UnsupportedStrategyError
+from initwatch.integrations import transformers as iw_hf
+from initwatch.integrations.transformers import InitWatchCallback
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+ALWAYS = {"persistence": 1, "grad_norm_ceiling": 1e-9}  # an exploding_gradient alert each frame
+
+
+def gpt2() -> GPT2LMHeadModel:
+    return zoo.build("gpt2", layers=2, hidden=32)
+
+
+def dataset(n: int = 16) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 96, (n, 8), generator=g)
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def make(tmp_path, model, callbacks, **kw) -> Trainer:
+    args = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=2,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    args.update(kw)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**args), train_dataset=dataset(), callbacks=callbacks
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+class Spy(TrainerCallback):
+    """Runs after InitWatchCallback: Watch calls, frames, gate per forward, weights at begin."""
+
+    def __init__(self, cb: InitWatchCallback) -> None:
+        self.cb = cb
+        self.calls, self.frames, self.gate = [], [], []
+        self.weights_at_train_begin = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights_at_train_begin = {k: v.clone() for k, v in model.state_dict().items()}
+        watch = self.cb._driver.watch
+        for name in ("begin_step", "before_optimizer_step", "end_step"):
+            self._wrap(watch, name)
+
+        def record(module, inputs, output):
+            self.gate.append((state.global_step, watch.is_logging))
+
+        model.transformer.register_forward_hook(record)
+
+    def _wrap(self, watch, name):
+        original = getattr(watch, name)
+
+        def wrapped(*args, **kwargs):
+            self.calls.append((name, args[0] if name == "begin_step" else kwargs.get("skipped")))
+            return original(*args, **kwargs)
+
+        setattr(watch, name, wrapped)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        frame = self.cb._driver.watch.last_frame
+        if frame is not None and (not self.frames or self.frames[-1] is not frame):
+            self.frames.append(frame)
+
+
+def scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+# ---- construction and the scheme -------------------------------------------------------------
+
+
+def test_constructor_validates():
+    with pytest.raises(ValueError, match="unknown scheme"):
+        InitWatchCallback(scheme="fixup-ish")
+    with pytest.raises(ValueError, match="on_alert"):
+        InitWatchCallback(on_alert="explode")
+    with pytest.raises(ValueError, match="logging_steps"):
+        InitWatchCallback(logging_steps=0)
+
+
+def test_scheme_at_init_end_new_params_trained(tmp_path):
+    model, cb = gpt2(), InitWatchCallback("rezero")
+    trainer = make(tmp_path, model, [cb])
+    gates = {n: p for n, p in model.named_parameters() if "rezero_alpha" in n}
+    assert gates and cb.report.scheme == "rezero", "applied when the Trainer was built"
+    trainer.train()
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in optimized for p in gates.values())
+    assert all(float(p) != 0.0 for p in gates.values()), "the new parameters were trained"
+    assert cb.context.scheme == "rezero" and not cb.context.pretrained
+    trainer.train()  # a second train(): on_train_begin again, nothing re-applied
+    assert {n for n, _ in model.named_parameters() if "rezero_alpha" in n} == set(gates)
+
+
+def test_missed_init_end_and_model_init_are_errors_with_the_right_way(tmp_path):
+    trainer = make(tmp_path, gpt2(), [])
+    trainer.add_callback(InitWatchCallback("t-fixup"))
+    with pytest.raises(InitWatchError, match=r"Trainer\(\.\.\., callbacks="):
+        trainer.train()
+
+    monitor = InitWatchCallback(None, logging_steps=1)  # add_callback is fine to only monitor
+    trainer = make(tmp_path, gpt2(), [], max_steps=1)
+    trainer.add_callback(monitor)
+    trainer.train()
+    assert monitor.context is not None and monitor.context.step == 1
+
+    args = TrainingArguments(str(tmp_path / "mi"), max_steps=1, report_to="none", use_cpu=True)
+    with pytest.raises(InitWatchError, match="inside model_init"):
+        Trainer(
+            model_init=gpt2,
+            args=args,
+            train_dataset=dataset(),
+            callbacks=[InitWatchCallback("rezero")],
+        )
+
+    model = gpt2()
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.ConstantLR(opt)
+    with pytest.raises(InitWatchError, match="optimizers="):
+        Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset(),
+            optimizers=(opt, sched),
+            callbacks=[InitWatchCallback("rezero")],
+        )
+    assert initwatch.schemes.base.MARKER not in vars(model), "refused before touching it"
+
+
+def test_sharded_strategies_are_refused():
+    with pytest.raises(UnsupportedStrategyError, match="FSDP"):
+        iw_hf._refuse_strategy(SimpleNamespace(fsdp="full_shard", deepspeed=None), None)
+    with pytest.raises(UnsupportedStrategyError, match="DeepSpeed"):
+        iw_hf._refuse_strategy(SimpleNamespace(fsdp="", deepspeed="ds.json"), None)
+
+
+# ---- steps ------------------------------------------------------------------------------
+
+
+def test_logging_steps_accumulation_and_clipped_grads(tmp_path):
+    cb = InitWatchCallback("t-fixup")  # cadence: args.logging_steps
+    spy = Spy(cb)
+    make(tmp_path, gpt2(), [cb, spy], gradient_accumulation_steps=2, max_grad_norm=1e-3).train()
+    assert [s for n, s in spy.calls if n == "begin_step"] == [1, 2, 3, 4]
+    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 2
+    assert [f.step for f in spy.frames] == [2, 4], "the Trainer's logging steps and numbering"
+    per_step = {}
+    for step, on in spy.gate:
+        per_step.setdefault(step, []).append(on)
+    assert per_step[1] == [True, True] and per_step[0] == [False, False]  # steps 2 and 1
+    for f in spy.frames:  # read after clipping: the global norm is max_grad_norm
+        assert f.globals["grad_norm_global"] == pytest.approx(1e-3, rel=1e-3)
+        assert math.isfinite(f.globals["loss"])
+    assert cb.context.warmup_steps == 0 and cb.context.max_steps == 4
+
+
+def test_report_to_tensorboard_shares_the_run_and_logs_the_preclip_norm(tmp_path):
+    cb = InitWatchCallback(None)
+    make(tmp_path, gpt2(), [cb], report_to="tensorboard", max_grad_norm=1e-3).train()
+    runs = list((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 1
+    tags = scalars(runs[0])
+    assert [s for s, _ in tags["train/loss"]] == [2, 4]
+    assert [s for s, _ in tags["initwatch/global/grad_norm_global"]] == [2, 4]
+    pre = tags["initwatch/global/grad_norm_preclip"]
+    assert [s for s, _ in pre] == [s for s, _ in tags["train/grad_norm"]] == [2, 4]
+    assert [v for _, v in pre] == pytest.approx([v for _, v in tags["train/grad_norm"]])
+    assert all(v > 1e-3 for _, v in pre), "pre-clip norms above max_grad_norm"
+    assert not (tmp_path / "out" / "initwatch_logs").exists()
+
+
+def test_own_run_under_output_dir_without_tensorboard(tmp_path):
+    make(tmp_path, gpt2(), [InitWatchCallback(None)]).train()
+    tags = scalars(tmp_path / "out" / "initwatch_logs")
+    assert [s for s, _ in tags["initwatch/global/grad_norm_global"]] == [2, 4]
+
+
+def test_on_alert_stop_sets_should_training_stop(tmp_path):
+    cb = InitWatchCallback(None, logging_steps=1, on_alert="stop", rules=ALWAYS)
+    trainer = make(tmp_path, gpt2(), [cb], max_steps=10)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert [a.kind for a in cb.alerts] == ["exploding_gradient"]
+
+
+def test_skipped_amp_steps_are_reported_as_skipped_not_explosions(tmp_path, monkeypatch):
+    # CPU has no fp16 GradScaler in the Trainer; make accelerate report every step skipped.
+    monkeypatch.setattr(AcceleratedOptimizer, "step_was_skipped", property(lambda self: True))
+    cb = InitWatchCallback(None, logging_steps=1, rules=ALWAYS)
+    spy = Spy(cb)
+    make(tmp_path, gpt2(), [cb, spy], max_steps=2).train()
+    assert [s for n, s in spy.calls if n == "end_step"] == [True, True]
+    assert [f.globals["skipped_step"] for f in spy.frames] == [1.0, 1.0]
+    assert not cb.alerts
+
+
+# ---- resume and fine-tuning ------------------------------------------------------------------
+
+
+def test_resume_restores_checkpoint_weights_structure_and_alerts(tmp_path):
+    quiet = lambda alert: None  # noqa: E731
+    torch.manual_seed(1)
+    cb = InitWatchCallback("rezero", logging_steps=1, on_alert=quiet, rules=ALWAYS)
+    make(tmp_path, gpt2(), [cb], max_steps=2, save_strategy="steps", save_steps=2).train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert any("rezero_alpha" in k for k in saved)
+    history = [a.to_dict() for a in cb.alerts]
+    assert history
+
+    torch.manual_seed(2)  # another model draw and another re-init: both overwritten by the load
+    cb2 = InitWatchCallback("rezero", logging_steps=1, on_alert=quiet, rules=ALWAYS)
+    spy = Spy(cb2)
+    trainer = make(tmp_path, gpt2(), [cb2, spy], max_steps=4, seed=7)
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    restored = spy.weights_at_train_begin
+    for k, v in saved.items():
+        assert torch.equal(restored[k], v), k
+    assert [a.to_dict() for a in cb2.alerts[: len(history)]] == history
+    assert [f.step for f in spy.frames] == [3, 4]
+
+
+def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path):
+    gpt2().save_pretrained(tmp_path / "gpt2")
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
+    with pytest.raises(PretrainedWeightsError, match="scheme=None"):
+        make(tmp_path, model, [InitWatchCallback("t-fixup")])
+    cb = InitWatchCallback(None)
+    make(tmp_path, model, [cb], max_steps=2).train()
+    assert cb.context.pretrained and cb.context.scheme is None
+    assert cb.context.optimizer == "AdamW" and cb.context.base_lr == 5e-5
+
+
+# ---- precision and compile ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bf16_and_torch_compile(tmp_path):
+    cb = InitWatchCallback("t-fixup", logging_steps=1)
+    spy = Spy(cb)
+    make(
+        tmp_path,
+        gpt2(),
+        [cb, spy],
+        max_steps=2,
+        bf16=True,
+        torch_compile=True,
+        torch_compile_backend="eager",
+    ).train()
+    assert cb.context.precision == "bf16-mixed"
+    assert len(spy.frames) == 2
+    for f in spy.frames:  # hooks attached before the first compiled forward fired
+        assert f.values.get("act_rms") and math.isfinite(f.globals["grad_norm_global"])
