@@ -390,8 +390,11 @@ def activations(x: Inputs) -> list[Finding]:
     """Growth/decay of output RMS across depth and over time; fp16 range."""
     th, f = x.th, x.frame
     out: list[Finding] = []
+    sources = [i.name for i in f.layers if i.kind != "param"]
+    head = sources[-1] if sources else None
     for s in stream_groups(f, "act_rms"):
-        items = s.items if s.blocks else s.items[:-1]  # a head's scale is set by the loss
+        # the output head's scale is set by the loss (and often shrunk on purpose), not by depth
+        items = s.items if s.blocks else [(i, v) for i, v in s.items if i.name != head]
         out += _act_depth(x, s, items)
         out += _act_time(x, s, items)
     if x.fp16:
