@@ -522,3 +522,20 @@ def test_threshold_overrides_and_errors() -> None:
 def test_every_kind_in_the_vocabulary_is_covered() -> None:
     covered = {c.replace("_signal", "").replace("_floor", "").replace("_fp16", "") for c in CASES}
     assert covered | {"nonfinite"} == {k.value for k in AlertKind}
+
+
+def test_one_block_spiking_is_reported_even_when_the_global_norm_hides_it() -> None:
+    rules = Rules(persistence=2, warmup_frames=3)
+    calm = [transformer(s, grad_norm_global=0.6) for s in range(5)]
+    # block 7 goes 0.1 -> 2.0 (20x its median); the global norm only rises ~3.5x
+    hot = [transformer(s, grad=lambda i: 2.0 if i == 7 else 0.1) for s in range(5, 7)]
+    assert hot[0].globals["grad_norm_global"] < 10 * 0.6
+    out = feed(rules, calm + hot)
+    (alert,) = out[-1]
+    assert alert.kind == "exploding_gradient" and alert.layer == "encoder.7"
+    assert alert.extra["evidence"]["source"] == "layer_spike" and "20x its median" in alert.message
+    # a small layer rising 20x while carrying a negligible share stays silent
+    quiet = Rules(persistence=1, warmup_frames=3, grad_depth_ratio=1e-5)  # isolate the spike
+    small = [transformer(s, grad=lambda i: 1e-4 if i == 7 else 0.1) for s in range(5)]
+    risen = [transformer(5, grad=lambda i: 2e-3 if i == 7 else 0.1)]
+    assert all(a == [] for a in feed(quiet, small + risen))

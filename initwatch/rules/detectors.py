@@ -314,7 +314,9 @@ def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: st
 
 
 def exploding_gradient(x: Inputs) -> list[Finding]:
-    """Global gradient norm against its own history (median) and an absolute ceiling."""
+    """Global gradient norm against its own history (median) and an absolute ceiling; a
+    block's (module's) gradient norm against its own history when it carries a real share of
+    the global norm."""
     th, f = x.th, x.frame
     units = [u for us in param_units(f, blocks_only=False).values() for u in us]
     unorms = {u.name: u.grad_norm(f) for u in units}
@@ -329,10 +331,51 @@ def exploding_gradient(x: Inputs) -> list[Finding]:
         ceiling = g > th.grad_norm_ceiling
         if spike or ceiling:
             out.append(_explosion(x, g, base, unorms, spike))
+        else:
+            out += _layer_spike(x, g, base, unorms)
     x.remember("grad_norm_global", g)
     for name, v in unorms.items():
         x.remember(f"grad:{name}", v)
     return out
+
+
+def _layer_spike(
+    x: Inputs, g: float, base: float | None, unorms: dict[str, float]
+) -> list[Finding]:
+    """One block/module whose gradient rose past the spike factor against its own median,
+    while carrying a real share of the global norm (the global norm may hide it)."""
+    th = x.th
+    hits = []
+    for k, (name, v) in enumerate(unorms.items()):
+        b = x.baseline(f"grad:{name}")
+        rose = finite(v) and b is not None and b > 0 and v > th.grad_spike_factor * b
+        if rose and v >= th.grad_spike_share * g:
+            hits.append((v / b, k, name, v, b))
+    if not hits:
+        return []
+    hits.sort(key=lambda t: (-t[0], t[1]))
+    r, _, name, v, b = hits[0]
+    names = [h[2] for h in hits]
+    msg = (
+        f"gradient norm of {name} is {fmt(v)}, {fmt(r)}x its median {fmt(b)}, and "
+        f"{fmt(100 * v / g)}% of the global norm {fmt(g)}"
+    )
+    if len(names) > 1:
+        msg += f"; {len(names)} layers rose over {fmt(th.grad_spike_factor)}x: {name_list(names)}"
+    ev = {
+        "grad_norm": g,
+        "layer_grad_norm": v,
+        "layer_baseline": b,
+        "baseline": base,
+        "source": "layer_spike",
+        "lr": x.lr,
+    }
+    thr = th.grad_spike_factor * b
+    return [
+        Finding(
+            K.EXPLODING_GRADIENT.value, "model", name, v, thr, msg, names, ev, _log_ratio(v, thr)
+        )
+    ]
 
 
 def _explosion(

@@ -28,6 +28,10 @@ class Thresholds:
         min_layers: depth rules need at least this many layers in a stack.
         grad_spike_factor: exploding_gradient when the global gradient norm exceeds this multiple
             of the median of its own recent history (MEG: 10x the early maximum).
+        grad_spike_share: a single block (module) whose gradient norm exceeds
+            ``grad_spike_factor`` times its own median raises exploding_gradient on its own when
+            it is at least this share of the global norm (initwatch; smaller layers may rise
+            without harm, e.g. ReZero blocks whose gradients grow from zero).
         grad_norm_ceiling: exploding_gradient when the global gradient norm exceeds this, history
             or not (initwatch: ~1e3x the O(1) norms of mean-reduced losses).
         act_depth_growth: exploding_activation when a block's output RMS exceeds this multiple of
@@ -73,6 +77,7 @@ class Thresholds:
     grad_depth_ratio: float = 1e-2
     min_layers: int = 3
     grad_spike_factor: float = 10.0
+    grad_spike_share: float = 0.1
     grad_norm_ceiling: float = 1e3
     act_depth_growth: float = 100.0
     act_depth_decay: float = 1e-2
