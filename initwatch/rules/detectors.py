@@ -100,12 +100,25 @@ class Inputs:
 
     @property
     def skipped(self) -> bool:
-        """True when an AMP scaler skipped this step (gradients overflowed on purpose)."""
+        """True when an AMP scaler skipped this step (gradients overflowed on purpose).
+
+        Example::
+
+            >>> f = Frame(0, [], {}, {"skipped_step": 1.0})
+            >>> Inputs(f, RunContext(), Thresholds()).skipped
+            True
+        """
         return self.frame.globals.get("skipped_step", 0.0) == 1
 
     @property
     def lr(self) -> float | None:
-        """The learning rate of this frame (the frame's, else the context's)."""
+        """The learning rate of this frame (the frame's, else the context's).
+
+        Example::
+
+            >>> Inputs(Frame(0, [], {}), RunContext(lr=3e-4), Thresholds()).lr
+            0.0003
+        """
         lr = self.frame.globals.get("lr")
         if finite(lr):
             return float(lr)
@@ -113,24 +126,50 @@ class Inputs:
 
     @property
     def fp16(self) -> bool:
-        """True under float16 precision (not bfloat16)."""
+        """True under float16 precision (not bfloat16).
+
+        Example::
+
+            >>> Inputs(Frame(0, [], {}), RunContext(precision="16-mixed"), Thresholds()).fp16
+            True
+        """
         p = (self.context.precision or "").lower()
         return "16" in p and "bf16" not in p and "bfloat" not in p
 
     @property
     def grace(self) -> bool:
-        """True while block weights are small or zero by construction (ReZero, T-Fixup)."""
+        """True while block weights are small or zero by construction (ReZero, T-Fixup).
+
+        Example::
+
+            >>> Inputs(Frame(3, [], {}), RunContext(scheme="rezero"), Thresholds()).grace
+            True
+        """
         return (self.context.scheme or "").lower() in GRACE_SCHEMES and (
             self.frame.step < self.th.scheme_grace_steps or self.context.in_warmup
         )
 
     def baseline(self, series: str) -> float | None:
-        """Median of the series' history once ``warmup_frames`` values were seen, else None."""
+        """Median of the series' history once ``warmup_frames`` values were seen, else None.
+
+        Example::
+
+            >>> x = Inputs(Frame(0, [], {}), RunContext(), Thresholds(), {"g": [1.0, 3.0]}, 2)
+            >>> x.baseline("g"), x.baseline("other")
+            (2.0, None)
+        """
         h = self.history.get(series, [])
         return median(h) if len(h) >= self.warmup_frames else None
 
     def remember(self, series: str, value: float) -> None:
-        """Append a finite value to a series, keeping ``th.history`` values."""
+        """Append a finite value to a series, keeping ``th.history`` values.
+
+        Example::
+
+            >>> x = Inputs(Frame(0, [], {}), RunContext(), Thresholds())
+            >>> x.remember("g", 1.0); x.remember("g", float("nan")); x.history
+            {'g': [1.0]}
+        """
         if finite(value):
             h = self.history.setdefault(series, [])
             h.append(float(value))
@@ -154,6 +193,13 @@ def nonfinite(x: Inputs) -> list[Finding]:
     """Any NaN/Inf in activations, gradients (unless the step was skipped) or the loss.
 
     Names the first non-finite layer in forward order: activations come before gradients.
+
+    Example::
+
+        >>> ls = [LayerInfo(n, "block", i, n) for i, n in enumerate(["b0", "b1", "b2"])]
+        >>> f = Frame(0, ls, {"act_nonfinite": {"b0": 0.0, "b1": 4.0, "b2": 9.0}})
+        >>> [(x.layer, x.severity) for x in nonfinite(Inputs(f, RunContext(), Thresholds()))]
+        [('b1', 'error')]
     """
     f = x.frame
     acts: list[tuple[LayerInfo, float]] = []
@@ -229,7 +275,16 @@ def nonfinite(x: Inputs) -> list[Finding]:
 
 # --------------------------------------------------------------------------- gradients
 def vanishing_gradient(x: Inputs) -> list[Finding]:
-    """Depth-wise decay of block gradient norms and of the backward signal; absolute floor."""
+    """Depth-wise decay of block gradient norms and of the backward signal; absolute floor.
+
+    Example::
+
+        >>> ps = [LayerInfo(f"b{i}.w", "param", i, f"b{i}.w", "enc", i) for i in range(4)]
+        >>> g = {"grad_norm": {"b0.w": 1e-5, "b1.w": 1e-2, "b2.w": 0.1, "b3.w": 0.1}}
+        >>> x = Inputs(Frame(0, ps, g), RunContext(), Thresholds())
+        >>> [(f.layer, f.value) for f in vanishing_gradient(x)]
+        [('enc.0', 0.0001)]
+    """
     th, f = x.th, x.frame
     out: list[Finding] = []
     units = param_units(f)
@@ -316,7 +371,14 @@ def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: st
 def exploding_gradient(x: Inputs) -> list[Finding]:
     """Global gradient norm against its own history (median) and an absolute ceiling; a
     block's (module's) gradient norm against its own history when it carries a real share of
-    the global norm."""
+    the global norm.
+
+    Example::
+
+        >>> x = Inputs(Frame(0, [], {}, {"grad_norm_global": 5e3}), RunContext(), Thresholds())
+        >>> [(f.kind, f.evidence["source"]) for f in exploding_gradient(x)]
+        [('exploding_gradient', 'ceiling')]
+    """
     th, f = x.th, x.frame
     units = [u for us in param_units(f, blocks_only=False).values() for u in us]
     unorms = {u.name: u.grad_norm(f) for u in units}
@@ -430,7 +492,15 @@ def _explosion(
 
 # --------------------------------------------------------------------------- activations
 def activations(x: Inputs) -> list[Finding]:
-    """Growth/decay of output RMS across depth and over time; fp16 range."""
+    """Growth/decay of output RMS across depth and over time; fp16 range.
+
+    Example::
+
+        >>> ls = [LayerInfo(f"b{i}", "block", i, f"b{i}", block=i) for i in range(4)]
+        >>> f = Frame(0, ls, {"act_rms": {"b0": 1.0, "b1": 10.0, "b2": 100.0, "b3": 1e3}})
+        >>> [(a.kind, a.layer) for a in activations(Inputs(f, RunContext(), Thresholds()))]
+        [('exploding_activation', 'b3')]
+    """
     th, f = x.th, x.frame
     out: list[Finding] = []
     sources = [i.name for i in f.layers if i.kind != "param"]
@@ -563,12 +633,28 @@ def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> lis
 
 
 def dead_units(x: Inputs) -> list[Finding]:
-    """Activation modules whose outputs are (almost) all exact zeros."""
+    """Activation modules whose outputs are (almost) all exact zeros.
+
+    Example::
+
+        >>> acts = [LayerInfo("relu", "act", 0, "net.1")]
+        >>> x = Inputs(Frame(0, acts, {"act_zero_frac": {"relu": 0.99}}), RunContext(), Thresholds())
+        >>> [f.layer for f in dead_units(x)]
+        ['relu']
+    """
     return _fraction_rule(x, "act_zero_frac", x.th.dead_frac, K.DEAD_UNITS, "zeros")
 
 
 def saturation(x: Inputs) -> list[Finding]:
-    """tanh / sigmoid outputs stuck in their flat tails."""
+    """tanh / sigmoid outputs stuck in their flat tails.
+
+    Example::
+
+        >>> acts = [LayerInfo("tanh", "act", 0, "net.1")]
+        >>> x = Inputs(Frame(0, acts, {"act_sat_frac": {"tanh": 0.7}}), RunContext(), Thresholds())
+        >>> [f.value for f in saturation(x)]
+        [0.7]
+    """
     return _fraction_rule(x, "act_sat_frac", x.th.sat_frac, K.SATURATION, "saturated")
 
 
@@ -592,7 +678,15 @@ def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list
 
 # --------------------------------------------------------------------------- update ratio
 def update_ratio(x: Inputs) -> list[Finding]:
-    """Update/weight ratio of each block (or module) far from the ~1e-3 band."""
+    """Update/weight ratio of each block (or module) far from the ~1e-3 band.
+
+    Example::
+
+        >>> ps = [LayerInfo("fc.weight", "param", 0, "fc.weight")]
+        >>> f = Frame(0, ps, {"update_ratio": {"fc.weight": 0.5}, "weight_norm": {"fc.weight": 3.0}})
+        >>> [(u.kind, u.layer) for u in update_ratio(Inputs(f, RunContext(), Thresholds()))]
+        [('update_ratio_high', 'fc')]
+    """
     th, ctx = x.th, x.context
     lr = x.lr
     high_thr = th.update_ratio_high_pretrained if ctx.pretrained else th.update_ratio_high
@@ -639,7 +733,13 @@ def update_ratio(x: Inputs) -> list[Finding]:
 
 
 def update_ratio_applies(x: Inputs) -> bool:
-    """Update ratios are judged only on real optimizer steps at a positive, post-warmup lr."""
+    """Update ratios are judged only on real optimizer steps at a positive, post-warmup lr.
+
+    Example::
+
+        >>> update_ratio_applies(Inputs(Frame(0, [], {}), RunContext(in_warmup=True), Thresholds()))
+        False
+    """
     lr = x.lr
     return not x.skipped and not x.context.in_warmup and (lr is None or lr > 0)
 

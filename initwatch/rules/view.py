@@ -91,7 +91,15 @@ class Unit:
     is_block: bool = False
 
     def grad_norm(self, frame: Frame, skip_blocks: bool = False) -> float:
-        """sqrt(sum of squared gradient norms) of its usable parameters (NaN when none)."""
+        """sqrt(sum of squared gradient norms) of its usable parameters (NaN when none).
+
+        Example::
+
+            >>> ps = [LayerInfo("a", "param", 0, "a"), LayerInfo("b", "param", 1, "b")]
+            >>> f = Frame(0, ps, {"grad_norm": {"a": 3.0, "b": 4.0}})
+            >>> Unit("m", "model", ps).grad_norm(f)
+            5.0
+        """
         total, seen = 0.0, False
         for p in self.params:
             g = frame.get("grad_norm", p.name)
@@ -105,8 +113,17 @@ class Unit:
         """The unit's ||update|| / ||weight||, weighting each parameter by its weight norm.
 
         A unit none of whose parameters moved (not in the optimizer, or frozen by hand) is left
-        out (NaN); a parameter that did not move while others did counts as zero. Falls back to the median of the parameters' ratios when weight norms are
-        missing. NaN when nothing is usable.
+        out (NaN); a parameter that did not move while others did counts as zero. Falls back to
+        the median of the parameters' ratios when weight norms are missing. NaN when nothing is
+        usable.
+
+        Example::
+
+            >>> ps = [LayerInfo("w", "param", 0, "w"), LayerInfo("b", "param", 1, "b")]
+            >>> f = Frame(0, ps, {"update_ratio": {"w": 1e-3, "b": 1.0},
+            ...                   "weight_norm": {"w": 10.0, "b": 1e-6}})
+            >>> round(Unit("m", "model", ps).update_ratio(f), 6)  # the tiny bias barely counts
+            0.001
         """
         num, den, plain, moved = 0.0, 0.0, [], False
         for p in self.params:
@@ -128,7 +145,13 @@ class Unit:
 
 
 def usable(p: LayerInfo) -> bool:
-    """A parameter rules may judge: trainable and not zero by construction."""
+    """A parameter rules may judge: trainable and not zero by construction.
+
+    Example::
+
+        >>> usable(LayerInfo("k.bias", "param", 0, "k.bias", zero_by_construction=True))
+        False
+    """
     return p.trainable and not p.zero_by_construction
 
 
