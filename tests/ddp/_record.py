@@ -1,0 +1,80 @@
+"""Shared by the DDP scripts: what each rank records about the Watch and the weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from torch import nn
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A hash of every parameter and buffer (identical weights give identical hashes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Recorder:
+    """Counts collectives inside each ``Watch.end_step`` and keeps each frame's numbers."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, str] = {}
+        self.collectives: list[tuple[int, bool, int]] = []  # (step, logging, all_reduce calls)
+        self.frames: list[dict] = []
+        self.local_act: list[float] = []  # this rank's own block-output RMS on logging steps
+        self._calls = 0
+
+    def attach(self, watch, block: nn.Module) -> None:
+        """Wrap the Watch's end_step and ``torch.distributed.all_reduce`` to count calls."""
+        dist = torch.distributed
+        original_reduce = dist.all_reduce
+
+        def counting_reduce(*args, **kwargs):
+            self._calls += 1
+            return original_reduce(*args, **kwargs)
+
+        dist.all_reduce = counting_reduce
+        original_end = watch.end_step
+
+        def end_step(*args, **kwargs):
+            logging = watch.is_logging
+            self._calls = 0
+            out = original_end(*args, **kwargs)
+            self.collectives.append((watch.step_index, logging, self._calls))
+            frame = watch.last_frame
+            if logging and frame is not None:
+                self.frames.append(
+                    {
+                        "step": frame.step,
+                        "grad_norm_global": frame.globals.get("grad_norm_global"),
+                        "act_rms": frame.values.get("act_rms", {}),
+                    }
+                )
+            return out
+
+        watch.end_step = end_step
+
+        def local(module, args, output):
+            if watch.is_logging:
+                out = output[0] if isinstance(output, tuple) else output
+                self.local_act.append(float(out.detach().float().pow(2).mean().sqrt()))
+
+        block.register_forward_hook(local)
+
+    def dump(self, out: str, rank: int, **extra) -> None:
+        os.makedirs(out, exist_ok=True)
+        data = {
+            "hashes": self.hashes,
+            "collectives": self.collectives,
+            "frames": self.frames,
+            "local_act": self.local_act,
+            "pid": os.getpid(),
+            **extra,
+        }
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(data, f)

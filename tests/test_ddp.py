@@ -1,0 +1,89 @@
+"""DDP on 2 CPU processes (gloo), through standalone scripts in tests/ddp/.
+
+Lightning's ``strategy="ddp"`` starts the other rank by re-running ``sys.argv``, which inside
+pytest would re-run the test session; so each framework runs a script in a subprocess (Lightning
+as ``python script.py``, the Hugging Face Trainer under ``torchrun``) and the test reads the JSON
+each rank wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+HERE = Path(__file__).parent / "ddp"
+pytestmark = pytest.mark.slow
+
+
+def launch(cmd: list[str], out: Path) -> list[dict]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):  # one retry: a rendezvous port taken by a concurrent job
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        if proc.returncode == 0:
+            break
+        if attempt == 1:
+            raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def check_ranks(ranks: list[dict], start: str) -> None:
+    r0, r1 = ranks
+    # The ranks re-initialized with different seeds; the DDP wrap broadcast rank 0's weights.
+    assert r0["hashes"]["after_scheme"] != r1["hashes"]["after_scheme"]
+    assert r0["hashes"][start] == r1["hashes"][start] == r0["hashes"]["after_scheme"]
+    assert r0["hashes"]["end"] == r1["hashes"]["end"], "identical weights after training"
+    # Collectives only on logging steps, the same small fixed number each time.
+    for rank in ranks:
+        counts = {
+            logging: {n for _, lg, n in rank["collectives"] if lg == logging}
+            for logging in (True, False)
+        }
+        assert counts[False] == {0}
+        assert counts[True] in ({1}, {2})  # the Watch's reduction: SUM (+ MAX) of one buffer
+    # Activation statistics are reduced across ranks: every rank holds the same frame, though
+    # each saw different data; gradient statistics are read after the all-reduce.
+    assert r0["frames"] and r0["frames"] == r1["frames"]
+    assert r0["local_act"] != r1["local_act"], "the ranks did see different micro-batches"
+
+
+def writers(events: list[Path]) -> set[int]:
+    """Process ids in event file names (``events.out.tfevents.<time>.<host>.<pid>.<n>``)."""
+    return {int(e.name.split(".")[-2]) for e in events}
+
+
+def initwatch_tags(logdir: Path) -> list[str]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [t for t in acc.Tags()["scalars"] if t.startswith("initwatch/")]
+
+
+def test_lightning_ddp_two_cpu_processes(tmp_path):
+    ranks = launch(
+        [sys.executable, str(HERE / "lightning_ddp.py"), "--out", str(tmp_path)], tmp_path
+    )
+    assert ranks[0]["world_size"] == 2
+    check_ranks(ranks, "fit_start")
+    assert [f["step"] for f in ranks[0]["frames"]] == [0, 2, 4]
+    events = list(tmp_path.rglob("events.out.tfevents*"))
+    assert len(events) == 1 and writers(events) == {ranks[0]["pid"]}, "only rank 0 writes"
+    assert initwatch_tags(events[0].parent)
+
+
+def test_hf_trainer_ddp_under_torchrun(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ranks = launch([*cmd, str(HERE / "hf_ddp.py"), "--out", str(tmp_path)], tmp_path)
+    assert ranks[0]["world_size"] == 2 and ranks[0]["is_world_process_zero"]
+    assert not ranks[1]["is_world_process_zero"]
+    check_ranks(ranks, "train_begin")
+    assert [f["step"] for f in ranks[0]["frames"]] == [2, 4]
+    events = list(tmp_path.rglob("events.out.tfevents*"))
+    # Rank 0's two writers (the Trainer's TensorBoardCallback and ours) in one run directory.
+    assert len({e.parent for e in events}) == 1
+    assert writers(events) == {ranks[0]["pid"]}, "only rank 0 writes"
+    assert initwatch_tags(events[0].parent)
