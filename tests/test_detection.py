@@ -459,3 +459,41 @@ def test_rezero_zero_block_gradients_at_start_are_silent() -> None:
     # by construction (init-schemes.md §4.4): every block weight has exactly zero gradient
     assert step0.get("grad_norm", "enc.layers.0.linear1.weight") == 0.0
     assert_silent(watch, caught)
+
+
+def test_fp16_loss_scaler_skipped_steps_are_not_alerts() -> None:
+    from initwatch.rules import Rules
+
+    model = mlp(nn.ReLU, n=3, gain=math.sqrt(2), norm=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # a huge initial loss scale overflows the fp16 backward until the scaler has halved it
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    watch = Watch(model, every=1, on_alert="ignore", context=RunContext(precision="16-mixed"))
+    batch = classification()
+    skipped_steps = []
+    for step in range(30):
+        watch.begin_step(step)
+        x, y = batch(step)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = ce(model(x), y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        watch.before_optimizer_step(opt)
+        scale = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        skipped = scaler.get_scale() < scale  # independent: the scaler backed off
+        if skipped:
+            skipped_steps.append(step)
+        watch.end_step(loss=loss, skipped=skipped)
+    watch.close()
+    assert len(skipped_steps) >= 10 and skipped_steps[0] == 0
+    frame = watch.frames[0]
+    assert frame.globals["skipped_step"] == 1.0
+    assert sum(frame.values["grad_nonfinite"].values()) > 0  # overflowed, as the scaler said
+    assert watch.alerts == [], [str(a) for a in watch.alerts]
+    # control: the same frame, not marked as skipped, is a non-finite gradient
+    frame.globals["skipped_step"] = 0.0
+    (alert,) = Rules().update(frame, RunContext(precision="16-mixed"))
+    assert alert.kind == "nonfinite" and "bf16" in alert.remedy
