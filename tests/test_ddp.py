@@ -81,7 +81,10 @@ def test_hf_trainer_ddp_under_torchrun(tmp_path):
     assert ranks[0]["world_size"] == 2 and ranks[0]["is_world_process_zero"]
     assert not ranks[1]["is_world_process_zero"]
     check_ranks(ranks, "train_begin")
-    assert [f["step"] for f in ranks[0]["frames"]] == [2, 4]
+    # Only rank 1 raised an alert (on_alert="stop"); both ranks stopped after step 2.
+    assert [r["alerts"] for r in ranks] == [0, 1]
+    assert [r["global_step"] for r in ranks] == [2, 2]
+    assert [f["step"] for f in ranks[0]["frames"]] == [2]
     events = list(tmp_path.rglob("events.out.tfevents*"))
     # Rank 0's two writers (the Trainer's TensorBoardCallback and ours) in one run directory.
     assert len({e.parent for e in events}) == 1

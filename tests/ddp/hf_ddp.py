@@ -41,6 +41,7 @@ class Probe(TrainerCallback):
             world_size=args.world_size,
             is_world_process_zero=state.is_world_process_zero,
             alerts=len(self.cb.alerts),
+            global_step=state.global_step,
         )
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     data = [{"input_ids": row, "labels": row} for row in ids]
     args = TrainingArguments(
         output_dir=out,
-        max_steps=4,
+        max_steps=6,
         per_device_train_batch_size=2,
         logging_steps=2,
         report_to="tensorboard",
@@ -66,7 +67,12 @@ def main() -> None:
         disable_tqdm=True,
         seed=0,
     )
-    cb = InitWatchCallback("rezero", scheme_options={"seed": 100 + rank})
+    # on_alert="stop" with an alert on rank 1 only: both ranks must stop at the same step
+    # (one collective decides), or DDP would hang.
+    rules = {"persistence": 1, "grad_norm_ceiling": 1e-9} if rank == 1 else None
+    cb = InitWatchCallback(
+        "rezero", on_alert="stop", rules=rules, scheme_options={"seed": 100 + rank}
+    )
     Trainer(model=model, args=args, train_dataset=data, callbacks=[cb, Probe(cb, out)]).train()
 
 
