@@ -8,7 +8,6 @@ reference to the tensor it reduced.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -60,33 +59,37 @@ def reduce_activation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial sums of one activation tensor, in the order of :data:`ACTIVATION_FIELDS`.
 
-    Returns ``(sums, maxs)``: ``sums`` = [finite count, sum, sum of squares, exact zeros,
+    Returns ``(sums, maxs)``: ``sums`` = [element count, sum, sum of squares, exact zeros,
     saturated count, non-finite count] and ``maxs`` = [abs-max], all float32 on ``x``'s device.
-    Sum, sum of squares and abs-max are over finite elements; NaN and Inf are counted, never
-    propagated. ``band = (centre, half_width, inclusive)`` counts ``|x - centre| > half_width``.
+    Sums are accumulated in float32 whatever ``x``'s dtype. A NaN or Inf element makes the sum,
+    sum of squares and abs-max non-finite (the derived RMS, mean and std become NaN: data, not
+    an error) and is counted; computing finite-only moments would cost two more passes over
+    every tensor. ``band = (centre, half_width, inclusive)`` counts ``|x - centre| > half_width``.
 
     Example::
 
-        >>> sums, maxs = reduce_activation(torch.tensor([0.0, 3.0, -4.0, float("nan")]))
+        >>> sums, maxs = reduce_activation(torch.tensor([0.0, 3.0, -4.0, 1.0]))
         >>> sums.tolist(), maxs.tolist()
-        ([3.0, -1.0, 25.0, 1.0, 0.0, 1.0], [4.0])
+        ([4.0, 0.0, 26.0, 1.0, 0.0, 0.0], [4.0])
     """
     x = x.detach()
     numel = x.numel()
-    finite = torch.isfinite(x)
-    n_finite = finite.sum(dtype=torch.float32)
-    xf = torch.where(finite, x, 0.0)
-    total = xf.sum(dtype=torch.float32)
-    sumsq = torch.linalg.vector_norm(xf, dtype=torch.float32).square()
-    absmax = torch.linalg.vector_norm(xf, ord=math.inf, dtype=torch.float32)
-    zeros = (numel - torch.count_nonzero(x)).to(torch.float32)
+    total = x.sum(dtype=torch.float32)
+    if x.dtype == torch.float32:  # vector_norm's dtype= path is slower on CPU
+        sumsq = torch.linalg.vector_norm(x).square()
+    else:
+        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+    lo, hi = torch.aminmax(x)  # much faster than an inf-norm or abs().amax() on CPU
+    absmax = torch.maximum(-lo, hi).to(torch.float32)
+    zeros = numel - torch.count_nonzero(x).to(torch.float32)
+    nonfinite = torch.count_nonzero(x - x).to(torch.float32)  # inf - inf and NaN give NaN
     if band is None:
         saturated = torch.zeros_like(total)
     else:
         centre, half, inclusive = band
         dev = (x - centre).abs()
         saturated = (dev >= half if inclusive else dev > half).sum(dtype=torch.float32)
-    sums = torch.stack([n_finite, total, sumsq, zeros, saturated, numel - n_finite])
+    sums = torch.stack([torch.full_like(total, numel), total, sumsq, zeros, saturated, nonfinite])
     return sums, absmax.reshape(1)
 
 
@@ -297,7 +300,12 @@ class ParamProbe:
 
     @torch.no_grad()
     def read_grads(self) -> None:
-        """Gradient and weight norms and non-finite gradient counts into the buffer."""
+        """Gradient and weight norms into the buffer.
+
+        ``grad_nonfinite`` is 1 for a tensor whose gradient holds a NaN or Inf, read from its
+        norm at no extra cost (an exact element count would be one more pass over every
+        gradient; a squared norm that overflows float32, |g| above ~1e19, also counts).
+        """
         n = len(self.targets)
         if n == 0:
             return
@@ -309,17 +317,12 @@ class ParamProbe:
         w_norms = foreach_norm(params)
         zero = self._zero()
         grad_sq = [next(g_norms).to(dev) if h else zero for h in self.has_grad]
-        bad = [
-            (p.grad.numel() - torch.isfinite(p.grad).sum()).to(dev, torch.float32)
-            if p.grad is not None and not p.grad.is_sparse
-            else zero
-            for p in params
-        ]
+        g = torch.stack(grad_sq)
         maxs = torch.cat(
             [
-                torch.stack(grad_sq).square(),
+                g.square(),
                 torch.stack([w.to(dev) for w in w_norms]).square(),
-                torch.stack(bad),
+                (~torch.isfinite(g)).to(torch.float32),
                 torch.zeros(n, device=dev),
             ]
         )

@@ -63,13 +63,13 @@ class Field:
 
 # Activations of one module, summed over every element (and micro-batch, and rank).
 ACTIVATION_FIELDS = (
-    Field("count", Reduce.SUM),  # number of finite elements
-    Field("sum", Reduce.SUM),  # sum over finite elements
-    Field("sumsq", Reduce.SUM),  # sum of squares over finite elements
+    Field("count", Reduce.SUM),  # number of elements
+    Field("sum", Reduce.SUM),  # sum (NaN / Inf when a non-finite element is present)
+    Field("sumsq", Reduce.SUM),  # sum of squares
     Field("zeros", Reduce.SUM),  # number of exact zeros
     Field("saturated", Reduce.SUM),  # number inside the saturation band (bounded activations)
     Field("nonfinite", Reduce.SUM),  # number of NaN / Inf elements
-    Field("absmax", Reduce.MAX),  # largest |x| over finite elements
+    Field("absmax", Reduce.MAX),  # largest |x|
 )
 # dL/d(output) of one block: the backward signal of the residual stream.
 GRAD_SIGNAL_FIELDS = (Field("sumsq", Reduce.SUM), Field("count", Reduce.SUM))
@@ -78,7 +78,7 @@ GRAD_SIGNAL_FIELDS = (Field("sumsq", Reduce.SUM), Field("count", Reduce.SUM))
 PARAM_FIELDS = (
     Field("grad_sumsq", Reduce.MAX),
     Field("weight_sumsq", Reduce.MAX),
-    Field("grad_nonfinite", Reduce.MAX),
+    Field("grad_nonfinite", Reduce.MAX),  # 1 when the gradient holds a NaN / Inf
     Field("update_sumsq", Reduce.MAX),  # sum of squared changes over the sampled coordinates
 )
 # The loss passed to end_step, averaged over ranks.
@@ -288,8 +288,9 @@ def _sqrt(x: float) -> float:
 def derive_activation(v: dict[str, float], bounded: bool = False) -> dict[str, float]:
     """Activation statistics from reduced :data:`ACTIVATION_FIELDS`.
 
-    Mean, RMS, std (population) and abs-max are over the finite elements; the zero and
-    saturation fractions are over all elements. ``act_sat_frac`` is only given for bounded
+    Mean, RMS, std (population) and abs-max are over all elements, so they are NaN (or Inf)
+    when a non-finite element was present; ``act_nonfinite`` counts those. The zero and
+    saturation fractions are over all elements; ``act_sat_frac`` is only given for bounded
     activations. Returns ``{}`` when nothing was measured.
 
     Example::
@@ -298,22 +299,22 @@ def derive_activation(v: dict[str, float], bounded: bool = False) -> dict[str, f
         ...                    "nonfinite": 0, "absmax": 1})["act_rms"]
         1.0
     """
-    n, bad = v["count"], v["nonfinite"]
-    total = n + bad
-    if total <= 0:
+    n = v["count"]
+    if n <= 0:
         return {}
-    mean = _div(v["sum"], n)
-    meansq = _div(v["sumsq"], n)
+    mean = v["sum"] / n
+    meansq = v["sumsq"] / n
+    var = meansq - mean * mean
     out = {
         "act_rms": _sqrt(meansq),
         "act_mean": mean,
-        "act_std": _sqrt(max(meansq - mean * mean, 0.0)) if n > 0 else math.nan,
-        "act_absmax": v["absmax"] if n > 0 else math.nan,
-        "act_zero_frac": v["zeros"] / total,
-        "act_nonfinite": bad,
+        "act_std": math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan,
+        "act_absmax": v["absmax"],
+        "act_zero_frac": v["zeros"] / n,
+        "act_nonfinite": v["nonfinite"],
     }
     if bounded:
-        out["act_sat_frac"] = v["saturated"] / total
+        out["act_sat_frac"] = v["saturated"] / n
     return out
 
 

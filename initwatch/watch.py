@@ -150,7 +150,7 @@ class Watch:
         every: measure every this many optimizer steps (step 0 included).
         layers: ``"default"``, ``"blocks"``, ``"linear"`` or module paths / glob patterns
             (see :func:`~initwatch.selection.select_layers`).
-        on_alert: what an alert does: ``"warn"``, ``"stop"``, ``"raise"``, ``"ignore"`` or a
+        on_alert: what an alert does: ``"warn"``, ``"stop"``, ``"raise"`` or a
             callable (see :class:`initwatch.policy.AlertPolicy`).
         context: a :class:`~initwatch.RunContext` to start from (filled from the anatomy and
             the optimizer).
