@@ -1,0 +1,48 @@
+"""Each integration example runs in its fast mode (in this process, so imports are paid once)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def initwatch_tags(logdir: Path) -> list[str]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [t for t in acc.Tags()["scalars"] if t.startswith("initwatch/")]
+
+
+def test_lightning_deepnet(tmp_path, capsys):
+    watch = load("lightning_deepnet").main(["--fast", "--root", str(tmp_path)])
+    assert watch.report.scheme == "deepnet"
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert initwatch_tags(run) and "tensorboard --logdir" in capsys.readouterr().out
+
+
+def test_hf_trainer_tfixup(tmp_path):
+    watch = load("hf_trainer_tfixup").main(["--fast", "--output-dir", str(tmp_path)])
+    assert watch.report.scheme == "t-fixup"
+    (run,) = (tmp_path / "runs").iterdir()  # the Trainer's own run holds our statistics
+    assert initwatch_tags(run)
+
+
+def test_hf_finetune_safely(tmp_path, capsys):
+    watch = load("hf_finetune_safely").main(["--fast", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "refused, as it should be" in out and "scheme=None" in out
+    assert watch.context.pretrained
+    assert any(a.kind == "update_ratio_high" for a in watch.alerts), out
+    assert "remedy:" in out
