@@ -216,27 +216,42 @@ def _anatomy_targets(model: nn.Module, anatomy: Anatomy) -> Iterator[tuple[str, 
             yield "blocks", Target(info, modules[block.path], grad_signal=True)
 
 
-def _fallback_targets(model: nn.Module) -> Iterator[tuple[str, Target]]:
-    """(preset, target) pairs for models the anatomy cannot read: modules by path."""
-    for path, mod in model.named_modules():
-        if is_activation(mod):
-            info = _info(_display(path, None), "act", path, None)
-            yield "default", Target(info, mod, band=saturation_band(mod))
-        elif _has_params(mod):
-            info = _info(_display(path, None), "module", path, None)
-            yield "blocks", Target(info, mod, grad_signal=True)
+def _fallback_target(path: str, mod: nn.Module) -> tuple[str, Target] | None:
+    """(preset, target) of one module of a model the anatomy cannot read, or None."""
+    if is_activation(mod):
+        info = _info(_display(path, None), "act", path, None)
+        return "default", Target(info, mod, band=saturation_band(mod))
+    if _has_params(mod):
+        info = _info(_display(path, None), "module", path, None)
+        return "blocks", Target(info, mod, grad_signal=True)
+    return None
 
 
 def _candidates(model: nn.Module, anatomy: Anatomy | None) -> list[tuple[str, Target]]:
-    found = list(_anatomy_targets(model, anatomy) if anatomy else _fallback_targets(model))
-    seen = {id(t.module) for _, t in found}
+    """Every module as a (preset, target) pair, in forward order.
+
+    Transformer blocks contribute their named targets (sublayers, activations, block output)
+    followed by their other modules; everything else follows ``named_modules`` order.
+    """
+    per_block: dict[str, list[tuple[str, Target]]] = {}
+    for preset, target in _anatomy_targets(model, anatomy) if anatomy else ():
+        per_block.setdefault(f"{target.info.stack}.{target.info.block}", []).append(
+            (preset, target)
+        )
+    seen = {id(t.module) for pairs in per_block.values() for _, t in pairs}
+    found: list[tuple[str, Target]] = []
     for path, mod in model.named_modules():
+        block = _block_of(anatomy, path)
+        if block is not None:
+            found.extend(per_block.pop(block.name, []))
         if id(mod) in seen:
             continue
-        block = _block_of(anatomy, path)
-        kind = "linear" if _is_linear(mod) else "module"
-        info = _info(_display(path, block), kind, path, block)
-        found.append(("linear" if kind == "linear" else "any", Target(info, mod)))
+        pair = None if anatomy else _fallback_target(path, mod)
+        if pair is None:
+            kind = "linear" if _is_linear(mod) else "module"
+            info = _info(_display(path, block), kind, path, block)
+            pair = ("linear" if kind == "linear" else "any", Target(info, mod))
+        found.append(pair)
     return found
 
 

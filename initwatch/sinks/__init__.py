@@ -213,6 +213,7 @@ def heatmap_image(
     values = np.asarray(values, dtype=np.float64)
     if use_matplotlib:
         try:
+            import matplotlib
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError:
@@ -222,8 +223,8 @@ def heatmap_image(
     fig = Figure(figsize=(8, max(2.5, 0.22 * len(rows) + 1.5)), dpi=80)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", interpolation="nearest")
-    im.cmap.set_bad("#808080")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#808080")
+    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", interpolation="nearest", cmap=cmap)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel("layer")
