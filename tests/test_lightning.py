@@ -410,3 +410,16 @@ def test_warn_goes_through_the_alert_policy_once_per_cause(tmp_path):
 
     ours = [w for w in seen if issubclass(w.category, AlertWarning)]
     assert len(ours) == 1 and len(cb.alerts) >= 1
+
+
+@pytest.mark.slow
+def test_torch_compiled_module_is_watched(tmp_path):
+    cb = InitWatch("deepnet", log_every_n_steps=1)
+    spy = Spy(cb)
+    module = Tiny()
+    module.net = torch.compile(module.net, backend="eager")  # Dynamo's hook semantics, no inductor
+    trainer(tmp_path, [cb, spy], max_steps=2).fit(module, loader())
+    assert cb.scheme_outcome is SchemeOutcome.APPLIED
+    assert len(spy.frames) == 2
+    for f in spy.frames:  # the activation hooks fired inside the compiled forward
+        assert "encoder.1" in f.values["act_rms"]
