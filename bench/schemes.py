@@ -1,0 +1,383 @@
+"""Scheme replication: a deep Post-LN transformer trained with Adam at a fixed learning rate and
+no warmup, with PyTorch's default init ("vanilla") and with each scheme of ``initwatch.reinit``.
+
+The model is ``nn.TransformerEncoder`` of Post-LN ``nn.TransformerEncoderLayer`` blocks
+(``norm_first=False``, dropout 0) between a token + learned position embedding and a linear
+head. The task is sorting: the input is a sequence of random tokens, the target at position i
+is the i-th smallest input token (a bidirectional encoder task whose loss can go to ~0; a model
+that ignores the input can only learn each position's marginal, printed as the "position-only"
+loss).
+
+Fairness: every variant starts from the same weights (same seed) and sees the same batches.
+``nn.TransformerEncoder`` deep-copies its layer, so all its layers start identical (PyTorch
+issue #72253); by default each layer is re-drawn with PyTorch's own default init before
+anything else (``--baseline copied`` keeps the identical copies). The schemes are then applied
+to that model with ``initwatch.reinit(model, scheme, seed=seed)``.
+
+Usage::
+
+    python bench/schemes.py                      # depth 24, 300 steps, lr 1e-3, seed 0
+    python bench/schemes.py --seeds 3            # seeds 0, 1, 2 and a table of medians
+    python bench/schemes.py --fast               # tiny smoke run (a few seconds)
+
+Output: a Markdown table per seed (and one of medians over seeds) with, for each variant, the
+final loss (mean of the last k steps), the first step at which the trailing mean loss reached
+the target (or ``never``), the largest total gradient norm, the ratio of the lowest block's
+gradient norm to the top block's over the last k steps, a failure note and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+import initwatch
+
+VARIANTS = ("vanilla", "deepnet", "t-fixup", "rezero")
+
+
+@dataclass
+class Config:
+    depth: int = 24
+    width: int = 64
+    heads: int = 4
+    ffn: int = 256
+    vocab: int = 16
+    length: int = 12
+    batch: int = 64
+    steps: int = 300
+    lr: float = 1e-3
+    warmup: int = 0
+    target: float = 0.5
+    seed: int = 0
+    seeds: int = 1
+    task: str = "sort"
+    baseline: str = "redrawn"
+    threads: int = 2
+    schemes: tuple[str, ...] = VARIANTS
+
+
+@dataclass
+class Result:
+    scheme: str
+    seed: int
+    final_loss: float
+    steps_to_target: int | None
+    max_grad_norm: float
+    grad_ratio: float
+    note: str
+    wall_s: float
+    losses: list[float] = field(default_factory=list, repr=False)
+
+
+class SortModel(nn.Module):
+    """Token + learned position embedding, a Post-LN ``nn.TransformerEncoder``, a linear head."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab, cfg.width)
+        self.pos = nn.Embedding(cfg.length, cfg.width)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width,
+            cfg.heads,
+            cfg.ffn,
+            dropout=0.0,
+            norm_first=False,
+            batch_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers=cfg.depth, enable_nested_tensor=False
+        )
+        self.head = nn.Linear(cfg.width, cfg.vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens) + self.pos.weight[: tokens.shape[1]]
+        return self.head(self.encoder(h))
+
+
+def redraw_default(layer: nn.TransformerEncoderLayer) -> None:
+    """Re-draw one layer exactly as PyTorch initializes a freshly built one: ``nn.Linear``
+    defaults, then ``nn.MultiheadAttention._reset_parameters`` (Xavier-uniform in_proj, zero
+    in_proj and out_proj biases), LayerNorm weight 1 / bias 0."""
+    for m in layer.modules():
+        if isinstance(m, (nn.Linear, nn.LayerNorm)):
+            m.reset_parameters()
+    for m in layer.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m._reset_parameters()
+
+
+def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
+    """The model for one variant: same weights for every variant of a seed, then the scheme."""
+    torch.manual_seed(seed)
+    model = SortModel(cfg)
+    if cfg.baseline == "redrawn":
+        for layer in model.encoder.layers:
+            redraw_default(layer)
+    if scheme != "vanilla":
+        initwatch.reinit(model, scheme, seed=seed)
+    return model
+
+
+def make_batch(cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randint(0, cfg.vocab, (cfg.batch, cfg.length), generator=gen)
+    if cfg.task == "sort":
+        y = x.sort(dim=1).values
+    elif cfg.task == "reverse":
+        y = x.flip(1)
+    else:
+        raise ValueError(f"task={cfg.task!r}: choose 'sort' or 'reverse'")
+    return x, y
+
+
+def position_only_loss(cfg: Config, samples: int = 20000) -> float:
+    """Cross-entropy of the best input-independent predictor (each position's marginal)."""
+    gen = torch.Generator().manual_seed(12345)
+    x = torch.randint(0, cfg.vocab, (samples, cfg.length), generator=gen)
+    y = x.sort(dim=1).values if cfg.task == "sort" else x.flip(1)
+    total = 0.0
+    for i in range(cfg.length):
+        p = torch.bincount(y[:, i], minlength=cfg.vocab).double() / samples
+        total += float(-(p[p > 0] * p[p > 0].log()).sum())
+    return total / cfg.length
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad.detach().double().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def train(cfg: Config, scheme: str, seed: int) -> Result:
+    model = build(cfg, scheme, seed)
+    model.train()
+    params = list(model.parameters())
+    low = list(model.encoder.layers[0].parameters())
+    top = list(model.encoder.layers[-1].parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)  # fixed lr, no clipping
+    # Linear warmup over cfg.warmup steps (0, the default: none), for control runs only.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0
+    )
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    k = tail(cfg)
+    losses: list[float] = []
+    ratios: list[float] = []
+    max_gn, note = 0.0, ""
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = make_batch(cfg, gen)
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, cfg.vocab), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = _grad_norm(params)
+        if not (math.isfinite(loss.item()) and math.isfinite(gn)):
+            note = f"diverged: non-finite loss/grad at step {step}"
+            losses.append(float("nan"))
+            break
+        losses.append(loss.item())
+        max_gn = max(max_gn, gn)
+        if step >= cfg.steps - k:
+            ratios.append(_grad_norm(low) / max(_grad_norm(top), 1e-30))
+        opt.step()
+        sched.step()
+    wall = time.perf_counter() - start
+    final = statistics.fmean(losses[-k:]) if not note else float("nan")
+    reached = steps_to(losses, cfg.target, window=min(10, k))
+    if not note and reached is None:
+        chance = math.log(cfg.vocab)
+        note = "stuck near chance" if final > chance - 0.1 else "did not reach target"
+    ratio = statistics.median(ratios) if ratios else float("nan")
+    return Result(scheme, seed, final, reached, max_gn, ratio, note, wall, losses)
+
+
+def tail(cfg: Config) -> int:
+    """k, the number of last steps averaged into the final loss."""
+    return max(1, min(50, cfg.steps // 10))
+
+
+def steps_to(losses: list[float], target: float, window: int) -> int | None:
+    """First step (1-based count of steps taken) whose trailing ``window``-step mean loss is at
+    or below ``target``; None if never."""
+    for i in range(window - 1, len(losses)):
+        chunk = losses[i - window + 1 : i + 1]
+        if all(math.isfinite(v) for v in chunk) and statistics.fmean(chunk) <= target:
+            return i + 1
+    return None
+
+
+def _fmt_steps(v: float | None) -> str:
+    return "never" if v is None or not math.isfinite(v) else f"{v:.0f}"
+
+
+def table(rows: list[Result], cfg: Config) -> str:
+    head = (
+        f"| scheme | final loss (last {tail(cfg)}) | steps to {cfg.target:g} | max grad norm "
+        "| grad ratio block0/top | note | wall s |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r.scheme} | {r.final_loss:.4f} | {_fmt_steps(r.steps_to_target)} | "
+            f"{r.max_grad_norm:.3g} | {r.grad_ratio:.3g} | {r.note} | {r.wall_s:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def medians(results: list[Result], cfg: Config) -> list[Result]:
+    """One row per scheme: medians over seeds ("never" counts as infinitely many steps)."""
+    out = []
+    for scheme in cfg.schemes:
+        rs = [r for r in results if r.scheme == scheme]
+        reached = [r.steps_to_target or math.inf for r in rs]
+        med_steps = statistics.median(reached)
+        failed = sum(r.steps_to_target is None for r in rs)
+        note = f"{failed}/{len(rs)} seeds never reached target" if failed else ""
+        out.append(
+            Result(
+                scheme,
+                -1,
+                statistics.median(r.final_loss for r in rs),
+                None if math.isinf(med_steps) else int(med_steps),
+                statistics.median(r.max_grad_norm for r in rs),
+                statistics.median(r.grad_ratio for r in rs),
+                note,
+                statistics.median(r.wall_s for r in rs),
+            )
+        )
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depth", type=int, default=24, help="encoder layers (default 24)")
+    p.add_argument("--steps", type=int, default=300, help="Adam steps per variant")
+    p.add_argument("--lr", type=float, default=1e-3, help="fixed Adam learning rate")
+    p.add_argument(
+        "--warmup", type=int, default=0, help="linear warmup steps (default 0: no warmup)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
+    p.add_argument("--target", type=float, default=0.5, help="target loss (nats)")
+    p.add_argument("--width", type=int, default=64, help="model width d")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--task", choices=("sort", "reverse"), default="sort")
+    p.add_argument(
+        "--baseline",
+        choices=("redrawn", "copied"),
+        default="redrawn",
+        help="vanilla init: each layer re-drawn with PyTorch defaults (default) or the "
+        "identical deep copies nn.TransformerEncoder makes",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument(
+        "--schemes",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)}",
+    )
+    p.add_argument("--json", help="also write the results (with loss curves) to this file")
+    p.add_argument("--fast", action="store_true", help="tiny run for smoke tests")
+    a = p.parse_args(argv)
+    schemes = tuple(s.strip() for s in a.schemes.split(",") if s.strip())
+    bad = [s for s in schemes if s not in VARIANTS]
+    if bad or not schemes:
+        p.error(f"--schemes: unknown {bad}; choose from {','.join(VARIANTS)}")
+    cfg = Config(
+        depth=a.depth,
+        width=a.width,
+        ffn=4 * a.width,
+        batch=a.batch,
+        steps=a.steps,
+        lr=a.lr,
+        warmup=a.warmup,
+        target=a.target,
+        seed=a.seed,
+        seeds=a.seeds,
+        task=a.task,
+        baseline=a.baseline,
+        threads=a.threads,
+        schemes=schemes,
+    )
+    if a.fast:
+        cfg.depth, cfg.width, cfg.ffn, cfg.heads = 2, 16, 32, 2
+        cfg.batch, cfg.length, cfg.steps, cfg.vocab = 8, 6, 6, 8
+    cfg.json = a.json  # type: ignore[attr-defined]
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    torch.set_num_threads(cfg.threads)
+    print(f"# machine: {machine()}")
+    print(
+        f"# model: Post-LN nn.TransformerEncoder, {cfg.depth} layers, d={cfg.width}, "
+        f"{cfg.heads} heads, ffn {cfg.ffn}, dropout 0, vanilla baseline: {cfg.baseline}"
+    )
+    print(
+        f"# task: {cfg.task} {cfg.length} tokens of vocab {cfg.vocab}, batch {cfg.batch}; "
+        f"Adam lr {cfg.lr:g}, "
+        + (f"linear warmup {cfg.warmup} steps" if cfg.warmup else "fixed (no warmup)")
+        + f", no clipping, {cfg.steps} steps"
+    )
+    print(
+        f"# chance loss {math.log(cfg.vocab):.4f}, position-only loss "
+        f"{position_only_loss(cfg):.4f}, target {cfg.target:g}"
+    )
+    results: list[Result] = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        rows = []
+        for scheme in cfg.schemes:
+            r = train(cfg, scheme, seed)
+            print(
+                f"# seed {seed} {scheme}: final {r.final_loss:.4f}, "
+                f"steps to target {_fmt_steps(r.steps_to_target)}, {r.wall_s:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(r)
+        results += rows
+        print(f"\n## seed {seed}\n")
+        print(table(rows, cfg), flush=True)
+    if cfg.seeds > 1:
+        print(f"\n## median over {cfg.seeds} seeds\n")
+        print(table(medians(results, cfg), cfg))
+    if cfg.json:  # type: ignore[attr-defined]
+        with open(cfg.json, "w") as fh:  # type: ignore[attr-defined]
+            json.dump(
+                {
+                    "config": asdict(cfg),
+                    "machine": machine(),
+                    "results": [asdict(r) for r in results],
+                },
+                fh,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
