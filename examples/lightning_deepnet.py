@@ -4,7 +4,7 @@ A Post-LN stack this deep usually stalls or diverges with Adam and no warmup; De
 ``x * alpha + f(x)`` residuals and ``beta``-scaled init keep it trainable. InitWatch applies the
 scheme at ``setup("fit")`` and writes per-layer statistics next to Lightning's own scalars:
 
-    python examples/lightning_deepnet.py               # 24 layers, 300 steps
+    python examples/lightning_deepnet.py               # 24 layers, 100 steps (minutes on a CPU)
     python examples/lightning_deepnet.py --fast        # 4 layers, 6 steps (what the tests run)
     tensorboard --logdir lightning_logs                # the "initwatch" dashboard; alerts as text
 """
@@ -74,7 +74,7 @@ class PostLNLanguageModel(L.LightningModule):
 def main(argv: list[str] | None = None) -> InitWatch:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--root", default=".", help="where lightning_logs/ goes")
     parser.add_argument("--fast", action="store_true", help="4 layers, 6 steps")

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from typing_extensions import override
 
 from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy
@@ -163,6 +164,7 @@ class InitWatchCallback(TrainerCallback):
 
     # ---- init: the scheme -----------------------------------------------------------------
 
+    @override
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -197,6 +199,7 @@ class InitWatchCallback(TrainerCallback):
 
     # ---- train: attach the Watch ------------------------------------------------------------
 
+    @override
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -252,6 +255,7 @@ class InitWatchCallback(TrainerCallback):
 
     # ---- steps --------------------------------------------------------------------------
 
+    @override
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -259,6 +263,7 @@ class InitWatchCallback(TrainerCallback):
         self._driver.begin(state.global_step + 1)
         self._skipped = False
 
+    @override
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -276,12 +281,14 @@ class InitWatchCallback(TrainerCallback):
             max_grad_norm=args.max_grad_norm,
         )
 
+    @override
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # accelerate's AcceleratedOptimizer knows whether the GradScaler skipped the step.
         self._skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
 
+    @override
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -293,6 +300,7 @@ class InitWatchCallback(TrainerCallback):
             if any_rank(self._driver.should_stop, device):
                 control.should_training_stop = True
 
+    @override
     def on_log(
         self,
         args: TrainingArguments,
@@ -310,6 +318,7 @@ class InitWatchCallback(TrainerCallback):
 
     # ---- checkpoints and the end --------------------------------------------------------------
 
+    @override
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -318,6 +327,7 @@ class InitWatchCallback(TrainerCallback):
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(self._driver.state_dict(), f)
 
+    @override
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
