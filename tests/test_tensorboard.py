@@ -1,0 +1,187 @@
+"""TensorBoard round trip: tags, values, the custom-scalars layout, heatmaps, alert text."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from initwatch.frame import ACT_STATS, PARAM_STATS
+from initwatch.sinks import heatmap_image
+from initwatch.sinks.tensorboard import TensorBoardSink
+from initwatch.watch import Watch
+
+
+def encoder(layers: int = 2) -> nn.Module:
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation=nn.GELU())
+    return nn.TransformerEncoder(layer, num_layers=layers)
+
+
+def run(model, watch, steps, grads_at_step0=None, outputs=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(steps):
+        watch.begin_step(step)
+        loss = model(torch.randn(5, 3, 16)).pow(2).mean()
+        loss.backward()
+        if step == 0 and grads_at_step0 is not None:
+            grads_at_step0.update({n: p.grad.clone() for n, p in model.named_parameters()})
+        watch.before_optimizer_step(opt)
+        opt.step()
+        opt.zero_grad()
+        watch.end_step(loss=loss)
+
+
+def load(logdir) -> EventAccumulator:
+    ea = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    ea.Reload()
+    return ea
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("logged")
+    torch.manual_seed(0)
+    model = encoder()
+    outputs = []
+    model.layers[1].register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
+    grads: dict[str, torch.Tensor] = {}
+    writer = SummaryWriter(str(tmp_path))
+    watch = Watch(model, writer=writer, every=2, rules=False)
+    run(model, watch, 5, grads)
+    watch.close()
+    writer.close()
+    return load(tmp_path), outputs, grads
+
+
+def test_scalars_have_the_documented_tags_and_the_right_values(logged):
+    ea, outputs, grads = logged
+    tags = set(ea.Tags()["scalars"])
+    for tag in (
+        "initwatch/act_rms/encoder.1",
+        "initwatch/act_absmax/encoder.0",
+        "initwatch/out_grad_rms/encoder.0",
+        "initwatch/act_rms/encoder.0.attn",
+        "initwatch/act_zero_frac/encoder.1.ffn.act",
+        "initwatch/grad_norm/encoder.1",
+        "initwatch/update_ratio/encoder.0",
+        "initwatch/global/grad_norm_global",
+        "initwatch/global/loss",
+        "initwatch/global/lr",
+        "initwatch/alerts/count",
+    ):
+        assert tag in tags, tag
+    rms = ea.Scalars("initwatch/act_rms/encoder.1")
+    assert [e.step for e in rms] == [0, 2, 4]
+    assert rms[0].value == pytest.approx(outputs[0].double().pow(2).mean().sqrt().item(), rel=1e-5)
+    block1 = [g for n, g in grads.items() if n.startswith("layers.1.")]
+    norm = math.sqrt(sum(g.double().pow(2).sum().item() for g in block1))
+    assert ea.Scalars("initwatch/grad_norm/encoder.1")[0].value == pytest.approx(norm, rel=1e-5)
+    assert [e.value for e in ea.Scalars("initwatch/alerts/count")] == [0, 0, 0]
+
+
+def test_default_tag_budget_is_ten_per_block(tmp_path):
+    layers = 4
+    model = encoder(layers)
+    writer = SummaryWriter(str(tmp_path))
+    watch = Watch(model, writer=writer, every=1, rules=False)
+    run(model, watch, 1)
+    watch.close()
+    writer.close()
+    tags = load(tmp_path).Tags()["scalars"]
+    per_layer = [t for t in tags if not t.startswith(("initwatch/global/", "initwatch/alerts/"))]
+    assert len(per_layer) == 10 * layers
+    assert len(tags) - len(per_layer) <= 8
+
+
+def test_detail_all_writes_every_statistic_and_parameter(tmp_path):
+    model = encoder()
+    writer = SummaryWriter(str(tmp_path))
+    watch = Watch(model, writer=TensorBoardSink(writer, detail="all"), every=1, rules=False)
+    run(model, watch, 1)
+    watch.close()
+    writer.close()
+    tags = set(load(tmp_path).Tags()["scalars"])
+    assert "initwatch/grad_norm/layers.0.linear1.weight" in tags
+    assert "initwatch/act_std/encoder.0.attn" in tags
+    with pytest.raises(ValueError, match="detail"):
+        TensorBoardSink(writer, detail="everything")
+
+
+def test_custom_scalars_layout_round_trip(logged):
+    ea = logged[0]
+    events = ea.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events[0].tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == ["initwatch"]
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    for stat in ACT_STATS + PARAM_STATS + ("out_grad_rms",):
+        assert charts[stat] == [f"initwatch/{stat}/.*"]
+    assert charts["global"] == ["initwatch/global/.*"]
+    assert charts["alerts"] == ["initwatch/alerts/count"]
+
+
+def test_heatmaps_and_summary_are_written(logged):
+    ea = logged[0]
+    images = ea.Tags()["images"]
+    for stat in ("grad_norm", "act_rms", "out_grad_rms"):
+        assert f"initwatch/heatmap/{stat}" in images
+        img = ea.Images(f"initwatch/heatmap/{stat}")[-1]
+        assert img.width > 100 and img.height > 100
+    summary = ea.Tensors("initwatch/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert summary.startswith("## initwatch summary") and "No alerts." in summary
+    assert "lowest dL/d(output) RMS" in summary
+
+
+def test_alerts_are_written_as_text_with_the_remedy(tmp_path):
+    model = encoder()
+    with torch.no_grad():
+        model.layers[0].linear2.weight[0, 0] = float("nan")
+    writer = SummaryWriter(str(tmp_path))
+    watch = Watch(model, writer=writer, every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(model, watch, 2)
+    watch.close()
+    writer.close()
+    ea = load(tmp_path)
+    text = ea.Tensors("initwatch/alerts/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "nonfinite" in text and "→" in text and watch.alerts[0].remedy[:20] in text
+    assert ea.Scalars("initwatch/alerts/count")[-1].value >= 1
+    summary = ea.Tensors("initwatch/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| nonfinite |" in summary
+    assert ea.Scalars("initwatch/global/act_nonfinite")[0].value > 0
+
+
+def test_heatmap_without_matplotlib_is_a_plain_colour_map():
+    values = np.array([[0.0, 1.0], [np.nan, -1.0]])
+    img = heatmap_image(values, ["a", "b"], [0, 1], "t", use_matplotlib=False)
+    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    assert (img[8, 0] == 128).all()  # NaN cell is grey
+    assert not (img[0, 0] == img[0, 8]).all()  # different values, different colours
+
+
+def _frame(step: int):
+    from initwatch.frame import Frame, LayerInfo
+
+    layers = [LayerInfo(f"encoder.{i}", "block", i, f"layers.{i}", "encoder", i) for i in range(3)]
+    values = {"act_rms": {f"encoder.{i}": 1.0 + i + step for i in range(3)}}
+    return Frame(step, layers, values, {"loss": 1.0})
+
+
+@pytest.mark.parametrize(("budget", "during_run"), [(1e9, 3), (1e-9, 1)])
+def test_heatmaps_during_the_run_respect_the_time_budget(tmp_path, budget, during_run):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer, heatmap_every=2, heatmap_budget=budget)
+    for step in range(6):
+        sink.write_frame(_frame(step))
+    sink.close(_frame(5), [])
+    writer.close()
+    events = load(tmp_path).Images("initwatch/heatmap/act_rms")
+    assert len(events) == during_run + 1  # renders at frames 2, 4, 6 when allowed; and close
