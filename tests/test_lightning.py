@@ -423,3 +423,26 @@ def test_torch_compiled_module_is_watched(tmp_path):
     assert len(spy.frames) == 2
     for f in spy.frames:  # the activation hooks fired inside the compiled forward
         assert "encoder.1" in f.values["act_rms"]
+
+
+def test_warmup_is_read_from_common_schedulers():
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    from initwatch.integrations._common import warmup_steps_of
+
+    def opt():
+        return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    sched = torch.optim.lr_scheduler
+    assert warmup_steps_of(get_linear_schedule_with_warmup(opt(), 10, 100), 100) == 10
+    assert warmup_steps_of(get_cosine_schedule_with_warmup(opt(), 7, 100), 100) == 7
+    assert warmup_steps_of(get_linear_schedule_with_warmup(opt(), 0, 100), 100) == 0
+    assert warmup_steps_of(sched.LinearLR(opt(), start_factor=0.1, total_iters=5)) == 5
+    assert warmup_steps_of(sched.OneCycleLR(opt(), max_lr=1.0, total_steps=100)) in (29, 30)
+    o = opt()
+    seq = sched.SequentialLR(
+        o, [sched.LinearLR(o, 0.1, total_iters=4), sched.ConstantLR(o, 1.0)], milestones=[4]
+    )
+    assert warmup_steps_of(seq) == 4
+    assert warmup_steps_of(sched.StepLR(opt(), 10)) == 0
+    assert warmup_steps_of(None) is None
