@@ -1,0 +1,27 @@
+"""The plain-PyTorch example runs end to end in its fast mode and writes TensorBoard events."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch.py"
+
+
+def test_plain_pytorch_example_fast(tmp_path):
+    logdir = tmp_path / "runs"
+    res = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--fast", "--logdir", str(logdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "done: 2 frames, last at step 2" in res.stdout
+    ea = EventAccumulator(str(logdir))
+    ea.Reload()
+    assert "initwatch/act_rms/decoder.3" in ea.Tags()["scalars"]
+    assert "initwatch/summary/text_summary" in ea.Tags()["tensors"]
