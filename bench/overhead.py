@@ -4,8 +4,9 @@ A GPT-2 from a small config is trained on random tokens (CPU by default). Config
 interleaved rounds (each round runs every configuration for ``--steps`` steps, in a rotating
 order), so machine noise hits them alike; the step-time ratio against plain training is taken
 within each round and the median over rounds is reported. Peak memory is measured separately,
-one fresh subprocess per configuration (``ru_maxrss``, the process's peak resident set size),
-because a process's peak cannot be reset.
+one fresh subprocess per configuration (``VmHWM`` from ``/proc/self/status``: the peak resident
+set size of the process since it started; ``ru_maxrss`` would include the parent's peak, which
+Linux carries across fork and exec), because a process's peak cannot be reset.
 
     python bench/overhead.py                      # the table in docs/benchmarks.md
     python bench/overhead.py --steps 20 --rounds 2 --no-memory   # a quick look
@@ -60,11 +61,15 @@ class Runner:
         self.model, self.opt = build(args)
         self.watch = None
         self.wandb = None
+        self.writer = None
         if name.startswith("watch"):
+            from torch.utils.tensorboard import SummaryWriter
+
             from initwatch import Watch
 
             every = 1 if name == "watch_every_step" else args.every
-            self.watch = Watch(self.model, every=every, on_alert=lambda a: None)
+            self.writer = SummaryWriter(os.path.join(tmp, name))  # TensorBoard output included
+            self.watch = Watch(self.model, writer=self.writer, every=every, on_alert=lambda a: None)
         elif name == "wandb_watch":
             import wandb
 
@@ -104,6 +109,7 @@ class Runner:
     def close(self) -> None:
         if self.watch is not None:
             self.watch.close()
+            self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -132,18 +138,41 @@ def timing(args: argparse.Namespace, configs: list[str]) -> dict[str, dict[str, 
     return out
 
 
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (Linux VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_child(args: argparse.Namespace, config: str) -> None:
     """Run one configuration alone and print its memory (child process)."""
     import psutil
 
+    rss = psutil.Process().memory_info().rss
+    # Every child imports the same libraries first, so that peaks differ by what each
+    # configuration allocates while training, not by which libraries it imported.
+    import matplotlib.backends.backend_agg  # noqa: F401  (the Watch's heatmaps)
+    import torch.utils.tensorboard  # noqa: F401
+    import wandb  # noqa: F401
+
+    import initwatch.sinks.tensorboard  # noqa: F401
+    import initwatch.watch  # noqa: F401
+
+    imports = psutil.Process().memory_info().rss - rss
     with tempfile.TemporaryDirectory() as tmp:
         r = Runner(config, args, tmp)
         r.train(1)
         before = psutil.Process().memory_info().rss
         r.train(args.memory_steps)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _peak_rss()
         r.close()
-    print(json.dumps({"rss_after_first_step": before, "peak_rss": peak}))
+    print(json.dumps({"imports": imports, "rss_after_first_step": before, "peak_rss": peak}))
 
 
 def memory(args: argparse.Namespace, configs: list[str]) -> dict[str, dict[str, float]]:
@@ -157,6 +186,7 @@ def memory(args: argparse.Namespace, configs: list[str]) -> dict[str, dict[str, 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
     keys = ("layers", "d", "heads", "vocab", "seq", "batch", "every", "device", "memory_steps")
+    keys += ("threads",)
     return [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
 
 
@@ -166,20 +196,24 @@ def main() -> None:
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=2048)
-    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--seq", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--every", type=int, default=50, help="the Watch's default interval")
     p.add_argument("--steps", type=int, default=50, help="steps per configuration per round")
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument(
+        "--warmup", type=int, default=12, help="untimed steps (covers the first heatmap)"
+    )
     p.add_argument("--memory-steps", type=int, default=100)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: less noise)")
     p.add_argument("--no-wandb", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args, args.memory_child)
         return
@@ -203,6 +237,11 @@ def main() -> None:
         print(
             f"| {c} | {row['ms_per_step']:.1f} | {row['ratio']:.3f} | "
             f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {peak_s} | {mem_ratio} |"
+        )
+    if m:
+        mb = m["plain"]["imports"] / 2**20
+        print(
+            f"(every memory child first imports tensorboard, matplotlib, wandb, initwatch: {mb:.0f} MB)"
         )
     if args.json:
         with open(args.json, "w") as f:
