@@ -11,9 +11,9 @@ Linux carries across fork and exec), because a process's peak cannot be reset.
     python bench/overhead.py                      # the table in docs/benchmarks.md
     python bench/overhead.py --steps 20 --rounds 2 --no-memory   # a quick look
 
-wandb runs with ``WANDB_MODE=offline`` and ``wandb.watch(model, log="all", log_freq=N)`` with the
-same interval as the Watch's default; its rows are committed with one ``wandb.log`` per logging
-step.
+wandb runs with ``WANDB_MODE=offline`` and ``wandb.watch(model, log="all", log_freq=N)``, with the
+Watch's default interval and with every step; its rows are committed with one ``wandb.log`` per
+logging step. The Watch configurations write to a TensorBoard ``SummaryWriter``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-CONFIGS = ("plain", "watch_default", "watch_every_step", "wandb_watch")
+CONFIGS = ("plain", "watch_default", "watch_every_step", "wandb_watch", "wandb_every_step")
 
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -70,12 +70,13 @@ class Runner:
             every = 1 if name == "watch_every_step" else args.every
             self.writer = SummaryWriter(os.path.join(tmp, name))  # TensorBoard output included
             self.watch = Watch(self.model, writer=self.writer, every=every, on_alert=lambda a: None)
-        elif name == "wandb_watch":
+        elif name.startswith("wandb"):
             import wandb
 
+            self.log_every = 1 if name == "wandb_every_step" else args.every
             os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=tmp)
             self.wandb = wandb.init(project="initwatch-bench", dir=tmp, mode="offline")
-            wandb.watch(self.model, log="all", log_freq=args.every)
+            wandb.watch(self.model, log="all", log_freq=self.log_every)
         gen = torch.Generator().manual_seed(1)
         self.batches = [
             torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(args.device)
@@ -99,7 +100,7 @@ class Runner:
             self.opt.zero_grad(set_to_none=True)
             if self.watch is not None:
                 self.watch.end_step(loss=loss)
-            elif self.wandb is not None and self.step % self.args.every == 0:
+            elif self.wandb is not None and self.step % self.log_every == 0:
                 self.wandb.log({"loss": loss.item()}, step=self.step)
             self.step += 1
         if self.args.device == "cuda":
