@@ -64,6 +64,7 @@ class Config:
     seeds: int = 1
     task: str = "sort"
     baseline: str = "redrawn"
+    embedding: str = "untouched"
     threads: int = 2
     schemes: tuple[str, ...] = VARIANTS
 
@@ -125,7 +126,19 @@ def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
     if cfg.baseline == "redrawn":
         for layer in model.encoder.layers:
             redraw_default(layer)
-    if scheme != "vanilla":
+    if scheme == "t-fixup" and cfg.embedding != "untouched":
+        # initwatch recognises the nn.TransformerEncoder but not the embedding around it:
+        # describe the model so T-Fixup also re-draws the token embedding.
+        anatomy = initwatch.inspect(
+            model,
+            blocks="encoder.layers",
+            roles={"qkv": "self_attn", "o": "self_attn", "ffn_in": "linear1", "ffn_out": "linear2"},
+            norms={"attn": "norm1", "ffn": "norm2"},
+            layout="post",
+            token_embedding="embed",
+        )
+        initwatch.reinit(model, scheme, seed=seed, anatomy=anatomy, embedding=cfg.embedding)
+    elif scheme != "vanilla":
         initwatch.reinit(model, scheme, seed=seed)
     return model
 
@@ -294,6 +307,14 @@ def parse(argv: list[str] | None = None) -> Config:
         help="vanilla init: each layer re-drawn with PyTorch defaults (default) or the "
         "identical deep copies nn.TransformerEncoder makes",
     )
+    p.add_argument(
+        "--tfixup-embedding",
+        choices=("untouched", "literal", "effective"),
+        default="untouched",
+        help="T-Fixup's token embedding: left at nn.Embedding's N(0, 1) (what reinit does on "
+        "this model, default), or described to initwatch and re-drawn with embedding='literal' "
+        "(N(0, d^-1/2) x (9N)^-1/4) or 'effective' (std (9N)^-1/4)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument(
         "--schemes",
@@ -320,6 +341,7 @@ def parse(argv: list[str] | None = None) -> Config:
         seeds=a.seeds,
         task=a.task,
         baseline=a.baseline,
+        embedding=a.tfixup_embedding,
         threads=a.threads,
         schemes=schemes,
     )
@@ -336,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# machine: {machine()}")
     print(
         f"# model: Post-LN nn.TransformerEncoder, {cfg.depth} layers, d={cfg.width}, "
-        f"{cfg.heads} heads, ffn {cfg.ffn}, dropout 0, vanilla baseline: {cfg.baseline}"
+        f"{cfg.heads} heads, ffn {cfg.ffn}, dropout 0, vanilla baseline: {cfg.baseline}, "
+        f"T-Fixup embedding: {cfg.embedding}"
     )
     print(
         f"# task: {cfg.task} {cfg.length} tokens of vocab {cfg.vocab}, batch {cfg.batch}; "
