@@ -257,7 +257,7 @@ class ParamProbe:
         >>> lin(torch.ones(1, 4)).sum().backward()
         >>> probe.read_grads(); probe.snapshot()
         >>> with torch.no_grad():
-        ...     lin.bias.add_(1.0)
+        ...     _ = lin.bias.add_(1.0)
         >>> probe.measure_update()
         >>> round(buf.read().column(probe.group, "update_sumsq")[1], 4)
         4.0

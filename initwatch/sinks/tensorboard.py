@@ -114,7 +114,14 @@ class TensorBoardSink(Sink):
         self._next_heatmap = 0.0  # time.monotonic() before which a due heatmap is skipped
         self._frames = 0
         self._closed = False
+        self._pending: tuple[int, dict[str, float]] | None = None
         writer.add_custom_scalars(layout())
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            step, values = self._pending
+            self._pending = None
+            self._scalars(values, step)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         """Write many scalars as one event (10x faster than one ``add_scalar`` each)."""
@@ -143,7 +150,8 @@ class TensorBoardSink(Sink):
             for layer, value in table.items()
         }
         values.update({f"global/{k}": v for k, v in self._globals(frame, params).items()})
-        self._scalars(values, step)
+        self._flush()
+        self._pending = (step, values)  # written with the alert count: one event per step
         self._remember(frame, params)
         self._frames += 1
         if self._frames % self.heatmap_every == 0 and time.monotonic() >= self._next_heatmap:
@@ -214,7 +222,11 @@ class TensorBoardSink(Sink):
 
     def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
         """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text."""
-        self._scalars({"alerts/count": total}, step)
+        if self._pending is None or self._pending[0] != step:
+            self._flush()
+            self._pending = (step, {})
+        self._pending[1]["alerts/count"] = total
+        self._flush()
         if alerts:
             self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(alerts), step)
 
@@ -223,6 +235,7 @@ class TensorBoardSink(Sink):
         if self._closed:
             return
         self._closed = True
+        self._flush()
         step = last.step if last is not None else 0
         self.write_heatmaps(step)
         self.writer.add_text(f"{PREFIX}/summary", summary_markdown(last, alerts), step)
