@@ -3,6 +3,7 @@ and driving a :class:`~initwatch.Watch` through a framework's step events."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -293,6 +294,67 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+class AdapterSettings:
+    """The settings and alert state both adapters share, validated once at construction.
+
+    Each adapter calls :meth:`_configure` from its ``__init__``; ``interval_name`` is what the
+    framework calls the logging interval (``log_every_n_steps`` / ``logging_steps``).
+
+    Example::
+
+        >>> s = AdapterSettings()
+        >>> s._configure("rezero", None, "logging_steps", "warn", None, "default", None, None,
+        ...              1024, None)
+        >>> s.scheme, s.alerts
+        ('rezero', [])
+    """
+
+    def _configure(
+        self,
+        scheme: str | None,
+        interval: int | None,
+        interval_name: str,
+        on_alert: Any,
+        scheme_options: Mapping[str, Any] | None,
+        layers: str | Sequence[str],
+        logdir: str | os.PathLike | None,
+        rules: Any,
+        update_sample: int,
+        anatomy: Anatomy | None,
+    ) -> None:
+        self.scheme = resolve_scheme(scheme)
+        if interval is not None and int(interval) < 1:
+            raise ValueError(
+                f"{interval_name}={interval!r}: expected a positive number of optimizer steps, "
+                f"or None for the framework's own {interval_name}"
+            )
+        validate_on_alert(on_alert)
+        self.on_alert = on_alert
+        self.scheme_options = dict(scheme_options or {})
+        self.layers = layers
+        self.logdir = os.fspath(logdir) if logdir is not None else None
+        self.anatomy = anatomy
+        self.report: ReinitReport | None = None
+        self._driver = StepDriver(
+            every=interval,
+            layers=layers,
+            on_alert=on_alert,
+            rules=rules,
+            update_sample=update_sample,
+        )
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts raised so far (and those of the run this one resumed), oldest first."""
+        return self._driver.alerts
+
+    @property
+    def context(self) -> RunContext | None:
+        """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
+        last run; None before the first)."""
+        return self._driver.context
 
 
 class StepDriver:

@@ -12,13 +12,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy
-from initwatch.context import RunContext
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     OWN_RUN,
-    StepDriver,
+    AdapterSettings,
     UnsupportedStrategyError,
     any_rank,
     apply_scheme,
@@ -27,11 +25,8 @@ from initwatch.integrations._common import (
     describe_report,
     is_summary_writer,
     read_anatomy,
-    resolve_scheme,
-    validate_on_alert,
     warmup_steps_of,
 )
-from initwatch.schemes import ReinitReport
 
 # One class serves both import styles: it is a ``lightning.pytorch`` Callback and, when the
 # separate ``pytorch_lightning`` package is installed, a ``pytorch_lightning`` Callback too, so
@@ -72,7 +67,7 @@ class SchemeOutcome(Enum):
     ALREADY_PRESENT = "already present (a second fit, or a restored model): left alone"
 
 
-class InitWatch(*_BASES):  # type: ignore[misc]
+class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     r"""Apply a re-initialization scheme at ``setup("fit")`` and watch per-layer statistics.
 
     The scheme (DeepNet, T-Fixup or ReZero) is applied once, in ``setup`` for the stage
@@ -157,45 +152,26 @@ class InitWatch(*_BASES):  # type: ignore[misc]
         anatomy: Anatomy | None = None,
     ) -> None:
         super().__init__()
-        self.scheme = resolve_scheme(scheme)
-        if log_every_n_steps is not None and int(log_every_n_steps) < 1:
-            raise ValueError(
-                f"log_every_n_steps={log_every_n_steps!r}: expected a positive number of "
-                "optimizer steps, or None for the Trainer's log_every_n_steps"
-            )
-        validate_on_alert(on_alert)
+        self._configure(
+            scheme,
+            log_every_n_steps,
+            "log_every_n_steps",
+            on_alert,
+            scheme_options,
+            layers,
+            logdir,
+            rules,
+            update_sample,
+            anatomy,
+        )
         self.log_every_n_steps = log_every_n_steps
-        self.on_alert = on_alert
-        self.scheme_options = dict(scheme_options or {})
-        self.layers = layers
-        self.logdir = os.fspath(logdir) if logdir is not None else None
-        self.anatomy = anatomy
-        self.report: ReinitReport | None = None
         self.scheme_outcome = SchemeOutcome.NO_SCHEME
         self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
         self.stopping_reason_message: str | None = None
-        self._driver = StepDriver(
-            every=log_every_n_steps,
-            layers=layers,
-            on_alert=on_alert,
-            rules=rules,
-            update_sample=update_sample,
-        )
         self._anatomies: dict[int, Anatomy | None] = {}
         self._scale_before: float | None = None
 
     # ---- public state -------------------------------------------------------------------
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """The alerts raised so far (all fits, and the run this one resumed), oldest first."""
-        return self._driver.alerts
-
-    @property
-    def context(self) -> RunContext | None:
-        """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
-        last fit; None before the first)."""
-        return self._driver.context
 
     @property
     @override

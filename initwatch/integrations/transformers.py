@@ -14,13 +14,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from typing_extensions import override
 
-from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy
-from initwatch.context import RunContext
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     OWN_RUN,
-    StepDriver,
+    AdapterSettings,
     UnsupportedStrategyError,
     any_rank,
     apply_scheme,
@@ -28,11 +26,8 @@ from initwatch.integrations._common import (
     base_lr_of,
     describe_report,
     read_anatomy,
-    resolve_scheme,
-    validate_on_alert,
     warmup_steps_of,
 )
-from initwatch.schemes import ReinitReport
 
 log = logging.getLogger("initwatch")
 
@@ -40,7 +35,7 @@ STATE_FILE = "initwatch_state.json"  # written into each checkpoint-N folder
 PRECLIP_TAG = "initwatch/global/grad_norm_preclip"
 
 
-class InitWatchCallback(TrainerCallback):
+class InitWatchCallback(TrainerCallback, AdapterSettings):
     r"""Apply a re-initialization scheme when the Trainer is built, and watch per-layer
     statistics while it trains.
 
@@ -123,44 +118,25 @@ class InitWatchCallback(TrainerCallback):
         update_sample: int = 1024,
         anatomy: Anatomy | None = None,
     ) -> None:
-        self.scheme = resolve_scheme(scheme)
-        if logging_steps is not None and int(logging_steps) < 1:
-            raise ValueError(
-                f"logging_steps={logging_steps!r}: expected a positive number of optimizer "
-                "steps, or None for args.logging_steps"
-            )
-        validate_on_alert(on_alert)
-        self.logging_steps = logging_steps
-        self.on_alert = on_alert
-        self.scheme_options = dict(scheme_options or {})
-        self.layers = layers
-        self.logdir = os.fspath(logdir) if logdir is not None else None
-        self.anatomy = anatomy
-        self.report: ReinitReport | None = None
-        self._driver = StepDriver(
-            every=logging_steps,
-            layers=layers,
-            on_alert=on_alert,
-            rules=rules,
-            update_sample=update_sample,
+        self._configure(
+            scheme,
+            logging_steps,
+            "logging_steps",
+            on_alert,
+            scheme_options,
+            layers,
+            logdir,
+            rules,
+            update_sample,
+            anatomy,
         )
+        self.logging_steps = logging_steps
         self._model: weakref.ref[nn.Module] | None = None  # the model seen at on_init_end
         self._trainer: weakref.ref[Trainer] | None = None
         self._anatomy: Anatomy | None = None
         self._writer: Any = None
         self._loss_hook: Any = None
         self._skipped = False
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """The alerts raised so far (and those of the run this one resumed), oldest first."""
-        return self._driver.alerts
-
-    @property
-    def context(self) -> RunContext | None:
-        """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
-        last training run; None before the first)."""
-        return self._driver.context
 
     # ---- init: the scheme -----------------------------------------------------------------
 
