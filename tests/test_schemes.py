@@ -21,8 +21,8 @@ Z = 5.0  # sigmas: ~100s of checks per run stay far from a false failure
 
 
 # --- the papers' constants, written out here independently of initwatch ---------------------
-def deepnet_ab(kind: str, stack: str, n: int, m: int) -> tuple[float, float]:
-    if kind == "encoder-decoder":
+def deepnet_ab(kind: str, stack: str, n: int, m: int, cross: bool = False) -> tuple[float, float]:
+    if kind == "encoder-decoder" or cross:  # three sublayers per decoder block
         if stack == "encoder":
             return 0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)
         return (3 * m) ** 0.25, (12 * m) ** -0.25
@@ -42,8 +42,9 @@ SCALED = {"v", "o", "xv", "xo", "ffn_in", "ffn_out"}
 
 def expected_gain(scheme: str, a: Anatomy, stack: str, role: str, d_head: int) -> float:
     n, m = a.depth.get("encoder", 0), a.depth.get("decoder", 0)
+    cross = any(s.kind == "cross" for b in a.blocks for s in b.sublayers)
     if scheme == "deepnet":
-        gain = deepnet_ab(a.kind, stack, n, m)[1] if role in SCALED else 1.0
+        gain = deepnet_ab(a.kind, stack, n, m, cross)[1] if role in SCALED else 1.0
     else:
         gain = tfixup_scales(a.kind, stack, n, m)[0] if role in SCALED else 1.0
     if not a.attn_scaled and role in ("q", "xq"):
@@ -94,7 +95,10 @@ def test_per_role_std_matches_the_formula(scheme: str, family: str) -> None:
     if scheme == "deepnet":
         for stack, vals in report.constants.items():
             n, m = a.depth.get("encoder", 0), a.depth.get("decoder", 0)
-            assert (vals["alpha"], vals["beta"]) == pytest.approx(deepnet_ab(a.kind, stack, n, m))
+            cross = family.startswith("torch_decoder")
+            assert (vals["alpha"], vals["beta"]) == pytest.approx(
+                deepnet_ab(a.kind, stack, n, m, cross)
+            )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert", "t5", "bart", "gemma", "llama"])
@@ -233,6 +237,21 @@ def test_deepnet_bert_equals_handwritten_deepnorm() -> None:
         return h
 
     _compare(model.bert.encoder, lambda: model.bert.encoder(x).last_hidden_state, ref, [x])
+
+
+def test_deepnet_standalone_decoder_uses_three_sublayer_constants() -> None:
+    model = zoo.build("torch_decoder", layers=4)
+    report = initwatch.reinit(model, "deepnet")
+    assert report.constants["decoder"]["alpha"] == pytest.approx(12**0.25)
+    assert report.constants["decoder"]["beta"] == pytest.approx(48**-0.25)
+
+
+def test_deepnet_keeps_no_activation_after_forward() -> None:
+    model = zoo.build("torch_encoder", layers=3)
+    initwatch.reinit(model, "deepnet")
+    out = model(torch.randn(2, 5, 32))
+    del out
+    assert all(getattr(lay, "_initwatch_residual", None) is None for lay in model.layers)
 
 
 def test_deepnet_refuses_pre_ln_and_names_the_alternatives() -> None:

@@ -25,13 +25,18 @@ NAME = "deepnet"
 OPTIONS = ("alpha", "beta")
 
 
-def constants(kind: str, n: int | None = None, m: int | None = None) -> dict[str, dict[str, float]]:
+def constants(
+    kind: str, n: int | None = None, m: int | None = None, cross: bool = False
+) -> dict[str, dict[str, float]]:
     """DeepNet's alpha and beta per stack (paper table, identical in torchscale).
 
     Args:
         kind: ``"encoder-only"``, ``"decoder-only"`` or ``"encoder-decoder"``.
         n: encoder depth N.
         m: decoder depth M.
+        cross: a decoder-only stack whose blocks have cross-attention (a standalone
+            ``nn.TransformerDecoder`` fed an external memory): three sublayers per block, so
+            the paper's decoder constants (3M)^(1/4) and (12M)^(-1/4) apply.
 
     Example::
 
@@ -41,6 +46,8 @@ def constants(kind: str, n: int | None = None, m: int | None = None) -> dict[str
     """
     if kind == "encoder-only":
         return {"encoder": {"alpha": (2 * n) ** 0.25, "beta": (8 * n) ** -0.25}}
+    if kind == "decoder-only" and cross:
+        return {"decoder": {"alpha": (3 * m) ** 0.25, "beta": (12 * m) ** -0.25}}
     if kind == "decoder-only":
         return {"decoder": {"alpha": (2 * m) ** 0.25, "beta": (8 * m) ** -0.25}}
     if kind == "encoder-decoder":
@@ -73,7 +80,8 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             "Use scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
         )
     d = depths(anatomy, options)
-    consts = constants(anatomy.kind, d.get("encoder"), d.get("decoder"))
+    cross = any(sub.kind == "cross" for b in anatomy.blocks for sub in b.sublayers)
+    consts = constants(anatomy.kind, d.get("encoder"), d.get("decoder"), cross)
     for stack, vals in consts.items():
         vals["alpha"] = per_stack(options.get("alpha"), stack, vals["alpha"], "alpha")
         vals["beta"] = per_stack(options.get("beta"), stack, vals["beta"], "beta")

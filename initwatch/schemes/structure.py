@@ -80,6 +80,14 @@ class DeepNormBlockInput:
         object.__setattr__(block, _RESIDUAL_ATTR, _first_tensor(args, kwargs))
 
 
+class DeepNormBlockOutput:
+    """Block forward hook: forgets the remembered skip, so no activation (and no autograd graph
+    of a forward that is never backpropagated) outlives the block's forward."""
+
+    def __call__(self, block: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        object.__setattr__(block, _RESIDUAL_ATTR, None)
+
+
 class DeepNormNormInput:
     """Norm forward pre-hook: turns the norm input ``x + G(x)`` into ``alpha * x + G(x)``."""
 
@@ -117,6 +125,7 @@ def add_deepnorm(model: nn.Module, block_path: str, norm_paths: list[str], alpha
         torch.tensor(float(alpha), device=ref.device if ref is not None else None),
     )
     block.register_forward_pre_hook(DeepNormBlockInput(), with_kwargs=True)
+    block.register_forward_hook(DeepNormBlockOutput())
     for path in norm_paths:
         norm = model.get_submodule(path)
         norm.register_forward_pre_hook(DeepNormNormInput(block))
@@ -153,7 +162,13 @@ def hook_rezero(model: nn.Module, block_path: str, gate: str, output_path: str) 
     model.get_submodule(output_path).register_forward_hook(ReZeroScale(block, gate))
 
 
-_OUR_HOOKS = (DeepNormBlockInput, DeepNormNormInput, DeepNormNormOutput, ReZeroScale)
+_OUR_HOOKS = (
+    DeepNormBlockInput,
+    DeepNormBlockOutput,
+    DeepNormNormInput,
+    DeepNormNormOutput,
+    ReZeroScale,
+)
 
 
 def applied_structure(model: nn.Module) -> list[str]:
