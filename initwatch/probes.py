@@ -147,7 +147,7 @@ class ActivationProbe:
             return None
         try:
             x = first_tensor(output)
-            if x is None or not x.is_floating_point():
+            if x is None or not x.is_floating_point() or x.numel() == 0:
                 return None
             sums, maxs = reduce_activation(x, self.band)
             self.buffer.accumulate(self.group, sums, maxs)

@@ -135,10 +135,11 @@ def test_a_failing_probe_does_not_break_the_forward(monkeypatch):
     assert "boom" in probe.error
 
 
-def test_integer_outputs_are_skipped():
+@pytest.mark.parametrize("x", [torch.ones(3), torch.zeros(0, 4)])
+def test_integer_and_empty_outputs_are_skipped(x):
     class Ints(nn.Module):
         def forward(self, x):
-            return x.long()
+            return x.long() if x.numel() else x
 
     m = Ints()
     buf, gate = StatBuffer(), Gate()
@@ -146,7 +147,7 @@ def test_integer_outputs_are_skipped():
     buf.allocate()
     m.register_forward_hook(probe)
     gate.on = True
-    m(torch.ones(3))
+    m(x)
     assert buf.read().row(probe.group)["count"] == 0 and probe.error is None
 
 
