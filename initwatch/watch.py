@@ -32,7 +32,7 @@ from initwatch.stats import (
     derive_param,
 )
 
-FRAME_HISTORY = 20  # frames kept in Watch.frames (the rules keep their own history)
+FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
 
 
 def _rank() -> int:
