@@ -5,8 +5,9 @@ Every quantity a probe measures is a *field* that declares how partial values co
 live in one preallocated device tensor laid out as ``[SUM section | MAX section]``, so that
 
 * accumulating over micro-batches is one generic in-place update (:meth:`StatBuffer.accumulate`),
-* the DDP reduction is one ``all_reduce(SUM)`` plus one ``all_reduce(MAX)`` on the two sections,
-  independent of the number of layers (:meth:`StatBuffer.reduce_across_ranks`),
+* the DDP reduction is one collective (an ``all_gather`` of the buffer, then the sum of the SUM
+  section and the max of the MAX section over ranks, on the device), independent of the number
+  of layers (:meth:`StatBuffer.reduce_across_ranks`),
 * reading the results is exactly one device-to-host copy (:func:`to_host`).
 
 Derived statistics (RMS, mean, std, fractions, norms, ratios) are computed on the host from the
@@ -227,17 +228,24 @@ class StatBuffer:
             view.copy_(torch.maximum(view, maxs.to(data.device, data.dtype)))
 
     def reduce_across_ranks(self) -> int:
-        """All-reduce the buffer across ranks: one SUM and one MAX collective.
+        """Reduce the buffer across ranks with one collective.
+
+        One ``all_gather`` brings every rank's buffer (a few floats per layer, so the world-size
+        copy is small); each field is then combined by its declared reduction on the device:
+        the SUM section summed over ranks, the MAX section maxed.
 
         Does nothing unless ``torch.distributed`` is initialized with more than one rank.
-        Returns the number of collectives issued (0 or 2).
+        Returns the number of collectives issued (0 or 1).
         """
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return 0
-        dist.all_reduce(self.data[: self.n_sum], op=dist.ReduceOp.SUM)
-        dist.all_reduce(self.data[self.n_sum :], op=dist.ReduceOp.MAX)
-        return 2
+        parts = [torch.empty_like(self.data) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, self.data)
+        stacked = torch.stack(parts)
+        self.data[: self.n_sum] = stacked[:, : self.n_sum].sum(0)
+        self.data[self.n_sum :] = stacked[:, self.n_sum :].amax(0)
+        return 1
 
     def read(self) -> HostValues:
         """Copy the buffer to the host in one transfer (:func:`to_host`)."""

@@ -137,7 +137,7 @@ class Watch:
     each monitored output on the device (all micro-batches until :meth:`end_step`), tensor hooks
     reduce ``dL/d(block output)``, :meth:`before_optimizer_step` reads gradient and weight norms
     and snapshots a sample of weight coordinates, and :meth:`end_step` measures the update,
-    reduces across ranks (one SUM and one MAX collective), copies the buffer to the host once,
+    reduces across ranks (one collective), copies the buffer to the host once,
     builds a :class:`~initwatch.frame.Frame`, runs the rules, writes the sinks (rank 0) and
     applies the alert policy. An exception inside initwatch becomes a warning, never a crash
     (except the deliberate :class:`~initwatch.errors.AlertError` of ``on_alert="raise"``).

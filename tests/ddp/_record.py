@@ -30,15 +30,20 @@ class Recorder:
         self._calls = 0
 
     def attach(self, watch, block: nn.Module) -> None:
-        """Wrap the Watch's end_step and ``torch.distributed.all_reduce`` to count calls."""
+        """Wrap the Watch's end_step and ``torch.distributed`` collectives to count calls."""
         dist = torch.distributed
-        original_reduce = dist.all_reduce
+        original_reduce, original_gather = dist.all_reduce, dist.all_gather
 
         def counting_reduce(*args, **kwargs):
             self._calls += 1
             return original_reduce(*args, **kwargs)
 
+        def counting_gather(*args, **kwargs):
+            self._calls += 1
+            return original_gather(*args, **kwargs)
+
         dist.all_reduce = counting_reduce
+        dist.all_gather = counting_gather
         original_end = watch.end_step
 
         def end_step(*args, **kwargs):
