@@ -1,0 +1,549 @@
+"""``initwatch report LOGDIR``: alerts, worst layers and a verdict from the TensorBoard event
+files initwatch wrote, including a run that is still being written.
+
+Example::
+
+    >>> from initwatch.commands.report import find_runs
+    >>> find_runs(__import__("tempfile").mkdtemp())
+    []
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from initwatch.commands._text import fmt, table, wrap
+
+HELP = (
+    "Read the TensorBoard event files initwatch wrote under LOGDIR (a finished run or one still "
+    "being written) and print the alerts, the worst layers and a short verdict."
+)
+PREFIX = "initwatch/"
+HEATMAP_STATS = ("grad_norm", "act_rms", "out_grad_rms", "update_ratio")
+_EVENTS = "events.out.tfevents."
+_BLOCK = re.compile(r"^(encoder|decoder)\.(\d+)$")
+_ALERT = re.compile(
+    r"\*\*(?P<severity>\w+) · (?P<kind>\w+)\*\* at `(?P<layer>[^`]*)` "
+    r"\(step (?P<step>\d+), value (?P<value>[^,]+), threshold (?P<threshold>[^,)]+)"
+    r"(?:, still since step (?P<first>\d+))?\): (?P<message>.*?)\n\n→ (?P<remedy>.*)",
+    re.S,
+)
+
+
+@dataclass
+class LoggedAlert:
+    """An alert as read back from the ``initwatch/alerts`` text of an event file.
+
+    Example::
+
+        >>> LoggedAlert(3, "nonfinite", "encoder.1", "error", "NaN", "lower lr").is_update
+        False
+    """
+
+    step: int
+    kind: str
+    layer: str
+    severity: str
+    message: str
+    remedy: str
+    value: str = ""
+    threshold: str = ""
+    first_step: int | None = None
+
+    @property
+    def is_update(self) -> bool:
+        """True for a "still" update of an earlier alert."""
+        return self.first_step is not None and self.first_step != self.step
+
+
+@dataclass
+class Run:
+    """The initwatch data of one TensorBoard run.
+
+    Args:
+        name: the run's path relative to LOGDIR (``"."`` for LOGDIR itself).
+        path: the run directory.
+        scalars: ``{tag: [(step, value), ...]}`` of every scalar in the run.
+        alerts: the alerts read from the text events, oldest first.
+        finished: True when the run wrote its ``initwatch/summary`` (it was closed).
+        images: the heatmap image tags.
+
+    Example::
+
+        >>> Run("x", "x", {"initwatch/grad_norm/encoder.0": [(0, 1.0)]}).last_step
+        0
+    """
+
+    name: str
+    path: str
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    alerts: list[LoggedAlert] = field(default_factory=list)
+    finished: bool = False
+    images: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[int]:
+        """Every step that has an initwatch scalar, in order."""
+        seen = {s for tag, pts in self.scalars.items() if tag.startswith(PREFIX) for s, _ in pts}
+        return sorted(seen)
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step with initwatch data."""
+        steps = self.steps
+        return steps[-1] if steps else None
+
+    def stat(self, stat: str) -> dict[str, list[tuple[int, float]]]:
+        """``{layer: [(step, value), ...]}`` of ``initwatch/<stat>/<layer>``."""
+        head = f"{PREFIX}{stat}/"
+        return {t[len(head) :]: pts for t, pts in self.scalars.items() if t.startswith(head)}
+
+    def at(self, stat: str, step: int | None = None) -> dict[str, float]:
+        """``{layer: value}`` of a statistic at ``step`` (default: each layer's latest)."""
+        out = {}
+        for layer, pts in self.stat(stat).items():
+            pts = [p for p in pts if step is None or p[0] == step]
+            if pts:
+                out[layer] = pts[-1][1]
+        return out
+
+    @property
+    def new_alerts(self) -> list[LoggedAlert]:
+        """Alerts without their "still" updates."""
+        return [a for a in self.alerts if not a.is_update]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``initwatch report``.
+
+    Example::
+
+        >>> p = argparse.ArgumentParser(); add_arguments(p)
+        >>> p.parse_args(["runs"]).stat
+        'grad_norm'
+    """
+    parser.add_argument(
+        "logdir",
+        metavar="LOGDIR",
+        help="a TensorBoard log directory (searched recursively) or one event file",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="save the depth x step heatmap here")
+    parser.add_argument(
+        "--stat",
+        choices=HEATMAP_STATS,
+        default="grad_norm",
+        help="the statistic of the heatmap (default grad_norm)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=3, help="worst layers listed per statistic (default 3)"
+    )
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def find_runs(logdir: str) -> list[str]:
+    """Directories under ``logdir`` (itself included) that hold TensorBoard event files.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); os.makedirs(os.path.join(d, "a"))
+        >>> open(os.path.join(d, "a", "events.out.tfevents.1.x"), "wb").close()
+        >>> [os.path.basename(p) for p in find_runs(d)]
+        ['a']
+    """
+    if os.path.isfile(logdir):
+        return [logdir] if os.path.basename(logdir).startswith(_EVENTS) else []
+    if not os.path.isdir(logdir):
+        raise FileNotFoundError(2, "No such file or directory", logdir)
+    runs = []
+    for root, dirs, files in os.walk(logdir):
+        dirs.sort()
+        if any(f.startswith(_EVENTS) for f in files):
+            runs.append(root)
+    return runs
+
+
+def parse_alerts(markdown: str) -> list[LoggedAlert]:
+    """Alerts from the Markdown that :func:`initwatch.sinks.tensorboard.alert_markdown` wrote.
+
+    Example::
+
+        >>> from initwatch.alerts import Alert
+        >>> from initwatch.sinks.tensorboard import alert_markdown
+        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
+        >>> [(x.step, x.kind, x.layer, x.remedy) for x in parse_alerts(alert_markdown([a]))]
+        [(3, 'nonfinite', 'encoder.1', 'lower lr')]
+    """
+    out = []
+    for part in markdown.split("\n\n---\n\n"):
+        m = _ALERT.search(part)
+        if m is None:
+            continue
+        first = int(m["first"]) if m["first"] else None
+        out.append(
+            LoggedAlert(
+                step=int(m["step"]),
+                kind=m["kind"],
+                layer=m["layer"],
+                severity=m["severity"],
+                message=m["message"].strip(),
+                remedy=m["remedy"].strip(),
+                value=m["value"],
+                threshold=m["threshold"],
+                first_step=first,
+            )
+        )
+    return out
+
+
+def _text(event: Any) -> str:
+    values = event.tensor_proto.string_val
+    return values[0].decode("utf-8", "replace") if values else ""
+
+
+def load_run(path: str, logdir: str) -> Run | None:
+    """Read one run with TensorBoard's ``EventAccumulator`` (every event kept); None when it
+    holds no initwatch data. A file still being written is read up to its last whole record.
+
+    Example::
+
+        >>> import tempfile
+        >>> load_run(tempfile.mkdtemp(), ".") is None
+        True
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0, "images": 1})
+    acc.Reload()
+    tags = acc.Tags()
+    scalar_tags = tags.get("scalars", [])
+    tensor_tags = tags.get("tensors", [])
+    ours = [t for t in scalar_tags if t.startswith(PREFIX)]
+    text_tags = [t for t in tensor_tags if t.startswith(PREFIX)]
+    if not ours and not text_tags:
+        return None
+    rel = os.path.relpath(path, logdir) if os.path.isdir(logdir) else os.path.basename(path)
+    run = Run(name=rel, path=path)
+    for tag in scalar_tags:
+        run.scalars[tag] = [(int(e.step), float(e.value)) for e in acc.Scalars(tag)]
+    for tag in text_tags:
+        if tag.startswith(f"{PREFIX}alerts"):
+            for event in sorted(acc.Tensors(tag), key=lambda e: e.step):
+                run.alerts += parse_alerts(_text(event))
+        elif tag.startswith(f"{PREFIX}summary"):
+            run.finished = True
+    run.images = [t for t in tags.get("images", []) if t.startswith(PREFIX)]
+    return run
+
+
+def load(logdir: str) -> list[Run]:
+    """Every initwatch run under ``logdir``.
+
+    Raises:
+        FileNotFoundError: ``logdir`` does not exist.
+        UsageError: no event files, or none with initwatch data.
+
+    Example::
+
+        >>> load("/no/such/dir")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        FileNotFoundError: ...
+    """
+    from initwatch.cli import UsageError
+
+    paths = find_runs(logdir)
+    if not paths:
+        raise UsageError(f"no TensorBoard event files under {logdir}", "report")
+    runs = [r for r in (load_run(p, logdir) for p in paths) if r is not None]
+    if not runs:
+        raise UsageError(
+            f"the event files under {logdir} hold no initwatch data (no 'initwatch/' tags): "
+            "was the run watched by InitWatch, InitWatchCallback or a Watch with a writer?",
+            "report",
+        )
+    return runs
+
+
+# ------------------------------------------------------------------------------ judging
+
+
+def depth_key(name: str) -> tuple[int, str, int]:
+    """Sort key putting blocks in forward order (encoder before decoder), others after.
+
+    Example::
+
+        >>> sorted(["encoder.10", "head", "encoder.2", "decoder.0"], key=depth_key)
+        ['encoder.2', 'encoder.10', 'decoder.0', 'head']
+    """
+    m = _BLOCK.match(name)
+    if m:
+        return (0 if m[1] == "encoder" else 1, m[1], int(m[2]))
+    return (2, name, 0)
+
+
+def blocks_of(table_: dict[str, Any]) -> list[str]:
+    """The block names (``encoder.3``...) among a table's keys, in depth order; every key when
+    there are no blocks (models initwatch watches by module path).
+
+    Example::
+
+        >>> blocks_of({"encoder.1": 1, "encoder.0": 2, "head": 3})
+        ['encoder.0', 'encoder.1']
+    """
+    names = [n for n in table_ if _BLOCK.match(n)]
+    return sorted(names or list(table_), key=depth_key)
+
+
+@dataclass
+class Verdict:
+    """A run's verdict: ``healthy`` or ``unhealthy``, with the reason.
+
+    Example::
+
+        >>> Verdict(True, "no alerts").label
+        'healthy'
+    """
+
+    healthy: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """``"healthy"`` or ``"UNHEALTHY"``."""
+        return "healthy" if self.healthy else "UNHEALTHY"
+
+
+def grad_ratio(run: Run, step: int | None = None) -> float:
+    """Smallest block gradient norm over the largest of the top quarter of blocks."""
+    values = run.at("grad_norm", step)
+    blocks = [b for b in blocks_of(values) if math.isfinite(values[b])]
+    if len(blocks) < 2:
+        return math.nan
+    top = max(values[b] for b in blocks[-max(1, len(blocks) // 4) :])
+    return min(values[b] for b in blocks) / top if top > 0 else math.nan
+
+
+def loss_series(run: Run) -> list[tuple[int, float]]:
+    """The loss initwatch logged (``initwatch/global/loss``), else a ``*loss*`` scalar."""
+    for tag in (f"{PREFIX}global/loss", "train_loss", "train/loss", "loss"):
+        if run.scalars.get(tag):
+            return run.scalars[tag]
+    for tag, pts in run.scalars.items():
+        if "loss" in tag and pts:
+            return pts
+    return []
+
+
+def verdict(run: Run) -> Verdict:
+    """Judge a run from its alerts, its gradient profile and its loss.
+
+    Example::
+
+        >>> verdict(Run("r", "r")).healthy
+        True
+    """
+    new = run.new_alerts
+    loss = loss_series(run)
+    trend = ""
+    if len(loss) >= 2:
+        trend = f"loss {fmt(loss[0][1])} -> {fmt(loss[-1][1])}"
+    if new:
+        kinds: dict[str, LoggedAlert] = {}
+        for a in new:
+            kinds.setdefault(a.kind, a)
+        parts = [f"{k} since step {a.step} at {a.layer}" for k, a in kinds.items()]
+        errors = sum(a.severity == "error" for a in new)
+        head = f"{len(new)} alert{'s' if len(new) > 1 else ''}"
+        if errors:
+            head += f" ({errors} error{'s' if errors > 1 else ''})"
+        text = f"{head}: {'; '.join(parts)}"
+        if trend:
+            text += f"; {trend}"
+        return Verdict(False, text + " (remedies above)")
+    ratio = grad_ratio(run)
+    bits = ["no alerts"]
+    if math.isfinite(ratio):
+        bits.append(f"lowest block gradient {fmt(ratio)}x the top blocks'")
+    if trend:
+        bits.append(trend)
+    return Verdict(True, ", ".join(bits))
+
+
+_WORST = (
+    ("grad_norm", "smallest gradient norm", False),
+    ("out_grad_rms", "smallest backward signal (dL/d output RMS)", False),
+    ("act_rms", "largest activation RMS", True),
+    ("act_absmax", "largest activation |max|", True),
+    ("update_ratio", "largest update/weight ratio", True),
+    ("update_ratio", "smallest update/weight ratio", False),
+)
+
+
+def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
+    """For each statistic, the ``top`` worst layers at the last step: ``[(label, [(layer,
+    value), ...]), ...]``.
+
+    Example::
+
+        >>> r = Run("r", "r", {"initwatch/grad_norm/encoder.0": [(0, 1e-6)],
+        ...                    "initwatch/grad_norm/encoder.1": [(0, 0.5)]})
+        >>> worst_layers(r, top=1)[0]
+        ('smallest gradient norm', [('encoder.0', 1e-06)])
+    """
+    step = run.last_step
+    out = []
+    for stat, label, highest in _WORST:
+        values = run.at(stat, step)
+        values = {k: v for k, v in values.items() if math.isfinite(v)}
+        if not values:
+            continue
+        ranked = sorted(values.items(), key=lambda kv: kv[1], reverse=highest)
+        out.append((label, ranked[: max(1, top)]))
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def format_run(run: Run, top: int = 3) -> str:
+    """The report of one run.
+
+    Example::
+
+        >>> print(format_run(Run("demo/vanilla", "p")).splitlines()[0])
+        run demo/vanilla: no initwatch steps yet (still being written)
+    """
+    steps = run.steps
+    state = "finished" if run.finished else "still being written"
+    if not steps:
+        return f"run {run.name}: no initwatch steps yet ({state})"
+    lines = [
+        f"run {run.name}: steps {steps[0]}-{steps[-1]} ({len(steps)} logged), {state}",
+    ]
+    new = run.new_alerts
+    if new:
+        lines.append(f"  alerts ({len(new)}):")
+        for a in new:
+            lines.append(f"    step {a.step}: {a.severity} {a.kind} at {a.layer}")
+            lines.append(wrap(a.message, indent="      "))
+            lines.append(wrap("remedy: " + a.remedy, indent="      "))
+    else:
+        lines.append("  alerts: none")
+    worst = worst_layers(run, top)
+    if worst:
+        lines.append(f"  worst layers at step {steps[-1]}:")
+        rows = [
+            [label, ", ".join(f"{name} ({fmt(v)})" for name, v in ranked)]
+            for label, ranked in worst
+        ]
+        lines += ["    " + ln for ln in table(["statistic", "layers"], rows).splitlines()]
+    v = verdict(run)
+    lines.append(wrap(f"verdict: {v.label}: {v.reason}", indent="  "))
+    return "\n".join(lines)
+
+
+def format_report(runs: Sequence[Run], top: int = 3) -> str:
+    """The report of every run, then a one-line overview when there are several.
+
+    Example::
+
+        >>> print(format_report([Run("a", "a")]))
+        run a: no initwatch steps yet (still being written)
+    """
+    parts = [format_run(r, top) for r in runs]
+    if len(runs) > 1:
+        rows = [
+            [r.name, str(len(r.new_alerts)), verdict(r).label, fmt(grad_ratio(r))] for r in runs
+        ]
+        parts.append(table(["run", "alerts", "verdict", "low/top grad"], rows))
+    return "\n\n".join(parts)
+
+
+def heatmap(runs: Sequence[Run], stat: str, path: str) -> str:
+    """Save the depth x step heatmap of ``log10(stat)`` per run (one panel each) to ``path``.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> r = Run("r", "r", {f"initwatch/grad_norm/encoder.{i}": [(0, 1.0), (10, 0.1)]
+        ...                    for i in range(3)})
+        >>> out = os.path.join(tempfile.mkdtemp(), "h.png")
+        >>> heatmap([r], "grad_norm", out) == out
+        True
+    """
+    from initwatch.cli import UsageError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib: pip install 'initwatch[plot]'", "report"
+        ) from None
+    shown = [r for r in runs if r.stat(stat)]
+    if not shown:
+        raise UsageError(f"--plot: no run has initwatch/{stat} scalars", "report")
+    shown = shown[:8]
+    panels = []
+    for run in shown:
+        series = run.stat(stat)
+        rows = blocks_of(series)
+        steps = sorted({s for name in rows for s, _ in series[name]})
+        col = {s: i for i, s in enumerate(steps)}
+        m = np.full((len(rows), len(steps)), np.nan)
+        for i, name in enumerate(rows):
+            for s, v in series[name]:
+                if v > 0 and math.isfinite(v):
+                    m[i, col[s]] = math.log10(v)
+        panels.append((run, rows, steps, m))
+    finite = np.concatenate([m[np.isfinite(m)] for *_, m in panels] or [np.zeros(1)])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    heights = [max(2.2, 0.16 * len(rows) + 1.2) for _, rows, _, _ in panels]
+    fig = Figure(figsize=(10, sum(heights)), dpi=80)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, (run, rows, steps, m) in zip(axes, panels, strict=True):
+        im = ax.imshow(
+            np.ma.masked_invalid(m), aspect="auto", interpolation="nearest", vmin=lo, vmax=hi
+        )
+        ax.set_title(f"{run.name}: log10 {stat} (one colour scale for all runs)", fontsize=10)
+        ax.set_ylabel("block")
+        ticks = list(range(0, len(rows), max(1, len(rows) // 16)))
+        ax.set_yticks(ticks, [rows[i] for i in ticks], fontsize=7)
+        xt = list(range(0, len(steps), max(1, len(steps) // 10)))
+        ax.set_xticks(xt, [str(steps[i]) for i in xt], fontsize=7)
+        ax.set_xlabel("step")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """``initwatch report``: read, print, optionally plot."""
+    from initwatch.cli import UsageError
+
+    out = out or sys.stdout
+    if args.plot:
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--plot: no such directory: {folder}", "report")
+    runs = load(args.logdir)
+    print(format_report(runs, top=args.top), file=out)
+    if args.plot:
+        heatmap(runs, args.stat, args.plot)
+        print(f"\nHeatmap of log10 {args.stat} drawn to {args.plot}", file=out)
+    return 0
