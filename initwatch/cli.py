@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 PROG = "initwatch"
+COMMANDS = ("demo", "check", "report")
 
 DEMO_EXAMPLE = """\
 examples:
   initwatch demo                                  # 4 runs, about 3 minutes on 2 CPU cores
   initwatch demo --schemes vanilla,deepnet --steps 150
-  initwatch demo --fast                           # a small model, well under a minute
+  initwatch demo --fast                           # 100 steps per run, well under a minute
   tensorboard --logdir runs/initwatch-demo        # then open the "initwatch" dashboard
 """
 
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from initwatch.errors import InitWatchError
 
     args_list = list(sys.argv[1:] if argv is None else argv)
-    command = args_list[0] if args_list and not args_list[0].startswith("-") else None
+    command = args_list[0] if args_list and args_list[0] in COMMANDS else None
     try:
         parser = build_parser()
         args = parser.parse_args(args_list)

@@ -25,7 +25,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -728,6 +729,22 @@ def recommend(variants: Sequence[Variant], settings: CheckSettings) -> tuple[str
     )
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' warnings about tiny test configs (e.g. token ids beyond a small vocab)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def run_check(settings: CheckSettings, progress: TextIO | None = None) -> CheckResult:
     """Measure the own init and every applicable scheme; recommend one.
 
@@ -739,12 +756,13 @@ def run_check(settings: CheckSettings, progress: TextIO | None = None) -> CheckR
         ['own init', 'rezero']
     """
     start = time.perf_counter()
-    source = model_source(settings)
-    variants = []
-    for scheme in (None, *settings.schemes):
-        if progress is not None:
-            print(f"  measuring {scheme or OWN} ...", file=progress, flush=True)
-        variants.append(measure(source, settings, scheme))
+    with _quiet_transformers():
+        source = model_source(settings)
+        variants = []
+        for scheme in (None, *settings.schemes):
+            if progress is not None:
+                print(f"  measuring {scheme or OWN} ...", file=progress, flush=True)
+            variants.append(measure(source, settings, scheme))
     choice, reason = recommend(variants, settings)
     return CheckResult(
         source.description, variants, choice, reason, settings, time.perf_counter() - start
@@ -776,7 +794,8 @@ def format_result(result: CheckResult) -> str:
     s = result.settings
     lines = [
         f"initwatch check: {result.description}",
-        f"measured: {s.passes} forward/backward passes at init on random inputs (batch {s.batch}), "
+        f"measured: {s.passes} forward/backward pass{'es' if s.passes > 1 else ''} at init on "
+        f"random inputs (batch {s.batch}), "
         f"then {s.steps} {s.optimizer} steps at lr {s.lr:g} on one fixed random batch",
         "",
     ]

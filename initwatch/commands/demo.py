@@ -63,7 +63,7 @@ class DemoSettings:
     schemes: tuple[str, ...] = VARIANTS
     logdir: str = DEFAULT_LOGDIR
     seed: int = 0
-    lr: float = 3e-3
+    lr: float = 1e-3
     width: int = 64
     target: float = 0.5
     log_every: int | None = None
@@ -79,8 +79,9 @@ class DemoSettings:
         return self.log_every or max(1, self.steps // 30)
 
 
-# The fast mode the tests run: small enough for seconds, deep enough for vanilla to fail.
-FAST = {"steps": 100, "depth": 24, "width": 32}
+# The fast mode the tests run: vanilla's lower blocks lose their gradient by step ~10 and the
+# schemes reach the target loss by step ~70 (seeds 0-2), in a third of the default's time.
+FAST = {"steps": 100}
 
 
 @dataclass
@@ -169,13 +170,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="weights and data seed (default 0)")
     parser.add_argument(
-        "--lr", type=_positive_float, default=3e-3, help="Adam learning rate, fixed (default 3e-3)"
+        "--lr",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate, fixed, no warmup (default 1e-3)",
     )
     parser.add_argument(
         "--fast",
         action="store_true",
-        help=f"a small run for a quick look and for tests ({FAST['depth']} blocks, "
-        f"d={FAST['width']}, {FAST['steps']} steps; --steps/--depth still win)",
+        help=f"{FAST['steps']} steps per run instead of 300: enough for vanilla to fail and the "
+        "schemes to reach the target (about 30 s); --steps still wins",
     )
     parser.add_argument(
         "--threads",
@@ -255,9 +259,9 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     Example::
 
         >>> from initwatch.cli import build_parser
-        >>> s = settings_from_args(build_parser().parse_args(["demo", "--fast", "--steps", "50"]))
+        >>> s = settings_from_args(build_parser().parse_args(["demo", "--fast"]))
         >>> s.steps, s.depth
-        (50, 24)
+        (100, 24)
     """
     base = dict(FAST) if args.fast else {}
     if args.steps is not None:

@@ -1,0 +1,89 @@
+"""``initwatch demo`` in its fast mode, then ``initwatch report`` on the runs it wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from initwatch.cli import main
+from initwatch.commands.demo import RunResult
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    logdir = tmp_path_factory.mktemp("demo") / "runs"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", "--fast", "--schemes", "vanilla,rezero", "--logdir", str(logdir)])
+    assert code == 0, err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    return logdir, out.getvalue()
+
+
+def row(out: str, scheme: str) -> list[str]:
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"{scheme} "))
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_vanilla_fails_with_an_alert_whose_remedy_names_a_scheme(demo: tuple[Path, str]) -> None:
+    _, out = demo
+    scheme, final, to_target, alerts, verdict, _ = row(out, "vanilla")
+    assert verdict.startswith("FAILED") and to_target == "never"
+    assert float(final) > math.log(16) - 0.2
+    assert int(alerts) >= 1
+    remedies = out.split("Alerts and remedies:")[1].split("No alerts")[0]
+    assert "vanilla, step" in remedies and "vanishing_gradient" in remedies
+    assert 'scheme="deepnet"' in remedies or 'scheme="t-fixup"' in remedies
+
+
+def test_a_scheme_trains_without_a_warning(demo: tuple[Path, str]) -> None:
+    _, out = demo
+    scheme, final, to_target, alerts, verdict, _ = row(out, "rezero")
+    assert verdict == "trained" and alerts == "0"
+    assert float(final) < 0.5 and int(to_target) <= 100
+    assert "No alerts: rezero." in out
+    assert "rezero, step" not in out
+
+
+def test_runs_are_written_and_the_tensorboard_command_printed(demo: tuple[Path, str]) -> None:
+    logdir, out = demo
+    assert out.startswith("initwatch demo: a 24-block Post-LN transformer")
+    assert f"tensorboard --logdir {logdir}" in out
+    for scheme in ("vanilla", "rezero"):
+        assert list((logdir / scheme).glob("events.out.tfevents.*")), scheme
+
+
+def test_report_reads_the_demo_runs(
+    demo: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir, _ = demo
+    png = tmp_path / "heatmap.png"
+    assert main(["report", str(logdir), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^run vanilla: steps 0-99 \(\d+ logged\), finished", out, re.M)
+    vanilla = out.split("run vanilla:")[1].split("\n\n")[0]
+    assert "step " in vanilla and "vanishing_gradient at encoder." in vanilla
+    assert "verdict: UNHEALTHY" in vanilla and "worst layers at step 99" in vanilla
+    rezero = out.split("run rezero:")[1].split("\n\n")[0]
+    assert "alerts: none" in rezero and "verdict: healthy" in rezero
+    assert re.search(r"^vanilla +[1-9]\d* +UNHEALTHY", out, re.M), out  # the overview table
+    assert re.search(r"^rezero +0 +healthy", out, re.M), out
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
+
+
+def test_verdicts() -> None:
+    chance = math.log(16)
+    assert (
+        RunResult("v", [2.8] * 30, [], 1.0, "d", 0.5, chance).verdict == "FAILED: stuck at chance"
+    )
+    assert RunResult("v", [1.5] * 30, [], 1.0, "d", 0.5, chance).verdict.startswith("FAILED: did")
+    nan = [1.0, float("nan")]
+    assert "diverged" in RunResult("v", nan, [], 1.0, "d", 0.5, chance).verdict
+    assert RunResult("v", [0.1] * 30, [], 1.0, "d", 0.5, chance).verdict == "trained"

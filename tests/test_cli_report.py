@@ -1,0 +1,136 @@
+"""``initwatch report`` on runs written by a Watch: finished, still being written, truncated."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import initwatch
+from initwatch.alerts import Alert
+from initwatch.cli import main
+from initwatch.commands.report import depth_key, load, parse_alerts, verdict
+from initwatch.sinks.tensorboard import alert_markdown
+
+
+def dead_relu_model() -> nn.Module:
+    """Its ReLU outputs are all zero (bias -10): a dead_units alert after 3 logging steps."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+    return model
+
+
+def write_run(logdir: Path, steps: int, close: bool) -> initwatch.Watch:
+    model = dead_relu_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = SummaryWriter(str(logdir))
+    watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
+    for step in range(steps):
+        with watch.step(step, opt) as scope:
+            scope.loss = model(torch.randn(16, 8)).pow(2).mean() + 1.0
+            scope.loss.backward()
+            opt.step()
+        opt.zero_grad()
+    if close:
+        watch.close()
+        writer.close()
+    else:
+        watch.end_step()
+        writer.flush()  # on disk, but the run goes on: no summary yet
+    return watch
+
+
+def test_a_run_still_being_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    watch = write_run(tmp_path / "live", steps=6, close=False)
+    assert any(a.kind == "dead_units" for a in watch.alerts)
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "run live: steps 0-" in out and "still being written" in out
+    assert "dead_units at 1" in out  # the ReLU at module path "1"
+    assert "remedy: " in out and "LeakyReLU" in out
+    assert "verdict: UNHEALTHY" in out
+
+
+def test_a_truncated_event_file_is_read_up_to_its_last_whole_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(tmp_path / "done", steps=6, close=True)
+    (events,) = (tmp_path / "done").glob("events.out.tfevents.*")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = events.read_bytes()
+    (cut / events.name).write_bytes(data[: len(data) - 37])  # a record cut in the middle
+    assert main(["report", str(cut)]) == 0
+    out = capsys.readouterr().out
+    assert "run .: steps 0-" in out and "dead_units" in out
+
+    assert main(["report", str(tmp_path / "done")]) == 0
+    out = capsys.readouterr().out
+    assert "finished" in out
+
+
+def test_one_event_file_and_the_heatmap_of_another_statistic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(tmp_path / "run", steps=4, close=True)
+    (events,) = (tmp_path / "run").glob("events.out.tfevents.*")
+    png = tmp_path / "h.png"
+    assert main(["report", str(events), "--plot", str(png), "--stat", "act_rms", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {events.name}: steps 0-3" in out and png.read_bytes()[:4] == b"\x89PNG"
+    assert re.search(r"smallest gradient norm +0 \(0\.00\)$", out, re.M), out  # --top 1
+
+
+def test_healthy_run_verdict(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with SummaryWriter(str(tmp_path)) as writer:
+        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
+        for step in range(4):
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(16, 8)).pow(2).mean()
+                scope.loss.backward()
+                opt.step()
+            opt.zero_grad()
+        watch.close()
+    (run,) = load(str(tmp_path))
+    v = verdict(run)
+    assert v.healthy and v.reason.startswith("no alerts") and "loss" in v.reason
+
+
+def test_alert_text_round_trip_and_still_updates() -> None:
+    new = Alert(10, "vanishing_gradient", "encoder.0", 1e-5, 1e-2, "warning", "grad tiny", "use X")
+    still = Alert(20, "vanishing_gradient", "encoder.0", 1e-6, 1e-2, "warning", "m", "r", 10, 1)
+    parsed = parse_alerts(alert_markdown([new, still]))
+    assert [(a.step, a.layer, a.is_update) for a in parsed] == [
+        (10, "encoder.0", False),
+        (20, "encoder.0", True),
+    ]
+    assert parsed[0].remedy == "use X" and parsed[0].message == "grad tiny"
+
+
+def test_depth_order() -> None:
+    names = ["decoder.1", "encoder.11", "embed", "encoder.2", "decoder.0"]
+    assert sorted(names, key=depth_key) == [
+        "encoder.2",
+        "encoder.11",
+        "decoder.0",
+        "decoder.1",
+        "embed",
+    ]
+
+
+def test_copied_run_directory_is_found_recursively(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(tmp_path / "a" / "b", steps=3, close=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "run a/b:" in out and "run c/b:" in out
