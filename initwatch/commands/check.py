@@ -830,10 +830,13 @@ def format_result(result: CheckResult) -> str:
     if alerted:
         lines.append("What would alert:")
         for v in alerted:
+            shown: set[str] = set()
             for a in v.new_alerts:
                 lines.append(f"  {v.name}, step {a.step}: {a.severity} {a.kind} at {a.layer}")
                 lines.append(wrap(a.message, indent="    "))
-                lines.append(wrap("remedy: " + a.remedy, indent="    "))
+                remedy = f"as for {a.kind} above" if a.kind in shown else a.remedy
+                lines.append(wrap("remedy: " + remedy, indent="    "))
+                shown.add(a.kind)
     else:
         lines.append("What would alert: nothing.")
     lines += ["", f"Recommendation: {result.recommendation}", wrap("why: " + result.reason, "  ")]

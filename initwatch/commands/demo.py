@@ -481,10 +481,13 @@ def format_results(results: Sequence[RunResult], settings: DemoSettings) -> str:
     if alerted:
         lines.append("Alerts and remedies:")
         for r in alerted:
+            shown: set[str] = set()
             for a in r.new_alerts:
                 lines.append(f"  {r.scheme}, step {a.step}: {a.severity} {a.kind} at {a.layer}")
                 lines.append(wrap(a.message, indent="    "))
-                lines.append(wrap("remedy: " + a.remedy, indent="    "))
+                remedy = f"as for {a.kind} above" if a.kind in shown else a.remedy
+                lines.append(wrap("remedy: " + remedy, indent="    "))
+                shown.add(a.kind)
         lines.append("")
     quiet = [r.scheme for r in results if not r.new_alerts]
     if quiet:
