@@ -395,17 +395,20 @@ def _update_ratio_high(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
 
 def _update_ratio_low(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     ratio, target = ev.get("ratio"), ev.get("target", 1e-3)
-    factor = target / ratio if ratio else 10.0
-    factor = max(2.0, _round2(factor))
+    gap = max(2.0, _round2(target / ratio)) if ratio else 10.0
     lr = _lr_text(ctx, ev)
+    # never suggest an lr past what the optimizer family tolerates (Adam ~1e-2, SGD ~1)
+    ceiling = 1.0 if (ctx.optimizer or "").lower().startswith("sgd") else 1e-2
+    factor = min(gap, max(2.0, _round2(ceiling / lr))) if lr else gap
+    step = "" if factor == gap else f" (the gap is {_n(gap)}x: raise in steps and re-check)"
     raise_text = (
-        f"raise the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr * factor)})"
+        f"raise the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr * factor)}){step}"
         if lr
-        else f"raise the learning rate ~{_n(factor)}x"
+        else f"raise the learning rate ~{_n(factor)}x{step}"
     )
     return _join(
         [
-            f"Each step changes {layer}'s weights by only {_n(ratio)} of their norm ({_n(1 / factor)}x the healthy ~{_n(target)}): {raise_text}",
+            f"Each step changes {layer}'s weights by only {_n(ratio)} of their norm ({_n(1 / gap)}x the healthy ~{_n(target)}): {raise_text}",
             "check that these parameters are in the optimizer and not over-regularized by weight decay",
         ]
     )

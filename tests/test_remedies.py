@@ -205,3 +205,17 @@ def test_every_kind_has_a_remedy_without_evidence_or_context(kind: str) -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError):
         suggest("exploding_loss", "x")
+
+
+def test_update_ratio_low_never_suggests_an_lr_past_the_optimizers_range() -> None:
+    # Adam at 1e-3 with updates 450x too small (a starved layer): not "lr 0.45"
+    ctx = RunContext(lr=1e-3, optimizer="Adam")
+    text = suggest("update_ratio_low", "l", {"ratio": 2.2e-6, "target": 1e-3}, ctx)
+    assert "~10x (from 0.001 to 0.01)" in text and "the gap is 450x" in text
+    sgd = suggest(
+        "update_ratio_low",
+        "l",
+        {"ratio": 2.2e-6, "target": 1e-3},
+        RunContext(lr=1e-3, optimizer="SGD"),
+    )
+    assert "~450x (from 0.001 to 0.45)" in sgd

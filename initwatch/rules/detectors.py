@@ -744,12 +744,26 @@ def update_ratio_applies(x: Inputs) -> bool:
     return not x.skipped and not x.context.in_warmup and (lr is None or lr > 0)
 
 
+def _explains(cause: Finding, effect: Finding) -> bool:
+    """Whether ``cause`` (a finding of this frame) accounts for ``effect``."""
+    if cause.kind == K.DEAD_UNITS.value:
+        # dead units explain exact zeros further on
+        vanishing = (K.VANISHING_GRADIENT.value, K.VANISHING_ACTIVATION.value)
+        return effect.kind in vanishing and effect.value == 0.0
+    if cause.kind == K.VANISHING_GRADIENT.value:
+        # a gradient that never arrives moves nothing: tiny updates of the same layers (with
+        # Adam, a gradient below its eps) are its consequence, and raising the lr is no remedy
+        return effect.kind == K.UPDATE_RATIO_LOW.value and set(effect.layers) <= set(cause.layers)
+    return False
+
+
 def explain(findings: list[Finding]) -> list[Finding]:
     """Drop findings that another finding of the same frame explains.
 
     Dead units explain exact zeros: a layer whose output RMS or gradient norm is exactly 0 while
-    activations are dead is a consequence, not a second cause. The dead-units finding lists
-    what it explains in its message.
+    activations are dead is a consequence, not a second cause. A vanishing gradient explains
+    too-small updates of the layers it starves. The explaining finding lists what it explains
+    in its message.
 
     Example::
 
@@ -757,18 +771,20 @@ def explain(findings: list[Finding]) -> list[Finding]:
         >>> zero = Finding("vanishing_activation", "model", "l2", 0.0, 0.01, "0x", ["l2"], {}, 9)
         >>> [f.kind for f in explain([dead, zero])]
         ['dead_units']
+        >>> van = Finding("vanishing_gradient", "model", "b0", 1e-5, 0.01, "", ["b0", "b1"], {}, 9)
+        >>> low = Finding("update_ratio_low", "model", "b1", 1e-6, 1e-5, "", ["b1"], {}, 9)
+        >>> [f.kind for f in explain([van, low])]
+        ['vanishing_gradient']
     """
-    dead = [f for f in findings if f.kind == K.DEAD_UNITS.value]
-    if not dead:
-        return findings
-    vanishing = (K.VANISHING_GRADIENT.value, K.VANISHING_ACTIVATION.value)
-    explained = [f for f in findings if f.kind in vanishing and f.value == 0.0]
-    if explained:
-        worst = max(dead, key=lambda f: f.score)
-        worst.message += "; this explains the exact zeros of " + ", ".join(
-            f"{f.kind} at {f.layer}" for f in explained
-        )
-        worst.evidence["explains"] = [f"{f.kind}/{f.layer}" for f in explained]
+    explained: list[Finding] = []
+    for cause in findings:
+        effects = [f for f in findings if f is not cause and _explains(cause, f)]
+        if effects:
+            cause.message += "; this explains " + ", ".join(
+                f"{f.kind} at {f.layer}" for f in effects
+            )
+            cause.evidence["explains"] = [f"{f.kind}/{f.layer}" for f in effects]
+            explained += effects
     return [f for f in findings if f not in explained]
 
 
