@@ -121,7 +121,12 @@ def test_custom_scalars_layout_round_trip(logged):
     layout.ParseFromString(events[0].tensor_proto.string_val[0])
     assert [c.title for c in layout.category] == ["initwatch"]
     charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
-    for stat in ACT_STATS + PARAM_STATS + ("out_grad_rms",):
+    written = {t.split("/")[1] for t in ea.Tags()["scalars"]} - {"global", "alerts"}
+    # one chart per statistic the run wrote, none for statistics it did not (no empty charts)
+    assert set(charts) - {"global", "alerts"} == written
+    assert {"act_rms", "out_grad_rms", "grad_norm", "update_ratio"} <= written
+    assert written < set(ACT_STATS + PARAM_STATS + ("out_grad_rms",))
+    for stat in written:
         assert charts[stat] == [f"initwatch/{stat}/.*"]
     assert charts["global"] == ["initwatch/global/.*"]
     assert charts["alerts"] == ["initwatch/alerts/count"]

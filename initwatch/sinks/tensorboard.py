@@ -29,17 +29,24 @@ PARAM_TAGS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio")
 HEATMAPS = ("grad_norm", "act_rms", "out_grad_rms")
 
 
-def layout() -> dict[str, dict[str, list]]:
+def layout(stats: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
     """The custom-scalars layout: category ``initwatch``, one multiline chart per statistic
     across depth (regex ``initwatch/<stat>/.*``), one for global signals, one for alerts.
+
+    Args:
+        stats: the statistics that get a chart (default: all); the sink passes those it writes,
+            so the dashboard shows no empty charts.
 
     Example::
 
         >>> layout()["initwatch"]["act_rms"]
         ['Multiline', ['initwatch/act_rms/.*']]
+        >>> list(layout(["act_rms", "grad_norm"])["initwatch"])
+        ['act_rms', 'grad_norm', 'global', 'alerts']
     """
-    charts = {s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in ACT_STATS + BACKWARD_STATS}
-    charts.update({s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in PARAM_STATS})
+    every = ACT_STATS + BACKWARD_STATS + PARAM_STATS
+    chosen = every if stats is None else [s for s in every if s in set(stats)]
+    charts = {s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in chosen}
     charts["global"] = ["Multiline", [f"{PREFIX}/global/.*"]]
     charts["alerts"] = ["Multiline", [f"{PREFIX}/alerts/count"]]
     return {PREFIX: charts}
@@ -115,12 +122,15 @@ class TensorBoardSink(Sink):
         self._frames = 0
         self._closed = False
         self._pending: tuple[int, dict[str, float]] | None = None
-        writer.add_custom_scalars(layout())
+        self._layout_written = False
 
     def _flush(self) -> None:
         if self._pending is not None:
             step, values = self._pending
             self._pending = None
+            if not self._layout_written:  # charts for the statistics this run writes
+                self.writer.add_custom_scalars(layout({t.split("/", 1)[0] for t in values}))
+                self._layout_written = True
             self._scalars(values, step)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
