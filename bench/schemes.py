@@ -43,6 +43,14 @@ import torch
 from torch import nn
 
 import initwatch
+from initwatch.demo_task import (
+    PostLNModel,
+    TaskConfig,
+    build_model,
+    make_batch,
+    steps_to,
+    targets,
+)
 
 VARIANTS = ("vanilla", "deepnet", "t-fixup", "rezero")
 
@@ -82,50 +90,27 @@ class Result:
     losses: list[float] = field(default_factory=list, repr=False)
 
 
-class SortModel(nn.Module):
-    """Token + learned position embedding, a Post-LN ``nn.TransformerEncoder``, a linear head."""
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(cfg.vocab, cfg.width)
-        self.pos = nn.Embedding(cfg.length, cfg.width)
-        layer = nn.TransformerEncoderLayer(
-            cfg.width,
-            cfg.heads,
-            cfg.ffn,
-            dropout=0.0,
-            norm_first=False,
-            batch_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(
-            layer, num_layers=cfg.depth, enable_nested_tensor=False
-        )
-        self.head = nn.Linear(cfg.width, cfg.vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed(tokens) + self.pos.weight[: tokens.shape[1]]
-        return self.head(self.encoder(h))
-
-
-def redraw_default(layer: nn.TransformerEncoderLayer) -> None:
-    """Re-draw one layer exactly as PyTorch initializes a freshly built one: ``nn.Linear``
-    defaults, then ``nn.MultiheadAttention._reset_parameters`` (Xavier-uniform in_proj, zero
-    in_proj and out_proj biases), LayerNorm weight 1 / bias 0."""
-    for m in layer.modules():
-        if isinstance(m, (nn.Linear, nn.LayerNorm)):
-            m.reset_parameters()
-    for m in layer.modules():
-        if isinstance(m, nn.MultiheadAttention):
-            m._reset_parameters()
+def task(cfg: Config) -> TaskConfig:
+    """The model and task sizes, in the shared demo task's terms."""
+    return TaskConfig(
+        depth=cfg.depth,
+        width=cfg.width,
+        heads=cfg.heads,
+        ffn=cfg.ffn,
+        vocab=cfg.vocab,
+        length=cfg.length,
+        batch=cfg.batch,
+        task=cfg.task,
+    )
 
 
 def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
     """The model for one variant: same weights for every variant of a seed, then the scheme."""
-    torch.manual_seed(seed)
-    model = SortModel(cfg)
     if cfg.baseline == "redrawn":
-        for layer in model.encoder.layers:
-            redraw_default(layer)
+        model = build_model(task(cfg), seed)
+    else:  # keep nn.TransformerEncoder's identical copies
+        torch.manual_seed(seed)
+        model = PostLNModel(task(cfg))
     if scheme == "t-fixup" and cfg.embedding != "untouched":
         # initwatch recognises the nn.TransformerEncoder but not the embedding around it:
         # describe the model so T-Fixup also re-draws the token embedding.
@@ -143,22 +128,11 @@ def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
     return model
 
 
-def make_batch(cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randint(0, cfg.vocab, (cfg.batch, cfg.length), generator=gen)
-    if cfg.task == "sort":
-        y = x.sort(dim=1).values
-    elif cfg.task == "reverse":
-        y = x.flip(1)
-    else:
-        raise ValueError(f"task={cfg.task!r}: choose 'sort' or 'reverse'")
-    return x, y
-
-
 def position_only_loss(cfg: Config, samples: int = 20000) -> float:
     """Cross-entropy of the best input-independent predictor (each position's marginal)."""
     gen = torch.Generator().manual_seed(12345)
     x = torch.randint(0, cfg.vocab, (samples, cfg.length), generator=gen)
-    y = x.sort(dim=1).values if cfg.task == "sort" else x.flip(1)
+    y = targets(task(cfg), x)
     total = 0.0
     for i in range(cfg.length):
         p = torch.bincount(y[:, i], minlength=cfg.vocab).double() / samples
@@ -183,13 +157,14 @@ def train(cfg: Config, scheme: str, seed: int) -> Result:
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0
     )
     gen = torch.Generator().manual_seed(10_000 + seed)
+    shape = task(cfg)
     k = tail(cfg)
     losses: list[float] = []
     ratios: list[float] = []
     max_gn, note = 0.0, ""
     start = time.perf_counter()
     for step in range(cfg.steps):
-        x, y = make_batch(cfg, gen)
+        x, y = make_batch(shape, gen)
         loss = nn.functional.cross_entropy(model(x).reshape(-1, cfg.vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,16 +192,6 @@ def train(cfg: Config, scheme: str, seed: int) -> Result:
 def tail(cfg: Config) -> int:
     """k, the number of last steps averaged into the final loss."""
     return max(1, min(50, cfg.steps // 10))
-
-
-def steps_to(losses: list[float], target: float, window: int) -> int | None:
-    """First step (1-based count of steps taken) whose trailing ``window``-step mean loss is at
-    or below ``target``; None if never."""
-    for i in range(window - 1, len(losses)):
-        chunk = losses[i - window + 1 : i + 1]
-        if all(math.isfinite(v) for v in chunk) and statistics.fmean(chunk) <= target:
-            return i + 1
-    return None
 
 
 def _fmt_steps(v: float | None) -> str:
