@@ -154,3 +154,40 @@ class Progress:
             self.stream.write("\r" + " " * self._drawn + "\r")
             self.stream.flush()
             self._drawn = 0
+
+
+def parse_scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str, ...]:
+    """Canonical scheme names from a comma-separated ``--schemes`` value, without repeats.
+
+    Args:
+        text: e.g. ``"deepnet, T-Fixup"``.
+        command: the command whose usage hint an error shows.
+        vanilla: accept ``vanilla`` (also ``none`` / ``default``) for the model's own init.
+
+    Raises:
+        UsageError: an unknown name (the message lists the valid ones).
+
+    Example::
+
+        >>> parse_scheme_list("vanilla, T-Fixup, t_fixup", "demo", vanilla=True)
+        ('vanilla', 't-fixup')
+    """
+    from initwatch.cli import UsageError
+    from initwatch.schemes import SCHEMES, scheme_name
+
+    valid = ", ".join((("vanilla",) if vanilla else ()) + tuple(SCHEMES))
+    out: list[str] = []
+    for name in (s.strip() for s in text.split(",") if s.strip()):
+        if vanilla and name.lower() in ("vanilla", "none", "default"):
+            key = "vanilla"
+        else:
+            try:
+                key = scheme_name(name)
+            except ValueError:
+                extra = "" if vanilla else " or 'none'"
+                raise UsageError(
+                    f"--schemes: unknown scheme {name!r}; choose from {valid}{extra}", command
+                ) from None
+        if key not in out:
+            out.append(key)
+    return tuple(out)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import fmt, table, threads, wrap
+from initwatch.commands._text import fmt, parse_scheme_list, table, threads, wrap
 
 HELP = (
     "Pre-flight check: build MODEL with random weights, measure per-block activation RMS, "
@@ -227,23 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _schemes(text: str) -> tuple[str, ...]:
-    from initwatch.cli import UsageError
-    from initwatch.schemes import scheme_name
-
     if text.strip().lower() in ("", "none"):
         return ()
-    out: list[str] = []
-    for name in (s.strip() for s in text.split(",") if s.strip()):
-        try:
-            key = scheme_name(name)
-        except ValueError:
-            raise UsageError(
-                f"--schemes: unknown scheme {name!r}; choose from {', '.join(SCHEMES)} or 'none'",
-                "check",
-            ) from None
-        if key not in out:
-            out.append(key)
-    return tuple(out)
+    return parse_scheme_list(text, "check")
 
 
 def settings_from_args(args: argparse.Namespace) -> CheckSettings:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import Progress, table, threads, wrap
+from initwatch.commands._text import Progress, parse_scheme_list, table, threads, wrap
 from initwatch.demo_task import TaskConfig
 
 HELP = (
@@ -231,26 +231,10 @@ def parse_schemes(text: str) -> tuple[str, ...]:
         ('vanilla', 't-fixup')
     """
     from initwatch.cli import UsageError
-    from initwatch.schemes import scheme_name
 
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
+    if not any(s.strip() for s in text.split(",")):
         raise UsageError(f"--schemes {text!r}: expected e.g. {','.join(VARIANTS)}", "demo")
-    out: list[str] = []
-    for name in names:
-        if name.lower() in ("vanilla", "none", "default"):
-            key = "vanilla"
-        else:
-            try:
-                key = scheme_name(name)
-            except ValueError:
-                raise UsageError(
-                    f"--schemes: unknown scheme {name!r}; choose from {', '.join(VARIANTS)}",
-                    "demo",
-                ) from None
-        if key not in out:
-            out.append(key)
-    return tuple(out)
+    return parse_scheme_list(text, "demo", vanilla=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
