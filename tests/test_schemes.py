@@ -528,6 +528,20 @@ def test_pretrained_weights_are_refused_unless_allowed(tmp_path) -> None:  # noq
     assert not initwatch.is_pretrained(zoo.build("gpt2"))
 
 
+@pytest.mark.parametrize("scheme", ["rezero", "deepnet"])
+def test_structural_schemes_are_refused_on_pretrained_weights_too(scheme: str, tmp_path) -> None:  # noqa: ANN001
+    # ReZero re-initializes nothing, yet gating blocks and removing their norms changes what a
+    # pretrained model computes: the guard covers the blocks a scheme restructures.
+    from transformers import BertForMaskedLM
+
+    zoo.build("bert").save_pretrained(tmp_path)
+    loaded = BertForMaskedLM.from_pretrained(tmp_path)
+    before = copy.deepcopy(loaded.state_dict())
+    with pytest.raises(initwatch.PretrainedWeightsError, match="loaded from a checkpoint"):
+        initwatch.reinit(loaded, scheme)
+    _assert_untouched(loaded, before)
+
+
 def test_from_config_of_a_saved_model_is_not_pretrained(tmp_path) -> None:  # noqa: ANN001
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -242,9 +242,14 @@ def resolve(model: nn.Module, plan: Plan) -> list[tuple[Init, nn.Parameter]]:
 
 
 def guard(
-    model: nn.Module, todo: list[tuple[Init, nn.Parameter]], options: Mapping[str, Any]
+    model: nn.Module,
+    todo: list[tuple[Init, nn.Parameter]],
+    options: Mapping[str, Any],
+    scope: list[tuple[str, nn.Parameter]] | None = None,
 ) -> None:
-    """Refuse a second application and, unless allowed, overwriting pretrained weights."""
+    """Refuse a second application and, unless allowed, changing pretrained weights: those the
+    plan re-initializes, and those of the blocks it restructures (``scope``): removing the norms
+    of a pretrained block, or gating it, changes what it computes just as surely."""
     previous = getattr(model, MARKER, None)
     present = applied_structure(model)
     if previous is not None or present:
@@ -257,18 +262,18 @@ def guard(
         )
     if options.get("allow_pretrained"):
         return
-    loaded = [
-        name
-        for name, (_, p) in zip(_names(todo), todo, strict=True)
-        if getattr(p, "_is_hf_initialized", False)
-    ]
+    candidates = list(zip(_names(todo), (p for _, p in todo), strict=True)) + list(scope or [])
+    loaded = list(
+        dict.fromkeys(n for n, p in candidates if getattr(p, "_is_hf_initialized", False))
+    )
     if loaded:
         raise PretrainedWeightsError(
-            f"{len(loaded)} of the {len(todo)} weights this scheme would re-initialize were loaded "
-            f"from a checkpoint (e.g. {', '.join(loaded[:3])}); re-initializing would erase the "
-            "pretrained weights. To fine-tune, leave the scheme off (scheme=None) and let initwatch "
-            "monitor the run. To train this architecture from scratch, build it from its config "
-            "(AutoModel.from_config(config)) or pass allow_pretrained=True to overwrite on purpose."
+            f"{len(loaded)} weights this scheme would change were loaded from a checkpoint "
+            f"(e.g. {', '.join(loaded[:3])}); re-initializing or restructuring them would erase "
+            "the pretrained weights. To fine-tune, leave the scheme off (scheme=None) and let "
+            "initwatch monitor the run. To train this architecture from scratch, build it from "
+            "its config (AutoModel.from_config(config)) or pass allow_pretrained=True to "
+            "overwrite on purpose."
         )
 
 
@@ -316,7 +321,14 @@ def execute(
     Nothing is changed when a check fails (the refused call leaves the model as it was).
     """
     todo = resolve(model, plan)
-    guard(model, todo, options)
+    scope = [
+        (f"{block.path}.{name}", p)
+        for stack in anatomy.stacks
+        if stack.kind in plan.constants
+        for block in stack.blocks
+        for name, p in model.get_submodule(block.path).named_parameters()
+    ]
+    guard(model, todo, options, scope)
     changes: list[Change] = []
     seed = options.get("seed")
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
