@@ -208,6 +208,7 @@ class Watch:
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
         self.context = context if context is not None else RunContext()
         self._context_from_anatomy()
+        self._context_from_model(inner)
         first = next(inner.parameters(), None)
         self._buffer = StatBuffer(first.device if first is not None else "cpu")
         targets = select_layers(inner, self.anatomy, layers)
@@ -409,6 +410,17 @@ class Watch:
         ctx.layout = ctx.layout or a.layout
         ctx.residual = ctx.residual or a.residual
         ctx.depth = ctx.depth or dict(a.depth)
+
+    def _context_from_model(self, model: nn.Module) -> None:
+        """The scheme initwatch applied and whether the weights are pretrained (a fine-tune):
+        rules exempt a scheme's zero-by-construction start, remedies never re-init a fine-tune."""
+        from initwatch.schemes.base import applied_scheme, is_pretrained
+
+        ctx = self.context
+        if ctx.scheme is None:
+            scheme = applied_scheme(model)
+            ctx.scheme = None if scheme in (None, "none") else scheme
+        ctx.pretrained = ctx.pretrained or is_pretrained(model)
 
     def _frame(self, host: HostValues, skipped: bool) -> Frame:
         values: dict[str, dict[str, float]] = {}

@@ -430,3 +430,19 @@ def test_logdir_writer_and_rank_zero_only(tmp_path, monkeypatch):
 
 def test_public_name():
     assert initwatch.Watch is Watch
+
+
+def test_context_knows_the_scheme_and_a_fine_tune_from_the_model(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from initwatch import zoo
+
+    model = zoo.build("gpt2")
+    initwatch.reinit(model, "rezero")
+    watch = Watch(model, every=1, rules=False)
+    assert watch.context.scheme == "rezero" and not watch.context.pretrained
+    watch.close()
+    zoo.build("gpt2").save_pretrained(tmp_path)
+    tuned = Watch(GPT2LMHeadModel.from_pretrained(tmp_path), every=1, rules=False)
+    assert tuned.context.pretrained and tuned.context.scheme is None
+    tuned.close()

@@ -15,7 +15,7 @@ from initwatch.anatomy import Anatomy, try_inspect
 from initwatch.context import RunContext
 from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes import ReinitReport, is_pretrained, reinit, scheme_name
-from initwatch.schemes.base import MARKER
+from initwatch.schemes.base import applied_scheme
 
 STATE_VERSION = 1
 OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
@@ -53,21 +53,6 @@ def validate_on_alert(on_alert: Any) -> None:
     from initwatch.policy import AlertPolicy
 
     AlertPolicy(on_alert)
-
-
-def applied_scheme(model: nn.Module) -> str | None:
-    """The scheme initwatch already applied (or restored) somewhere in ``model``, else None.
-
-    Example::
-
-        >>> applied_scheme(nn.Linear(2, 2)) is None
-        True
-    """
-    for module in model.modules():
-        marker = getattr(module, MARKER, None)
-        if marker is not None:
-            return str(marker.get("scheme"))
-    return None
 
 
 def apply_scheme(

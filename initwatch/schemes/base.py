@@ -348,6 +348,26 @@ def execute(
     return ReinitReport(plan.scheme, plan.constants, changes, anatomy.model_class, anatomy.family)
 
 
+def applied_scheme(model: nn.Module) -> str | None:
+    """The scheme initwatch applied (or restored) somewhere in ``model``, else None.
+
+    Example::
+
+        >>> from initwatch import zoo, reinit
+        >>> model = zoo.build("gpt2")
+        >>> applied_scheme(model) is None
+        True
+        >>> _ = reinit(model, "rezero")
+        >>> applied_scheme(model)
+        'rezero'
+    """
+    for module in model.modules():
+        marker = getattr(module, MARKER, None)
+        if marker is not None:
+            return str(marker.get("scheme"))
+    return None
+
+
 def is_pretrained(model: nn.Module) -> bool:
     """True when the model holds weights loaded from a checkpoint that initwatch did not
     re-initialize (Hugging Face marks loaded tensors with ``_is_hf_initialized``), or was
