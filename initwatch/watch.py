@@ -249,8 +249,13 @@ class Watch:
     # ---- the step protocol ----------------------------------------------------------------
 
     @_guarded(False)
-    def begin_step(self, step: int) -> bool:
+    def begin_step(self, step: int, measure: bool | None = None) -> bool:
         """Start optimizer step ``step`` (before the first micro-batch's forward).
+
+        Args:
+            step: the optimizer step, numbered as the training framework numbers it.
+            measure: whether to measure this step; None (default): every ``every``-th step
+                (``step % every == 0``). Adapters pass the framework's own logging cadence.
 
         Returns True when this step is measured.
         """
@@ -260,7 +265,7 @@ class Watch:
             self.end_step()
         self.step_index = int(step)
         self.context.step = self.step_index
-        self._logging = self.step_index % self.every == 0
+        self._logging = self.step_index % self.every == 0 if measure is None else bool(measure)
         self._grads_read = False
         self._probes.gate.on = self._logging
         return self._logging

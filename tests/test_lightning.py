@@ -216,15 +216,16 @@ def test_steps_accumulation_cadence_and_unclipped_grads(tmp_path):
     t.fit(Tiny(), loader(64))
     begins = [s for n, s in spy.calls if n == "begin_step"]
     assert begins == list(range(7)), "one begin per optimizer step, numbered like Lightning"
-    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 3  # steps 0, 3, 6
+    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 3  # steps 0, 2, 5
     assert [n for n, _ in spy.calls].count("end_step") == 7
-    assert [f.step for f in spy.frames] == [0, 3, 6]
+    # the steps Lightning logs ((s + 1) % 3 == 0) and step 0, the model as initialized
+    assert [f.step for f in spy.frames] == [0, 2, 5]
     # Activation hooks are on for every micro-batch of a logging step, and off otherwise.
     per_step = {}
     for step, on in spy.gate:
         per_step.setdefault(step, []).append(on)
-    assert per_step[0] == [True, True] and per_step[3] == [True, True]
-    assert per_step[1] == [False, False]
+    assert per_step[0] == [True, True] and per_step[2] == [True, True]
+    assert per_step[1] == [False, False] and per_step[3] == [False, False]
     # Gradients are read before Lightning clips them.
     assert all(f.globals["grad_norm_global"] > 1e-3 for f in spy.frames)
     assert all(math.isfinite(f.globals["loss"]) for f in spy.frames)
@@ -246,14 +247,16 @@ def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
     tags = scalars(tb.log_dir)
     assert "train_loss" in tags, "Lightning's own scalars"
     ours = [t for t in tags if t.startswith("initwatch/")]
-    assert ours and tags["initwatch/global/grad_norm_global"] == [0, 2]
+    # the same x-axis points as Lightning's own scalars, plus step 0
+    assert ours and tags["initwatch/global/grad_norm_global"] == [0, 1, 3]
+    assert set(tags["train_loss"]) <= set(tags["initwatch/global/grad_norm_global"])
     assert not list((tmp_path / "csv").rglob("events.out.tfevents*")), "no own run besides"
 
 
 def test_writes_an_own_run_without_a_tensorboard_logger(tmp_path):
     trainer(tmp_path, [InitWatch(None, log_every_n_steps=2)]).fit(Tiny(), loader())
     tags = scalars(tmp_path / "initwatch_logs")
-    assert tags["initwatch/global/grad_norm_global"] == [0, 2]
+    assert tags["initwatch/global/grad_norm_global"] == [0, 1, 3]
 
 
 # ---- alerts: stop, state, resume -------------------------------------------------------------

@@ -452,11 +452,13 @@ class StepDriver:
 
     # ---- steps --------------------------------------------------------------------------
 
-    def begin(self, step: int) -> bool:
-        """Begin optimizer step ``step``; True when it is measured."""
+    def begin(self, step: int, measure: bool | None = None) -> bool:
+        """Begin optimizer step ``step``; True when it is measured (``measure``: the
+        framework's own cadence, None for the Watch's ``step % every``)."""
         self.step = int(step)
         self._loss, self._loss_n = None, 0
-        self.logging = bool(self.watch.begin_step(self.step)) if self.watch is not None else False
+        watch = self.watch
+        self.logging = bool(watch.begin_step(self.step, measure)) if watch is not None else False
         return self.logging
 
     def add_loss(self, loss: Any) -> None:

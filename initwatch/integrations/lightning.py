@@ -77,8 +77,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     already carries the scheme (a second ``fit``, ``validate``/``test`` after ``fit``) is left
     alone.
 
-    While training, the statistics of every ``log_every_n_steps``-th optimizer step (step 0
-    included) are measured: activations of all micro-batches of that step, gradients in
+    While training, the optimizer steps at which Lightning logs its own metrics (every
+    ``log_every_n_steps``-th: ``(step + 1) % log_every_n_steps == 0``) and step 0 (the model as
+    initialized) are measured: activations of all micro-batches of that step, gradients in
     ``on_before_optimizer_step`` (accumulated, unscaled, after the DDP all-reduce, *before*
     gradient clipping), and the update the optimizer made. Steps are numbered as Lightning
     numbers its own scalars (``trainer.global_step`` before the step's increment). Rules turn
@@ -126,7 +127,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         ...         layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
         ...         self.encoder = nn.TransformerEncoder(layer, num_layers=4)
         ...     def training_step(self, batch, batch_idx):
-        ...         return self.encoder(batch).pow(2).mean()
+        ...         return nn.functional.mse_loss(self.encoder(batch), batch.flip(1))
         ...     def configure_optimizers(self):
         ...         return torch.optim.Adam(self.parameters(), lr=1e-3)
         >>> watch = InitWatch(scheme="deepnet", log_every_n_steps=2)
@@ -273,8 +274,12 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # The first micro-batch of an optimizer step: global_step has moved on since the last.
-        if self._driver.started and self._driver.step != trainer.global_step:
-            self._driver.begin(trainer.global_step)
+        step = trainer.global_step
+        if self._driver.started and self._driver.step != step:
+            # Lightning writes its own scalars where (step + 1) % log_every_n_steps == 0; measure
+            # those steps (same x-axis values), and step 0: the model as initialized.
+            every = self._driver.watch.every
+            self._driver.begin(step, measure=step == 0 or (step + 1) % every == 0)
 
     @override
     def on_before_optimizer_step(
