@@ -6,9 +6,9 @@ import math
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 from initwatch.anatomy.render import table
 
@@ -191,3 +191,30 @@ def parse_scheme_list(text: str, command: str, *, vanilla: bool = False) -> tupl
         if key not in out:
             out.append(key)
     return tuple(out)
+
+
+def alert_lines(run: str, alerts: Sequence[Any]) -> list[str]:
+    """One run's alerts as indented lines: headline, message, remedy (a remedy already shown for
+    the same kind is not repeated).
+
+    Example::
+
+        >>> from initwatch.alerts import Alert
+        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
+        >>> print("\\n".join(alert_lines("vanilla", [a, a])))
+          vanilla, step 3: error nonfinite at encoder.1
+            NaN
+            remedy: lower lr
+          vanilla, step 3: error nonfinite at encoder.1
+            NaN
+            remedy: as for nonfinite above
+    """
+    lines: list[str] = []
+    shown: set[str] = set()
+    for a in alerts:
+        lines.append(f"  {run}, step {a.step}: {a.severity} {a.kind} at {a.layer}")
+        lines.append(wrap(a.message, indent="    "))
+        remedy = f"as for {a.kind} above" if a.kind in shown else a.remedy
+        lines.append(wrap("remedy: " + remedy, indent="    "))
+        shown.add(a.kind)
+    return lines

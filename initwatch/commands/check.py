@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import fmt, parse_scheme_list, table, threads, wrap
+from initwatch.commands._text import alert_lines, fmt, parse_scheme_list, table, threads, wrap
 
 HELP = (
     "Pre-flight check: build MODEL with random weights, measure per-block activation RMS, "
@@ -816,13 +816,7 @@ def format_result(result: CheckResult) -> str:
     if alerted:
         lines.append("What would alert:")
         for v in alerted:
-            shown: set[str] = set()
-            for a in v.new_alerts:
-                lines.append(f"  {v.name}, step {a.step}: {a.severity} {a.kind} at {a.layer}")
-                lines.append(wrap(a.message, indent="    "))
-                remedy = f"as for {a.kind} above" if a.kind in shown else a.remedy
-                lines.append(wrap("remedy: " + remedy, indent="    "))
-                shown.add(a.kind)
+            lines += alert_lines(v.name, v.new_alerts)
     else:
         lines.append("What would alert: nothing.")
     lines += ["", f"Recommendation: {result.recommendation}", wrap("why: " + result.reason, "  ")]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import Progress, parse_scheme_list, table, threads, wrap
+from initwatch.commands._text import Progress, alert_lines, parse_scheme_list, table, threads
 from initwatch.demo_task import TaskConfig
 
 HELP = (
@@ -465,13 +465,7 @@ def format_results(results: Sequence[RunResult], settings: DemoSettings) -> str:
     if alerted:
         lines.append("Alerts and remedies:")
         for r in alerted:
-            shown: set[str] = set()
-            for a in r.new_alerts:
-                lines.append(f"  {r.scheme}, step {a.step}: {a.severity} {a.kind} at {a.layer}")
-                lines.append(wrap(a.message, indent="    "))
-                remedy = f"as for {a.kind} above" if a.kind in shown else a.remedy
-                lines.append(wrap("remedy: " + remedy, indent="    "))
-                shown.add(a.kind)
+            lines += alert_lines(r.scheme, r.new_alerts)
         lines.append("")
     quiet = [r.scheme for r in results if not r.new_alerts]
     if quiet:
