@@ -17,6 +17,8 @@ class RunContext:
         layout: ``"pre"`` or ``"post"`` (LayerNorm placement), or None when unknown.
         residual: ``"sequential"`` or ``"parallel"``.
         depth: number of blocks per stack, e.g. ``{"encoder": 12}``.
+        cross_attention: True when the decoder's blocks have cross-attention (three
+            sublayers: DeepNet's decoder constants (3M)^(1/4), (12M)^(-1/4)).
         scheme: the re-initialization scheme applied (``"deepnet"``, ``"t-fixup"``,
             ``"rezero"``) or None.
         optimizer: optimizer class name, e.g. ``"AdamW"``.
@@ -41,6 +43,7 @@ class RunContext:
     layout: str | None = None
     residual: str | None = None
     depth: dict[str, int] = field(default_factory=dict)
+    cross_attention: bool = False
     scheme: str | None = None
     optimizer: str | None = None
     lr: float | None = None

@@ -7,20 +7,19 @@ from typing import Any
 
 from initwatch.alerts import AlertKind
 from initwatch.context import RunContext
+from initwatch.schemes import deepnet, registry
+from initwatch.schemes.spec import stack_kind
 
 K = AlertKind
 
 
-def deepnet_constants(depth: dict[str, int]) -> dict[str, tuple[float, float]]:
-    """DeepNet's (alpha, beta) per stack, from init-schemes.md §2.2.
-
-    Single stacks (encoder-only or decoder-only, N blocks): alpha = (2N)^(1/4),
-    beta = (8N)^(-1/4). Encoder-decoder (N encoder, M decoder blocks): encoder
-    alpha = 0.81 (N^4 M)^(1/16), beta = 0.87 (N^4 M)^(-1/16); decoder alpha = (3M)^(1/4),
-    beta = (12M)^(-1/4).
+def deepnet_constants(depth: dict[str, int], cross: bool = False) -> dict[str, tuple[float, float]]:
+    """DeepNet's (alpha, beta) per stack, read from the scheme itself
+    (:func:`initwatch.schemes.deepnet.constants`), so a remedy quotes what ``reinit`` applies.
 
     Args:
         depth: blocks per stack, e.g. ``{"encoder": 24}``.
+        cross: the decoder's blocks have cross-attention (three sublayers).
 
     Returns:
         ``{stack: (alpha, beta)}``.
@@ -32,20 +31,15 @@ def deepnet_constants(depth: dict[str, int]) -> dict[str, tuple[float, float]]:
         (2.6321, 0.2686)
         >>> {k: round(v[0], 4) for k, v in deepnet_constants({"encoder": 6, "decoder": 6}).items()}
         {'encoder': 1.4179, 'decoder': 2.0598}
+        >>> round(deepnet_constants({"decoder": 6}, cross=True)["decoder"][0], 4)
+        2.0598
     """
-    n, m = depth.get("encoder", 0), depth.get("decoder", 0)
-    if n and m:
-        return {
-            "encoder": (0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)),
-            "decoder": ((3 * m) ** 0.25, (12 * m) ** -0.25),
-        }
-    return {s: ((2 * d) ** 0.25, (8 * d) ** -0.25) for s, d in depth.items() if d}
+    consts = registry.constants("deepnet", depth, cross)
+    return {s: (v["alpha"], v["beta"]) for s, v in consts.items()}
 
 
 def tfixup_scales(depth: dict[str, int]) -> dict[str, float]:
-    """T-Fixup's weight scale per stack (init-schemes.md §3.2; single stacks per §3.4).
-
-    Encoder: 0.67 N^(-1/4); decoder (and a decoder-only stack): (9M)^(-1/4).
+    """T-Fixup's weight scale per stack, read from :func:`initwatch.schemes.tfixup.constants`.
 
     Args:
         depth: blocks per stack.
@@ -55,9 +49,7 @@ def tfixup_scales(depth: dict[str, int]) -> dict[str, float]:
         >>> round(tfixup_scales({"decoder": 12})["decoder"], 4)
         0.3102
     """
-    return {
-        s: (0.67 * d**-0.25 if s == "encoder" else (9 * d) ** -0.25) for s, d in depth.items() if d
-    }
+    return {s: v["scale"] for s, v in registry.constants("t-fixup", depth).items()}
 
 
 def _n(x: float | None) -> str:
@@ -133,12 +125,14 @@ def _clip(ev: dict[str, Any]) -> str:
 
 
 def _deepnet(ctx: RunContext, depth: dict[str, int]) -> str:
-    consts = deepnet_constants(depth)
+    consts = deepnet_constants(depth, ctx.cross_attention)
     if not consts:
         return '`InitWatch(scheme="deepnet")` (DeepNet: skip x alpha inside the LayerNorm, v/o/FFN init x beta)'
     if len(consts) == 1:
-        (_, (a, b)), n = next(iter(consts.items())), next(iter(depth.values()))
-        vals = f"alpha=(2N)^(1/4)={a:.3f}, beta=(8N)^(-1/4)={b:.3f} for N={n} blocks"
+        (stack, (a, b)), n = next(iter(consts.items())), next(iter(depth.values()))
+        f = deepnet.formulas(stack_kind(depth), ctx.cross_attention)[stack]
+        x = "M" if "M" in f["alpha"] else "N"
+        vals = f"alpha={f['alpha']}={a:.3f}, beta={f['beta']}={b:.3f} for {x}={n} blocks"
     else:
         vals = "; ".join(f"{s} alpha={a:.3f}, beta={b:.3f}" for s, (a, b) in consts.items())
         vals += f" for {depth.get('encoder')} encoder / {depth.get('decoder')} decoder blocks"
@@ -196,7 +190,7 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
         )
     scheme = (ctx.scheme or "").lower()
     if scheme == "deepnet":
-        consts = deepnet_constants(depth)
+        consts = deepnet_constants(depth, ctx.cross_attention)
         vals = ", ".join(f"{s}: alpha={a:.3f}, beta={b:.3f}" for s, (a, b) in consts.items())
         return _join(
             [

@@ -408,6 +408,8 @@ class Watch:
     # ---- internals ------------------------------------------------------------------------
 
     def _context_from_anatomy(self) -> None:
+        from initwatch.schemes.base import has_cross
+
         a, ctx = self.anatomy, self.context
         if a is None:
             return
@@ -415,6 +417,7 @@ class Watch:
         ctx.layout = ctx.layout or a.layout
         ctx.residual = ctx.residual or a.residual
         ctx.depth = ctx.depth or dict(a.depth)
+        ctx.cross_attention = ctx.cross_attention or has_cross(a)
 
     def _context_from_model(self, model: nn.Module) -> None:
         """The scheme initwatch applied and whether the weights are pretrained (a fine-tune):

@@ -70,10 +70,8 @@ def render(anatomy: Anatomy) -> str:
 
 
 def applicability(anatomy: Anatomy) -> dict[str, str]:
-    """For each scheme, ``"applies"`` or the reason it does not."""
-    deepnet = (
-        "applies"
-        if anatomy.layout == "post"
-        else f"not applicable ({'Pre-LN' if anatomy.layout == 'pre' else 'no norms'}: DeepNet needs Post-LN)"
-    )
-    return {"deepnet": deepnet, "t-fixup": "applies", "rezero": "applies"}
+    """For each registered scheme, ``"applies"`` or the reason it does not (read from the
+    scheme modules through :mod:`initwatch.schemes.registry`)."""
+    from initwatch.schemes.registry import applicability as from_registry
+
+    return from_registry(anatomy)

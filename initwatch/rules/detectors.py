@@ -26,9 +26,10 @@ from initwatch.rules.view import (
     param_units,
     stream_groups,
 )
+from initwatch.schemes.registry import grace_schemes
 
 K = AlertKind
-GRACE_SCHEMES = ("rezero", "t-fixup")
+GRACE_SCHEMES = grace_schemes()  # read from the scheme registry (starts_from_zero)
 FP16_MAX = 65504.0
 
 

@@ -7,13 +7,12 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy import Anatomy, inspect
-from initwatch.schemes import deepnet, rezero, tfixup
+from initwatch.schemes import registry
 from initwatch.schemes.base import execute, is_pretrained, xavier_std
+from initwatch.schemes.registry import SCHEMES
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.restore import restore
-
-SCHEMES = {"deepnet": deepnet, "t-fixup": tfixup, "rezero": rezero}
-_ALIASES = {"tfixup": "t-fixup", "t_fixup": "t-fixup", "deepnorm": "deepnet"}
+from initwatch.schemes.spec import Scheme
 
 
 def scheme_name(scheme: str) -> str:
@@ -24,16 +23,7 @@ def scheme_name(scheme: str) -> str:
         >>> scheme_name("T-Fixup")
         't-fixup'
     """
-    if not isinstance(scheme, str):
-        raise ValueError(f"scheme={scheme!r}: expected one of {', '.join(map(repr, SCHEMES))}")
-    key = scheme.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in SCHEMES:
-        raise ValueError(
-            f"unknown scheme {scheme!r}; valid schemes: {', '.join(map(repr, SCHEMES))} "
-            f"(e.g. initwatch.reinit(model, 'deepnet'))"
-        )
-    return key
+    return registry.get(scheme).name
 
 
 def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
@@ -98,6 +88,7 @@ __all__ = [
     "SCHEMES",
     "Change",
     "ReinitReport",
+    "Scheme",
     "is_pretrained",
     "reinit",
     "restore",

@@ -95,6 +95,19 @@ def depths(anatomy: Anatomy, options: Mapping[str, Any]) -> dict[str, int]:
     raise ValueError(f"depth={depth!r}: give an int or a dict over the stacks {list(out)}")
 
 
+def has_cross(anatomy: Anatomy) -> bool:
+    """True when some block has a cross-attention sublayer (a decoder fed an encoder's output).
+
+    Example::
+
+        >>> from torch import nn
+        >>> from initwatch import inspect
+        >>> has_cross(inspect(nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, 32), 2)))
+        True
+    """
+    return any(sub.kind == "cross" for b in anatomy.blocks for sub in b.sublayers)
+
+
 def per_stack(value: Any, stack: str, default: float, name: str) -> float:
     """An option that is a number (every stack) or a ``{stack: number}`` dict."""
     if value is None:

@@ -8,42 +8,50 @@ from typing import Any
 
 from torch import nn
 
-from initwatch.anatomy.model import Anatomy
+from initwatch.anatomy.model import Anatomy, Block
 from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes.base import (
     Plan,
     check_options,
     depths,
+    has_cross,
     per_stack,
     slot_inits,
     stacks_to_touch,
 )
 from initwatch.schemes.report import Change
-from initwatch.schemes.structure import add_deepnorm
+from initwatch.schemes.spec import Scheme
+from initwatch.schemes.structure import DEEPNORM_BUFFER, add_deepnorm
 
 NAME = "deepnet"
 OPTIONS = ("alpha", "beta")
 
 
 def constants(
-    kind: str, n: int | None = None, m: int | None = None, cross: bool = False
+    kind: str, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """DeepNet's alpha and beta per stack (paper table, identical in torchscale).
 
+    The one place these formulas are written: ``reinit``, the remedies and ``inspect`` read
+    them through the scheme registry.
+
     Args:
         kind: ``"encoder-only"``, ``"decoder-only"`` or ``"encoder-decoder"``.
-        n: encoder depth N.
-        m: decoder depth M.
+        depth: blocks per stack, ``{"encoder": N}``, ``{"decoder": M}`` or both.
         cross: a decoder-only stack whose blocks have cross-attention (a standalone
-            ``nn.TransformerDecoder`` fed an external memory): three sublayers per block, so
-            the paper's decoder constants (3M)^(1/4) and (12M)^(-1/4) apply.
+            ``nn.TransformerDecoder`` fed an external memory, a BERT decoder, GPT-2 with
+            ``add_cross_attention``): three sublayers per block, so the paper's decoder
+            constants (3M)^(1/4) and (12M)^(-1/4) apply.
 
     Example::
 
-        >>> c = constants("decoder-only", m=24)
+        >>> c = constants("decoder-only", {"decoder": 24})
         >>> round(c["decoder"]["alpha"], 4), round(c["decoder"]["beta"], 4)
         (2.6321, 0.2686)
+        >>> round(constants("decoder-only", {"decoder": 6}, cross=True)["decoder"]["alpha"], 4)
+        2.0598
     """
+    n, m = depth.get("encoder"), depth.get("decoder")
     if kind == "encoder-only":
         return {"encoder": {"alpha": (2 * n) ** 0.25, "beta": (8 * n) ** -0.25}}
     if kind == "decoder-only" and cross:
@@ -61,27 +69,59 @@ def constants(
     raise ValueError(f"kind={kind!r}: expected encoder-only, decoder-only or encoder-decoder")
 
 
+def formulas(kind: str, cross: bool = False) -> dict[str, dict[str, str]]:
+    """The formulas behind :func:`constants`, as text, for messages (same cases).
+
+    Example::
+
+        >>> formulas("decoder-only", cross=True)["decoder"]["alpha"]
+        '(3M)^(1/4)'
+    """
+    if kind == "encoder-decoder":
+        return {
+            "encoder": {"alpha": "0.81(N^4 M)^(1/16)", "beta": "0.87(N^4 M)^(-1/16)"},
+            "decoder": {"alpha": "(3M)^(1/4)", "beta": "(12M)^(-1/4)"},
+        }
+    if kind == "decoder-only" and cross:
+        return {"decoder": {"alpha": "(3M)^(1/4)", "beta": "(12M)^(-1/4)"}}
+    stack = "decoder" if kind == "decoder-only" else "encoder"
+    return {stack: {"alpha": "(2N)^(1/4)", "beta": "(8N)^(-1/4)"}}
+
+
 # Gain beta on v, o and the FFN in / out matrices; gain 1 on q, k and on a GLU gate (torchscale
 # scales fc1/fc2 but not the gate, keeping the FFN output proportional to beta^2).
 _BETA_ROLES = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
 _ONE_ROLES = ("q", "k", "xq", "xk", "ffn_gate")
 
 
+def applies(anatomy: Anatomy) -> str | None:
+    """None when DeepNet applies (a Post-LN model), else the reason.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> applies(inspect(zoo.build("gpt2")))
+        'Pre-LN: DeepNet needs Post-LN'
+    """
+    if anatomy.layout == "post":
+        return None
+    placement = {"pre": "Pre-LN", "none": "no norms"}.get(anatomy.layout, anatomy.layout)
+    return f"{placement}: DeepNet needs Post-LN"
+
+
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan DeepNet for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    if anatomy.layout != "post":
-        placement = {"pre": "Pre-LN", "none": "has no norms"}.get(anatomy.layout, anatomy.layout)
+    reason = applies(anatomy)
+    if reason is not None:
         raise SchemeNotApplicableError(
-            f"DeepNet does not apply to {anatomy.model_class} ({anatomy.family}): it is "
-            f"{placement}. DeepNorm rescales the skip inside the LayerNorm that follows each "
-            "residual add, LN(alpha*x + G(x)); a Pre-LN block has no norm after the add, and "
-            "there alpha would only grow the residual stream geometrically with depth. "
-            "Use scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
+            f"DeepNet does not apply to {anatomy.model_class} ({anatomy.family}): {reason}. "
+            "DeepNorm rescales the skip inside the LayerNorm that follows each residual add, "
+            "LN(alpha*x + G(x)); a Pre-LN block has no norm after the add, and there alpha "
+            "would only grow the residual stream geometrically with depth. Use "
+            "scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
         )
-    d = depths(anatomy, options)
-    cross = any(sub.kind == "cross" for b in anatomy.blocks for sub in b.sublayers)
-    consts = constants(anatomy.kind, d.get("encoder"), d.get("decoder"), cross)
+    consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy))
     for stack, vals in consts.items():
         vals["alpha"] = per_stack(options.get("alpha"), stack, vals["alpha"], "alpha")
         vals["beta"] = per_stack(options.get("beta"), stack, vals["beta"], "beta")
@@ -112,3 +152,26 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
 
 def _deepnorm_step(model: nn.Module, path: str, norms: list[str], alpha: float):  # noqa: ANN202
     return lambda: add_deepnorm(model, path, norms, alpha)
+
+
+def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change | None:
+    """Re-attach DeepNorm to ``block`` of a fresh model when the checkpoint holds its alpha."""
+    key = f"{block.path}.{DEEPNORM_BUFFER}"
+    if key not in state:
+        return None
+    alpha = float(state[key])
+    norms = [s.norm.path for s in block.sublayers if s.norm is not None]
+    add_deepnorm(model, block.path, norms, alpha)
+    return Change(block.path, "deepnorm_residual", "block", block.name, alpha)
+
+
+SCHEME = Scheme(
+    name=NAME,
+    title="DeepNet",
+    options=OPTIONS,
+    applies=applies,
+    constants=constants,
+    plan=plan,
+    rebuild=rebuild,
+    aliases=("deepnorm",),
+)

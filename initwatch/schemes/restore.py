@@ -13,14 +13,12 @@ from torch import nn
 from initwatch.anatomy import Anatomy, inspect
 from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes.base import MARKER
+from initwatch.schemes.registry import SCHEMES
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.structure import (
     DEEPNORM_BUFFER,
     REZERO_PARAM,
-    add_deepnorm,
-    add_rezero,
     applied_structure,
-    hook_rezero,
     keep_eager,
     remove_norm,
 )
@@ -149,20 +147,11 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
     eager: set[str] = set()
     for stack in anatomy.stacks:
         for block in stack.blocks:
-            alpha_key = f"{block.path}.{DEEPNORM_BUFFER}"
-            if alpha_key in state:
-                alpha = float(state[alpha_key])
-                norms = [s.norm.path for s in block.sublayers if s.norm is not None]
-                add_deepnorm(model, block.path, norms, alpha)
-                changes.append(Change(block.path, "deepnorm_residual", "block", block.name, alpha))
-                schemes.add("deepnet")
-            gates = _gates(block.path, state, [s.kind for s in block.sublayers])
-            if gates:
-                add_rezero(model, block.path, list(dict.fromkeys(gates)))
-                for gate, sub in zip(gates, block.sublayers, strict=True):
-                    hook_rezero(model, block.path, gate, sub.output)
-                changes.append(Change(block.path, "rezero_gate", "block", block.name))
-                schemes.add("rezero")
+            for spec in SCHEMES.values():
+                change = spec.rebuild(model, block, state) if spec.rebuild else None
+                if change is not None:
+                    changes.append(change)
+                    schemes.add(spec.name)
             for norm in block.norms:
                 if _norm_missing(model, norm.path, state):
                     remove_norm(model, norm.path)
@@ -177,20 +166,25 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         if isinstance(block, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             keep_eager(block)
     _load_strict(model, state)
-    removed = any(c.action == "remove_norm" for c in changes)
-    scheme = (
-        "deepnet"
-        if "deepnet" in schemes
-        else "rezero"
-        if schemes
-        else "t-fixup"
-        if removed
-        else "none"
-    )
+    scheme = _identify(schemes, any(c.action == "remove_norm" for c in changes))
     object.__setattr__(
         model, MARKER, {"scheme": scheme, "constants": {}, "params": set(), "restored": True}
     )
     return ReinitReport(scheme, {}, changes, anatomy.model_class, anatomy.family)
+
+
+def _identify(found: set[str], removed_norms: bool) -> str:
+    """The scheme a checkpoint's structure shows: the registered scheme whose own structure was
+    found; else, when only norms are missing, the scheme whose whole structure is removed norms;
+    else ``"none"``."""
+    for name in SCHEMES:
+        if name in found:
+            return name
+    if removed_norms:
+        for spec in SCHEMES.values():
+            if spec.removes_norms and spec.rebuild is None:
+                return spec.name
+    return "none"
 
 
 def _is_hf_dir(model: nn.Module, source: Source) -> bool:
@@ -221,13 +215,6 @@ def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     raw = _load_dir(path)
     state.update({k: v for k, v in raw.items() if DEEPNORM_BUFFER in k or REZERO_PARAM in k})
     return state
-
-
-def _gates(block_path: str, state: Mapping[str, torch.Tensor], kinds: list[str]) -> list[str]:
-    if f"{block_path}.{REZERO_PARAM}" in state:
-        return [REZERO_PARAM] * len(kinds)
-    per = [f"{REZERO_PARAM}_{k}" for k in kinds]
-    return per if all(f"{block_path}.{g}" in state for g in per) else []
 
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from initwatch.anatomy.model import Anatomy
+from initwatch.anatomy.model import Anatomy, Block
 from initwatch.schemes.base import Plan, check_options, norm_removals, stacks_to_touch
 from initwatch.schemes.report import Change
+from initwatch.schemes.spec import Scheme
 from initwatch.schemes.structure import REZERO_PARAM, add_rezero, hook_rezero
 
 NAME = "rezero"
@@ -33,12 +34,38 @@ def gate_names(sublayer_kinds: list[str], per: str) -> list[str]:
     raise ValueError(f"per={per!r}: choose 'block' (the paper) or 'sublayer'")
 
 
+def constants(
+    kind: str, depth: Mapping[str, int], cross: bool = False
+) -> dict[str, dict[str, float]]:
+    """ReZero's one constant: every gate starts at 0, in every stack.
+
+    Example::
+
+        >>> constants("encoder-decoder", {"encoder": 6, "decoder": 6})
+        {'encoder': {'alpha_init': 0.0}, 'decoder': {'alpha_init': 0.0}}
+    """
+    return {k: {"alpha_init": 0.0} for k, v in depth.items() if v}
+
+
+def applies(anatomy: Anatomy) -> str | None:
+    """ReZero applies to every anatomy initwatch reads: None.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> applies(inspect(zoo.build("bert"))) is None
+        True
+    """
+    return None
+
+
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan ReZero for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
     per = options.get("per", "block")
     touch = stacks_to_touch(anatomy, options)
-    p = Plan(NAME, {k: {"alpha_init": 0.0} for k in touch})
+    consts = constants(anatomy.kind, anatomy.depth)
+    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
     for block in (b for s in anatomy.stacks if s.kind in touch for b in s.blocks):
         gates = gate_names([s.kind for s in block.sublayers], per)
         outputs = [s.output for s in block.sublayers]
@@ -62,3 +89,32 @@ def _gate_step(model: nn.Module, path: str, gates: list[str], outputs: list[str]
             hook_rezero(model, path, gate, out)
 
     return step
+
+
+def _gates(block_path: str, state: Mapping[str, Any], kinds: list[str]) -> list[str]:
+    if f"{block_path}.{REZERO_PARAM}" in state:
+        return [REZERO_PARAM] * len(kinds)
+    per = [f"{REZERO_PARAM}_{k}" for k in kinds]
+    return per if all(f"{block_path}.{g}" in state for g in per) else []
+
+
+def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change | None:
+    """Re-attach the gates of ``block`` on a fresh model when the checkpoint holds them."""
+    gates = _gates(block.path, state, [s.kind for s in block.sublayers])
+    if not gates:
+        return None
+    _gate_step(model, block.path, gates, [s.output for s in block.sublayers])()
+    return Change(block.path, "rezero_gate", "block", block.name)
+
+
+SCHEME = Scheme(
+    name=NAME,
+    title="ReZero",
+    options=OPTIONS,
+    applies=applies,
+    constants=constants,
+    plan=plan,
+    starts_from_zero=True,
+    rebuild=rebuild,
+    removes_norms=True,
+)

@@ -20,24 +20,29 @@ from initwatch.schemes.base import (
     slot_inits,
     stacks_to_touch,
 )
+from initwatch.schemes.spec import Scheme
 
 NAME = "t-fixup"
 OPTIONS = ("scale", "embedding_scale", "embedding", "norms", "distribution")
 
 
-def constants(kind: str, n: int | None = None, m: int | None = None) -> dict[str, dict[str, float]]:
+def constants(
+    kind: str, depth: Mapping[str, int], cross: bool = False
+) -> dict[str, dict[str, float]]:
     """T-Fixup's layer scale and embedding scale per stack.
 
     Encoder–decoder follows the paper and its code; single stacks follow the nearest rule
     (encoder-only: the encoder rule with (9N)^(-1/4) for embeddings; decoder-only: the decoder
-    rule), an extrapolation the paper does not cover.
+    rule), an extrapolation the paper does not cover. The paper's decoder rule already counts
+    its three sublayers, so ``cross`` changes nothing (kept for the registry's signature).
 
     Example::
 
-        >>> c = constants("encoder-decoder", n=6, m=6)
+        >>> c = constants("encoder-decoder", {"encoder": 6, "decoder": 6})
         >>> round(c["encoder"]["scale"], 4), round(c["decoder"]["scale"], 4)
         (0.4281, 0.3689)
     """
+    n, m = depth.get("encoder"), depth.get("decoder")
     enc = {"scale": 0.67 * n**-0.25, "embedding_scale": (9 * n) ** -0.25} if n else None
     dec = {"scale": (9 * m) ** -0.25, "embedding_scale": (9 * m) ** -0.25} if m else None
     if kind == "encoder-only":
@@ -53,6 +58,18 @@ _SCALED = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
 _PLAIN = ("q", "k", "xq", "xk", "ffn_gate")
 
 
+def applies(anatomy: Anatomy) -> str | None:
+    """T-Fixup applies to every anatomy initwatch reads (Pre-LN, Post-LN, no norms): None.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> applies(inspect(zoo.build("gpt2"))) is None
+        True
+    """
+    return None
+
+
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan T-Fixup for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
@@ -62,8 +79,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
     emb_mode = options.get("embedding", "literal")
     if emb_mode not in ("literal", "effective"):
         raise ValueError(f"embedding={emb_mode!r}: choose 'literal' or 'effective'")
-    d = depths(anatomy, options)
-    consts = constants(anatomy.kind, d.get("encoder"), d.get("decoder"))
+    consts = constants(anatomy.kind, depths(anatomy, options))
     for stack, vals in consts.items():
         vals["scale"] = per_stack(options.get("scale"), stack, vals["scale"], "scale")
         vals["embedding_scale"] = per_stack(
@@ -105,3 +121,16 @@ def _embedding(model: nn.Module, stack: Any, emb_scale: float, mode: str) -> Ini
         zero_row=pad,
         note=note + ("; padding row 0" if pad is not None else ""),
     )
+
+
+SCHEME = Scheme(
+    name=NAME,
+    title="T-Fixup",
+    options=OPTIONS,
+    applies=applies,
+    constants=constants,
+    plan=plan,
+    starts_from_zero=True,
+    removes_norms=True,
+    aliases=("tfixup", "t_fixup"),
+)

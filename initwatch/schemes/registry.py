@@ -1,0 +1,84 @@
+"""The scheme registry: every scheme initwatch knows, each declared once in its own module.
+
+Adding a scheme is one new module that defines ``SCHEME = Scheme(...)`` and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from initwatch.anatomy.model import Anatomy
+from initwatch.schemes import deepnet, rezero, tfixup
+from initwatch.schemes.spec import Constants, Scheme, stack_kind
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (deepnet.SCHEME, tfixup.SCHEME, rezero.SCHEME)}
+ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}
+
+
+def get(name: str) -> Scheme:
+    """The registered scheme called ``name`` (canonical or alias, any case).
+
+    Raises:
+        ValueError: an unknown scheme, naming the valid ones.
+
+    Example::
+
+        >>> get("T-Fixup").title
+        'T-Fixup'
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"scheme={name!r}: expected one of {', '.join(map(repr, SCHEMES))}")
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in SCHEMES:
+        raise ValueError(
+            f"unknown scheme {name!r}; valid schemes: {', '.join(map(repr, SCHEMES))} "
+            f"(e.g. initwatch.reinit(model, 'deepnet'))"
+        )
+    return SCHEMES[key]
+
+
+def constants(name: str, depth: Mapping[str, int], cross: bool = False) -> Constants:
+    """A scheme's constants for a model with ``depth`` blocks per stack.
+
+    Args:
+        name: the scheme.
+        depth: blocks per stack, e.g. ``{"encoder": 6, "decoder": 6}``.
+        cross: whether the decoder's blocks have cross-attention (three sublayers).
+
+    Example::
+
+        >>> round(constants("deepnet", {"decoder": 6}, cross=True)["decoder"]["alpha"], 4)
+        2.0598
+    """
+    depth = {k: int(v) for k, v in depth.items() if v}
+    if not depth:
+        return {}
+    return get(name).constants(stack_kind(depth), depth, cross)
+
+
+def grace_schemes() -> tuple[str, ...]:
+    """Schemes whose residual branches start from zero, so the rules grant a grace period.
+
+    Example::
+
+        >>> grace_schemes()
+        ('t-fixup', 'rezero')
+    """
+    return tuple(s.name for s in SCHEMES.values() if s.starts_from_zero)
+
+
+def applicability(anatomy: Anatomy) -> dict[str, str]:
+    """For each scheme, ``"applies"`` or ``"not applicable (<reason>)"``.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> applicability(inspect(zoo.build("gpt2")))["deepnet"]
+        'not applicable (Pre-LN: DeepNet needs Post-LN)'
+    """
+    out = {}
+    for name, scheme in SCHEMES.items():
+        reason = scheme.applies(anatomy)
+        out[name] = "applies" if reason is None else f"not applicable ({reason})"
+    return out

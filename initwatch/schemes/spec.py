@@ -1,0 +1,77 @@
+"""What a scheme module declares, once: the :class:`Scheme` record the registry holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from initwatch.anatomy.model import Anatomy, Block
+    from initwatch.schemes.base import Plan
+    from initwatch.schemes.report import Change
+
+Constants = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One re-initialization scheme, as every other part of initwatch sees it.
+
+    ``inspect``'s "schemes" line, the remedies' numbers, the rules' grace period, ``restore``
+    and ``reinit`` all read these fields; nothing else restates them.
+
+    Args:
+        name: the canonical name (``"deepnet"``).
+        title: the name in prose (``"DeepNet"``).
+        aliases: other spellings :func:`~initwatch.schemes.scheme_name` accepts.
+        options: the scheme's own ``reinit`` options (beyond the common ones).
+        applies: ``applies(anatomy)`` is None when the scheme applies, else the reason it
+            does not.
+        constants: ``constants(kind, depth, cross)``: the scheme's constants per stack for a
+            stack kind (``"encoder-only"``, ``"decoder-only"``, ``"encoder-decoder"``), the
+            blocks per stack (``{"encoder": N, "decoder": M}``) and whether the decoder's blocks
+            have cross-attention (three sublayers).
+        plan: ``plan(model, anatomy, options) -> Plan``: everything it will do, computed
+            before the model is touched.
+        starts_from_zero: True when the residual branches start at (or near) zero by
+            construction, so the rules grant a grace period to the vanishing-gradient alert.
+        rebuild: ``rebuild(model, block, state) -> Change | None``: rebuild the scheme's own
+            block structure on a fresh model from a checkpoint's keys (None when the scheme
+            has no structure of its own beyond removed norms).
+        removes_norms: True when the scheme removes residual-path norms.
+
+    Example::
+
+        >>> from initwatch.schemes.registry import SCHEMES
+        >>> SCHEMES["rezero"].starts_from_zero, SCHEMES["deepnet"].starts_from_zero
+        (True, False)
+    """
+
+    name: str
+    title: str
+    options: tuple[str, ...]
+    applies: Callable[[Anatomy], str | None]
+    constants: Callable[[str, Mapping[str, int], bool], Constants]
+    plan: Callable[[nn.Module, Anatomy, Mapping[str, Any]], Plan]
+    starts_from_zero: bool = False
+    rebuild: Callable[[nn.Module, Block, Mapping[str, Any]], Change | None] | None = None
+    removes_norms: bool = False
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+def stack_kind(depth: Mapping[str, int]) -> str:
+    """The stack kind of a depth dict: ``"encoder-only"``, ``"decoder-only"`` or
+    ``"encoder-decoder"``.
+
+    Example::
+
+        >>> stack_kind({"encoder": 6, "decoder": 6}), stack_kind({"decoder": 12})
+        ('encoder-decoder', 'decoder-only')
+    """
+    kinds = {k for k, v in depth.items() if v}
+    if kinds == {"encoder", "decoder"}:
+        return "encoder-decoder"
+    return "decoder-only" if kinds == {"decoder"} else "encoder-only"
