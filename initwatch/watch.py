@@ -17,7 +17,7 @@ from torch import nn
 from initwatch.alerts import Alert
 from initwatch.anatomy.model import Anatomy
 from initwatch.context import RunContext
-from initwatch.errors import AlertError, AnatomyError
+from initwatch.errors import AlertError
 from initwatch.frame import Frame, LayerInfo
 from initwatch.probes import ParamProbe, ProbeSet
 from initwatch.selection import select_layers, select_parameters, unwrap
@@ -42,18 +42,10 @@ def _rank() -> int:
 
 def _read_anatomy(model: nn.Module) -> Anatomy | None:
     try:
-        from initwatch.anatomy import inspect
+        from initwatch.anatomy import try_inspect
     except ImportError:
         return None
-    try:
-        return inspect(model)
-    except AnatomyError:
-        return None
-    except Exception as exc:  # never let reading the model stop training
-        warnings.warn(
-            f"initwatch: could not read the model ({exc!r}); watching modules by path", stacklevel=2
-        )
-        return None
+    return try_inspect(model)
 
 
 def _make_rules(rules: Any) -> Any:

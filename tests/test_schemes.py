@@ -105,7 +105,7 @@ def test_per_role_std_matches_the_formula(scheme: str, family: str) -> None:
 def test_tfixup_token_embeddings(family: str) -> None:
     model = zoo.build(family, layers=3, hidden=64, vocab=512)
     a = initwatch.inspect(model)
-    report = initwatch.reinit(model, "t-fixup")
+    report = initwatch.reinit(model, "t-fixup", embedding="literal")
     first = a.stacks[0]
     emb = model.get_submodule(first.token_embedding)
     n, m = a.depth.get("encoder", 0), a.depth.get("decoder", 0)
@@ -124,6 +124,38 @@ def test_tfixup_effective_embedding_compensates_the_model_multiplier() -> None:
     initwatch.reinit(model, "t-fixup", embedding="effective")
     target = (9 * 2) ** -0.25 / math.sqrt(64)  # Gemma multiplies embeddings by sqrt(d)
     rms_close(model.model.embed_tokens.weight, target, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("family", "extra", "multiplier"),
+    [
+        ("bert", {}, 1.0),
+        ("gpt2", {}, 1.0),
+        ("llama", {}, 1.0),
+        ("t5", {}, 1.0),
+        ("opt", {}, 1.0),
+        ("bart", {}, 1.0),
+        ("bart", {"scale_embedding": True}, 8.0),  # fairseq's sqrt(d) multiplier
+        ("gemma", {}, 8.0),
+    ],
+)
+def test_tfixup_default_embedding_reaches_the_first_block_at_the_official_scale(
+    family: str, extra: dict, multiplier: float
+) -> None:
+    """By default the embedding entering block 0 has fairseq's effective std (9N)^-1/4 (the
+    stored N(0, d^-1/2) table times its sqrt(d) multiplier), whatever the host multiplies by."""
+    model = zoo.build(family, layers=3, hidden=64, vocab=512, **extra)
+    a = initwatch.inspect(model)
+    initwatch.reinit(model, "t-fixup", seed=0)
+    stack = a.stacks[0]
+    n, m = a.depth.get("encoder", 0), a.depth.get("decoder", 0)
+    fairseq_effective = 64**-0.5 * tfixup_scales(a.kind, stack.kind, n, m)[1] * math.sqrt(64)
+    emb = model.get_submodule(stack.token_embedding)
+    rows = emb.weight.detach()
+    if emb.padding_idx is not None:
+        rows = torch.cat([rows[: emb.padding_idx], rows[emb.padding_idx + 1 :]])
+    assert stack.embed_scale == pytest.approx(multiplier)
+    rms_close(rows * multiplier, fairseq_effective, 3.0)
 
 
 @pytest.mark.parametrize("family", ["t5", "gpt_neo"])

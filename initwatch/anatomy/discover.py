@@ -518,6 +518,7 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
             isinstance(mod, (nn.ModuleList, nn.Sequential))
             and len(mod) > 1
             and len({type(m) for m in mod}) == 1
+            and mod[0] is not None  # a list of None entries (x-transformers' absent norms)
             and any(True for _ in mod[0].children())
         ):
             out.append((path, mod))

@@ -48,8 +48,11 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
 
             DeepNet: ``alpha``, ``beta`` (number or ``{stack: number}``).
             T-Fixup: ``scale``, ``embedding_scale`` (number or dict), ``embedding``
-            (``"literal"``: N(0, d^-1/2) times the scale, default; ``"effective"``:
-            compensate the model's embedding multiplier), ``norms`` (``"all"`` default,
+            (``"effective"``, default: the token embedding reaching the first block has std
+            ``embedding_scale``, as in the official fairseq code, whatever the model's own
+            embedding multiplier; ``"literal"``: the official code's stored table
+            N(0, d^-1/2) times the scale, which only matches on hosts that multiply by
+            sqrt(d)), ``norms`` (``"all"`` default,
             ``"blocks"``), ``distribution`` (``"uniform"`` as the official code, or
             ``"normal"``).
             ReZero: ``per`` (``"block"``, default, or ``"sublayer"``), ``norms`` (``"all"``

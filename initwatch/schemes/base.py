@@ -195,7 +195,7 @@ def norm_removals(
     }
     for path in sorted(torch_layers):
         change = Change(path, "keep_eager", "block", path, note="no fused eval fast path")
-        steps.append((change, _bind(keep_eager, model.get_submodule(path))))
+        steps.append((change, _bind(keep_eager, model, path)))
     return steps
 
 

@@ -164,7 +164,7 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
     for path in eager:
         block = model.get_submodule(path)
         if isinstance(block, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
-            keep_eager(block)
+            keep_eager(model, path)
     _load_strict(model, state)
     scheme = _identify(schemes, any(c.action == "remove_norm" for c in changes))
     object.__setattr__(

@@ -57,10 +57,19 @@ class KeepEager:
         return None
 
 
-def keep_eager(block: nn.Module) -> None:
-    """Attach :class:`KeepEager` to a ``torch.nn`` transformer layer (once)."""
+def keep_eager(model: nn.Module, path: str) -> None:
+    """Keep the ``torch.nn`` transformer layer at ``path`` on the eager path: attach
+    :class:`KeepEager` (once), and turn off the nested-tensor fast path of every
+    ``nn.TransformerEncoder`` above it, whose check reads ``layers[0].norm1.weight`` (gone once
+    the norm is removed) and which would feed the layers nested tensors."""
+    block = model.get_submodule(path)
     if not any(isinstance(h, KeepEager) for h in block._forward_pre_hooks.values()):
         block.register_forward_pre_hook(KeepEager())
+    parts = path.split(".")
+    for n in range(len(parts)):
+        owner = model.get_submodule(".".join(parts[:n])) if n else model
+        if isinstance(owner, nn.TransformerEncoder):
+            owner.use_nested_tensor = False
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -119,6 +128,11 @@ def add_deepnorm(model: nn.Module, block_path: str, norm_paths: list[str], alpha
     carry it and :func:`initwatch.restore` can rebuild the structure.
     """
     block = model.get_submodule(block_path)
+    if getattr(block, "chunk_size_feed_forward", 0):
+        # Hugging Face chunked feed-forward calls the FFN norm once per sequence chunk, with
+        # the skip cut to the chunk; the remembered skip is the whole sequence. Chunking only
+        # saves memory (the function is the same), so the block runs its FFN in one piece.
+        block.chunk_size_feed_forward = 0
     ref = next(iter(block.parameters()), None)
     block.register_buffer(
         DEEPNORM_BUFFER,

@@ -76,9 +76,12 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
     dist = options.get("distribution", "uniform")
     if dist not in ("uniform", "normal"):
         raise ValueError(f"distribution={dist!r}: choose 'uniform' (the official code) or 'normal'")
-    emb_mode = options.get("embedding", "literal")
+    emb_mode = options.get("embedding", "effective")
     if emb_mode not in ("literal", "effective"):
-        raise ValueError(f"embedding={emb_mode!r}: choose 'literal' or 'effective'")
+        raise ValueError(
+            f"embedding={emb_mode!r}: choose 'effective' (the official code's scale at the first "
+            "block, default) or 'literal' (the official code's stored table)"
+        )
     consts = constants(anatomy.kind, depths(anatomy, options))
     for stack, vals in consts.items():
         vals["scale"] = per_stack(options.get("scale"), stack, vals["scale"], "scale")
