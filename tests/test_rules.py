@@ -286,6 +286,26 @@ def test_one_cause_one_alert_then_spaced_still_updates() -> None:
     assert "still" in str(still)
 
 
+def test_still_updates_keep_the_remedy_of_the_frame_that_raised_the_alert() -> None:
+    # The ratio falls as the weights inflate (0.5 -> 0.12): the advice computed from the frame
+    # that raised the alert is kept, not recomputed from later, inflated frames.
+    rules = Rules(persistence=3, still_every=3)
+    ratios = [0.5, 0.5, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12]
+    frames = [transformer(s, update=lambda i, r=r: r) for s, r in enumerate(ratios)]
+    out = [a for alerts in feed(rules, frames) for a in alerts]
+    assert [(a.step, a.repeat) for a in out] == [(2, 0), (5, 1), (8, 2)]
+    assert "lower the learning rate ~500x (from 0.001 to 2.0e-06)" in out[0].remedy
+    assert {a.remedy for a in out} == {out[0].remedy}
+    assert out[2].value == pytest.approx(0.12)  # the numbers of the frame still update
+    # a cause that cleared and returns gets a remedy of its own
+    again = Rules(persistence=1, still_every=100)
+    seq = [0.5, 1e-3, 1e-3, 0.2]
+    frames = [transformer(s, update=lambda i, r=r: r) for s, r in enumerate(seq)]
+    raised = [a for alerts in feed(again, frames) for a in alerts]
+    assert [a.step for a in raised] == [0, 3]
+    assert "~200x" in raised[1].remedy and raised[1].remedy != raised[0].remedy
+
+
 def test_cleared_cause_alerts_again_after_it_returns() -> None:
     rules = Rules(persistence=2, still_every=100)
     seq = ["bad"] * 3 + ["good"] * 2 + ["bad"] * 2

@@ -344,12 +344,15 @@ class AdapterSettings:
 
 class StepDriver:
     """Maps a framework's step events onto one :class:`~initwatch.Watch` and keeps the alert
-    history across fits and resumes. Each adapter owns one; all the statistics, rules and
+    history of the last fit (adapters :meth:`reset` it when a new fit starts that does not
+    resume a checkpoint). Each adapter owns one; all the statistics, rules and
     writing stay in the Watch.
 
     Protocol per optimizer step: :meth:`begin` before the first micro-batch, :meth:`add_loss`
     per micro-batch (optional), :meth:`before_optimizer_step` once with the final gradients,
-    :meth:`end` after the optimizer step.
+    :meth:`end` after the optimizer step. The step's loss is the mean of the micro-batch losses,
+    or their sum when ``sum_losses`` is set (losses already divided by the number of
+    micro-batches, as the Hugging Face Trainer's ``training_step`` returns them).
 
     Args:
         every: measure every this many optimizer steps (None: set by :meth:`start`).
@@ -393,6 +396,7 @@ class StepDriver:
         self._history: list[Alert] = []
         self._loss: torch.Tensor | None = None
         self._loss_n = 0
+        self.sum_losses = False
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -490,7 +494,7 @@ class StepDriver:
         """End the step; returns its new alerts (empty on steps that are not measured)."""
         if self.watch is None:
             return []
-        loss = self._loss / self._loss_n if self._loss is not None and self._loss_n else None
+        loss = self._loss if self.sum_losses or not self._loss_n else self._loss / self._loss_n
         self._loss, self._loss_n = None, 0
         self.logging = False
         return list(self.watch.end_step(loss=loss, skipped=skipped))
@@ -511,6 +515,14 @@ class StepDriver:
         """Plain data: the Watch's state (step, alert history, rule state)."""
         watch = _plain(self.watch.state_dict()) if self.watch is not None else self._state
         return {"version": STATE_VERSION, "watch": watch} if watch is not None else {}
+
+    def reset(self, state: Mapping[str, Any] | None = None) -> None:
+        """Forget the alert history and rule state of earlier fits (a new ``train()`` or trial
+        starts clean), then restore ``state`` (a resumed checkpoint's) if given."""
+        self._state = None
+        self._history = []
+        if state:
+            self.load_state_dict(state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; applied to the Watch now or when it starts."""

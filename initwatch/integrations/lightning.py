@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -105,7 +106,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         anatomy: for custom models, ``initwatch.inspect(module, blocks=..., roles=...)``.
 
     Attributes:
-        alerts: the alerts raised so far, oldest first (restored on resume).
+        alerts: the alerts of the current (or last) fit, oldest first; each ``fit`` starts
+            with a fresh history, and ``fit(ckpt_path=...)`` restores the checkpoint's.
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
         scheme_outcome: a :class:`SchemeOutcome`.
         stopping_reason: an :class:`InitWatchStoppingReason`.
@@ -170,6 +172,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
         self.stopping_reason_message: str | None = None
         self._anatomies: dict[int, Anatomy | None] = {}
+        self._restored = False  # load_state_dict ran since the last fit (a resume)
         self._scale_before: float | None = None
 
     # ---- public state -------------------------------------------------------------------
@@ -192,6 +195,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._driver.load_state_dict(state_dict)
+        self._restored = True
 
     # ---- setup: the scheme ----------------------------------------------------------------
 
@@ -234,6 +238,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
         self.stopping_reason_message = None
         anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)
+        if not self._restored:  # a new fit, not a resume: a fresh alert history
+            self._driver.reset()
+        self._restored = False
         writer, logdir = self._output(trainer)
         context = base_context(
             pl_module,
@@ -312,8 +319,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return
         measured = self._driver.logging
         if measured:
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-            self._driver.add_loss(loss)
+            self._driver.add_loss(_step_loss(trainer, pl_module, outputs))
         if self._driver.step is None or trainer.global_step == self._driver.step:
             return  # accumulating: the optimizer has not stepped yet
         self._driver.end(skipped=measured and self._step_was_skipped(trainer))
@@ -345,6 +351,16 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._driver.close()
+
+
+def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> Any:
+    """The loss ``training_step`` returned: under automatic optimization Lightning hands
+    callbacks the closure loss, divided by ``accumulate_grad_batches``; undo that."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    n = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    if loss is None or n == 1 or not pl_module.automatic_optimization:
+        return loss
+    return loss * n if torch.is_tensor(loss) else float(loss) * n
 
 
 def _is_tensorboard_logger(logger: Any) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 from typing_extensions import override
 
 from initwatch.anatomy import Anatomy
@@ -35,7 +36,7 @@ STATE_FILE = "initwatch_state.json"  # written into each checkpoint-N folder
 PRECLIP_TAG = "initwatch/global/grad_norm_preclip"
 
 
-class InitWatchCallback(TrainerCallback, AdapterSettings):
+class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     r"""Apply a re-initialization scheme when the Trainer is built, and watch per-layer
     statistics while it trains.
 
@@ -72,8 +73,12 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
         anatomy: for custom models, ``initwatch.inspect(model, blocks=..., roles=...)``.
 
     Attributes:
-        alerts: the alerts raised so far, oldest first (restored on resume from the
-            ``initwatch_state.json`` written into each checkpoint folder).
+        alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
+            (each trial of ``hyperparameter_search``, each ``model_init`` model) starts with a
+            fresh history; ``train(resume_from_checkpoint=...)`` restores the checkpoint's,
+            wherever it lives: the state is saved in the checkpoint's ``trainer_state.json``
+            (``stateful_callbacks``, as an ``ExportableState``) and as ``initwatch_state.json``
+            in the checkpoint folder.
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
 
     Raises:
@@ -189,7 +194,7 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
         _refuse_strategy(args, trainer)
         rank0 = state.is_world_process_zero
         self._writer = _open_writer(self._logdir(args, trainer)) if rank0 else None
-        self._driver.load_state_dict(_load_state(args, state))
+        self._driver.reset(_load_state(args, state))  # fresh unless this train() resumes
         anatomy = self._anatomy if seen is model else None
         context = base_context(
             model,
@@ -206,9 +211,13 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
             anatomy=anatomy or read_anatomy(model, self.anatomy),
             rank=0 if rank0 else 1,
         )
-        if self._loss_hook is not None:
-            self._loss_hook.remove()
-        self._loss_hook = model.register_forward_hook(self._capture_loss)
+        self._release_loss()
+        if trainer is not None:  # the loss the Trainer logs: what training_step returns
+            self._loss_hook = _TrainingStepCapture(trainer, self._driver)
+            self._driver.sum_losses = True
+        else:  # no Trainer found: the model's own loss, averaged over micro-batches
+            self._loss_hook = model.register_forward_hook(self._capture_loss)
+            self._driver.sum_losses = False
 
     def _logdir(self, args: TrainingArguments, trainer: Trainer | None) -> str:
         """The TensorBoardCallback's run directory, else ``<output_dir>/initwatch_logs``."""
@@ -228,6 +237,11 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
             return
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         self._driver.add_loss(loss)
+
+    def _release_loss(self) -> None:
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+            self._loss_hook = None
 
     # ---- steps --------------------------------------------------------------------------
 
@@ -303,6 +317,21 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(self._driver.state_dict(), f)
 
+    def state(self) -> dict[str, Any]:
+        """The Trainer's ``ExportableState`` hook: the alert state, saved into each checkpoint's
+        ``trainer_state.json`` (read back at ``on_train_begin`` of a resumed ``train()``).
+
+        ``args`` rebuild a monitoring-only callback (``scheme=None``: the checkpoint's weights
+        already carry the scheme) for ``restore_callback_states_from_checkpoint=True``, which
+        replaces the callback instance: keep it off to keep your ``callback.alerts``.
+        """
+        args: dict[str, Any] = {"logging_steps": self.logging_steps, "logdir": self.logdir}
+        if isinstance(self.on_alert, str):
+            args["on_alert"] = self.on_alert
+        if isinstance(self.layers, str) or all(isinstance(x, str) for x in self.layers):
+            args["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return {"args": args, "attributes": {"_resume_state": self._driver.state_dict()}}
+
     @override
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -312,9 +341,7 @@ class InitWatchCallback(TrainerCallback, AdapterSettings):
     def close(self) -> None:
         """Write the summary, remove the hooks and close the writer (idempotent; called at
         ``on_train_end``)."""
-        if self._loss_hook is not None:
-            self._loss_hook.remove()
-            self._loss_hook = None
+        self._release_loss()
         try:
             self._driver.close()
         finally:
@@ -340,6 +367,34 @@ _MODEL_INIT_HELP = (
     "        return model\n"
     "and pass InitWatchCallback(scheme=None) to watch the run."
 )
+
+
+class _TrainingStepCapture:
+    """Wraps ``trainer.training_step`` (an instance attribute, removed by :meth:`remove`) to hand
+    each micro-batch's returned loss to the driver.
+
+    The Trainer logs the sum of what ``training_step`` returns over an optimizer step's
+    micro-batches: the loss its ``compute_loss`` computed (a subclass's own, e.g. TRL's
+    ``SFTTrainer``), already divided by the number of micro-batches, or normalized by
+    ``num_items_in_batch``. The model's own forward loss is neither under gradient accumulation.
+    """
+
+    def __init__(self, trainer: Trainer, driver: Any) -> None:
+        self._trainer = weakref.ref(trainer)
+        original = trainer.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = original(*args, **kwargs)
+            driver.add_loss(loss)
+            return loss
+
+        self._wrapper = training_step
+        trainer.training_step = training_step  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        trainer = self._trainer()
+        if trainer is not None and trainer.__dict__.get("training_step") is self._wrapper:
+            del trainer.training_step
 
 
 def _find_trainer() -> Trainer | None:
@@ -378,9 +433,18 @@ def _open_writer(logdir: str) -> Any:
 
 
 def _load_state(args: TrainingArguments, state: TrainerState) -> dict[str, Any]:
-    """The callback state saved in the checkpoint this run resumes from, if any."""
+    """The callback state saved in the checkpoint this run resumes from, if any: from the
+    resumed ``trainer_state.json`` (wherever the checkpoint lives), else from the state file of
+    a checkpoint folder under ``output_dir``."""
     if not state.global_step:
         return {}
+    saved = (state.stateful_callbacks or {}).get(InitWatchCallback.__name__)
+    if isinstance(saved, list):
+        saved = saved[0] if saved else None
+    if isinstance(saved, Mapping):
+        found = saved.get("attributes", {}).get("_resume_state")
+        if found:
+            return dict(found)
     candidates = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
     resume = getattr(args, "resume_from_checkpoint", None)
     if isinstance(resume, str):

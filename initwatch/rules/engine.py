@@ -36,8 +36,10 @@ class Rules:
     A condition must hold for ``persistence`` consecutive logging frames before it becomes an
     alert (non-finite values alert at once). A cause (an alert kind within a scope such as a
     stack) gives one alert naming its worst layer and listing the others; while it lasts, a
-    "still" update (``repeat`` = 1, 2, ...) follows every ``still_every`` frames. A cause that is
-    absent for ``persistence`` frames is cleared, and may alert again later. Rules that do not
+    "still" update (``repeat`` = 1, 2, ...) follows every ``still_every`` frames; it carries the
+    remedy chosen from the frame that raised the alert (one cause, one advice: an lr factor is
+    not recomputed from weights the cause has since inflated). A cause that is absent for
+    ``persistence`` frames is cleared, and may alert again later (with a remedy of its own). Rules that do not
     apply to a frame (gradient rules on a step the AMP scaler skipped, update-ratio rules during
     warmup or at lr 0) leave their counters untouched.
 
@@ -96,6 +98,8 @@ class Rules:
         # cause -> {"first_step", "repeat", "since_emit", "absent"} of alerts raised
         self._active: dict[str, dict[str, int]] = {}
         self._history: dict[str, list[float]] = {}
+        # cause -> the remedy of the alert that raised it (repeated by its "still" updates)
+        self._remedies: dict[str, str] = {}
 
     # ------------------------------------------------------------------ main entry
     def update(self, frame: Frame, context: RunContext | None = None) -> list[Alert]:
@@ -137,6 +141,7 @@ class Rules:
                 state["absent"] += 1
                 if state["absent"] >= self.persistence:
                     del self._active[key]
+                    self._remedies.pop(key, None)
 
         for key, f in found.items():
             streak = self._streak.setdefault(key, {"count": 0, "since": frame.step})
@@ -175,6 +180,9 @@ class Rules:
         evidence["layers"] = list(f.layers)
         evidence["value"] = f.value
         evidence["threshold"] = f.threshold
+        remedy = self._remedies.get(f.key) if state["repeat"] else None
+        if remedy is None:
+            remedy = self._remedies[f.key] = suggest(f.kind, f.layer, evidence, ctx)
         return Alert(
             step=frame.step,
             kind=f.kind,
@@ -183,7 +191,7 @@ class Rules:
             threshold=float(f.threshold),
             severity=f.severity,
             message=f.message + note,
-            remedy=suggest(f.kind, f.layer, evidence, ctx),
+            remedy=remedy,
             first_step=state["first_step"],
             repeat=state["repeat"],
             extra={
@@ -212,6 +220,7 @@ class Rules:
             "streak": copy.deepcopy(self._streak),
             "active": copy.deepcopy(self._active),
             "history": {k: [float(v) for v in vs] for k, vs in self._history.items()},
+            "remedies": dict(self._remedies),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -229,6 +238,7 @@ class Rules:
         self._streak = {k: {a: int(b) for a, b in v.items()} for k, v in state["streak"].items()}
         self._active = {k: {a: int(b) for a, b in v.items()} for k, v in state["active"].items()}
         self._history = {k: [float(v) for v in vs] for k, vs in state["history"].items()}
+        self._remedies = {str(k): str(v) for k, v in state.get("remedies", {}).items()}
 
     @property
     def active(self) -> list[str]:

@@ -1,0 +1,261 @@
+"""Right numbers and clean state in both adapters: the recorded loss is the trainer's own under
+gradient accumulation, each fit starts with a fresh alert history, and a resume restores it from
+the checkpoint wherever it lives."""
+
+from __future__ import annotations
+
+import shutil
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from initwatch import zoo
+from initwatch.integrations.lightning import InitWatch
+from initwatch.integrations.transformers import InitWatchCallback
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+ALWAYS = {"persistence": 1, "grad_norm_ceiling": 1e-9}  # an exploding_gradient alert each frame
+HIDDEN = 16
+
+
+def quiet(alert) -> None:
+    """An alert policy that says nothing."""
+
+
+# ---------------------------------------------------------------------------- Hugging Face
+def dataset(n: int = 32) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 96, (n, 8), generator=g)
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def hf_args(out, **kw) -> TrainingArguments:
+    args = dict(
+        output_dir=str(out),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    args.update(kw)
+    return TrainingArguments(**args)
+
+
+def hf_trainer(out, callbacks, model=None, **kw) -> Trainer:
+    trainer = Trainer(
+        model=model if model is not None else zoo.build("gpt2", layers=2, hidden=32),
+        args=hf_args(out, **kw),
+        train_dataset=dataset(),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+class LossSpy(TrainerCallback):
+    """Runs after InitWatchCallback: (step, the Trainer's logged loss, the frame's loss)."""
+
+    def __init__(self, cb: InitWatchCallback) -> None:
+        self.cb = cb
+        self.pairs: list[tuple[int, float, int, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and self.cb._driver.started:
+            frame = self.cb._driver.watch.last_frame
+            self.pairs.append((state.global_step, logs["loss"], frame.step, frame.globals["loss"]))
+
+
+def test_hf_loss_under_gradient_accumulation_is_the_trainers_own(tmp_path):
+    # GPT-2 accepts loss kwargs: the Trainer passes num_items_in_batch, so each micro-batch's
+    # forward loss is a quarter of the step's loss; the recorded loss is the logged one.
+    cb = InitWatchCallback(on_alert=quiet)
+    spy = LossSpy(cb)
+    t = hf_trainer(tmp_path / "out", [cb, spy], gradient_accumulation_steps=4)
+    t.train()
+    assert [p[0] for p in spy.pairs] == [1, 2, 3]
+    for step, logged, frame_step, recorded in spy.pairs:
+        assert frame_step == step
+        assert recorded == pytest.approx(logged, abs=1e-3)  # the Trainer rounds to 4 digits
+        assert logged > 3.0  # ~4 for a fresh model, not a quarter of it
+
+
+def test_trl_sft_trainer_loss_is_the_trainers_own(tmp_path):
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(96)}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+        unk_token="t0",
+        pad_token="t1",
+        eos_token="t2",
+    )
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(3, 96, (16, 12), generator=g)
+    data = Dataset.from_list([{"input_ids": r.tolist()} for r in rows])
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    cb = InitWatchCallback(on_alert=quiet)
+    spy = LossSpy(cb)
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    t = trl.SFTTrainer(
+        model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[cb, spy]
+    )
+    t.remove_callback(PrinterCallback)
+    t.train()
+    assert [p[0] for p in spy.pairs] == [1, 2, 3]
+    for _, logged, _, recorded in spy.pairs:
+        assert recorded == pytest.approx(logged, abs=1e-3)
+
+
+def test_hf_each_train_starts_with_a_fresh_alert_history(tmp_path):
+    # model_init builds a new model per train() (as hyperparameter_search does per trial).
+    raised = []
+    cb = InitWatchCallback(on_alert=raised.append, rules=ALWAYS)
+    t = Trainer(
+        model_init=lambda: zoo.build("gpt2", layers=2, hidden=32),
+        args=hf_args(tmp_path / "out", max_steps=2),
+        train_dataset=dataset(),
+        callbacks=[cb],
+    )
+    t.remove_callback(PrinterCallback)
+    t.train()
+    first = [(a.step, a.kind, a.repeat) for a in cb.alerts]
+    assert first == [(1, "exploding_gradient", 0)]
+    t.train()  # trial 2: its alert is new, not a repeat of trial 1's
+    assert [(a.step, a.kind, a.repeat) for a in cb.alerts] == first
+    assert [(a.step, a.repeat) for a in raised] == [(1, 0), (1, 0)]
+
+
+def test_hf_resume_from_a_checkpoint_in_another_folder_restores_the_alert_state(tmp_path):
+    cb = InitWatchCallback(on_alert=quiet, rules=ALWAYS)
+    t = hf_trainer(tmp_path / "a", [cb], max_steps=2, save_strategy="steps", save_steps=2)
+    t.train()
+    history = [a.to_dict() for a in cb.alerts]
+    assert [(a["step"], a["repeat"]) for a in history] == [(1, 0)]
+    moved = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", moved)
+    (moved / "initwatch_state.json").unlink()  # only the trainer_state.json carries it now
+
+    cb2 = InitWatchCallback(on_alert=quiet, rules=ALWAYS)
+    t2 = hf_trainer(tmp_path / "b", [cb2], max_steps=4)
+    t2.train(resume_from_checkpoint=str(moved))
+    # the cause is ongoing: no new alert at steps 3 and 4, the history is the checkpoint's
+    assert [a.to_dict() for a in cb2.alerts] == history
+    assert t2.state.global_step == 4
+
+
+# ---------------------------------------------------------------------------- Lightning
+class Tiny(L.LightningModule):
+    """A small Post-LN encoder with a regression head; records the losses it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = zoo.build("torch_encoder", layers=2, hidden=HIDDEN, heads=2)
+        self.head = nn.Linear(HIDDEN, 1)
+        self.returned: list[tuple[int, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y)
+        self.returned.append((self.trainer.global_step, float(loss)))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def loader(n: int = 64, batch: int = 4) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(n, 6, HIDDEN, generator=g), 3 + torch.randn(n, generator=g)
+    )
+    return torch.utils.data.DataLoader(data, batch_size=batch)
+
+
+def pl_trainer(tmp_path, callbacks, **kw) -> L.Trainer:
+    args = dict(
+        max_steps=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        log_every_n_steps=1,
+    )
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, **args)
+
+
+class FrameSpy(Callback):
+    """Runs after InitWatch: the frames of the fit."""
+
+    def __init__(self, cb: InitWatch) -> None:
+        self.cb, self.frames = cb, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        frame = self.cb._driver.watch.last_frame
+        if frame is not None and (not self.frames or self.frames[-1] is not frame):
+            self.frames.append(frame)
+
+
+def test_lightning_loss_under_accumulation_is_what_training_step_returned(tmp_path):
+    cb = InitWatch(on_alert=quiet)
+    spy = FrameSpy(cb)
+    module = Tiny()
+    pl_trainer(tmp_path, [cb, spy], accumulate_grad_batches=4).fit(module, loader())
+    assert [f.step for f in spy.frames] == [0, 1, 2]
+    for frame in spy.frames:
+        micro = [v for s, v in module.returned if s == frame.step]
+        assert len(micro) == 4
+        assert frame.globals["loss"] == pytest.approx(sum(micro) / 4, rel=1e-5)
+
+
+def test_lightning_each_fit_starts_with_a_fresh_alert_history(tmp_path):
+    raised = []
+    cb = InitWatch(on_alert=raised.append, rules=ALWAYS)
+    pl_trainer(tmp_path, [cb], max_steps=2).fit(Tiny(), loader())
+    first = [(a.step, a.kind, a.repeat) for a in cb.alerts]
+    assert first == [(0, "exploding_gradient", 0)]
+    pl_trainer(tmp_path, [cb], max_steps=2).fit(Tiny(), loader())
+    assert [(a.step, a.kind, a.repeat) for a in cb.alerts] == first
+    assert [(a.step, a.repeat) for a in raised] == [(0, 0), (0, 0)]
+
+
+def test_lightning_resume_restores_the_alert_state_of_the_checkpoint(tmp_path):
+    cb = InitWatch(on_alert=quiet, rules=ALWAYS)
+    t = pl_trainer(tmp_path, [cb], max_steps=2)
+    t.fit(Tiny(), loader())
+    ckpt = tmp_path / "elsewhere" / "run.ckpt"
+    t.save_checkpoint(ckpt)
+    history = [a.to_dict() for a in cb.alerts]
+    # the same callback fits another model in between: a fresh history of its own
+    pl_trainer(tmp_path, [cb], max_steps=1).fit(Tiny(), loader())
+    assert [a.step for a in cb.alerts] == [0]
+    t3 = pl_trainer(tmp_path, [cb], max_steps=4)
+    t3.fit(Tiny(), loader(), ckpt_path=ckpt)
+    assert [a.to_dict() for a in cb.alerts] == history  # ongoing cause: no new alert
