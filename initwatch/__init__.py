@@ -24,6 +24,7 @@ from initwatch.errors import (
     InitWatchError,
     PretrainedWeightsError,
     SchemeNotApplicableError,
+    ShardingError,
 )
 from initwatch.schemes import SCHEMES, ReinitReport, is_pretrained, reinit, restore
 
@@ -56,6 +57,7 @@ __all__ = [
     "RunContext",
     "SchemeNotApplicableError",
     "Severity",
+    "ShardingError",
     "Watch",
     "__version__",
     "inspect",

@@ -29,6 +29,11 @@ class AlreadyAppliedError(InitWatchError):
     """A scheme was already applied to this model."""
 
 
+class ShardingError(InitWatchError, ValueError):
+    """A sharded model's parameters are laid out in a way initwatch cannot read or re-draw
+    exactly (meta-device tensors, already-sharded parameters, unsupported placements)."""
+
+
 class AlertError(InitWatchError):
     """Raised by ``on_alert="raise"``; carries the :class:`~initwatch.Alert` as ``.alert``."""
 

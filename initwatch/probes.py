@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from initwatch.selection import ParamTarget, Target
+from initwatch.sharding import Layout, is_dtensor, layout, layouts, local_tensor
 from initwatch.stats import (
     ACTIVATION_FIELDS,
     GRAD_SIGNAL_FIELDS,
@@ -222,6 +223,10 @@ def foreach_norm(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         ]
 
 
+def _long(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
 def _flat(p: torch.Tensor) -> torch.Tensor:
     p = p.detach()
     return p.view(-1) if p.is_contiguous() else p.reshape(-1)
@@ -283,6 +288,10 @@ class ParamProbe:
         self.has_grad = [False] * len(self.targets)
         self._snap: torch.Tensor | None = None
         self._segments: torch.Tensor | None = None
+        self._layouts: list[Layout] | None = None
+        self._layout_key: list[tuple[int, ...]] = []
+        self._owner = torch.zeros(0, dtype=torch.bool)
+        self._positions: list[torch.Tensor | None] = []
 
     @staticmethod
     def _draw(p: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor | None:
@@ -298,44 +307,81 @@ class ParamProbe:
     def _zero(self) -> torch.Tensor:
         return torch.zeros((), device=self.buffer.device)
 
+    def _resolve(self) -> list[Layout]:
+        """This rank's part of every tensor (:mod:`initwatch.sharding`), re-read only when a
+        tensor's local shape changed (e.g. an FSDP1 wrap after the Watch was created)."""
+        params = [t.param for t in self.targets]
+        key = [tuple(local_tensor(p).shape) for p in params]
+        if self._layouts is None or key != self._layout_key:
+            self._layouts = layouts(params)
+            self._layout_key = key
+            dev = self.buffer.device
+            self._owner = torch.tensor([lay.owner for lay in self._layouts], device=dev)
+            self._positions = [
+                i if i is None or lay.whole else _long(lay.local_positions(i)[1], i.device)
+                for lay, i in zip(self._layouts, self.index, strict=True)
+            ]
+            self._segments = None
+        return self._layouts
+
     @torch.no_grad()
     def read_grads(self) -> None:
         """Gradient and weight norms into the buffer.
 
-        ``grad_nonfinite`` is 1 for a tensor whose gradient holds a NaN or Inf, read from its
-        norm at no extra cost (an exact element count would be one more pass over every
-        gradient; a squared norm that overflows float32, |g| above ~1e19, also counts).
+        Each rank adds the sums of squares over the elements it owns (:mod:`initwatch.sharding`);
+        the one reduction across ranks sums them. ``grad_nonfinite`` is 1 for a tensor whose
+        gradient holds a NaN or Inf, read from its norm at no extra cost (an exact element
+        count would be one more pass over every gradient; a squared norm that overflows
+        float32, |g| above ~1e19, also counts). ``grad_present`` is 1 when any rank holds a
+        gradient of the tensor (FSDP1 leaves ``grad=None`` on ranks that hold none of it).
         """
         n = len(self.targets)
         if n == 0:
             return
+        self._resolve()
         params = [t.param for t in self.targets]
         self.has_grad = [p.grad is not None for p in params]
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [local_tensor(p.grad) for p in params if p.grad is not None]
         dev = self.buffer.device
         g_norms = iter(foreach_norm(grads))
-        w_norms = foreach_norm(params)
+        w_norms = foreach_norm([local_tensor(p) for p in params])
         zero = self._zero()
-        grad_sq = [next(g_norms).to(dev) if h else zero for h in self.has_grad]
-        g = torch.stack(grad_sq)
-        maxs = torch.cat(
+        g = torch.stack([next(g_norms).to(dev) if h else zero for h in self.has_grad])
+        g_owner = self._owner & torch.tensor(self._grad_owners(params), device=dev)
+        w = torch.stack([w.to(dev) for w in w_norms])
+        sums = torch.cat(
             [
-                g.square(),
-                torch.stack([w.to(dev) for w in w_norms]).square(),
-                (~torch.isfinite(g)).to(torch.float32),
+                torch.where(g_owner, g.square(), 0.0),
+                torch.where(self._owner, w.square(), 0.0),
                 torch.zeros(n, device=dev),
             ]
         )
-        self.buffer.accumulate(self.group, maxs=maxs)
+        maxs = torch.cat(
+            [
+                (~torch.isfinite(g) & g_owner).to(torch.float32),
+                torch.tensor(self.has_grad, dtype=torch.float32, device=dev),
+            ]
+        )
+        self.buffer.accumulate(self.group, sums=sums, maxs=maxs)
+
+    def _grad_owners(self, params: Sequence[torch.Tensor]) -> list[bool]:
+        """Owner rule for gradients held as DTensors (their placements may differ from the
+        parameter's); other gradients follow their parameter."""
+        return [
+            p.grad is not None and (not is_dtensor(p.grad) or layout(p.grad).owner) for p in params
+        ]
 
     def _sampled_values(self) -> torch.Tensor:
         dev = self.buffer.device
-        parts = [
-            (_flat(t.param) if i is None else _flat(t.param).index_select(0, i)).to(
-                dev, torch.float32
-            )
-            for t, i in zip(self.targets, self.index, strict=True)
-        ]
+        self._resolve()
+        parts = []
+        for t, lay, pos in zip(self.targets, self._layouts, self._positions, strict=True):
+            local = _flat(local_tensor(t.param))
+            if not lay.owner:
+                local = local[:0]
+            elif pos is not None:
+                local = local.index_select(0, pos)
+            parts.append(local.to(dev, torch.float32))
         return torch.cat(parts) if parts else torch.zeros(0, device=dev)
 
     @torch.no_grad()
@@ -348,16 +394,25 @@ class ParamProbe:
         """Sum of squared changes of the sampled coordinates since :meth:`snapshot`."""
         if self._snap is None or not self.targets:
             return
+        current = self._sampled_values()
         if self._segments is None:
-            ids = [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(self.sampled)]
+            counts = [self._local_count(i) for i in range(len(self.targets))]
+            ids = [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(counts)]
             self._segments = torch.cat(ids).to(self.buffer.device)
-        delta = (self._sampled_values() - self._snap).square()
+        delta = (current - self._snap).square()
         n = len(self.targets)
         upd = torch.zeros(n, device=self.buffer.device).index_add_(0, self._segments, delta)
         self.buffer.accumulate(
-            self.group, maxs=torch.cat([torch.zeros(3 * n, device=upd.device), upd])
+            self.group, sums=torch.cat([torch.zeros(2 * n, device=upd.device), upd])
         )
         self._snap = None
+
+    def _local_count(self, i: int) -> int:
+        """Sampled coordinates of tensor ``i`` this rank measures."""
+        lay, pos = self._layouts[i], self._positions[i]
+        if not lay.owner:
+            return 0
+        return local_tensor(self.targets[i].param).numel() if pos is None else len(pos)
 
     def discard_snapshot(self) -> None:
         """Forget the snapshot (skipped step)."""

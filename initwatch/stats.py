@@ -27,9 +27,8 @@ import torch
 class Reduce(str, Enum):
     """How partial values of a field combine, across micro-batches and across ranks.
 
-    ``SUM`` for sums, sums of squares and counts. ``MAX`` for maxima, and for values that every
-    rank holds identically (gradients after the DDP all-reduce, weights), since the max of equal
-    values is that value.
+    ``SUM`` for sums, sums of squares and counts (partial sums over the elements each rank
+    owns). ``MAX`` for maxima and flags.
 
     Example::
 
@@ -74,13 +73,15 @@ ACTIVATION_FIELDS = (
 )
 # dL/d(output) of one block: the backward signal of the residual stream.
 GRAD_SIGNAL_FIELDS = (Field("sumsq", Reduce.SUM), Field("count", Reduce.SUM))
-# Per parameter tensor (one group whose size is the number of parameters). Gradients are read
-# after the DDP all-reduce and weights are replicated, so every rank holds the same values.
+# Per parameter tensor (one group whose size is the number of parameters). Each rank adds the
+# sums over the elements it owns (initwatch.sharding: under DDP rank 0 owns every replicated
+# tensor, under FSDP each rank its shard), so the SUM over ranks is the full tensor's.
 PARAM_FIELDS = (
-    Field("grad_sumsq", Reduce.MAX),
-    Field("weight_sumsq", Reduce.MAX),
+    Field("grad_sumsq", Reduce.SUM),
+    Field("weight_sumsq", Reduce.SUM),
+    Field("update_sumsq", Reduce.SUM),  # sum of squared changes over the sampled coordinates
     Field("grad_nonfinite", Reduce.MAX),  # 1 when the gradient holds a NaN / Inf
-    Field("update_sumsq", Reduce.MAX),  # sum of squared changes over the sampled coordinates
+    Field("grad_present", Reduce.MAX),  # 1 when some rank holds a gradient of the tensor
 )
 # The loss passed to end_step, averaged over ranks.
 LOSS_FIELDS = (Field("sum", Reduce.SUM), Field("count", Reduce.SUM))

@@ -444,8 +444,8 @@ class Watch:
             i = measured.get(id(t))
             info = t.info
             if i is not None and self._grads_read:
-                has = p.has_grad[i]
                 row = host.row(p.group, i)
+                has = row["grad_present"] > 0  # on some rank (FSDP1: not on every rank)
                 updated = has and not skipped
                 put(info.name, derive_param(row, p.numel[i], p.sampled[i], has, updated))
                 if has:

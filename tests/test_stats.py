@@ -34,10 +34,11 @@ def test_layout_puts_sum_fields_before_max_fields_and_rows_field_major():
     p = buf.add("p", PARAM_FIELDS, size=3)
     g = buf.add("g", GRAD_SIGNAL_FIELDS)
     buf.allocate()
-    n_sum = len(a.sum_fields) + len(g.sum_fields)
-    assert buf.n_sum == n_sum == 8
-    assert buf.data.numel() == n_sum + 1 + 4 * 3
-    assert a.offset("absmax") >= n_sum and p.offset("grad_sumsq") >= n_sum
+    n_sum = len(a.sum_fields) + 3 * len(p.sum_fields) + len(g.sum_fields)
+    assert buf.n_sum == n_sum == 6 + 3 * 3 + 2
+    assert buf.data.numel() == n_sum + 1 + 2 * 3
+    assert a.offset("absmax") >= n_sum and p.offset("grad_nonfinite") >= n_sum
+    assert p.offset("grad_sumsq") < n_sum
     # rows of one field are contiguous
     assert p.offset("weight_sumsq") == p.offset("grad_sumsq") + 3
     with pytest.raises(KeyError, match="no field 'nope'"):
@@ -167,7 +168,9 @@ _DDP_SCRIPT = textwrap.dedent(
         buf.allocate()
         for g in groups:
             buf.accumulate(g, *reduce_activation(x))
-        buf.accumulate(params, maxs=torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 5.0, 6.0]))
+        # per-parameter sums over the elements this rank owns (rank 0: all of tensor 1)
+        own = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] if rank == 0 else [0.5, 0.0, 0.25, 0.0, 1.0, 0.0]
+        buf.accumulate(params, sums=torch.tensor(own), maxs=torch.tensor([0.0, rank, 1, 1]))
         n = buf.reduce_across_ranks()
         host = buf.read()
         if rank == 0:
@@ -202,10 +205,11 @@ def test_ddp_reduction_is_one_collective(tmp_path):
     assert row["sum"] == pytest.approx(both.sum().item(), abs=1e-4)
     assert row["sumsq"] == pytest.approx((both**2).sum().item(), rel=1e-5)
     assert row["absmax"] == pytest.approx(both.abs().max().item())
-    # replicated per-parameter values are reduced with MAX: not multiplied by the world size
+    # per-parameter partial sums add up over ranks; flags are maxed
     assert res["param"] == {
         "grad_sumsq": 2.0,
         "weight_sumsq": 4.0,
-        "grad_nonfinite": 0.0,
         "update_sumsq": 6.0,
+        "grad_nonfinite": 1.0,
+        "grad_present": 1.0,
     }

@@ -1,0 +1,73 @@
+"""The model, data and loop shared by tests/ddp/sharded.py (2 ranks) and its single-process
+reference in tests/test_sharded.py: the same micro-batches, split between ranks or not."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import initwatch
+
+STEPS = 3  # the last one gets an Inf input on rank 1: non-finite gradients
+BATCH = 8  # global batch; each of the 2 ranks trains on half of it
+STATS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio", "grad_nonfinite")
+UPDATE_SAMPLE = 32  # smaller than the 240-element first weight: the sampled estimate
+
+
+def build() -> nn.Sequential:
+    """Uneven shard sizes (5 rows over 2 ranks), 1-element tensors (rank 1 holds none)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 5), nn.LayerNorm(5), nn.Linear(5, 1)
+    )
+
+
+def batch(step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(BATCH, 6, generator=g)
+    if step == STEPS - 1:
+        x[-1, 0] = math.inf  # in rank 1's half
+    return x
+
+
+class Collectives(TorchDispatchMode):
+    """Counts the collectives issued inside the block (c10d and functional collectives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if func.namespace in ("c10d", "_c10d_functional") and not any(
+            s in name for s in ("wait_tensor", "_wrap_tensor_autograd")
+        ):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def train(model: nn.Module, watch_model: nn.Module, rows: slice, watch=None) -> dict:
+    """Runs STEPS logging steps; returns the frames' parameter and activation statistics and
+    the collectives counted inside the Watch's calls of each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    if watch is None:
+        watch = initwatch.Watch(watch_model, every=1, rules=False, update_sample=UPDATE_SAMPLE)
+    frames, counts = [], []
+    for step in range(STEPS):
+        watch.begin_step(step)
+        loss = model(batch(step)[rows]).pow(2).mean()
+        loss.backward()
+        with Collectives() as c:
+            watch.before_optimizer_step(opt)
+        opt.step()
+        opt.zero_grad()
+        with Collectives() as c2:
+            watch.end_step(loss=loss)
+        counts.append(c.count + c2.count)
+        f = watch.last_frame
+        frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
+    watch.close()
+    return {"frames": frames, "collectives": counts}

@@ -1,0 +1,74 @@
+"""Watch on sharded models, 2 CPU processes under torchrun (gloo): FSDP2, HSDP, FSDP1 and DDP in
+one launch; launched by tests/test_sharded.py. Rank r writes ``rank<r>.json`` into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from _sharded_case import BATCH, UPDATE_SAMPLE, build, train  # noqa: E402
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard  # noqa: E402
+
+import initwatch  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def fsdp2(mesh=None):
+    model = build()
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, model  # the Watch attaches after fully_shard (names are unchanged)
+
+
+def hsdp():
+    return fsdp2(init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard")))
+
+
+def fsdp1():
+    inner = build()
+    watch = initwatch.Watch(inner, every=1, rules=False, update_sample=UPDATE_SAMPLE)
+    model = FullyShardedDataParallel(inner, use_orig_params=True, device_id=torch.device("cpu"))
+    return model, watch  # the Watch attaches before the FSDP1 wrap
+
+
+def ddp():
+    model = torch.nn.parallel.DistributedDataParallel(build())
+    return model, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    out = parser.parse_args().out
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    half = BATCH // 2
+    rows = slice(rank * half, (rank + 1) * half)
+    results = {}
+    for name, make in [("fsdp2", fsdp2), ("hsdp", hsdp), ("fsdp1", fsdp1), ("ddp", ddp)]:
+        model, target = make()
+        if isinstance(target, torch.nn.Module):
+            results[name] = train(model, target, rows)
+        else:
+            results[name] = train(model, None, rows, watch=target)
+        if name == "hsdp":  # what the owner rule prevents: every replica adds its copy
+            w = model[2].weight
+            results[name]["replica_sumsq"] = float(w.to_local().pow(2).sum())
+            results[name]["full_sumsq"] = float(w.full_tensor().pow(2).sum())
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Exact parameter statistics under sharding: FSDP2, HSDP, FSDP1 and DDP on 2 CPU processes
+(gloo) against the same model trained in this process on the whole batch.
+
+One torchrun launch runs every case (tests/ddp/sharded.py); the reference Watch here sees each
+step's whole batch, which the two ranks split. Gradients are averaged over ranks and each
+micro-batch mean covers half the batch, so the averaged gradient equals the whole-batch one and
+every statistic must agree to float32 rounding (relative 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "ddp"))
+from _sharded_case import STATS, build, train  # noqa: E402
+from test_ddp import launch  # noqa: E402
+
+HERE = Path(__file__).parent / "ddp"
+pytestmark = pytest.mark.slow
+CASES = ("fsdp2", "hsdp", "fsdp1", "ddp")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return launch([*cmd, str(HERE / "sharded.py"), "--out", str(out)], out)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = build()
+    return json.loads(json.dumps(train(model, model, slice(None))))  # NaN as the JSON holds it
+
+
+def same(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == pytest.approx(b, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_frames_equal_the_single_process_run(ranks, reference, case):
+    for rank in ranks:
+        frames = rank[case]["frames"]
+        assert len(frames) == len(reference["frames"])
+        for step, (got, ref) in enumerate(zip(frames, reference["frames"], strict=True)):
+            for stat in (*STATS, "act_rms"):
+                assert set(got[stat]) == set(ref[stat]), (case, step, stat)
+                for name, value in ref[stat].items():
+                    assert same(got[stat][name], value), (case, step, stat, name, got[stat][name])
+    ref_frames = reference["frames"]
+    assert ref_frames[0]["update_ratio"]["0.weight"] > 0  # measured from the 32-of-240 sample
+    assert ref_frames[-1]["grad_nonfinite"]["0.weight"] == 1.0  # the Inf input of the last step
+    assert ref_frames[0]["grad_nonfinite"]["0.weight"] == 0.0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_collective_per_logging_step(ranks, case):
+    for rank in ranks:
+        assert rank[case]["collectives"] == [1, 1, 1]  # the Watch's calls, nothing else
+
+
+def test_hsdp_counts_each_replicated_element_once(ranks):
+    # On a (2 replicas x 1 shard) mesh both ranks hold the whole tensor: summing every rank's
+    # copy gives sqrt(2) times the norm (the over-count the owner rule prevents; the frames
+    # above equal the single-process run).
+    copies = math.sqrt(sum(r["hsdp"]["replica_sumsq"] for r in ranks))
+    full = math.sqrt(ranks[0]["hsdp"]["full_sumsq"])
+    assert copies / full == pytest.approx(math.sqrt(2), rel=1e-6)
