@@ -192,11 +192,20 @@ class Watch:
         update_sample: int = 1024,
         logdir: str | None = None,
     ) -> None:
-        if int(every) < 1:
-            raise ValueError(f"every={every!r}: expected a positive number of steps, e.g. 50")
+        from initwatch import validate as v
+
+        v.module("model", model, "initwatch.Watch(model, every=50)")
+        self.every = v.positive_int("every", every, "initwatch.Watch(model, every=50)")
+        layers = v.layers_spec(layers)
+        v.anatomy_or_none(anatomy)
+        v.context_or_none(context)
+        rules = v.rules_spec(rules)
+        v.positive_int("update_sample", update_sample, "initwatch.Watch(model, update_sample=1024)")
+        logdir = v.path_or_none("logdir", logdir, "initwatch.Watch(model, logdir='runs/exp1')")
+        v.writer_or_none(writer)
+        self._policy = _make_policy(on_alert)
         self.model = model
         inner = unwrap(model)
-        self.every = int(every)
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
         self.context = context if context is not None else RunContext()
         self._context_from_anatomy()
@@ -210,7 +219,6 @@ class Watch:
         self._probes = ProbeSet(targets, self._buffer)
         self._buffer.allocate()
         self._rules = _make_rules(rules)
-        self._policy = _make_policy(on_alert)
         self._sink, self._own_writer = _make_sink(writer, logdir)
         self.alerts: list[Alert] = []
         self.frames: deque[Frame] = deque(maxlen=FRAME_HISTORY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -348,6 +349,23 @@ def inspect(
                 norms={"attn": "norm1", "ffn": "norm2"},
             )
     """
+    _check_arguments(
+        model,
+        blocks,
+        roles,
+        norms,
+        layout,
+        fused,
+        heads,
+        residual,
+        attn_scaled,
+        {
+            "token_embedding": token_embedding,
+            "position_embedding": position_embedding,
+            "embedding_norm": embedding_norm,
+            "final_norm": final_norm,
+        },
+    )
     if blocks is None and roles is None:
         anatomy = _known(model)
         if anatomy is None:
@@ -368,6 +386,68 @@ def inspect(
         embedding_norm,
         final_norm,
     )
+
+
+def _check_arguments(
+    model: Any,
+    blocks: Any,
+    roles: Any,
+    norms: Any,
+    layout: Any,
+    fused: Any,
+    heads: Any,
+    residual: Any,
+    attn_scaled: Any,
+    paths: Mapping[str, Any],
+) -> None:
+    """Types and choices of :func:`inspect`'s arguments, and that given paths exist."""
+    from initwatch import validate as v
+
+    call = "initwatch.inspect(model, blocks='layers', roles={'q': 'attn.q', ...})"
+    v.module("model", model, "initwatch.inspect(model)")
+
+    def mapping(name: str, value: Any, example: str) -> None:
+        ok = isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(p, str) for k, p in value.items()
+        )
+        if value is not None and not ok:
+            raise TypeError(
+                f"{name}={value!r}: expected a dict of names to module paths (str) or None; "
+                f"e.g. {example}"
+            )
+
+    if blocks is not None and not isinstance(blocks, str):
+        mapping("blocks", blocks, "blocks='layers' or blocks={'decoder': 'h'}")
+    mapping("roles", roles, "roles={'q': 'attn.q', 'o': 'attn.out', 'ffn_out': 'mlp.fc2'}")
+    mapping("norms", norms, "norms={'attn': 'norm1', 'ffn': 'norm2'}")
+    v.choice("layout", layout, ("post", "pre", None), "layout='post'")
+    v.choice("fused", fused, ("rows", "cols", "heads", None), "fused='rows'")
+    v.choice("residual", residual, ("sequential", "parallel"), "residual='sequential'")
+    if not isinstance(attn_scaled, bool):
+        v.choice("attn_scaled", attn_scaled, (True, False), "attn_scaled=False")
+    if heads is not None:
+        v.positive_int("heads", heads, "heads=12")
+    for name, path in paths.items():
+        if path is None:
+            continue
+        if not isinstance(path, str) or _get(model, path) is None:
+            raise AnatomyError(
+                f"{name}={path!r}: expected the path of a module of {type(model).__name__} "
+                f"(from the model root), or None; e.g. {name}="
+                f"{next((n for n, _ in model.named_modules() if n), 'embed')!r}"
+            )
+    custom = blocks is not None or roles is not None
+    given = [
+        n
+        for n, val in (("norms", norms), ("layout", layout), ("fused", fused), ("heads", heads))
+        if val is not None
+    ] + [n for n, p in paths.items() if p is not None]
+    if not custom and given:
+        raise AnatomyError(
+            f"{', '.join(given)} describe a custom model and are used only together with "
+            f"blocks= and roles=; e.g. {call}. A known family is read without them: "
+            "initwatch.inspect(model)"
+        )
 
 
 def _custom(
@@ -467,6 +547,13 @@ def _custom(
 def _custom_specs(
     model: nn.Module, path: str, n: int, roles: Mapping[str, str], norms: Mapping[str, str]
 ) -> list[tuple[str, dict[str, str], str, bool, str | None]]:
+    for kind, rel in norms.items():
+        if _get(model, _join(path, "0", rel)) is None:
+            raise AnatomyError(
+                f"norms={dict(norms)!r}: {kind!r} -> {rel!r} is no module of block "
+                f"{_join(path, '0')!r}; paths are relative to a block, e.g. "
+                f"norms={{{kind!r}: 'norm1'}}"
+            )
     present = {}
     for role, rel in roles.items():
         hits = [_get(model, _join(path, str(i), rel)) is not None for i in range(n)]

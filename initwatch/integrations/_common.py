@@ -309,18 +309,19 @@ class AdapterSettings:
         update_sample: int,
         anatomy: Anatomy | None,
     ) -> None:
+        from initwatch import validate as v
+
+        name = type(self).__name__
         self.scheme = resolve_scheme(scheme)
-        if interval is not None and int(interval) < 1:
-            raise ValueError(
-                f"{interval_name}={interval!r}: expected a positive number of optimizer steps, "
-                f"or None for the framework's own {interval_name}"
-            )
+        interval = v.optional_interval(interval_name, interval)
         validate_on_alert(on_alert)
         self.on_alert = on_alert
-        self.scheme_options = dict(scheme_options or {})
-        self.layers = layers
-        self.logdir = os.fspath(logdir) if logdir is not None else None
-        self.anatomy = anatomy
+        self.scheme_options = v.scheme_options(self.scheme, scheme_options)
+        self.layers = layers = v.layers_spec(layers)
+        self.logdir = v.path_or_none("logdir", logdir, f"{name}(logdir='runs/exp1')")
+        rules = v.rules_spec(rules)
+        v.positive_int("update_sample", update_sample, f"{name}(update_sample=1024)")
+        self.anatomy = v.anatomy_or_none(anatomy, f"{name}(anatomy=anatomy)")
         self.report: ReinitReport | None = None
         self._driver = StepDriver(
             every=interval,

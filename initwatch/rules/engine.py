@@ -74,12 +74,14 @@ class Rules:
         still_every: int = 10,
         **overrides: float,
     ) -> None:
-        if persistence < 1:
-            raise ValueError(f"persistence must be >= 1, got {persistence!r}")
-        if warmup_frames < 1:
-            raise ValueError(f"warmup_frames must be >= 1, got {warmup_frames!r}")
-        if still_every < 1:
-            raise ValueError(f"still_every must be >= 1, got {still_every!r}")
+        from initwatch.validate import positive_int
+
+        for name, value in (
+            ("persistence", persistence),
+            ("warmup_frames", warmup_frames),
+            ("still_every", still_every),
+        ):
+            positive_int(name, value, f"rules={{{name!r}: 3}}")
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         unknown = sorted(set(overrides) - set(Thresholds.names()))
         if unknown:

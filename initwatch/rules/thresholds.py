@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+FRACTIONS = ("dead_frac", "sat_frac", "grad_spike_share", "anneal_fraction")  # in (0, 1]
+
 
 @dataclass
 class Thresholds:
@@ -93,6 +95,13 @@ class Thresholds:
     anneal_fraction: float = 0.1
     history: int = 32
     scheme_grace_steps: int = 100
+
+    def __post_init__(self) -> None:
+        from initwatch.validate import threshold_value
+
+        for f in fields(self):
+            whole = f.type in ("int", int)
+            threshold_value(f.name, getattr(self, f.name), whole, f.name in FRACTIONS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for reports).

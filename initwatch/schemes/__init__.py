@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from initwatch.anatomy import Anatomy, inspect
+from initwatch.anatomy import inspect
 from initwatch.schemes import registry
 from initwatch.schemes.base import execute, is_pretrained, xavier_std
 from initwatch.schemes.registry import SCHEMES
@@ -77,12 +77,14 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
         >>> round(report.constants["encoder"]["beta"], 4)
         0.4204
     """
+    from initwatch import validate
+
+    validate.module("model", model, "initwatch.reinit(model, 'deepnet')")
     name = scheme_name(scheme)
+    validate.reinit_options(options)
     anatomy = options.get("anatomy")
     if anatomy is None:
         anatomy = inspect(model)
-    elif not isinstance(anatomy, Anatomy):
-        raise ValueError(f"anatomy={anatomy!r}: pass the result of initwatch.inspect(model, ...)")
     plan = SCHEMES[name].plan(model, anatomy, options)
     return execute(model, anatomy, plan, options)
 

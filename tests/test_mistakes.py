@@ -1,0 +1,150 @@
+"""The mistakes new users make (issue 15): each gets a clear error at construction, or a warning,
+never a silently disabled monitor or a half-applied model."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+import initwatch
+from initwatch import zoo
+from initwatch.integrations.lightning import InitWatch
+from initwatch.integrations.transformers import InitWatchCallback
+
+ADAPTERS = [InitWatch, InitWatchCallback]
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def watch(**kw):
+    return initwatch.Watch(mlp(), **kw)
+
+
+def lightning(**kw):
+    return InitWatch(**kw)
+
+
+def hf(**kw):
+    return InitWatchCallback(**kw)
+
+
+def interval_kw(make, value):
+    return {"log_every_n_steps" if make is lightning else "logging_steps": value}
+
+
+# ---- 1. every argument checked at construction, with a message that quotes, expects, shows ----
+
+BAD = [
+    # (keyword arguments, exception, what the message must contain)
+    ({"rules": {"dead_frac": "high"}}, ValueError, "dead_frac='high'"),
+    ({"rules": {"dead_frac": None}}, ValueError, "dead_frac=None"),
+    ({"rules": {"dead_frac": 1.5}}, ValueError, "dead_frac=1.5"),
+    ({"rules": {"dead_fraq": 0.9}}, ValueError, "'dead_fraq'"),
+    ({"rules": {"persistence": 0}}, ValueError, "persistence=0"),
+    ({"rules": {"history": 2.5}}, ValueError, "history=2.5"),
+    ({"rules": "strict"}, ValueError, "rules='strict'"),
+    ({"rules": True}, ValueError, "rules=True"),
+    ({"update_sample": 0}, ValueError, "update_sample=0"),
+    ({"update_sample": 10.5}, ValueError, "update_sample=10.5"),
+    ({"logdir": 123}, TypeError, "logdir=123"),
+    ({"logdir": ""}, TypeError, "logdir=''"),
+    ({"anatomy": "encoder"}, TypeError, "anatomy='encoder'"),
+    ({"layers": []}, ValueError, "layers=[]"),
+    ({"layers": ["h.*", 3]}, ValueError, "layers=['h.*', 3]"),
+    ({"on_alert": "panic"}, ValueError, "on_alert='panic'"),
+]
+
+
+@pytest.mark.parametrize("make", [watch, lightning, hf], ids=["Watch", "InitWatch", "HF"])
+@pytest.mark.parametrize(("kw", "exc", "quoted"), BAD, ids=[repr(b[0]) for b in BAD])
+def test_bad_arguments_are_refused_at_construction(make, kw, exc, quoted):
+    with pytest.raises(exc) as info:
+        make(**kw)
+    message = str(info.value)
+    assert quoted in message
+    assert "expected" in message or "valid" in message
+    assert "e.g." in message
+
+
+@pytest.mark.parametrize("make", [lightning, hf], ids=["InitWatch", "HF"])
+@pytest.mark.parametrize("value", [2.5, 0, "50", True])
+def test_bad_logging_interval_is_refused_not_truncated(make, value):
+    name = next(iter(interval_kw(make, value)))
+    with pytest.raises(ValueError, match=f"{name}={value!r}: expected a positive whole number"):
+        make(**interval_kw(make, value))
+
+
+@pytest.mark.parametrize("value", [2.5, 0, "50", True])
+def test_bad_every_is_refused(value):
+    with pytest.raises(ValueError, match=rf"every={value!r}: expected .*e\.g\. initwatch\.Watch"):
+        watch(every=value)
+
+
+def test_watch_refuses_a_non_module_writer_and_context():
+    with pytest.raises(TypeError, match=r"model='net'.*torch\.nn\.Module"):
+        initwatch.Watch("net")
+    with pytest.raises(TypeError, match=r"writer='runs/x'.*logdir='runs/x'"):
+        watch(writer="runs/x")
+    with pytest.raises(TypeError, match=r"context=\{\}.*RunContext"):
+        watch(context={})
+
+
+@pytest.mark.parametrize("make", [lightning, hf], ids=["InitWatch", "HF"])
+def test_scheme_options_are_checked_at_construction(make):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sed'\] for scheme 'rezero'"):
+        make(scheme="rezero", scheme_options={"sed": 0})
+    with pytest.raises(ValueError, match=r"seed='0': expected a whole number"):
+        make(scheme="deepnet", scheme_options={"seed": "0"})
+    with pytest.raises(TypeError, match=r"scheme_options=\['seed'\]"):
+        make(scheme="deepnet", scheme_options=["seed"])
+
+
+def test_reinit_checks_its_arguments():
+    model = zoo.build("bert", layers=2)
+    with pytest.raises(TypeError, match=r"model=.*expected a torch\.nn\.Module"):
+        initwatch.reinit({"w": 1}, "deepnet")
+    with pytest.raises(ValueError, match=r"depth=0: expected a whole number >= 1"):
+        initwatch.reinit(model, "deepnet", depth=0)
+    with pytest.raises(ValueError, match=r"allow_pretrained='yes': expected True or False"):
+        initwatch.reinit(model, "deepnet", allow_pretrained="yes")
+    with pytest.raises(TypeError, match=r"anatomy='encoder'.*initwatch\.inspect"):
+        initwatch.reinit(model, "deepnet", anatomy="encoder")
+    assert initwatch.schemes.base.applied_scheme(model) is None  # nothing was touched
+
+
+def test_inspect_checks_its_arguments():
+    model = zoo.build("bert", layers=2)
+    with pytest.raises(ValueError, match=r"layout='Post': expected one of 'post', 'pre', None"):
+        initwatch.inspect(model, blocks="x", roles={"o": "y"}, layout="Post")
+    with pytest.raises(ValueError, match=r"heads=0: expected a positive whole number"):
+        initwatch.inspect(model, blocks="x", roles={"o": "y"}, heads=0)
+    with pytest.raises(TypeError, match=r"roles=\['q'\]"):
+        initwatch.inspect(model, blocks="x", roles=["q"])
+    with pytest.raises(initwatch.AnatomyError, match=r"layout describe a custom model"):
+        initwatch.inspect(model, layout="pre")  # silently ignored before
+
+
+def test_inspect_refuses_paths_that_name_no_module():
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    model = nn.Module()
+    model.layers = nn.ModuleList([layer, nn.TransformerEncoderLayer(8, 2, 16)])
+    model.norm = nn.LayerNorm(8)
+    roles = {"ffn_in": "linear1", "ffn_out": "linear2"}
+    ok = initwatch.inspect(model, blocks="layers", roles=roles, final_norm="norm")
+    assert ok.stacks[0].final_norm.path == "norm"
+    with pytest.raises(initwatch.AnatomyError, match=r"final_norm='nrom'"):
+        initwatch.inspect(model, blocks="layers", roles=roles, final_norm="nrom")
+    with pytest.raises(initwatch.AnatomyError, match=r"'ffn' -> 'norm9' is no module"):
+        initwatch.inspect(
+            model, blocks="layers", roles=roles, norms={"ffn": "norm9"}, layout="post"
+        )
+
+
+def test_good_arguments_still_work():
+    w = watch(every=2, rules={"dead_frac": 0.9, "persistence": 2}, layers=["0"], logdir=None)
+    assert [t.target.info.name for t in w._probes.probes] == ["0"]
+    w.close()
+    assert InitWatch(log_every_n_steps=5, rules={"sat_frac": 0.6}).log_every_n_steps == 5
+    assert InitWatchCallback(logging_steps=3, rules=False).logging_steps == 3
