@@ -13,6 +13,17 @@ class InitWatchError(Exception):
     """
 
 
+class ArgumentError(InitWatchError, ValueError, TypeError):
+    """An argument was refused at construction; the message quotes it, says what is expected and
+    shows a call that works. Caught by ``except ValueError`` and ``except TypeError`` alike.
+
+    Example::
+
+        >>> issubclass(ArgumentError, ValueError) and issubclass(ArgumentError, TypeError)
+        True
+    """
+
+
 class AnatomyError(InitWatchError, ValueError):
     """The model's structure could not be read; the message shows the pattern call that would."""
 

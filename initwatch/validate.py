@@ -1,6 +1,7 @@
 """Argument checks shared by every entry point (``Watch``, the callbacks, ``reinit``, ``inspect``).
 
-Each check raises at construction, quotes the value it got, says what is expected and shows a
+Each check raises :class:`~initwatch.errors.ArgumentError` (a ``ValueError`` and a
+``TypeError``) at construction, quotes the value it got, says what is expected and shows a
 call that works, so a mistake is never discovered deep inside a training step, and nothing a
 user passes can silently turn monitoring off.
 
@@ -11,7 +12,7 @@ Example::
     >>> positive_int("every", 2.5, "Watch(model, every=50)")
     Traceback (most recent call last):
     ...
-    ValueError: every=2.5: expected a positive whole number; e.g. Watch(model, every=50)
+    initwatch.errors.ArgumentError: every=2.5: expected a positive whole number; e.g. Watch(model, every=50)
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from initwatch.anatomy.model import Anatomy
+from initwatch.errors import ArgumentError
 from initwatch.selection import PRESETS
 
 
-def _fail(name: str, value: Any, expected: str, example: str, kind: type = ValueError) -> None:
-    raise kind(f"{name}={value!r}: expected {expected}; e.g. {example}")
+def _fail(name: str, value: Any, expected: str, example: str) -> None:
+    raise ArgumentError(f"{name}={value!r}: expected {expected}; e.g. {example}")
 
 
 def is_whole(value: Any) -> bool:
@@ -53,14 +55,14 @@ def is_number(value: Any) -> bool:
 
 
 def positive_int(name: str, value: Any, example: str) -> int:
-    """``value`` as an ``int`` >= 1; ``ValueError`` otherwise (2.5 is not truncated to 2).
+    """``value`` as an ``int`` >= 1; an error otherwise (2.5 is not truncated to 2).
 
     Example::
 
         >>> positive_int("update_sample", 0, "update_sample=1024")
         Traceback (most recent call last):
         ...
-        ValueError: update_sample=0: expected a positive whole number; e.g. update_sample=1024
+        initwatch.errors.ArgumentError: update_sample=0: expected a positive whole number; e.g. update_sample=1024
     """
     if not is_whole(value) or int(value) < 1:
         _fail(name, value, "a positive whole number", example)
@@ -88,19 +90,19 @@ def optional_interval(name: str, value: Any) -> int | None:
 
 
 def path_or_none(name: str, value: Any, example: str) -> str | None:
-    """A directory given as ``str`` / ``os.PathLike``, or None; ``TypeError`` otherwise.
+    """A directory given as ``str`` / ``os.PathLike``, or None.
 
     Example::
 
         >>> path_or_none("logdir", 123, "logdir='runs/exp1'")
         Traceback (most recent call last):
         ...
-        TypeError: logdir=123: expected a directory path (str or os.PathLike) or None; e.g. logdir='runs/exp1'
+        initwatch.errors.ArgumentError: logdir=123: expected a directory path (str or os.PathLike) or None; e.g. logdir='runs/exp1'
     """
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        _fail(name, value, "a directory path (str or os.PathLike) or None", example, TypeError)
+        _fail(name, value, "a directory path (str or os.PathLike) or None", example)
     return str(os.fspath(value))
 
 
@@ -116,7 +118,7 @@ def layers_spec(value: Any) -> str | list[str]:
         >>> layers_spec([])
         Traceback (most recent call last):
         ...
-        ValueError: layers=[]: expected one of 'default', 'blocks', 'linear', or a non-empty list of module paths / glob patterns; e.g. layers='default' or layers=['encoder.layers.*']
+        initwatch.errors.ArgumentError: layers=[]: expected one of 'default', 'blocks', 'linear', or a non-empty list of module paths / glob patterns; e.g. layers='default' or layers=['encoder.layers.*']
     """
     expected = (
         f"one of {', '.join(map(repr, PRESETS))}, or a non-empty "
@@ -151,7 +153,6 @@ def anatomy_or_none(value: Any, call: str = "Watch(model, anatomy=anatomy)") -> 
         value,
         "the Anatomy that initwatch.inspect returns, or None",
         "anatomy = initwatch.inspect(model, blocks='layers', roles={'q': 'attn.q', ...}); " + call,
-        TypeError,
     )
     return None  # unreachable
 
@@ -167,7 +168,7 @@ def rules_spec(value: Any) -> Any:
         >>> rules_spec({"dead_frac": "high"})
         Traceback (most recent call last):
         ...
-        ValueError: rules={'dead_frac': 'high'}: dead_frac='high': expected a number in (0, 1]; e.g. rules={'dead_frac': 0.98}
+        initwatch.errors.ArgumentError: rules={'dead_frac': 'high'}: dead_frac='high': expected a number in (0, 1]; e.g. rules={'dead_frac': 0.98}
     """
     if value is None or value is False:
         return value
@@ -180,7 +181,7 @@ def rules_spec(value: Any) -> Any:
         try:
             Rules(**value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"rules={dict(value)!r}: {exc}") from None
+            raise ArgumentError(f"rules={dict(value)!r}: {exc}") from None
         return dict(value)
     if callable(getattr(value, "update", None)) and not isinstance(value, (str, bool)):
         return value
@@ -202,7 +203,7 @@ def threshold_value(name: str, value: Any, whole: bool, at_most_one: bool) -> No
         >>> threshold_value("dead_frac", None, whole=False, at_most_one=True)
         Traceback (most recent call last):
         ...
-        ValueError: dead_frac=None: expected a number in (0, 1]; e.g. rules={'dead_frac': 0.98}
+        initwatch.errors.ArgumentError: dead_frac=None: expected a number in (0, 1]; e.g. rules={'dead_frac': 0.98}
     """
     example = f"rules={{{name!r}: {_EXAMPLES.get(name, 0.5 if at_most_one else 10)!r}}}"
     if whole:
@@ -237,7 +238,7 @@ def writer_or_none(value: Any) -> Any:
         if isinstance(value, (str, os.PathLike))
         else "Watch(model, writer=SummaryWriter('runs/exp1'))"
     )
-    _fail("writer", value, "a SummaryWriter, an initwatch Sink or None", hint, TypeError)
+    _fail("writer", value, "a SummaryWriter, an initwatch Sink or None", hint)
     return None  # unreachable
 
 
@@ -253,12 +254,12 @@ def context_or_none(value: Any) -> Any:
 
     if value is None or isinstance(value, RunContext):
         return value
-    _fail("context", value, "a RunContext or None", "context=RunContext(lr=1e-3)", TypeError)
+    _fail("context", value, "a RunContext or None", "context=RunContext(lr=1e-3)")
     return None  # unreachable
 
 
 def module(name: str, value: Any, example: str) -> None:
-    """Raise ``TypeError`` unless ``value`` is a ``torch.nn.Module``.
+    """Refuse anything but a ``torch.nn.Module``.
 
     Example::
 
@@ -268,7 +269,7 @@ def module(name: str, value: Any, example: str) -> None:
     from torch import nn
 
     if not isinstance(value, nn.Module):
-        _fail(name, _short(value), "a torch.nn.Module", example, TypeError)
+        _fail(name, _short(value), "a torch.nn.Module", example)
 
 
 def _short(value: Any) -> Any:
@@ -293,7 +294,6 @@ def scheme_options(scheme: str | None, options: Any) -> dict[str, Any]:
             options,
             "a dict of initwatch.reinit options or None",
             "scheme_options={'seed': 0}",
-            TypeError,
         )
     opts = dict(options)
     if scheme is not None:
@@ -315,7 +315,7 @@ def reinit_options(options: Mapping[str, Any]) -> None:
         >>> reinit_options({"seed": "0"})
         Traceback (most recent call last):
         ...
-        ValueError: seed='0': expected a whole number or None; e.g. initwatch.reinit(model, 'deepnet', seed=0)
+        initwatch.errors.ArgumentError: seed='0': expected a whole number or None; e.g. initwatch.reinit(model, 'deepnet', seed=0)
     """
     call = "initwatch.reinit(model, 'deepnet', {})"
     seed = options.get("seed")
@@ -344,14 +344,14 @@ def reinit_options(options: Mapping[str, Any]) -> None:
 
 
 def choice(name: str, value: Any, valid: Sequence[Any], example: str) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``valid``.
+    """Refuse anything but one of ``valid``.
 
     Example::
 
         >>> choice("layout", "Post", ("pre", "post", None), "layout='post'")
         Traceback (most recent call last):
         ...
-        ValueError: layout='Post': expected one of 'pre', 'post', None; e.g. layout='post'
+        initwatch.errors.ArgumentError: layout='Post': expected one of 'pre', 'post', None; e.g. layout='post'
     """
     if not any(value == v and type(value) is type(v) for v in valid):
         _fail(name, value, f"one of {', '.join(map(repr, valid))}", example)

@@ -11,7 +11,7 @@ from torch import nn
 
 from initwatch.anatomy.families import Family, family_of
 from initwatch.anatomy.model import ROLES, Anatomy, Block, Norm, Slot, Stack, Sublayer
-from initwatch.errors import AnatomyError
+from initwatch.errors import AnatomyError, ArgumentError
 
 _ENCODER_ONLY = {"bert", "roberta", "electra", "distilbert", "vit"}
 _SEQ2SEQ = {"t5", "bart", "marian"}
@@ -411,7 +411,7 @@ def _check_arguments(
             isinstance(k, str) and isinstance(p, str) for k, p in value.items()
         )
         if value is not None and not ok:
-            raise TypeError(
+            raise ArgumentError(
                 f"{name}={value!r}: expected a dict of names to module paths (str) or None; "
                 f"e.g. {example}"
             )
