@@ -137,7 +137,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         notes = {r: "gain beta" for r in _BETA_ROLES} | {r: "gain 1" for r in _ONE_ROLES}
         p.inits += slot_inits(anatomy, stack.blocks, gains, "xavier_normal", notes)
         for block in stack.blocks:
-            norms = [sub.norm.path for sub in block.sublayers if sub.norm is not None]
+            norms = deepnorm_sublayers(block)
             change = Change(
                 block.path,
                 "deepnorm_residual",
@@ -150,8 +150,31 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
     return p
 
 
-def _deepnorm_step(model: nn.Module, path: str, norms: list[str], alpha: float):  # noqa: ANN202
-    return lambda: add_deepnorm(model, path, norms, alpha)
+_ENTRY_ROLES = {"attn": "q", "cross": "xq", "ffn": "ffn_in"}
+
+
+def deepnorm_sublayers(block: Block) -> list[tuple[str | None, str]]:
+    """``(entry, norm)`` per normed sublayer of ``block``: the module that first reads the
+    sublayer's input (its q / xq / ffn_in projection, None if it has none) and its norm.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> deepnorm_sublayers(inspect(zoo.build("bert")).blocks[0])[1]
+        ('bert.encoder.layer.0.intermediate.dense', 'bert.encoder.layer.0.output.LayerNorm')
+    """
+    out = []
+    for sub in block.sublayers:
+        if sub.norm is None:
+            continue
+        role = _ENTRY_ROLES.get(sub.kind)
+        entry = next((s.module for s in sub.slots if s.role == role), None)
+        out.append((entry, sub.norm.path))
+    return out
+
+
+def _deepnorm_step(model: nn.Module, path: str, subs: list[tuple[str | None, str]], alpha: float):  # noqa: ANN202
+    return lambda: add_deepnorm(model, path, subs, alpha)
 
 
 def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change | None:
@@ -160,8 +183,7 @@ def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change 
     if key not in state:
         return None
     alpha = float(state[key])
-    norms = [s.norm.path for s in block.sublayers if s.norm is not None]
-    add_deepnorm(model, block.path, norms, alpha)
+    add_deepnorm(model, block.path, deepnorm_sublayers(block), alpha)
     return Change(block.path, "deepnorm_residual", "block", block.name, alpha)
 
 

@@ -3,10 +3,13 @@ ReZero gates. All are hooks or small modules, so no ``forward`` is rewritten."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
+
+from initwatch.errors import InitWatchError
 
 DEEPNORM_BUFFER = "deepnorm_alpha"
 REZERO_PARAM = "rezero_alpha"
@@ -82,50 +85,156 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
     return None
 
 
+def _skip_attr(index: int) -> str:
+    return f"{_RESIDUAL_ATTR}_{index}"
+
+
+def _put(block: nn.Module, index: int, value: torch.Tensor | None) -> None:
+    object.__setattr__(block, _skip_attr(index), value)
+
+
+def _first_forward_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    t = _first_tensor(args, kwargs)
+    if t is None and isinstance(kwargs.get("query"), torch.Tensor):
+        return kwargs["query"]
+    return t
+
+
 class DeepNormBlockInput:
-    """Block forward pre-hook: remembers the block input, the skip of the first sublayer."""
+    """Block forward pre-hook: remembers the block input (the skip of the first sublayer).
+
+    It runs on ``block(...)`` only: where a checkpoint recomputes the block's ``forward``
+    (transformers 5), the recomputation skips it, and the first sublayer's entry hook
+    (:class:`DeepNormEntry`) supplies the skip instead. ``own_first`` is True when no entry
+    hook exists, so this hook is the skip's only source.
+    """
+
+    def __init__(self, own_first: bool = False) -> None:
+        self.own_first = own_first
 
     def __call__(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        object.__setattr__(block, _RESIDUAL_ATTR, _first_tensor(args, kwargs))
+        x = _first_tensor(args, kwargs)
+        object.__setattr__(block, _RESIDUAL_ATTR, x)
+        if self.own_first:
+            _put(block, 0, x)
 
 
 class DeepNormBlockOutput:
-    """Block forward hook: forgets the remembered skip, so no activation (and no autograd graph
-    of a forward that is never backpropagated) outlives the block's forward."""
+    """Block forward hook: forgets the remembered tensors, so no activation (and no autograd
+    graph of a forward that is never backpropagated) outlives the block's forward."""
+
+    def __init__(self, sublayers: int = 0) -> None:
+        self.sublayers = sublayers
 
     def __call__(self, block: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         object.__setattr__(block, _RESIDUAL_ATTR, None)
+        for i in range(self.sublayers):
+            _put(block, i, None)
+
+
+class DeepNormEntry:
+    """Forward pre-hook on the module that first reads a sublayer's input (its q, xq or ffn_in
+    projection): that input is the sublayer's skip ``x``.
+
+    It runs inside the block's ``forward``, so a recomputation by activation checkpointing
+    (of ``forward`` or of ``__call__``) captures the skip again. On a normal forward the
+    first sublayer's entry is checked against the block input; if the projection does not
+    read the block input itself, the block input is used and a warning says checkpointing
+    the block's ``forward`` is not supported for this model.
+    """
+
+    def __init__(self, block: nn.Module, index: int) -> None:
+        self.block = block
+        self.index = index
+        self.warned = False
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = _first_forward_tensor(args, kwargs)
+        if self.index == 0:
+            ref = getattr(self.block, _RESIDUAL_ATTR, None)
+            if ref is not None and x is not ref:
+                if not self.warned:
+                    self.warned = True
+                    warnings.warn(
+                        f"DeepNorm: {type(module).__name__} does not read the input of its "
+                        f"block ({type(self.block).__name__}) unchanged; the block input is "
+                        "used as the skip, which is exact, but a checkpoint that recomputes "
+                        "only the block's forward would lose alpha. Checkpoint the whole "
+                        "block call (torch.utils.checkpoint(block, ...)) instead.",
+                        stacklevel=2,
+                    )
+                x = ref
+        if x is not None:
+            _put(self.block, self.index, x)
 
 
 class DeepNormNormInput:
     """Norm forward pre-hook: turns the norm input ``x + G(x)`` into ``alpha * x + G(x)``."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, index: int = 0) -> None:
         self.block = block
+        self.index = index
 
     def __call__(self, norm: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        skip = getattr(self.block, _RESIDUAL_ATTR, None)
-        if skip is None or not args or not isinstance(args[0], torch.Tensor):
+        if not args or not isinstance(args[0], torch.Tensor):
             return None
+        skip = getattr(self.block, _skip_attr(self.index), None)
+        if skip is None:
+            raise InitWatchError(
+                f"DeepNorm: the norm of sublayer {self.index} of a "
+                f"{type(self.block).__name__} ran without its skip input, so alpha cannot be "
+                "applied. Call the block itself (block(x)), not its norm alone; if a wrapper "
+                "replays only part of the block, wrap the whole block call instead."
+            )
+        x = args[0]
+        if skip.shape != x.shape:
+            if skip.numel() != x.numel():
+                raise InitWatchError(
+                    f"DeepNorm: the skip of sublayer {self.index} of a "
+                    f"{type(self.block).__name__} has shape {tuple(skip.shape)}, its norm "
+                    f"input {tuple(x.shape)}; describe the model so that the sublayer's first "
+                    "projection reads the sublayer's input."
+                )
+            skip = skip.reshape(x.shape)
         alpha = getattr(self.block, DEEPNORM_BUFFER)
-        return (args[0] + (alpha - 1.0).to(args[0].dtype) * skip, *args[1:])
+        return (x + (alpha - 1.0).to(x.dtype) * skip, *args[1:])
 
 
 class DeepNormNormOutput:
-    """Norm forward hook: the norm's output is the skip of the next sublayer."""
+    """Norm forward hook: the skip is used; the norm's output is the skip of the next
+    sublayer when that sublayer has no entry hook (``feeds_next``)."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, index: int = 0, feeds_next: bool = False) -> None:
         self.block = block
+        self.index = index
+        self.feeds_next = feeds_next
 
     def __call__(self, norm: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        object.__setattr__(self.block, _RESIDUAL_ATTR, output)
+        _put(self.block, self.index, None)
+        if self.feeds_next:
+            _put(self.block, self.index + 1, output)
 
 
-def add_deepnorm(model: nn.Module, block_path: str, norm_paths: list[str], alpha: float) -> None:
+def add_deepnorm(
+    model: nn.Module,
+    block_path: str,
+    sublayers: list[tuple[str | None, str]],
+    alpha: float,
+) -> None:
     """Make every Post-LN sublayer of a block compute ``LN(alpha * x + G(x))`` exactly.
 
+    Args:
+        model: the model.
+        block_path: the block.
+        sublayers: per sublayer, in forward order, ``(entry, norm)``: the path of the module
+            that first reads the sublayer's input (its skip; None when unknown: the block input
+            or the previous norm's output is used) and the path of its Post-LN norm.
+        alpha: the skip scale.
+
     ``alpha`` is stored as a persistent buffer ``deepnorm_alpha`` on the block, so checkpoints
-    carry it and :func:`initwatch.restore` can rebuild the structure.
+    carry it and :func:`initwatch.restore` can rebuild the structure. The skip is captured by
+    hooks inside the block's forward, so activation checkpointing (which recomputes the
+    forward in the backward pass) recomputes the same function.
     """
     block = model.get_submodule(block_path)
     if getattr(block, "chunk_size_feed_forward", 0):
@@ -138,12 +247,20 @@ def add_deepnorm(model: nn.Module, block_path: str, norm_paths: list[str], alpha
         DEEPNORM_BUFFER,
         torch.tensor(float(alpha), device=ref.device if ref is not None else None),
     )
-    block.register_forward_pre_hook(DeepNormBlockInput(), with_kwargs=True)
-    block.register_forward_hook(DeepNormBlockOutput())
-    for path in norm_paths:
-        norm = model.get_submodule(path)
-        norm.register_forward_pre_hook(DeepNormNormInput(block))
-        norm.register_forward_hook(DeepNormNormOutput(block))
+    entries = [entry for entry, _ in sublayers]
+    block.register_forward_pre_hook(
+        DeepNormBlockInput(own_first=bool(entries) and entries[0] is None), with_kwargs=True
+    )
+    block.register_forward_hook(DeepNormBlockOutput(len(sublayers)))
+    for i, (entry, norm_path) in enumerate(sublayers):
+        if entry is not None:
+            model.get_submodule(entry).register_forward_pre_hook(
+                DeepNormEntry(block, i), with_kwargs=True
+            )
+        norm = model.get_submodule(norm_path)
+        feeds_next = i + 1 < len(sublayers) and entries[i + 1] is None
+        norm.register_forward_pre_hook(DeepNormNormInput(block, i))
+        norm.register_forward_hook(DeepNormNormOutput(block, i, feeds_next))
 
 
 class ReZeroScale:
@@ -178,6 +295,7 @@ def hook_rezero(model: nn.Module, block_path: str, gate: str, output_path: str) 
 
 _OUR_HOOKS = (
     DeepNormBlockInput,
+    DeepNormEntry,
     DeepNormBlockOutput,
     DeepNormNormInput,
     DeepNormNormOutput,
