@@ -138,6 +138,9 @@ def test_deepnet_on_bert_with_chunked_feed_forward_equals_the_unchunked_model() 
     plain.eval(), chunked.eval()
     ref = zoo.output_tensor(plain(**x))
     assert torch.equal(zoo.output_tensor(chunked(**x)), ref)
+    built = zoo.build("bert", layers=2, chunk_size_feed_forward=2)
+    initwatch.reinit(built, "deepnet")
+    assert all(lay.chunk_size_feed_forward == 2 for lay in built.bert.encoder.layer)  # kept
     _assert_same_grads(_grads(plain, "bert"), _grads(chunked, "bert"))
 
 

@@ -187,7 +187,7 @@ class DeepNormNormInput:
                 "replays only part of the block, wrap the whole block call instead."
             )
         x = args[0]
-        if skip.shape != x.shape:
+        if not (x.is_nested or skip.is_nested) and skip.shape != x.shape:
             if skip.numel() != x.numel():
                 raise InitWatchError(
                     f"DeepNorm: the skip of sublayer {self.index} of a "
@@ -237,11 +237,6 @@ def add_deepnorm(
     forward in the backward pass) recomputes the same function.
     """
     block = model.get_submodule(block_path)
-    if getattr(block, "chunk_size_feed_forward", 0):
-        # Hugging Face chunked feed-forward calls the FFN norm once per sequence chunk, with
-        # the skip cut to the chunk; the remembered skip is the whole sequence. Chunking only
-        # saves memory (the function is the same), so the block runs its FFN in one piece.
-        block.chunk_size_feed_forward = 0
     ref = next(iter(block.parameters()), None)
     block.register_buffer(
         DEEPNORM_BUFFER,
