@@ -16,6 +16,8 @@ from initwatch.errors import AnatomyError, ArgumentError
 _ENCODER_ONLY = {"bert", "roberta", "electra", "distilbert", "vit"}
 _SEQ2SEQ = {"t5", "bart", "marian"}
 _FUSED = ("rows", "cols", "heads")
+# fused roles and the equal parts they hold, in order (GPT-2's cross-attention fuses k and v)
+_FUSED_ROLES = {"qkv": "qkv", "xqkv": "qkv", "xkv": "kv"}
 
 
 def _get(model: nn.Module, path: str) -> nn.Module | None:
@@ -91,17 +93,19 @@ def _slots_for(
         raise AnatomyError(f"role {role!r}: {path!r} ({type(mod).__name__}) has no 2-D weight")
     fan_in, fan_out = (w.shape[0], w.shape[1]) if _is_conv1d(mod) else (w.shape[1], w.shape[0])
     bias = "bias" if getattr(mod, "bias", None) is not None else None
-    if role not in ("qkv", "xqkv"):
+    names = _FUSED_ROLES.get(role)
+    if names is None:
         return [Slot(role, path, "weight", bias, fan_in, fan_out)]
     layout = fused or ("cols" if _is_conv1d(mod) else "rows")
     if layout not in _FUSED:
         raise AnatomyError(f"fused={layout!r} is not one of {_FUSED}")
     if layout == "heads" and heads <= 0:
         raise AnatomyError(f"fused='heads' at {path!r} needs the number of heads (heads=...)")
-    prefix = "x" if role == "xqkv" else ""
+    prefix = "x" if role.startswith("x") else ""
+    n = len(names)
     return [
-        Slot(prefix + r, path, "weight", bias, fan_in, fan_out // 3, layout, i, 3, max(heads, 1))
-        for i, r in enumerate("qkv")
+        Slot(prefix + r, path, "weight", bias, fan_in, fan_out // n, layout, i, n, max(heads, 1))
+        for i, r in enumerate(names)
     ]
 
 
@@ -161,7 +165,9 @@ def _stack_kind(fam: Family, path: str, first: nn.Module) -> str:
     if fam.name == "torch":
         return "decoder" if hasattr(first, "multihead_attn") else "encoder"
     if fam.name in _ENCODER_ONLY:
-        return "encoder"
+        # BERT / RoBERTa / ELECTRA built as a decoder (is_decoder=True, e.g. the decoder of a
+        # bert2bert EncoderDecoderModel) form a decoder stack
+        return "decoder" if getattr(first, "is_decoder", False) else "encoder"
     if fam.name in _SEQ2SEQ:
         if fam.name == "t5":
             return "decoder" if len(first.layer) == 3 else "encoder"

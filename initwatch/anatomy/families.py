@@ -47,20 +47,28 @@ def _post(block: nn.Module, config: object) -> str:
     return "post"
 
 
+def _bert_attn(name: str, kind: str) -> SubSpec:
+    x = "x" if kind == "cross" else ""
+    return (
+        kind,
+        {
+            x + "q": f"{name}.self.query",
+            x + "k": f"{name}.self.key",
+            x + "v": f"{name}.self.value",
+            x + "o": f"{name}.output.dense",
+        },
+        f"{name}.output.dense",
+        False,
+        f"{name}.output.LayerNorm",
+    )
+
+
 def _bert(block: nn.Module, config: object) -> list[SubSpec]:
+    # a decoder (is_decoder=True, add_cross_attention=True) has a third sublayer between them
+    cross = [_bert_attn("crossattention", "cross")] if hasattr(block, "crossattention") else []
     return [
-        (
-            "attn",
-            {
-                "q": "attention.self.query",
-                "k": "attention.self.key",
-                "v": "attention.self.value",
-                "o": "attention.output.dense",
-            },
-            "attention.output.dense",
-            False,
-            "attention.output.LayerNorm",
-        ),
+        _bert_attn("attention", "attn"),
+        *cross,
         (
             "ffn",
             {"ffn_in": "intermediate.dense", "ffn_out": "output.dense"},
@@ -92,8 +100,24 @@ def _distilbert(block: nn.Module, config: object) -> list[SubSpec]:
 
 
 def _gpt2(block: nn.Module, config: object) -> list[SubSpec]:
+    # add_cross_attention=True: q from q_attn, k and v fused in c_attn (two column blocks)
+    x = "crossattention."
+    cross: list[SubSpec] = (
+        [
+            (
+                "cross",
+                {"xq": x + "q_attn", "xkv": x + "c_attn", "xo": x + "c_proj"},
+                x + "c_proj",
+                False,
+                "ln_cross_attn",
+            )
+        ]
+        if hasattr(block, "crossattention")
+        else []
+    )
     return [
         ("attn", {"qkv": "attn.c_attn", "o": "attn.c_proj"}, "attn.c_proj", False, "ln_1"),
+        *cross,
         ("ffn", {"ffn_in": "mlp.c_fc", "ffn_out": "mlp.c_proj"}, "mlp.c_proj", False, "ln_2"),
     ]
 
