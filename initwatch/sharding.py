@@ -253,3 +253,54 @@ def _unit_layouts(unit: torch.nn.Module) -> dict[int, Layout]:
         else:
             out[id(param)] = Layout(False, full, (0,), (0,), flat=True)
     return out
+
+
+def refuse_sharded_reinit(model: torch.nn.Module) -> None:
+    """Refuse to re-draw weights that are not all here: meta-device or already-sharded tensors.
+
+    A scheme re-draws the full model *before* sharding (before ``fully_shard``,
+    ``FullyShardedDataParallel(...)``, ``deepspeed.initialize`` or ``accelerator.prepare``);
+    the wrap then keeps the draws and the structure. Drawing into shards instead gives each rank
+    a piece of a different draw (a CPU DTensor ``normal_`` gave rank 1 a copy of rank 0's
+    shard), and a meta-device model materialized with ``to_empty`` holds garbage in the buffers
+    a scheme adds.
+
+    Raises:
+        ShardingError: naming the first offending tensor and the order that works.
+
+    Example::
+
+        >>> refuse_sharded_reinit(torch.nn.Linear(2, 2))  # a full model on a real device
+        >>> refuse_sharded_reinit(torch.nn.Linear(2, 2, device="meta"))
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.ShardingError: weight is on the meta device...
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in tensors:
+        if t.is_meta:
+            raise ShardingError(
+                f"{name} is on the meta device: a scheme cannot re-draw weights that do not "
+                "exist yet (and to_empty() would leave the buffers it adds as garbage). Build "
+                "the model on a real device (e.g. torch.device('cpu')), apply the scheme, then "
+                "shard it; or load a re-initialized checkpoint with initwatch.restore()."
+            )
+    for name, t in tensors:
+        where = _sharded_by(t)
+        if where:
+            raise ShardingError(
+                f"{name} is already sharded by {where}: re-drawing shards gives each rank part "
+                "of a different draw. Apply the scheme to the full model before sharding "
+                "(initwatch.reinit(model, ..., seed=S) with the same seed on every rank, then "
+                "fully_shard / FullyShardedDataParallel / deepspeed.initialize)."
+            )
+
+
+def _sharded_by(t: torch.Tensor) -> str | None:
+    if is_dtensor(t):
+        return "FSDP2 / DTensor"
+    if getattr(t, "_fsdp_flattened", False):
+        return "FSDP1"
+    if hasattr(t, "ds_id") and t.numel() != getattr(t, "ds_numel", t.numel()):
+        return "DeepSpeed ZeRO-3 (re-draw inside deepspeed.zero.GatheredParameters)"
+    return None

@@ -120,3 +120,16 @@ def test_restore_errors(tmp_path) -> None:  # noqa: ANN001
     initwatch.reinit(done, "rezero")
     with pytest.raises(initwatch.AlreadyAppliedError, match="freshly built model"):
         initwatch.restore(done, small)
+
+
+@pytest.mark.parametrize("gate_shape", [(), (1,)])
+def test_restore_accepts_zero_dim_and_shape_one_gates(gate_shape: tuple, tmp_path) -> None:  # noqa: ANN001
+    model = _trained("gpt2", "rezero", {})
+    gates = [n for n, p in model.named_parameters() if "rezero_alpha" in n]
+    assert gates and all(model.get_parameter(n).shape == (1,) for n in gates)  # shardable
+    # a checkpoint of initwatch 0.1 held 0-dim gates; today's hold shape (1,)
+    state = {k: v.reshape(gate_shape) if k in gates else v for k, v in model.state_dict().items()}
+    fresh = zoo.build("gpt2", layers=2).eval()
+    assert initwatch.restore(fresh, state).scheme == "rezero"
+    assert all(fresh.get_parameter(n).shape == (1,) for n in gates)
+    torch.testing.assert_close(_out(fresh, "gpt2"), _out(model, "gpt2"), atol=0, rtol=0)

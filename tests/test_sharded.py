@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "ddp"))
 from _sharded_case import STATS, build, train  # noqa: E402
@@ -73,3 +74,25 @@ def test_hsdp_counts_each_replicated_element_once(ranks):
     copies = math.sqrt(sum(r["hsdp"]["replica_sumsq"] for r in ranks))
     full = math.sqrt(ranks[0]["hsdp"]["full_sumsq"])
     assert copies / full == pytest.approx(math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["t-fixup", "rezero"])
+def test_reinit_before_sharding_agrees_across_ranks_and_with_one_process(ranks, scheme):
+    from _record import weights_hash
+
+    import initwatch
+    from initwatch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    initwatch.reinit(model, scheme, seed=5)
+    state = dict(sorted(model.state_dict().items()))
+    holder = torch.nn.Module()
+    for i, v in enumerate(state.values()):
+        holder.register_buffer(f"b{i}", v)
+    r0, r1 = (r["reinit"][scheme] for r in ranks)
+    assert r0["keys"] == r1["keys"] == sorted(state)
+    assert r0["hash"] == r1["hash"] == weights_hash(holder)  # the single-process draw
+    assert r0["trained"] == r1["trained"] != r0["hash"]  # the ranks stay equal after a step
+    # re-drawing the sharded model is refused with the order that works
+    assert "already sharded by FSDP2" in r0["refused"] and "before sharding" in r0["refused"]

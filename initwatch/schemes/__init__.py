@@ -13,6 +13,7 @@ from initwatch.schemes.registry import SCHEMES
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.restore import restore
 from initwatch.schemes.spec import Scheme
+from initwatch.sharding import refuse_sharded_reinit
 
 
 def scheme_name(scheme: str) -> str:
@@ -44,7 +45,9 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
             * ``stacks``: which stacks to touch, e.g. ``["decoder"]`` (default: all).
             * ``depth``: N (and M) used in the constants: an int or ``{"encoder": N,
               "decoder": M}`` (default: the model's depths).
-            * ``seed``: seed the random draws (default: the global RNG).
+            * ``seed``: seed the random draws (default: the global RNG). Under
+              ``torch.distributed``, give every rank the same seed before sharding (a DDP
+              wrap or ``deepspeed.initialize`` also broadcasts rank 0's weights; FSDP does not).
 
             DeepNet: ``alpha``, ``beta`` (number or ``{stack: number}``).
             T-Fixup: ``scale``, ``embedding_scale`` (number or dict), ``embedding``
@@ -67,6 +70,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
         PretrainedWeightsError: the weights came from a checkpoint (see ``allow_pretrained``).
         AlreadyAppliedError: a scheme was already applied to this model.
         AnatomyError: the model's structure could not be read.
+        ShardingError: meta-device or already-sharded parameters (apply the scheme to the
+            full model before sharding, with the same ``seed`` on every rank).
 
     Example::
 
@@ -82,6 +87,7 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
     validate.module("model", model, "initwatch.reinit(model, 'deepnet')")
     name = scheme_name(scheme)
     validate.reinit_options(options)
+    refuse_sharded_reinit(model)
     anatomy = options.get("anatomy")
     if anatomy is None:
         anatomy = inspect(model)

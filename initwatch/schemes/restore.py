@@ -217,7 +217,19 @@ def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _gate_shapes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ReZero gates in the model's shape: checkpoints of 0-dim and of shape-(1,) gates load."""
+    params = dict(model.named_parameters())
+    out = dict(state)
+    for key, value in state.items():
+        p = params.get(key)
+        if REZERO_PARAM in key and p is not None and value.numel() == p.numel() == 1:
+            out[key] = value.reshape(p.shape)
+    return out
+
+
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    state = _gate_shapes(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -13,6 +13,9 @@ from initwatch.errors import InitWatchError
 
 DEEPNORM_BUFFER = "deepnorm_alpha"
 REZERO_PARAM = "rezero_alpha"
+# Shape of a ReZero gate: (1,), not a 0-dim scalar, which FSDP1, FSDP2 and DeepSpeed refuse to
+# shard. restore() accepts checkpoints of either shape (initwatch <= 0.1 saved 0-dim gates).
+REZERO_SHAPE = (1,)
 _RESIDUAL_ATTR = "_initwatch_residual"
 
 
@@ -273,12 +276,13 @@ class ReZeroScale:
 
 
 def add_rezero(model: nn.Module, block_path: str, gates: list[str]) -> list[str]:
-    """Register ReZero gates (scalars initialized to 0) on a block; returns their names."""
+    """Register ReZero gates (shape :data:`REZERO_SHAPE`, initialized to 0) on a block;
+    returns their names."""
     block = model.get_submodule(block_path)
     ref = next(iter(block.parameters()), None)
     kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     for name in gates:
-        block.register_parameter(name, nn.Parameter(torch.zeros((), **kw)))
+        block.register_parameter(name, nn.Parameter(torch.zeros(REZERO_SHAPE, **kw)))
     return [f"{block_path}.{name}" for name in gates]
 
 

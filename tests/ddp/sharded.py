@@ -45,6 +45,40 @@ def ddp():
     return model, model
 
 
+def reinit_cases() -> dict:
+    """Schemes applied to the full model before fully_shard, the same seed on every rank."""
+    from _record import weights_hash
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from initwatch import zoo
+
+    def full_hash(model):
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        holder = torch.nn.Module()
+        for i, (_k, v) in enumerate(sorted(full.items())):
+            holder.register_buffer(f"b{i}", v)
+        return weights_hash(holder), sorted(full)
+
+    out = {}
+    for scheme in ("t-fixup", "rezero"):
+        torch.manual_seed(0)
+        model = zoo.build("gpt2", layers=2, hidden=32)
+        initwatch.reinit(model, scheme, seed=5)
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+        h, keys = full_hash(model)
+        ids = torch.arange(16).reshape(2, 8) % 96
+        model(input_ids=ids, labels=ids).loss.backward()  # gates of shape (1,) shard and train
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        out[scheme] = {"hash": h, "keys": keys, "trained": full_hash(model)[0]}
+        try:
+            initwatch.reinit(model, scheme, seed=5)
+        except initwatch.ShardingError as exc:
+            out[scheme]["refused"] = str(exc)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -64,6 +98,7 @@ def main() -> None:
             w = model[2].weight
             results[name]["replica_sumsq"] = float(w.to_local().pow(2).sum())
             results[name]["full_sumsq"] = float(w.full_tensor().pow(2).sum())
+    results["reinit"] = reinit_cases()
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
