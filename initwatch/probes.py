@@ -1,9 +1,12 @@
 """Probes: hooks and gradient reads that reduce tensors on the device into the stats buffer.
 
-Hooks are attached once, before any ``torch.compile``, and stay attached; a :class:`Gate` that
-every hook reads turns measuring on for logging steps only. On other steps a hook returns at its
-first line. A hook never calls ``.item()``, never appends to a Python list, and keeps no
-reference to the tensor it reduced.
+A :class:`Gate` that every hook reads turns measuring on for logging steps only. For an eager
+model the forward hooks are attached for logging steps only (:meth:`ProbeSet.attach` /
+:meth:`ProbeSet.idle`), so other steps pay nothing; once a hook has run under
+``torch.compile`` they stay attached (detaching would recompile) and return at their first line
+when the gate is off. A hook never calls ``.item()`` and keeps no reference to the tensor it
+reduced; in eager mode it stages its few 0-d results in the buffer (:meth:`StatBuffer.stage`),
+under ``torch.compile`` it folds them into the buffer in the graph.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from initwatch.selection import ParamTarget, Target
+from initwatch.selection import ParamTarget, Target, counts_zeros
 from initwatch.sharding import Layout, is_dtensor, layout, layouts, local_tensor
 from initwatch.stats import (
     ACTIVATION_FIELDS,
@@ -22,6 +25,15 @@ from initwatch.stats import (
     Group,
     StatBuffer,
 )
+
+# Parameter tensors up to this many elements get an exact update ratio from a full snapshot
+# (three torch._foreach calls for all of them together); larger ones are sampled. On one CPU
+# thread the two cost the same near 16k elements (bench/overhead.py --param-crossover).
+EXACT_UPDATE_NUMEL = 16384
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
 
 class Gate:
@@ -38,6 +50,8 @@ class Gate:
 
     def __init__(self) -> None:
         self.on = False
+        self.eager = False  # a hook ran eagerly
+        self.compiled = False  # a hook ran inside a torch.compile graph: never detach
 
 
 def first_tensor(output: object) -> torch.Tensor | None:
@@ -56,7 +70,7 @@ def first_tensor(output: object) -> torch.Tensor | None:
 
 
 def reduce_activation(
-    x: torch.Tensor, band: tuple[float, float, bool] | None = None
+    x: torch.Tensor, band: tuple[float, float, bool] | None = None, zeros: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial sums of one activation tensor, in the order of :data:`ACTIVATION_FIELDS`.
 
@@ -65,7 +79,9 @@ def reduce_activation(
     Sums are accumulated in float32 whatever ``x``'s dtype. A NaN or Inf element makes the sum,
     sum of squares and abs-max non-finite (the derived RMS, mean and std become NaN: data, not
     an error) and is counted; computing finite-only moments would cost two more passes over
-    every tensor. ``band = (centre, half_width, inclusive)`` counts ``|x - centre| > half_width``.
+    every tensor. ``band = (centre, half_width, inclusive)`` counts ``|x - centre| > half_width``;
+    ``zeros=False`` skips the zero count (0). The reference reduction, and the one used inside
+    ``torch.compile`` graphs (where the passes fuse); eager hooks use :func:`activation_partials`.
 
     Example::
 
@@ -82,7 +98,7 @@ def reduce_activation(
         sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
     lo, hi = torch.aminmax(x)  # much faster than an inf-norm or abs().amax() on CPU
     absmax = torch.maximum(-lo, hi).to(torch.float32)
-    zeros = numel - torch.count_nonzero(x).to(torch.float32)
+    zeros = numel - torch.count_nonzero(x).to(torch.float32) if zeros else torch.zeros_like(total)
     nonfinite = torch.count_nonzero(x - x).to(torch.float32)  # inf - inf and NaN give NaN
     if band is None:
         saturated = torch.zeros_like(total)
@@ -92,6 +108,44 @@ def reduce_activation(
         saturated = (dev >= half if inclusive else dev > half).sum(dtype=torch.float32)
     sums = torch.stack([torch.full_like(total, numel), total, sumsq, zeros, saturated, nonfinite])
     return sums, absmax.reshape(1)
+
+
+def activation_partials(
+    x: torch.Tensor,
+    band: tuple[float, float, bool] | None = None,
+    zeros: bool = False,
+    nonfinite: bool = False,
+) -> list[torch.Tensor]:
+    """The lean eager reduction of one activation tensor: 0-d partials for the buffer.
+
+    Three passes over ``x``: its float32 sum, its L2 norm and ``aminmax``, returned as
+    ``[sum, norm, min, max]``; then ``count_nonzero`` when ``zeros`` (ReLU-family outputs),
+    the saturated count when ``band`` is given, and the finite count when ``nonfinite`` (a
+    layer whose sum was non-finite at an earlier logging step). The element count is known on
+    the host. :meth:`ActivationProbe.plan` says where each value goes.
+
+    Example::
+
+        >>> [round(v.item(), 3) for v in activation_partials(torch.tensor([0.0, 3.0, -4.0]),
+        ...                                                  zeros=True)]
+        [-1.0, 5.0, -4.0, 3.0, 2]
+    """
+    if x.dtype == torch.float32:  # vector_norm's dtype= path is slower on CPU
+        total, norm = x.sum(), torch.linalg.vector_norm(x)
+    else:
+        total = x.sum(dtype=torch.float32)
+        norm = torch.linalg.vector_norm(x, dtype=torch.float32)
+    lo, hi = torch.aminmax(x)
+    out = [total, norm, lo, hi]
+    if zeros:
+        out.append(torch.count_nonzero(x))
+    if band is not None:
+        centre, half, inclusive = band
+        dev = (x - centre).abs_()
+        out.append((dev >= half if inclusive else dev > half).sum())
+    if nonfinite:
+        out.append(torch.isfinite(x).sum())
+    return out
 
 
 def reduce_grad_signal(g: torch.Tensor) -> torch.Tensor:
@@ -115,6 +169,11 @@ class ActivationProbe:
     ``torch.compile`` (a full module backward hook does not), and it fires once per backward
     through the output, so micro-batches accumulate.
 
+    Zeros are counted only on ReLU-family outputs (:func:`~initwatch.selection.counts_zeros`).
+    Non-finite elements are counted only once ``count_nonfinite`` is set (the Watch sets it for
+    a layer whose sum was non-finite: a NaN / Inf makes the sum non-finite, so the flag costs
+    nothing); until then ``act_nonfinite`` says "present" (inf) or 0.
+
     Args:
         target: what to measure.
         buffer: the stats buffer (groups are declared here; allocate afterwards).
@@ -137,11 +196,36 @@ class ActivationProbe:
         self.buffer = buffer
         self.gate = gate
         self.band = target.band
+        self.zeros = counts_zeros(target.module)
+        self.count_nonfinite = False
         self.group = buffer.add(f"act:{target.info.name}", ACTIVATION_FIELDS)
         self.grad_group: Group | None = None
         if target.grad_signal:
             self.grad_group = buffer.add(f"grad:{target.info.name}", GRAD_SIGNAL_FIELDS)
         self.error: str | None = None
+        self._plans: dict[bool, int] = {}
+        self._grad_plan: int | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether ``nonfinite`` holds a count (else only the sum says whether any exist)."""
+        return self.count_nonfinite or self.gate.compiled
+
+    def plan(self) -> int:
+        """The staging plan of :func:`activation_partials`' values (declared once per mode)."""
+        mode = self.count_nonfinite
+        found = self._plans.get(mode)
+        if found is None:
+            entries = [("sum", "sum", 0), ("sumsq", "sumsq", 0)]
+            entries += [("absmax", "absmax", 0), ("absmax", "absmax", 0)]
+            if self.zeros:
+                entries.append(("sub", "zeros", 0))
+            if self.band is not None:
+                entries.append(("sum", "saturated", 0))
+            if mode:
+                entries.append(("sub", "nonfinite", 0))
+            found = self._plans[mode] = self.buffer.plan(self.group, entries)
+        return found
 
     def __call__(self, module: nn.Module, args: object, output: object) -> None:
         if not self.gate.on:
@@ -150,24 +234,57 @@ class ActivationProbe:
             x = first_tensor(output)
             if x is None or not x.is_floating_point() or x.numel() == 0:
                 return None
-            sums, maxs = reduce_activation(x, self.band)
-            self.buffer.accumulate(self.group, sums, maxs)
+            if _compiling():
+                self.gate.compiled = True
+                sums, maxs = reduce_activation(x, self.band, self.zeros)
+                self.buffer.accumulate(self.group, sums, maxs)
+            else:
+                self.gate.eager = True
+                self._stage(x)
             if self.grad_group is not None and x.requires_grad:
                 x.register_hook(self._on_grad)
         except Exception as exc:  # a probe must never break the forward pass
             self.error = repr(exc)
         return None
 
+    @torch.no_grad()
+    def _stage(self, x: torch.Tensor) -> None:
+        n = x.numel()
+        nonfinite = self.count_nonfinite
+        values = activation_partials(x, self.band, self.zeros, nonfinite)
+        buf = self.buffer
+        buf.stage(self.plan(), values)
+        buf.stage_host(self.group, "count", n)
+        if self.zeros:
+            buf.stage_host(self.group, "zeros", n)
+        if nonfinite:
+            buf.stage_host(self.group, "nonfinite", n)
+
     def _on_grad(self, grad: torch.Tensor) -> None:
         try:
-            self.buffer.accumulate(self.grad_group, reduce_grad_signal(grad))
+            if _compiling():
+                self.buffer.accumulate(self.grad_group, reduce_grad_signal(grad))
+                return None
+            with torch.no_grad():
+                if grad.dtype == torch.float32:
+                    norm = torch.linalg.vector_norm(grad)
+                else:
+                    norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+            if self._grad_plan is None:
+                self._grad_plan = self.buffer.plan(self.grad_group, [("sumsq", "sumsq", 0)])
+            self.buffer.stage(self._grad_plan, (norm,))
+            self.buffer.stage_host(self.grad_group, "count", grad.numel())
         except Exception as exc:
             self.error = repr(exc)
         return None
 
 
 class ProbeSet:
-    """All activation probes of a model, attached once and removed at :meth:`remove`.
+    """All activation probes of a model.
+
+    Hooks are attached here. Between logging steps :meth:`idle` detaches them once they have
+    run eagerly (and never under ``torch.compile``, where hooks stay attached, gated), and
+    :meth:`attach` puts them back for the next logging step; :meth:`remove` is final.
 
     Args:
         targets: from :func:`~initwatch.selection.select_layers`.
@@ -185,7 +302,32 @@ class ProbeSet:
     def __init__(self, targets: Sequence[Target], buffer: StatBuffer) -> None:
         self.gate = Gate()
         self.probes = [ActivationProbe(t, buffer, self.gate) for t in targets]
+        self._handles: list = []
+        self._removed = False
+        self.attach()
+
+    @property
+    def attached(self) -> bool:
+        """Whether the forward hooks are attached now."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Attach the forward hooks (no-op when attached or removed)."""
+        if self._handles or self._removed:
+            return
         self._handles = [p.target.module.register_forward_hook(p) for p in self.probes]
+
+    def detach(self) -> None:
+        """Remove the forward hooks until the next :meth:`attach`."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def idle(self) -> None:
+        """Between logging steps: gate off, and hooks detached if they only ever ran eagerly."""
+        self.gate.on = False
+        if self.gate.eager and not self.gate.compiled:
+            self.detach()
 
     def errors(self) -> dict[str, str]:
         """``{layer: error}`` of probes whose last call failed (and clears them)."""
@@ -195,10 +337,9 @@ class ProbeSet:
         return out
 
     def remove(self) -> None:
-        """Remove every hook (idempotent)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Remove every hook (idempotent, final)."""
+        self.detach()
+        self._removed = True
         self.gate.on = False
 
 
@@ -227,32 +368,37 @@ def _long(values: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long, device=device)
 
 
-def _flat(p: torch.Tensor) -> torch.Tensor:
-    p = p.detach()
-    return p.view(-1) if p.is_contiguous() else p.reshape(-1)
-
-
 class ParamProbe:
     """Gradient, weight and update statistics of the trainable parameter tensors.
 
     Call :meth:`read_grads` and :meth:`snapshot` after the gradients are final and before the
-    optimizer step, and :meth:`measure_update` after it.
+    optimizer step, and :meth:`measure_update` after it. Every tensor is handled in a few
+    ``torch._foreach`` calls over all tensors at once (not a few ops per tensor): one
+    ``_foreach_norm`` for every gradient and weight norm. Each rank measures the elements it
+    owns (:mod:`initwatch.sharding`: its shard under FSDP, everything on rank 0 under DDP) and
+    the one SUM reduction across ranks adds the parts.
 
-    The update ratio ``||ΔW|| / ||W||`` is estimated without copying the parameters: a fixed
-    random sample ``S`` of ``k = sample`` coordinates per tensor (drawn once, from a seeded
-    generator, so every DDP rank draws the same) is snapshotted before the step, and
+    The update ratio ``||ΔW|| / ||W||`` is exact for tensors of at most ``exact_numel``
+    elements (default :data:`EXACT_UPDATE_NUMEL`, and always when ``numel <= sample``): they
+    are copied whole before the step (``_foreach_mul``), and after it
+    ``_foreach_sub_`` + ``_foreach_norm`` give every ``||ΔW||``. Larger tensors are sampled,
+    which costs less than copying them: a fixed random sample ``S`` of ``k = sample``
+    coordinates per tensor (drawn once in global flat indices, from a seeded generator, so every
+    rank draws the same) is read before and after the step, and
     ``||ΔW|| ≈ sqrt(n / k · Σ_{i∈S} ΔW_i²)`` for a tensor of ``n`` elements, divided by the
-    exact pre-step ``||W||``. Tensors with ``n <= k`` are measured exactly. For update entries
-    that behave like i.i.d. draws, the estimate of ``||ΔW||²`` has relative standard deviation
-    ``sqrt(Var(Δ²) / k) / E[Δ²]`` (= ``sqrt(2 / k)`` for Gaussian entries, less for Adam's
-    near-constant-magnitude steps), so the ratio itself is off by about ``1 / sqrt(2k)``:
-    2.2 % at ``k = 1024``. Memory: ``k`` floats per tensor.
+    exact pre-step ``||W||``. For update entries that behave like i.i.d. draws, the estimate of
+    ``||ΔW||²`` has relative standard deviation ``sqrt(Var(Δ²) / k) / E[Δ²]``
+    (= ``sqrt(2 / k)`` for Gaussian entries, less for Adam's near-constant-magnitude steps), so
+    the ratio itself is off by about ``1 / sqrt(2k)``: 2.2 % at ``k = 1024``. Memory during a
+    logging step: the exact tensors' copy plus ``k`` floats per sampled tensor.
 
     Args:
         targets: from :func:`~initwatch.selection.select_parameters`; frozen ones are skipped.
         buffer: the stats buffer.
-        sample: coordinates sampled per tensor for the update ratio (``k``).
+        sample: coordinates sampled per large tensor for the update ratio (``k``).
         seed: seed of the sampling generator.
+        exact_numel: tensors up to this size get an exact update ratio (0: sample every
+            tensor larger than ``sample``).
 
     Example::
 
@@ -274,38 +420,46 @@ class ParamProbe:
         buffer: StatBuffer,
         sample: int = 1024,
         seed: int = 0,
+        exact_numel: int = EXACT_UPDATE_NUMEL,
     ) -> None:
         self.targets = [t for t in targets if t.info.trainable]
         self.buffer = buffer
         self.group = buffer.add("params", PARAM_FIELDS, size=len(self.targets))
-        gen = torch.Generator().manual_seed(seed)
-        self.index = [self._draw(t.param, sample, gen) for t in self.targets]
-        self.sampled = [
-            t.param.numel() if i is None else len(i)
-            for t, i in zip(self.targets, self.index, strict=True)
-        ]
         self.numel = [t.param.numel() for t in self.targets]
+        limit = max(int(sample), int(exact_numel))
+        gen = torch.Generator().manual_seed(seed)
+        # index[i] is None for exactly measured tensors, else the sorted sampled coordinates
+        self.index = [
+            None if n <= limit else self._draw(t.param, sample, gen)
+            for t, n in zip(self.targets, self.numel, strict=True)
+        ]
+        self.sampled = [
+            n if i is None else len(i) for n, i in zip(self.numel, self.index, strict=True)
+        ]
+        self.exact = [i for i, idx in enumerate(self.index) if idx is None]
+        self.sparse = [i for i, idx in enumerate(self.index) if idx is not None]
         self.has_grad = [False] * len(self.targets)
-        self._snap: torch.Tensor | None = None
-        self._segments: torch.Tensor | None = None
+        self._snap: list[torch.Tensor] | None = None
+        self._snap_sampled: torch.Tensor | None = None
         self._layouts: list[Layout] | None = None
         self._layout_key: list[tuple[int, ...]] = []
-        self._owner = torch.zeros(0, dtype=torch.bool)
+        self._owned: list[bool] = []
         self._positions: list[torch.Tensor | None] = []
+        self._forget_plans()
+
+    def _forget_plans(self) -> None:
+        self._segments: torch.Tensor | None = None
+        self._plans: dict[tuple, int] = {}
+        self._update_plan: int | None = None
 
     @staticmethod
-    def _draw(p: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor | None:
+    def _draw(p: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         n = p.numel()
-        if n <= k:
-            return None
         if n <= 1 << 22:
             idx = torch.randperm(n, generator=gen)[:k]
         else:  # with replacement: O(k) memory; duplicates are rare and keep it unbiased
             idx = torch.randint(0, n, (k,), generator=gen)
         return idx.sort().values.to(p.device)
-
-    def _zero(self) -> torch.Tensor:
-        return torch.zeros((), device=self.buffer.device)
 
     def _resolve(self) -> list[Layout]:
         """This rank's part of every tensor (:mod:`initwatch.sharding`), re-read only when a
@@ -315,18 +469,21 @@ class ParamProbe:
         if self._layouts is None or key != self._layout_key:
             self._layouts = layouts(params)
             self._layout_key = key
-            dev = self.buffer.device
-            self._owner = torch.tensor([lay.owner for lay in self._layouts], device=dev)
+            self._owned = [lay.owner for lay in self._layouts]
             self._positions = [
                 i if i is None or lay.whole else _long(lay.local_positions(i)[1], i.device)
                 for lay, i in zip(self._layouts, self.index, strict=True)
             ]
-            self._segments = None
+            self._forget_plans()
         return self._layouts
+
+    def _move(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        dev = self.buffer.device
+        return [v if v.device == dev else v.to(dev) for v in values]
 
     @torch.no_grad()
     def read_grads(self) -> None:
-        """Gradient and weight norms into the buffer.
+        """Gradient and weight norms into the buffer: one ``_foreach_norm`` for all of them.
 
         Each rank adds the sums of squares over the elements it owns (:mod:`initwatch.sharding`);
         the one reduction across ranks sums them. ``grad_nonfinite`` is 1 for a tensor whose
@@ -335,34 +492,30 @@ class ParamProbe:
         float32, |g| above ~1e19, also counts). ``grad_present`` is 1 when any rank holds a
         gradient of the tensor (FSDP1 leaves ``grad=None`` on ranks that hold none of it).
         """
-        n = len(self.targets)
-        if n == 0:
+        if not self.targets:
             return
         self._resolve()
         params = [t.param for t in self.targets]
         self.has_grad = [p.grad is not None for p in params]
-        grads = [local_tensor(p.grad) for p in params if p.grad is not None]
-        dev = self.buffer.device
-        g_norms = iter(foreach_norm(grads))
-        w_norms = foreach_norm([local_tensor(p) for p in params])
-        zero = self._zero()
-        g = torch.stack([next(g_norms).to(dev) if h else zero for h in self.has_grad])
-        g_owner = self._owner & torch.tensor(self._grad_owners(params), device=dev)
-        w = torch.stack([w.to(dev) for w in w_norms])
-        sums = torch.cat(
-            [
-                torch.where(g_owner, g.square(), 0.0),
-                torch.where(self._owner, w.square(), 0.0),
-                torch.zeros(n, device=dev),
-            ]
-        )
-        maxs = torch.cat(
-            [
-                (~torch.isfinite(g) & g_owner).to(torch.float32),
-                torch.tensor(self.has_grad, dtype=torch.float32, device=dev),
-            ]
-        )
-        self.buffer.accumulate(self.group, sums=sums, maxs=maxs)
+        g_rows = [i for i, o in enumerate(self._grad_owners(params)) if o and self._owned[i]]
+        w_rows = [i for i, o in enumerate(self._owned) if o]
+        for i, h in enumerate(self.has_grad):
+            if h:
+                self.buffer.stage_host(self.group, "grad_present", 1.0, i)
+        if not (g_rows or w_rows):  # this rank owns nothing (a non-zero DDP rank)
+            return
+        key = (tuple(g_rows), tuple(w_rows))
+        plan = self._plans.get(key)
+        if plan is None:
+            entries = [("sum", "grad_sumsq", i) for i in g_rows]
+            entries += [("sum", "weight_sumsq", i) for i in w_rows]
+            entries += [("flag", "grad_nonfinite", i) for i in g_rows]
+            plan = self._plans[key] = self.buffer.plan(self.group, entries)
+        tensors = [local_tensor(params[i].grad) for i in g_rows]
+        tensors += [local_tensor(params[i]) for i in w_rows]
+        values = torch.stack(self._move(foreach_norm(tensors)))
+        # [squared grad norms, squared weight norms, grad norms (for the non-finite flags)]
+        self.buffer.stage(plan, torch.cat([values.square(), values[: len(g_rows)]]))
 
     def _grad_owners(self, params: Sequence[torch.Tensor]) -> list[bool]:
         """Owner rule for gradients held as DTensors (their placements may differ from the
@@ -371,49 +524,60 @@ class ParamProbe:
             p.grad is not None and (not is_dtensor(p.grad) or layout(p.grad).owner) for p in params
         ]
 
-    def _sampled_values(self) -> torch.Tensor:
-        dev = self.buffer.device
-        self._resolve()
-        parts = []
-        for t, lay, pos in zip(self.targets, self._layouts, self._positions, strict=True):
-            local = _flat(local_tensor(t.param))
-            if not lay.owner:
-                local = local[:0]
-            elif pos is not None:
-                local = local.index_select(0, pos)
-            parts.append(local.to(dev, torch.float32))
-        return torch.cat(parts) if parts else torch.zeros(0, device=dev)
+    def _exact_rows(self) -> list[int]:
+        return [i for i in self.exact if self._owned[i]]
+
+    def _sparse_rows(self) -> list[int]:
+        return [i for i in self.sparse if self._owned[i]]
+
+    def _sampled_values(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        rows = self._sparse_rows()
+        if not rows:
+            return None
+        parts = [torch.take(local_tensor(params[i]), self._positions[i]) for i in rows]
+        return torch.cat(self._move(parts)).to(torch.float32)
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        """Keep the sampled coordinates of every tensor (before the optimizer step)."""
-        self._snap = self._sampled_values()
+        """Copy the exactly measured tensors and read the sampled coordinates of the others
+        (before the optimizer step); only the elements this rank owns."""
+        self._resolve()
+        params = [t.param for t in self.targets]
+        exact = [local_tensor(params[i]) for i in self._exact_rows()]
+        self._snap = list(torch._foreach_mul(exact, 1.0)) if exact else []
+        self._snap_sampled = self._sampled_values(params)
 
     @torch.no_grad()
     def measure_update(self) -> None:
-        """Sum of squared changes of the sampled coordinates since :meth:`snapshot`."""
+        """Sum of squared changes since :meth:`snapshot`: exact for the copied tensors
+        (``_foreach_sub_`` + ``_foreach_norm``), over the sample for the others."""
         if self._snap is None or not self.targets:
             return
-        current = self._sampled_values()
-        if self._segments is None:
-            counts = [self._local_count(i) for i in range(len(self.targets))]
-            ids = [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(counts)]
-            self._segments = torch.cat(ids).to(self.buffer.device)
-        delta = (current - self._snap).square()
-        n = len(self.targets)
-        upd = torch.zeros(n, device=self.buffer.device).index_add_(0, self._segments, delta)
-        self.buffer.accumulate(
-            self.group, sums=torch.cat([torch.zeros(2 * n, device=upd.device), upd])
-        )
-        self._snap = None
-
-    def _local_count(self, i: int) -> int:
-        """Sampled coordinates of tensor ``i`` this rank measures."""
-        lay, pos = self._layouts[i], self._positions[i]
-        if not lay.owner:
-            return 0
-        return local_tensor(self.targets[i].param).numel() if pos is None else len(pos)
+        params = [t.param for t in self.targets]
+        exact, sparse = self._exact_rows(), self._sparse_rows()
+        parts = []
+        if exact:
+            torch._foreach_sub_(self._snap, [local_tensor(params[i]) for i in exact])
+            parts.append(torch.stack(self._move(foreach_norm(self._snap))).square())
+        if sparse:
+            if self._segments is None:
+                ids = [
+                    torch.full((len(self._positions[i]),), j, dtype=torch.long)
+                    for j, i in enumerate(sparse)
+                ]
+                self._segments = torch.cat(ids).to(self.buffer.device)
+            delta = (self._sampled_values(params) - self._snap_sampled).square()
+            upd = torch.zeros(len(sparse), device=delta.device)
+            parts.append(upd.index_add_(0, self._segments, delta))
+        self.discard_snapshot()
+        if not parts:
+            return
+        if self._update_plan is None:
+            entries = [("sum", "update_sumsq", i) for i in exact + sparse]
+            self._update_plan = self.buffer.plan(self.group, entries)
+        self.buffer.stage(self._update_plan, torch.cat(parts) if len(parts) > 1 else parts[0])
 
     def discard_snapshot(self) -> None:
         """Forget the snapshot (skipped step)."""
         self._snap = None
+        self._snap_sampled = None

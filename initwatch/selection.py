@@ -131,6 +131,28 @@ def saturation_band(module: nn.Module) -> tuple[float, float, bool] | None:
     return next((b for cls, b in _BANDS.items() if isinstance(module, cls)), None)
 
 
+# Activations whose outputs are exactly zero on a whole region of inputs: the only ones whose
+# zero fraction means something (dead units). GELU, SiLU, tanh... are zero at a single point.
+_ZERO_PRODUCING = (nn.ReLU, nn.ReLU6, nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.Hardsigmoid)
+_ZERO_PRODUCING += (nn.Hardswish,)
+
+
+def counts_zeros(module: nn.Module) -> bool:
+    """True for ReLU-family activations, whose fraction of exact zeros is measured.
+
+    Example::
+
+        >>> counts_zeros(nn.ReLU()), counts_zeros(nn.GELU()), counts_zeros(nn.Linear(2, 2))
+        (True, False, False)
+    """
+    if isinstance(module, _ZERO_PRODUCING):
+        return True
+    if isinstance(module, nn.Hardtanh):  # a clamp whose lower end is 0
+        return float(module.min_val) == 0.0
+    name = type(module).__name__
+    return type(module).__module__.startswith("transformers.activations") and "relu" in name.lower()
+
+
 def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 

@@ -10,6 +10,13 @@ live in one preallocated device tensor laid out as ``[SUM section | MAX section]
   of layers (:meth:`StatBuffer.reduce_across_ranks`),
 * reading the results is exactly one device-to-host copy (:func:`to_host`).
 
+Hooks of an eager model *stage* their partial results (:meth:`StatBuffer.stage`: a few 0-d
+tensors and a precomputed plan saying which field each one folds into, and how) instead of
+updating the buffer one field at a time; :meth:`StatBuffer.flush` folds everything staged in a
+logging step with a handful of ops (one stack, then one ``index_add_`` per SUM transform and one
+``scatter_reduce_(amax)`` per MAX transform), so the device work per monitored output is its
+reductions and nothing else.
+
 Derived statistics (RMS, mean, std, fractions, norms, ratios) are computed on the host from the
 reduced sums by the ``derive_*`` functions below.
 """
@@ -17,7 +24,7 @@ reduced sums by the ``derive_*`` functions below.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -143,6 +150,16 @@ class Group:
         raise KeyError(f"group {self.name!r} has no field {name!r}; fields: {self.field_names}")
 
 
+# How a staged value folds into its field (see StatBuffer.stage): summed as is, subtracted (a
+# count of non-zeros from the host-known element count), squared then summed (a norm into a
+# sum of squares), maxed as is, |.| then maxed (aminmax ends into an abs-max), or 1.0 if
+# non-finite else 0.0 then maxed (a non-finite flag from a norm).
+STAGE_OPS = ("sum", "sub", "sumsq", "max", "absmax", "flag")
+_STAGE_REDUCE = {"sum": Reduce.SUM, "sub": Reduce.SUM, "sumsq": Reduce.SUM, "max": Reduce.MAX}
+_STAGE_REDUCE.update(absmax=Reduce.MAX, flag=Reduce.MAX)
+_PLAN_CACHE = 8  # staged sequences whose index tensors are kept (one per distinct step shape)
+
+
 def to_host(tensor: torch.Tensor) -> list[float]:
     """The one device-to-host transfer of a logging step.
 
@@ -184,6 +201,14 @@ class StatBuffer:
         self.data: torch.Tensor | None = None
         self.n_sum = 0
         self._defaults: torch.Tensor | None = None
+        self._plans: list[tuple[tuple[str, int], ...]] = []
+        self._plan_ids: dict[tuple[tuple[str, int], ...], int] = {}
+        self._staged: list[torch.Tensor] = []  # 0-d values, in staging order
+        self._staged_vectors: list[torch.Tensor] = []  # 1-d values, in staging order
+        self._staged_plans: list[tuple[int, bool]] = []  # (plan, is a vector)
+        self._staged_counts: dict[int, float] = {}  # offset -> host-known sums (element counts)
+        self._staged_host_max: dict[int, float] = {}  # offset -> host-known maxima (flags)
+        self._index_cache: dict[tuple, object] = {}
 
     def add(self, name: str, fields: Sequence[Field], size: int = 1) -> Group:
         """Declare a group of ``size`` rows of ``fields``; returns its handle."""
@@ -228,6 +253,130 @@ class StatBuffer:
             view = data[group.max_start : group.max_stop]
             view.copy_(torch.maximum(view, maxs.to(data.device, data.dtype)))
 
+    def plan(self, group: Group, entries: Sequence[tuple[str, str, int]]) -> int:
+        """Declare how a sequence of staged values folds into ``group``; returns the plan id.
+
+        ``entries`` are ``(op, field, row)`` triples, one per staged value, with ``op`` in
+        :data:`STAGE_OPS`; the op must suit the field's declared reduction (``sum``/``sumsq`` a
+        SUM field, ``max``/``absmax``/``flag`` a MAX field). Plans are deduplicated.
+
+        Example::
+
+            >>> buf = StatBuffer(); g = buf.add("g", GRAD_SIGNAL_FIELDS); buf.allocate()
+            >>> buf.plan(g, [("sumsq", "sumsq", 0)]) == buf.plan(g, [("sumsq", "sumsq", 0)])
+            True
+        """
+        resolved = []
+        for op, name, row in entries:
+            kind = _STAGE_REDUCE.get(op)
+            if kind is None:
+                raise ValueError(f"stage op {op!r}: expected one of {STAGE_OPS}")
+            declared = Reduce.SUM if name in group.sum_fields else Reduce.MAX
+            if kind is not declared:
+                raise ValueError(
+                    f"stage op {op!r} reduces by {kind.value}, but field {name!r} of group "
+                    f"{group.name!r} is declared {declared.value}"
+                )
+            resolved.append((op, group.offset(name) + int(row)))
+        key = tuple(resolved)
+        if key not in self._plan_ids:
+            self._plan_ids[key] = len(self._plans)
+            self._plans.append(key)
+        return self._plan_ids[key]
+
+    def stage(self, plan: int, values: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Keep partial values for :meth:`flush`: a 1-d tensor or a sequence of 0-d tensors,
+        one per entry of ``plan`` (from :meth:`plan`). No device op, no sync."""
+        if isinstance(values, torch.Tensor) and values.dim() == 1:
+            self._staged_vectors.append(values)
+            self._staged_plans.append((plan, True))
+        else:
+            self._staged.extend(values)
+            self._staged_plans.append((plan, False))
+
+    def stage_host(self, group: Group, name: str, value: float, row: int = 0) -> None:
+        """Fold a value known on the host (an element count, a presence flag) into a field at
+        :meth:`flush`, by the field's declared reduction."""
+        off = group.offset(name) + int(row)
+        if name in group.sum_fields:
+            self._staged_counts[off] = self._staged_counts.get(off, 0.0) + float(value)
+        else:
+            self._staged_host_max[off] = max(self._staged_host_max.get(off, -math.inf), value)
+
+    def _cached(self, key: tuple, build: Callable[[], object]) -> object:
+        found = self._index_cache.get(key)
+        if found is None:
+            if len(self._index_cache) >= _PLAN_CACHE:
+                self._index_cache.pop(next(iter(self._index_cache)))
+            found = self._index_cache[key] = build()
+        return found
+
+    def _indices(self, plans: tuple[tuple[int, bool], ...]) -> list:
+        """Per stage op: (op, positions in the flushed values, buffer offsets). The values are
+        every staged scalar in order, then every staged vector in order."""
+        by_op: dict[str, tuple[list[int], list[int]]] = {}
+        n_scalar = sum(len(self._plans[p]) for p, vec in plans if not vec)
+        pos = [0, n_scalar]
+        for pid, vec in plans:
+            for op, off in self._plans[pid]:
+                where, dest = by_op.setdefault(op, ([], []))
+                where.append(pos[vec])
+                dest.append(off)
+                pos[vec] += 1
+        dev = self.device
+        return [
+            (op, torch.tensor(w, device=dev), torch.tensor(d, device=dev))
+            for op, (w, d) in by_op.items()
+        ]
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Fold everything staged into the buffer, by each field's declared reduction.
+
+        One ``stack`` of the staged scalars (and one ``cat`` with staged vectors), then per
+        stage op present one ``index_select``, its transform and one ``index_add_`` (SUM) or
+        ``scatter_reduce_(amax)`` (MAX, NaN-propagating like :func:`torch.maximum`); host-known
+        values (counts, flags) are one more op each. Index tensors are cached by the sequence of plans
+        staged (the same every logging step). Called by :meth:`reduce_across_ranks` and
+        :meth:`read`; never syncs.
+        """
+        data = self.data
+        for kind, host in (("sum", self._staged_counts), ("max", self._staged_host_max)):
+            if not host:
+                continue
+            offs, vals = tuple(host), tuple(host.values())
+            dev, dt = data.device, data.dtype
+            idx, src = self._cached(
+                (kind, offs, vals),
+                lambda: (torch.tensor(offs, device=dev), torch.tensor(vals, device=dev, dtype=dt)),
+            )
+            if kind == "sum":
+                data.index_add_(0, idx, src)
+            else:
+                data.scatter_reduce_(0, idx, src, "amax")
+        self._staged_counts, self._staged_host_max = {}, {}
+        if not self._staged_plans:
+            return
+        scalars, vectors = self._staged, self._staged_vectors
+        plans = tuple(self._staged_plans)
+        self._staged, self._staged_vectors, self._staged_plans = [], [], []
+        parts = ([torch.stack(scalars)] if scalars else []) + vectors
+        values = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if values.dtype != data.dtype or values.device != data.device:
+            values = values.to(data.device, data.dtype)
+        for op, where, dest in self._cached(("plans", plans), lambda: self._indices(plans)):
+            v = values.index_select(0, where)
+            if op == "sumsq":
+                v = v.square()
+            elif op == "absmax":
+                v = v.abs()
+            elif op == "flag":
+                v = torch.isfinite(v).logical_not().to(data.dtype)
+            if op in ("sum", "sumsq", "sub"):
+                data.index_add_(0, dest, v, alpha=-1 if op == "sub" else 1)
+            else:
+                data.scatter_reduce_(0, dest, v, "amax")
+
     def reduce_across_ranks(self) -> int:
         """Reduce the buffer across ranks with one collective.
 
@@ -238,6 +387,7 @@ class StatBuffer:
         Does nothing unless ``torch.distributed`` is initialized with more than one rank.
         Returns the number of collectives issued (0 or 1).
         """
+        self.flush()
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return 0
@@ -249,11 +399,14 @@ class StatBuffer:
         return 1
 
     def read(self) -> HostValues:
-        """Copy the buffer to the host in one transfer (:func:`to_host`)."""
+        """Copy the buffer to the host in one transfer (:func:`to_host`), after :meth:`flush`."""
+        self.flush()
         return HostValues(to_host(self.data))
 
     def reset(self) -> None:
-        """Write every field's default back, on the device."""
+        """Write every field's default back, on the device, and drop anything staged."""
+        self._staged, self._staged_vectors, self._staged_plans = [], [], []
+        self._staged_counts, self._staged_host_max = {}, {}
         self.data.copy_(self._defaults)
 
 
@@ -294,19 +447,28 @@ def _sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 else math.nan
 
 
-def derive_activation(v: dict[str, float], bounded: bool = False) -> dict[str, float]:
+def derive_activation(
+    v: dict[str, float], bounded: bool = False, zeros: bool = True, counted: bool = True
+) -> dict[str, float]:
     """Activation statistics from reduced :data:`ACTIVATION_FIELDS`.
 
     Mean, RMS, std (population) and abs-max are over all elements, so they are NaN (or Inf)
-    when a non-finite element was present; ``act_nonfinite`` counts those. The zero and
-    saturation fractions are over all elements; ``act_sat_frac`` is only given for bounded
-    activations. Returns ``{}`` when nothing was measured.
+    when a non-finite element was present. ``act_nonfinite`` is the number of those elements
+    when they were ``counted``; otherwise it is ``inf`` when the sum says some are present
+    ("present, not counted": a NaN or Inf element makes the sum non-finite) and 0 when it is
+    finite. The zero fraction is only given when ``zeros`` were counted (ReLU-family outputs)
+    and the saturation fraction only for ``bounded`` activations. Returns ``{}`` when nothing
+    was measured.
 
     Example::
 
         >>> derive_activation({"count": 4, "sum": 0, "sumsq": 4, "zeros": 0, "saturated": 0,
         ...                    "nonfinite": 0, "absmax": 1})["act_rms"]
         1.0
+        >>> derive_activation({"count": 4, "sum": math.nan, "sumsq": 4, "zeros": 0,
+        ...                    "saturated": 0, "nonfinite": 0, "absmax": 1},
+        ...                   counted=False)["act_nonfinite"]
+        inf
     """
     n = v["count"]
     if n <= 0:
@@ -314,14 +476,17 @@ def derive_activation(v: dict[str, float], bounded: bool = False) -> dict[str, f
     mean = v["sum"] / n
     meansq = v["sumsq"] / n
     var = meansq - mean * mean
+    present = 0.0 if math.isfinite(v["sum"]) else math.inf  # when not counted
+    nonfinite = v["nonfinite"] if counted else present
     out = {
         "act_rms": _sqrt(meansq),
         "act_mean": mean,
         "act_std": math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan,
         "act_absmax": v["absmax"],
-        "act_zero_frac": v["zeros"] / n,
-        "act_nonfinite": v["nonfinite"],
+        "act_nonfinite": nonfinite,
     }
+    if zeros:
+        out["act_zero_frac"] = v["zeros"] / n
     if bounded:
         out["act_sat_frac"] = v["saturated"] / n
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -123,9 +124,11 @@ class StepScope:
 class Watch:
     """Per-layer statistics of a training run, checked by rules and written to TensorBoard.
 
-    Hooks are attached once, here, and gated by data: create the Watch before
-    ``torch.compile`` runs the model for the first time. Steps that are not logging steps cost
-    a few attribute reads. On a logging step (``step % every == 0``) the forward hooks reduce
+    Hooks are attached here, gated by data: create the Watch before ``torch.compile`` runs
+    the model for the first time. For an eager model the forward hooks are detached between
+    logging steps (after the first one) and re-attached by :meth:`begin_step`; once they have
+    run under ``torch.compile`` they stay attached. Steps that are not logging steps cost a
+    few attribute reads. On a logging step (``step % every == 0``) the forward hooks reduce
     each monitored output on the device (all micro-batches until :meth:`end_step`), tensor hooks
     reduce ``dL/d(block output)``, :meth:`before_optimizer_step` reads gradient and weight norms
     and snapshots a sample of weight coordinates, and :meth:`end_step` measures the update,
@@ -218,6 +221,7 @@ class Watch:
         self._loss = self._buffer.add("loss", LOSS_FIELDS)
         self._probes = ProbeSet(targets, self._buffer)
         self._buffer.allocate()
+        self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
         self._rules = _make_rules(rules)
         self._sink, self._own_writer = _make_sink(writer, logdir)
         self.alerts: list[Alert] = []
@@ -228,6 +232,9 @@ class Watch:
         self._closed = False
         self._warned: set[str] = set()
         self._new_alerts = 0
+        self._optimizer_hooks: list[tuple[weakref.ref, list]] = []
+        self._stepped = False
+        self._in_step = False
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -267,6 +274,8 @@ class Watch:
         self.context.step = self.step_index
         self._logging = self.step_index % self.every == 0 if measure is None else bool(measure)
         self._grads_read = False
+        if self._logging:
+            self._probes.attach()
         self._probes.gate.on = self._logging
         return self._logging
 
@@ -298,18 +307,22 @@ class Watch:
         if not self._logging:
             return []
         self._logging = False
-        self._probes.gate.on = False
+        self._probes.idle()
         if self._grads_read and not skipped:
             self._params.measure_update()
         self._params.discard_snapshot()
         if loss is not None:
-            value = torch.as_tensor(loss).detach().reshape(-1)[:1].float()
-            self._buffer.accumulate(self._loss, torch.cat([value, torch.ones_like(value)]))
+            value = torch.as_tensor(loss).detach()
+            self._buffer.stage(
+                self._loss_plan, (value if value.dim() == 0 else value.flatten()[0],)
+            )
+            self._buffer.stage_host(self._loss, "count", 1)
         self._buffer.reduce_across_ranks()
         host = self._buffer.read()
         self._buffer.reset()
         frame = self._frame(host, skipped)
         self.frames.append(frame)
+        self._count_nonfinite_where_flagged(frame)
         self._report_probe_errors()
         alerts = list(self._rules.update(frame, self.context)) if self._rules else []
         self.alerts.extend(alerts)
@@ -344,25 +357,35 @@ class Watch:
             True
         """
         scope = StepScope()
-        ran = {"post": False}
-
-        def pre(opt: Any, args: Any, kwargs: Any) -> None:
-            self.before_optimizer_step(opt)
-
-        def post(opt: Any, args: Any, kwargs: Any) -> None:
-            ran["post"] = True
-
+        self._hook_optimizer(optimizer)
+        self._stepped = False
         self.begin_step(step)
-        handles = [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+        self._in_step = True
         try:
             yield scope
         except BaseException:
             self._abort()
             raise
         finally:
-            for h in handles:
-                h.remove()
-        scope.alerts = self.end_step(loss=scope.loss, skipped=not ran["post"])
+            self._in_step = False
+        scope.alerts = self.end_step(loss=scope.loss, skipped=not self._stepped)
+
+    def _hook_optimizer(self, optimizer: Any) -> None:
+        """Register the step pre-/post-hooks of :meth:`step` once per optimizer (removed at
+        :meth:`close`); they do nothing outside a ``with watch.step(...)`` block."""
+        if any(o() is optimizer for o, _ in self._optimizer_hooks):
+            return
+
+        def pre(opt: Any, args: Any, kwargs: Any) -> None:
+            if self._in_step:
+                self.before_optimizer_step(opt)
+
+        def post(opt: Any, args: Any, kwargs: Any) -> None:
+            if self._in_step:
+                self._stepped = True
+
+        handles = [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+        self._optimizer_hooks.append((weakref.ref(optimizer), handles))
 
     @_guarded(None)
     def close(self) -> None:
@@ -373,6 +396,10 @@ class Watch:
         self._closed = True
         self._abort()
         self._probes.remove()
+        for _, handles in self._optimizer_hooks:
+            for h in handles:
+                h.remove()
+        self._optimizer_hooks = []
         if self._sink is not None:
             self._sink.close(self.last_frame, self.alerts)
         if self._own_writer is not None:
@@ -441,7 +468,11 @@ class Watch:
         for probe in self._probes.probes:
             info = probe.target.info
             layers.append(info)
-            put(info.name, derive_activation(host.row(probe.group), probe.band is not None))
+            row = host.row(probe.group)
+            put(
+                info.name,
+                derive_activation(row, probe.band is not None, probe.zeros, probe.counted),
+            )
             if probe.grad_group is not None:
                 put(info.name, derive_grad_signal(host.row(probe.grad_group)))
         p = self._params
@@ -470,10 +501,17 @@ class Watch:
         glob.update(derive_loss(host.row(self._loss)))
         return Frame(step=self.step_index or 0, layers=layers, values=values, globals=glob)
 
+    def _count_nonfinite_where_flagged(self, frame: Frame) -> None:
+        """Layers whose sum was non-finite count their non-finite elements from now on."""
+        table = frame.values.get("act_nonfinite", {})
+        for probe in self._probes.probes:
+            if not probe.counted and table.get(probe.target.info.name, 0.0) == math.inf:
+                probe.count_nonfinite = True
+
     def _abort(self) -> None:
         """Leave a half-done logging step cleanly (gate off, buffer reset)."""
         self._logging = False
-        self._probes.gate.on = False
+        self._probes.idle()
         self._params.discard_snapshot()
         with suppress(Exception):
             self._buffer.reset()

@@ -126,10 +126,10 @@ def test_a_failing_probe_does_not_break_the_forward(monkeypatch):
     probe, buf, gate = _probe(lin)
     gate.on = True
 
-    def boom(x, band=None):
+    def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(probes_mod, "reduce_activation", boom)
+    monkeypatch.setattr(probes_mod, "activation_partials", boom)  # the eager reduction
     y = lin(torch.ones(1, 2))
     assert y.shape == (1, 2)
     assert "boom" in probe.error
@@ -193,9 +193,10 @@ def test_foreach_norm_matches_a_loop_and_falls_back_for_sparse():
     assert foreach_norm([]) == []
 
 
-def _param_probe(model: nn.Module, sample: int = 1024):
+def _param_probe(model: nn.Module, sample: int = 1024, exact_numel: int = 0):
+    """exact_numel=0: every tensor larger than the sample is sampled (the estimator tests)."""
     buf = StatBuffer()
-    probe = ParamProbe(select_parameters(model), buf, sample=sample)
+    probe = ParamProbe(select_parameters(model), buf, sample=sample, exact_numel=exact_numel)
     buf.allocate()
     return probe, buf
 

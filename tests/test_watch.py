@@ -364,6 +364,11 @@ def test_step_context_manager():
     with pytest.raises(ValueError, match="user error"), watch.step(2, opt):
         raise ValueError("user error")
     assert not watch.is_logging
+    # the optimizer hooks were registered once (not per step), and close() removes them
+    assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 1
+    opt.step()  # outside a watch.step() block the hooks do nothing
+    assert not watch.is_logging and len(watch.frames) == 2  # step 2 raised: no frame
+    watch.close()
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 

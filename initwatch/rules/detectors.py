@@ -207,9 +207,9 @@ def nonfinite(x: Inputs) -> list[Finding]:
     for info in f.layers:
         if info.kind == "param":
             continue
-        count = f.get("act_nonfinite", info.name)
+        count = f.get("act_nonfinite", info.name)  # inf: present, not counted yet
         absmax = f.get("act_absmax", info.name)
-        if (finite(count) and count > 0) or absmax == math.inf:
+        if count > 0 or absmax == math.inf:
             acts.append((info, count if finite(count) else math.inf))
     grads: list[tuple[LayerInfo, float]] = []
     gnorm = f.globals.get("grad_norm_global")

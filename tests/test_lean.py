@@ -1,0 +1,206 @@
+"""The cost of monitoring, counted (never timed): device ops and host reads of a logging step,
+hooks between logging steps, exact update ratios, and what is computed only where it means
+something (zeros on ReLU-family outputs, non-finite counts once flagged)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from initwatch.probes import EXACT_UPDATE_NUMEL, ParamProbe, reduce_activation
+from initwatch.selection import select_parameters
+from initwatch.stats import StatBuffer
+from initwatch.watch import Watch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _profile():
+    spec = importlib.util.spec_from_file_location("bench_profile", ROOT / "bench" / "_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def gpt2(layers: int = 2, d: int = 32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        n_layer=layers,
+        n_embd=d,
+        n_head=4,
+        vocab_size=100,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def _step(model, opt, x, watch=None, step=0):
+    if watch is not None:
+        watch.begin_step(step)
+    loss = model(x, labels=x).loss
+    loss.backward()
+    if watch is not None:
+        watch.before_optimizer_step(opt)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if watch is not None:
+        watch.end_step(loss=loss)
+
+
+def test_a_logging_step_adds_a_few_ops_per_output_and_one_host_read():
+    prof = _profile()
+    torch.manual_seed(0)
+    model = gpt2()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 100, (2, 16))
+    _step(model, opt, x)  # the optimizer's state exists before counting
+    plain = prof.count(lambda: _step(model, opt, x))
+    watch = Watch(model, every=1, rules=False)
+    _step(model, opt, x, watch, 0)  # first logging step: plans and index tensors built once
+    logged = prof.count(lambda: _step(model, opt, x, watch, 1))
+    extra = logged.ops - plain.ops
+    outputs = len(watch._probes.probes)
+    tensors = len(watch._params.targets)
+    sampled = len(watch._params.sparse)
+    # three reductions per monitored output (sum, norm, aminmax), one per block-output gradient,
+    # two per sampled parameter tensor, and a fixed number for every parameter tensor together
+    # (the old per-tensor path: ~27 per output and ~9 per parameter tensor)
+    assert extra <= 4 * outputs + 2 * sampled + 60, (extra, outputs, tensors, logged.names)
+    assert extra < tensors + outputs * 5
+    assert logged.host_reads - plain.host_reads == 1  # the one buffer copy
+    watch.close()
+
+
+def test_hooks_are_detached_between_logging_steps_of_an_eager_model():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    watch = Watch(model, every=3, rules=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def hooks():
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    seen = []
+    for step in range(7):
+        watch.begin_step(step)
+        seen.append(hooks())
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        watch.before_optimizer_step(opt)
+        opt.step()
+        opt.zero_grad()
+        watch.end_step()
+    assert seen == [3, 0, 0, 3, 0, 0, 3]  # attached for logging steps only
+    assert hooks() == 0
+    assert [f.step for f in watch.frames] == [0, 3, 6]
+    assert watch.last_frame.get("act_rms", "0") > 0
+    watch.close()
+    assert watch.begin_step(9) is False and hooks() == 0
+
+
+def test_zero_fraction_only_on_relu_family_outputs():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 1))
+    watch = Watch(model, every=1, rules=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch.begin_step(0)
+    x = torch.randn(16, 4)
+    model(x).sum().backward()
+    watch.before_optimizer_step(opt)
+    opt.step()
+    watch.end_step()
+    zero = watch.last_frame.values["act_zero_frac"]
+    assert set(zero) == {"1"}  # the ReLU; not the GELU, not the linear outputs
+    relu_out = model[1](model[0](x))
+    assert zero["1"] == pytest.approx((relu_out == 0).float().mean().item())
+    watch.close()
+
+
+def test_non_finite_values_are_flagged_then_counted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    watch = Watch(model, every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the NaN where it is
+    with torch.no_grad():
+        model[0].weight[2, :] = float("nan")  # unit 2 of the first layer: 16 NaN per batch
+    counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(3):
+            watch.begin_step(step)
+            model(torch.randn(16, 4)).sum().backward()
+            watch.before_optimizer_step(opt)
+            opt.step()
+            opt.zero_grad()
+            watch.end_step()
+            counts.append(watch.last_frame.get("act_nonfinite", "0"))
+    # step 0: the sum says "present" (not counted: no extra pass); then counted exactly
+    assert counts[0] == math.inf and counts[1:] == [16.0, 16.0]
+    assert any(a.kind == "nonfinite" and a.step == 0 for a in watch.alerts)
+    assert watch.last_frame.get("act_nonfinite", "1") == 16.0  # tanh(NaN) is NaN
+    watch.close()
+
+
+def test_staged_statistics_equal_the_reference_reduction():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh())
+    watch = Watch(model, every=1, rules=False)
+    outs = {}
+    model[1].register_forward_hook(lambda m, a, o: outs.setdefault("relu", []).append(o.detach()))
+    model[3].register_forward_hook(lambda m, a, o: outs.setdefault("tanh", []).append(o.detach()))
+    watch.begin_step(0)
+    for _ in range(3):  # micro-batches accumulate
+        model(torch.randn(5, 4) * 3).sum().backward()
+    watch.end_step()
+    f = watch.last_frame
+    for name, key, band in (("1", "relu", None), ("3", "tanh", (0.0, 0.99, False))):
+        sums, maxs = reduce_activation(torch.cat(outs[key]), band)
+        n, s, sq, zeros, sat, _ = sums.tolist()
+        assert f.get("act_rms", name) == pytest.approx(math.sqrt(sq / n), rel=1e-5)
+        assert f.get("act_mean", name) == pytest.approx(s / n, rel=1e-5, abs=1e-7)
+        assert f.get("act_absmax", name) == pytest.approx(maxs.item())
+        assert f.get("act_nonfinite", name) == 0.0
+    assert f.get("act_zero_frac", "1") == pytest.approx(
+        (torch.cat(outs["relu"]) == 0).float().mean().item()
+    )
+    assert f.get("act_sat_frac", "3") == pytest.approx(
+        (torch.cat(outs["tanh"]).abs() > 0.99).float().mean().item()
+    )
+    watch.close()
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_update_ratio_is_exact_up_to_the_size_limit_and_sampled_above(opt_cls):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 160), nn.GELU(), nn.Linear(160, 128))  # 15k, 20k
+    opt = opt_cls(model.parameters(), lr=0.01)
+    buf = StatBuffer()
+    probe = ParamProbe(select_parameters(model), buf, sample=256)
+    buf.allocate()
+    model(torch.randn(32, 96)).pow(2).mean().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    probe.read_grads()
+    probe.snapshot()
+    opt.step()
+    probe.measure_update()
+    host = buf.read()
+    for i, (p, p0) in enumerate(zip(model.parameters(), before, strict=True)):
+        exact = (p.detach() - p0).pow(2).sum().item()
+        got = host.column(probe.group, "update_sumsq")[i]
+        if p.numel() <= EXACT_UPDATE_NUMEL:
+            assert probe.sampled[i] == p.numel()
+            assert got == pytest.approx(exact, rel=1e-5), i
+        else:  # sampled: 256 coordinates of the 20480
+            assert probe.sampled[i] == 256 and p.numel() > EXACT_UPDATE_NUMEL
+    assert probe.sampled[0] == 96 * 160  # old code: sampled above 1024 elements
