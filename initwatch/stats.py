@@ -23,6 +23,7 @@ reduced sums by the ``derive_*`` functions below.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -303,6 +304,12 @@ class StatBuffer:
         else:
             self._staged_host_max[off] = max(self._staged_host_max.get(off, -math.inf), value)
 
+    def _host_tensors(
+        self, offs: tuple[int, ...], vals: tuple[float, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.data.device
+        return torch.tensor(offs, device=dev), torch.tensor(vals, device=dev, dtype=self.data.dtype)
+
     def _cached(self, key: tuple, build: Callable[[], object]) -> object:
         found = self._index_cache.get(key)
         if found is None:
@@ -345,10 +352,8 @@ class StatBuffer:
             if not host:
                 continue
             offs, vals = tuple(host), tuple(host.values())
-            dev, dt = data.device, data.dtype
             idx, src = self._cached(
-                (kind, offs, vals),
-                lambda: (torch.tensor(offs, device=dev), torch.tensor(vals, device=dev, dtype=dt)),
+                (kind, offs, vals), functools.partial(self._host_tensors, offs, vals)
             )
             if kind == "sum":
                 data.index_add_(0, idx, src)
