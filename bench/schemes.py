@@ -123,6 +123,13 @@ def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
             token_embedding="embed",
         )
         initwatch.reinit(model, scheme, seed=seed, anatomy=anatomy, embedding=cfg.embedding)
+    elif scheme == "t-fixup":
+        # reinit finds the embedding next to the nn.TransformerEncoder by itself; "untouched"
+        # keeps nn.Embedding's N(0, 1) table, the variant of the recorded main table.
+        table = model.embed.weight.detach().clone()
+        initwatch.reinit(model, scheme, seed=seed)
+        with torch.no_grad():
+            model.embed.weight.copy_(table)
     elif scheme != "vanilla":
         initwatch.reinit(model, scheme, seed=seed)
     return model
@@ -276,9 +283,9 @@ def parse(argv: list[str] | None = None) -> Config:
         "--tfixup-embedding",
         choices=("untouched", "literal", "effective"),
         default="untouched",
-        help="T-Fixup's token embedding: left at nn.Embedding's N(0, 1) (what reinit does on "
-        "this model, default), or described to initwatch and re-drawn with embedding='literal' "
-        "(N(0, d^-1/2) x (9N)^-1/4) or 'effective' (std (9N)^-1/4)",
+        help="T-Fixup's token embedding: kept at nn.Embedding's N(0, 1) (default, the recorded "
+        "main table), or re-drawn with embedding='literal' (N(0, d^-1/2) x (9N)^-1/4) or "
+        "'effective' (std (9N)^-1/4, what reinit does on this model by itself)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument(

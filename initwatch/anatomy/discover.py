@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from initwatch.anatomy.embeddings import find_embeddings
 from initwatch.anatomy.families import Family, family_of
 from initwatch.anatomy.model import ROLES, Anatomy, Block, Norm, Slot, Stack, Sublayer
 from initwatch.errors import AnatomyError, ArgumentError
@@ -60,7 +62,13 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def _slots_for(
-    model: nn.Module, block_path: str, role: str, rel: str, fused: str | None, heads: int
+    model: nn.Module,
+    block_path: str,
+    role: str,
+    rel: str,
+    fused: str | None,
+    heads: int,
+    qkv_sizes: tuple[int, int, int] | None = None,
 ) -> list[Slot]:
     path = _join(block_path, rel)
     mod = _get(model, path)
@@ -103,6 +111,27 @@ def _slots_for(
         raise AnatomyError(f"fused='heads' at {path!r} needs the number of heads (heads=...)")
     prefix = "x" if role.startswith("x") else ""
     n = len(names)
+    if qkv_sizes is not None and n == 3:
+        sizes = tuple(int(x) for x in qkv_sizes)
+        if len(sizes) != 3 or min(sizes) <= 0 or sum(sizes) != fan_out:
+            raise AnatomyError(
+                f"qkv_sizes={qkv_sizes!r}: expected three positive widths summing to the "
+                f"{fan_out} outputs of {path!r}"
+            )
+        if layout == "heads":
+            raise AnatomyError(
+                "qkv_sizes with fused='heads' is not supported: per-head interleaved q|k|v "
+                "must split into equal parts"
+            )
+        return [
+            Slot(prefix + r, path, "weight", bias, fan_in, sizes[i], layout, i, 3, 1, sizes)
+            for i, r in enumerate(names)
+        ]
+    if fan_out % n:
+        raise AnatomyError(
+            f"fused {role} at {path!r}: {fan_out} outputs do not split into {n} equal parts; "
+            "give the widths with initwatch.inspect(..., qkv_sizes=(q, k, v))"
+        )
     return [
         Slot(prefix + r, path, "weight", bias, fan_in, fan_out // n, layout, i, n, max(heads, 1))
         for i, r in enumerate(names)
@@ -134,17 +163,41 @@ def _block(
     layout: str,
     fused: str | None,
     heads: int,
+    at: Callable[[str], str] | None = None,
+    qkv_sizes: tuple[int, int, int] | None = None,
 ) -> Block:
+    full = at or functools.partial(_join, path)  # a path relative to the block -> full path
     subs = []
     for kind, roles, out, out_tuple, norm_rel in specs:
         slots = [
             s
             for role, rel in roles.items()
-            for s in _slots_for(model, path, role, rel, fused, heads)
+            for s in _slots_for(model, "", role, full(rel), fused, heads, qkv_sizes)
         ]
-        norm = _norm(model, _join(path, norm_rel) if norm_rel else None, kind, layout)
-        subs.append(Sublayer(kind, slots, _join(path, out), out_tuple, norm))
+        _check_fused_split(slots, qkv_sizes)
+        norm = _norm(model, full(norm_rel) if norm_rel else None, kind, layout)
+        subs.append(Sublayer(kind, slots, full(out), out_tuple, norm))
     return Block(stack, index, path, subs)
+
+
+def _check_fused_split(slots: list[Slot], qkv_sizes: tuple[int, int, int] | None) -> None:
+    """Refuse a fused q|k|v cut into equal thirds when the output projection says q is wider
+    (multi-query / grouped-query attention): k and v would get each other's rows."""
+    if qkv_sizes is not None:
+        return
+    for prefix in ("", "x"):
+        q = next((s for s in slots if s.role == prefix + "q" and s.fused), None)
+        o = next((s for s in slots if s.role == prefix + "o"), None)
+        if q is None or o is None or o.fan_in == q.fan_out:
+            continue
+        raise AnatomyError(
+            f"fused {prefix}qkv at {q.module!r}: {q.parts * q.fan_out} outputs cut into equal "
+            f"thirds give q {q.fan_out} wide, but the output projection {o.module!r} takes "
+            f"{o.fan_in} inputs: the parts are unequal (multi-query or grouped-query attention). "
+            f"Give the widths: initwatch.inspect(..., qkv_sizes=(q, k, v)), e.g. "
+            f"qkv_sizes=({o.fan_in}, {(q.parts * q.fan_out - o.fan_in) // 2}, "
+            f"{(q.parts * q.fan_out - o.fan_in) // 2})"
+        )
 
 
 def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList, Family]]:
@@ -232,6 +285,11 @@ def _hidden(blocks: list[Block]) -> int:
         q = b.slot("q")
         if q is not None:
             return q.fan_in
+    for b in blocks:  # no attention described: the residual width from the other roles
+        for role, fan in (("o", "fan_out"), ("ffn_in", "fan_in"), ("ffn_out", "fan_out")):
+            slot = b.slot(role)
+            if slot is not None:
+                return getattr(slot, fan)
     return 0
 
 
@@ -302,6 +360,9 @@ def inspect(
     position_embedding: str | None = None,
     embedding_norm: str | None = None,
     final_norm: str | None = None,
+    embed_scale: float | None = None,
+    qkv_sizes: tuple[int, int, int] | None = None,
+    group: int = 1,
 ) -> Anatomy:
     """Read a model's structure: stacks, blocks, roles, norms, layout.
 
@@ -329,7 +390,23 @@ def inspect(
         residual: ``"sequential"`` or ``"parallel"``.
         attn_scaled: False if attention logits are not divided by sqrt(d_head).
         token_embedding, position_embedding, embedding_norm, final_norm: module paths
-            from the model root.
+            from the model root. Each is honoured on its own, also for a recognised family
+            (e.g. the ``nn.Embedding`` next to an ``nn.TransformerEncoder``). When no token
+            embedding is given or known, an ``nn.Embedding`` of the model's width outside the
+            blocks is taken if it is the only candidate (see :func:`find_embeddings`).
+        embed_scale: the factor the model's ``forward`` multiplies token embeddings by
+            (``math.sqrt(d)`` for fairseq-style models); read from the model when it is an
+            attribute (``embed_scale``), 1 otherwise. T-Fixup's default embedding rule uses it.
+        qkv_sizes: output widths of q, k and v in a fused ``qkv`` when they differ
+            (multi-query / grouped-query attention, e.g. ``(64, 16, 16)``); without it a fused
+            projection must split into three equal parts matching the output projection.
+        group: number of consecutive entries of the block list that form one block (an
+            x-transformers-style list alternating attention and feed-forward entries:
+            ``group=2``); role and norm paths then start with the entry's index in its
+            group, e.g. ``{"q": "0.1.to_q", "ffn_in": "1.1.ff.0"}``.
+
+    Paths are relative to the model passed in; a path relative to an inner module (``"layers"``
+    for ``self.model.layers``) is accepted when exactly one module of the model ends with it.
 
     Returns:
         The :class:`~initwatch.anatomy.Anatomy`; ``print`` it for a table.
@@ -355,43 +432,77 @@ def inspect(
                 norms={"attn": "norm1", "ffn": "norm2"},
             )
     """
+    extras = {
+        "token_embedding": token_embedding,
+        "position_embedding": position_embedding,
+        "embedding_norm": embedding_norm,
+        "final_norm": final_norm,
+    }
     _check_arguments(
-        model,
-        blocks,
-        roles,
-        norms,
-        layout,
-        fused,
-        heads,
-        residual,
-        attn_scaled,
-        {
-            "token_embedding": token_embedding,
-            "position_embedding": position_embedding,
-            "embedding_norm": embedding_norm,
-            "final_norm": final_norm,
-        },
+        model, blocks, roles, norms, layout, fused, heads, residual, attn_scaled, extras
     )
     if blocks is None and roles is None:
         anatomy = _known(model)
         if anatomy is None:
             raise AnatomyError(_not_recognised(model))
-        return anatomy
-    return _custom(
-        model,
-        blocks,
-        roles,
-        norms,
-        layout,
-        fused,
-        heads,
-        residual,
-        attn_scaled,
-        token_embedding,
-        position_embedding,
-        embedding_norm,
-        final_norm,
-    )
+    else:
+        anatomy = _custom(
+            model, blocks, roles, norms, layout, fused, heads, residual, attn_scaled, qkv_sizes,
+            group,
+        )  # fmt: skip
+    _stack_extras(model, anatomy, extras, embed_scale)
+    find_embeddings(model, anatomy)
+    return anatomy
+
+
+def locate(model: nn.Module, path: str) -> str | None:
+    """``path`` if it names a module of ``model``; else the one module path ending with
+    ``"." + path`` (a path relative to an inner module); else None.
+
+    Example::
+
+        >>> outer = nn.Sequential(nn.Sequential(nn.Linear(2, 2)))
+        >>> locate(outer, "0.0"), locate(outer, "0"), locate(outer, "1")
+        ('0.0', '0', None)
+    """
+    if _get(model, path) is not None:
+        return path
+    hits = [name for name, _ in model.named_modules() if name.endswith("." + path)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _must_locate(model: nn.Module, path: str, what: str) -> str:
+    found = locate(model, path)
+    if found is None:
+        raise AnatomyError(
+            f"{what}={path!r}: no such module in {type(model).__name__}; paths are relative to "
+            f"the model passed to inspect ({type(model).__name__}, e.g. the LightningModule), "
+            "or to an inner module when exactly one module path ends with them"
+        )
+    return found
+
+
+def _stack_extras(
+    model: nn.Module, anatomy: Anatomy, extras: Mapping[str, str | None], embed_scale: float | None
+) -> None:
+    """Put the embeddings, the embedding norm and the final norm the caller named on their
+    stacks: embeddings on the encoder (or the single stack), the final norm on the last."""
+    first, last = anatomy.stacks[0], anatomy.stacks[-1]
+    given = {k: _must_locate(model, v, k) for k, v in extras.items() if v is not None}
+    if "token_embedding" in given:
+        first.token_embedding = given["token_embedding"]
+        first.embed_scale = _embed_scale(model, first.token_embedding, "")
+    if "position_embedding" in given:
+        first.position_embedding = given["position_embedding"]
+    if "embedding_norm" in given:
+        first.embedding_norm = _norm(model, given["embedding_norm"], "embedding", "stack")
+    if "final_norm" in given:
+        last.final_norm = _norm(model, given["final_norm"], "final", "stack")
+    if embed_scale is not None:
+        if not isinstance(embed_scale, (int, float)) or embed_scale <= 0:
+            raise AnatomyError(f"embed_scale={embed_scale!r}: expected a positive number")
+        for stack in anatomy.stacks:
+            stack.embed_scale = float(embed_scale)
 
 
 def _check_arguments(
@@ -436,18 +547,20 @@ def _check_arguments(
     for name, path in paths.items():
         if path is None:
             continue
-        if not isinstance(path, str) or _get(model, path) is None:
+        if not isinstance(path, str) or locate(model, path) is None:
             raise AnatomyError(
-                f"{name}={path!r}: expected the path of a module of {type(model).__name__} "
-                f"(from the model root), or None; e.g. {name}="
+                f"{name}={path!r}: expected the path of a module of {type(model).__name__}, or "
+                f"None; paths are relative to the model passed to inspect (e.g. the "
+                "LightningModule), or to an inner module when exactly one module path ends "
+                f"with them; e.g. {name}="
                 f"{next((n for n, _ in model.named_modules() if n), 'embed')!r}"
             )
     custom = blocks is not None or roles is not None
-    given = [
+    given = [  # embeddings and stack norms are honoured on their own, also on a known family
         n
         for n, val in (("norms", norms), ("layout", layout), ("fused", fused), ("heads", heads))
         if val is not None
-    ] + [n for n, p in paths.items() if p is not None]
+    ]
     if not custom and given:
         raise AnatomyError(
             f"{', '.join(given)} describe a custom model and are used only together with "
@@ -466,10 +579,8 @@ def _custom(
     heads: int | None,
     residual: str,
     attn_scaled: bool,
-    token_embedding: str | None,
-    position_embedding: str | None,
-    embedding_norm: str | None,
-    final_norm: str | None,
+    qkv_sizes: tuple[int, int, int] | None = None,
+    group: int = 1,
 ) -> Anatomy:
     if blocks is None or not roles:
         raise AnatomyError(
@@ -499,31 +610,41 @@ def _custom(
         )
     stacks = []
     n_heads = 0
-    for kind, path in stack_paths.items():
+    if not isinstance(group, int) or group < 1:
+        raise AnatomyError(f"group={group!r}: expected a positive number of list entries")
+    for kind, given in stack_paths.items():
+        path = locate(model, given) or given
         mlist = _get(model, path)
         if not isinstance(mlist, (nn.ModuleList, nn.Sequential)) or len(mlist) == 0:
             raise AnatomyError(
-                f"blocks: {path!r} is not a non-empty nn.ModuleList in "
-                f"{type(model).__name__}; " + _example_call(model)
+                f"blocks: {given!r} is not a non-empty nn.ModuleList in "
+                f"{type(model).__name__} (paths are relative to the model passed to inspect); "
+                + _example_call(model)
+            )
+        if len(mlist) % group:
+            raise AnatomyError(
+                f"group={group}: {path!r} has {len(mlist)} entries, not a multiple of {group}"
             )
         n_heads = heads or _heads(_config_for(model, path), mlist[0])
-        specs = _custom_specs(model, path, len(mlist), roles, norms)
+        at = _entry_paths(path, group)
+        n = len(mlist) // group
+        specs = _custom_specs(model, path, n, roles, norms, at)
         blist = [
-            _block(model, kind, i, _join(path, str(i)), specs, layout or "none", fused, n_heads)
-            for i in range(len(mlist))
+            _block(
+                model,
+                kind,
+                i,
+                _join(path, str(i * group)),
+                specs,
+                layout or "none",
+                fused,
+                n_heads,
+                at=functools.partial(at, i),
+                qkv_sizes=qkv_sizes,
+            )  # fmt: skip
+            for i in range(n)
         ]
-        stack = _stack(model, kind, path, blist, "", None, None, None, None)
-        stack.token_embedding = (
-            token_embedding if kind == "encoder" or len(stack_paths) == 1 else None
-        )
-        stack.position_embedding = position_embedding if stack.token_embedding else None
-        stack.embedding_norm = (
-            _norm(model, embedding_norm, "embedding", "stack") if stack.token_embedding else None
-        )
-        if kind == max(stack_paths, key=lambda k: k == "decoder"):
-            stack.final_norm = _norm(model, final_norm, "final", "stack")
-        stack.embed_scale = _embed_scale(model, stack.token_embedding, "")
-        stacks.append(stack)
+        stacks.append(_stack(model, kind, path, blist, "", None, None, None, None))
     found = {s.role for st in stacks for b in st.blocks for s in b.slots}
     found |= {"qkv"} if {"q", "k", "v"} <= found else set()
     found |= {"xqkv"} if {"xq", "xk", "xv"} <= found else set()
@@ -550,8 +671,32 @@ def _custom(
     )
 
 
+def _entry_paths(path: str, group: int) -> Callable[[int, str], str]:
+    """``at(i, rel)``: the full path of ``rel`` in block ``i`` of the list at ``path``; with
+    ``group > 1`` a block is ``group`` consecutive entries and ``rel`` starts with the index of
+    the entry inside the block."""
+
+    def at(i: int, rel: str) -> str:
+        if group == 1:
+            return _join(path, str(i), rel)
+        head, _, rest = rel.partition(".")
+        if not head.isdigit() or int(head) >= group:
+            raise AnatomyError(
+                f"with group={group}, a path inside a block starts with its entry's index "
+                f"0..{group - 1} (e.g. '0.attn.q' or '1.ff.fc1'), got {rel!r}"
+            )
+        return _join(path, str(i * group + int(head)), rest)
+
+    return at
+
+
 def _custom_specs(
-    model: nn.Module, path: str, n: int, roles: Mapping[str, str], norms: Mapping[str, str]
+    model: nn.Module,
+    path: str,
+    n: int,
+    roles: Mapping[str, str],
+    norms: Mapping[str, str],
+    at: Callable[[int, str], str],
 ) -> list[tuple[str, dict[str, str], str, bool, str | None]]:
     for kind, rel in norms.items():
         if _get(model, _join(path, "0", rel)) is None:
@@ -562,7 +707,7 @@ def _custom_specs(
             )
     present = {}
     for role, rel in roles.items():
-        hits = [_get(model, _join(path, str(i), rel)) is not None for i in range(n)]
+        hits = [_get(model, at(i, rel)) is not None for i in range(n)]
         if all(hits):
             present[role] = rel
         elif any(hits):
@@ -588,7 +733,7 @@ def _custom_specs(
                 f"(the module whose output is added to the residual stream)"
             )
         out_rel = sub_roles[out_role]
-        out_mod = _get(model, _join(path, "0", out_rel))
+        out_mod = _get(model, at(0, out_rel))
         out_tuple = isinstance(out_mod, nn.MultiheadAttention)
         specs.append((kind, sub_roles, out_rel, out_tuple, norms.get(kind)))
     return specs
@@ -601,6 +746,7 @@ _GUESS = {
     "o": r"(out_proj|o_proj|out_lin|wo|c_proj|attn\.proj|attention\.dense|output\.dense)$",
     "ffn_in": r"(fc1|w1|lin1|up_proj|c_fc|linear1|ff\.0|mlp\.0|dense_h_to_4h)$",
     "ffn_out": r"(fc2|w2|lin2|down_proj|linear2|ff\.2|mlp\.2|dense_4h_to_h)$",
+    "qkv": r"(qkv|c_attn|query_key_value|in_proj|qkv_proj)$",  # fused: only without q, k, v
 }
 
 
@@ -633,7 +779,7 @@ def _example_call(model: nn.Module) -> str:
     roles: dict[str, str] = {}
     for role, pattern in _GUESS.items():
         hit = next((n for n in linears if re.search(pattern, n) and n not in roles.values()), None)
-        if hit is not None:
+        if hit is not None and not (role == "qkv" and {"q", "k", "v"} & set(roles)):
             roles[role] = hit
     norm_guess = dict(zip(("attn", "ffn"), norms_found[:2], strict=False))
     return (

@@ -434,6 +434,7 @@ FAMILIES: tuple[Family, ...] = (
         (_HF + "vit.modeling_vit.ViTLayer",),
         _vit,
         _pre,
+        token_embedding="embeddings.patch_embeddings.projection",  # the input embedding
         position_embedding="embeddings.position_embeddings",
         final_norm="layernorm",
     ),

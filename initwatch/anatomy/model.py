@@ -31,6 +31,8 @@ class Slot:
         index: which part of the fused tensor (0 = q, 1 = k, 2 = v).
         parts: number of parts in the fused tensor.
         heads: number of heads (``fused == "heads"`` only).
+        sizes: the widths of all parts when they differ (grouped-query ``(64, 16, 16)``);
+            empty for equal parts.
 
     Example::
 
@@ -48,10 +50,15 @@ class Slot:
     index: int = 0
     parts: int = 3
     heads: int = 1
+    sizes: tuple[int, ...] = ()
 
     def _slice(self, t: torch.Tensor, is_bias: bool) -> torch.Tensor:
         if self.fused is None:
             return t
+        if self.sizes:
+            start = sum(self.sizes[: self.index])
+            dim = 1 if self.fused == "cols" and not is_bias else 0
+            return t.narrow(dim, start, self.sizes[self.index])
         if self.fused == "rows" or (self.fused == "cols" and is_bias):
             n = t.shape[0] // self.parts
             return t[self.index * n : (self.index + 1) * n]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ class Init:
     zero_bias: bool = True
     zero_row: int | None = None  # padding row of an embedding
     note: str = ""
+    constant: str | None = None  # the plan constant this init applies ("embedding_scale")
+    bias: str | None = None  # bias parameter zeroed with a whole-parameter init
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Plan:
     inits: list[Init] = field(default_factory=list)
     structure: list[tuple[Change, Callable[[], None]]] = field(default_factory=list)
     skips: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # emitted once the plan is applied
 
 
 def check_options(scheme: str, options: Mapping[str, Any], own: Iterable[str]) -> None:
@@ -307,6 +311,11 @@ def _apply_init(model: nn.Module, init: Init, param: nn.Parameter) -> list[Chang
     changes = [
         Change(_target(init), init.action, init.role, init.block, init.gain, init.std, init.note)
     ]
+    if init.bias is not None:
+        model.get_parameter(init.bias).zero_()
+        changes.append(
+            Change(init.bias, "zeros", init.role + " bias", init.block, note="bias of " + init.role)
+        )
     if init.slot is not None and init.zero_bias:
         bias = init.slot.bias_view(model)
         if bias is not None:
@@ -353,12 +362,24 @@ def execute(
         step()
         changes.append(change)
     changes += plan.skips
+    _drop_unapplied_constants(plan, todo)
+    for message in plan.warnings:
+        warnings.warn(f"initwatch: {message}", RuntimeWarning, stacklevel=3)
     object.__setattr__(
         model,
         MARKER,
         {"scheme": plan.scheme, "constants": plan.constants, "params": {id(p) for _, p in todo}},
     )
     return ReinitReport(plan.scheme, plan.constants, changes, anatomy.model_class, anatomy.family)
+
+
+def _drop_unapplied_constants(plan: Plan, todo: list[tuple[Init, nn.Parameter]]) -> None:
+    """Remove from the report's constants those whose every init was skipped (a table shared
+    with another stack, a frozen one): the constants line lists only what was applied."""
+    applied = {(i.block, i.constant) for i, _ in todo if i.constant}
+    for init in plan.inits:
+        if init.constant and (init.block, init.constant) not in applied:
+            plan.constants.get(init.block, {}).pop(init.constant, None)
 
 
 def applied_scheme(model: nn.Module) -> str | None:

@@ -121,6 +121,18 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             "would only grow the residual stream geometrically with depth. Use "
             "scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
         )
+    containers = [
+        b.path
+        for b in anatomy.blocks
+        if isinstance(model.get_submodule(b.path), (nn.ModuleList, nn.ModuleDict))
+    ]
+    if containers:
+        raise SchemeNotApplicableError(
+            f"DeepNet cannot see the input of block {containers[0]!r}: it is an "
+            f"{type(model.get_submodule(containers[0])).__name__}, which the model iterates but "
+            "never calls, so DeepNorm's skip hook would never run (an x-transformers-style list "
+            "described with group=...). Use scheme='t-fixup' or scheme='rezero'."
+        )
     consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy))
     for stack, vals in consts.items():
         vals["alpha"] = per_stack(options.get("alpha"), stack, vals["alpha"], "alpha")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy
@@ -19,7 +20,9 @@ from initwatch.schemes.base import (
     per_stack,
     slot_inits,
     stacks_to_touch,
+    xavier_std,
 )
+from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme
 
 NAME = "t-fixup"
@@ -101,29 +104,109 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             p.inits.append(
                 _embedding(model, stack, consts[stack.kind]["embedding_scale"], emb_mode)
             )
+        else:
+            _no_embedding(p, stack.kind)
+    p.inits += _output_heads(model, anatomy, f"xavier_{dist}")
     p.structure += norm_removals(model, anatomy, touch, options.get("norms", "all"))
     return p
 
 
+def _no_embedding(p: Plan, stack: str) -> None:
+    """The paper re-draws the token embedding; where none was found say so (report, warning)
+    and keep ``embedding_scale`` out of the constants, which list only what was applied."""
+    p.constants[stack].pop("embedding_scale", None)
+    how = "describe it with initwatch.inspect(model, token_embedding='path.to.embedding')"
+    p.skips.append(
+        Change(
+            "(token embedding)",
+            "skip",
+            "token_embedding",
+            stack,
+            note=f"not found, left as it is; {how}",
+        )
+    )
+    p.warnings.append(
+        f"t-fixup: no token embedding found for the {stack} stack, so the paper's embedding "
+        f"init was not applied (the report lists it as skipped); {how} and pass "
+        "anatomy=... to apply it"
+    )
+
+
 def _embedding(model: nn.Module, stack: Any, emb_scale: float, mode: str) -> Init:
     module = model.get_submodule(stack.token_embedding)
-    width = module.weight.shape[1]
+    weight = module.weight
+    pad = getattr(module, "padding_idx", None)
+    bias = getattr(module, "bias", None)
+    common = dict(param=f"{stack.token_embedding}.weight", constant="embedding_scale")
+    if weight.dim() != 2 or not isinstance(module, nn.Embedding):
+        # An input projection (ViT's patch Conv2d): no table to draw N(0, d^-1/2) from. It is
+        # the model's input embedding, so it gets the same target: per-entry std emb_scale
+        # entering block 0 for unit-variance inputs (std emb_scale / sqrt(fan_in)).
+        fan_in = weight[0].numel()
+        return Init(
+            "token_embedding",
+            stack.kind,
+            "normal",
+            emb_scale / (fan_in**0.5 * stack.embed_scale),
+            bias=f"{stack.token_embedding}.bias" if bias is not None else None,
+            note=f"input projection: output std {emb_scale:.4g} for unit inputs "
+            f"(std {emb_scale:.4g}/sqrt(fan_in={fan_in}))",
+            **common,  # type: ignore[arg-type]
+        )
+    width = weight.shape[1]
     if mode == "literal":
         std = width**-0.5 * emb_scale
         note = f"N(0, d^-1/2) x {emb_scale:.4g} (d={width})"
     else:
         std = emb_scale / stack.embed_scale
         note = f"effective std {emb_scale:.4g} after the model's x{stack.embed_scale:.4g}"
-    pad = getattr(module, "padding_idx", None)
     return Init(
         "token_embedding",
         stack.kind,
         "normal",
         std,
-        param=f"{stack.token_embedding}.weight",
         zero_row=pad,
         note=note + ("; padding row 0" if pad is not None else ""),
+        **common,  # type: ignore[arg-type]
     )
+
+
+def _output_heads(model: nn.Module, anatomy: Anatomy, action: str) -> list[Init]:
+    """Xavier (gain 1) for an untied output head (LLaMA's ``lm_head``, GPT-NeoX's
+    ``embed_out``): the paper re-draws every weight matrix but the input embeddings. A head
+    tied to the token embedding is that embedding, drawn once by the embedding rule."""
+    names = {id(m): n for n, m in model.named_modules()}
+    tables = {
+        id(model.get_submodule(s.token_embedding).weight)
+        for s in anatomy.stacks
+        if s.token_embedding is not None
+    }
+    out = []
+    for mod in model.modules():
+        get = getattr(mod, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        weight = getattr(head, "weight", None)
+        if head is None or id(head) not in names or not isinstance(weight, torch.Tensor):
+            continue
+        if weight.dim() != 2 or id(weight) in tables:
+            continue
+        path = names[id(head)]
+        fan_out, fan_in = weight.shape
+        bias = getattr(head, "bias", None)
+        out.append(
+            Init(
+                "output_head",
+                "head",
+                action,
+                xavier_std(fan_in, fan_out),
+                1.0,
+                param=f"{path}.weight",
+                bias=f"{path}.bias" if isinstance(bias, torch.Tensor) else None,
+                note="untied output head: Xavier, gain 1",
+            )
+        )
+        break  # the outermost model's head
+    return out
 
 
 SCHEME = Scheme(
