@@ -699,7 +699,7 @@ def _custom_specs(
     at: Callable[[int, str], str],
 ) -> list[tuple[str, dict[str, str], str, bool, str | None]]:
     for kind, rel in norms.items():
-        if _get(model, _join(path, "0", rel)) is None:
+        if _get(model, at(0, rel)) is None:
             raise AnatomyError(
                 f"norms={dict(norms)!r}: {kind!r} -> {rel!r} is no module of block "
                 f"{_join(path, '0')!r}; paths are relative to a block, e.g. "
