@@ -28,6 +28,9 @@ from initwatch.errors import (
     ShardingError,
 )
 from initwatch.schemes import SCHEMES, ReinitReport, is_pretrained, reinit, restore
+from initwatch.schemes.saved import SchemeNotRestoredWarning, install
+
+install()  # from_pretrained warns about a model saved with a scheme, loaded without it
 
 if TYPE_CHECKING:
     from initwatch.watch import Watch
@@ -58,6 +61,7 @@ __all__ = [
     "ReinitReport",
     "RunContext",
     "SchemeNotApplicableError",
+    "SchemeNotRestoredWarning",
     "Severity",
     "ShardingError",
     "Watch",

@@ -14,6 +14,7 @@ from torch import nn
 from initwatch.anatomy.model import Anatomy, Block, Norm, Slot
 from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError
 from initwatch.schemes.report import Change, ReinitReport
+from initwatch.schemes.saved import record
 from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
 
 COMMON_OPTIONS = ("allow_pretrained", "anatomy", "stacks", "depth", "seed")
@@ -370,6 +371,7 @@ def execute(
         MARKER,
         {"scheme": plan.scheme, "constants": plan.constants, "params": {id(p) for _, p in todo}},
     )
+    record(model, plan.scheme, plan.constants)  # save_pretrained carries it in config.json
     return ReinitReport(plan.scheme, plan.constants, changes, anatomy.model_class, anatomy.family)
 
 

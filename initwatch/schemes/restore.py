@@ -15,6 +15,7 @@ from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes.base import MARKER
 from initwatch.schemes.registry import SCHEMES
 from initwatch.schemes.report import Change, ReinitReport
+from initwatch.schemes.saved import quiet_load, record, recorded_scheme
 from initwatch.schemes.structure import (
     DEEPNORM_BUFFER,
     REZERO_PARAM,
@@ -167,6 +168,15 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
             keep_eager(model, path)
     _load_strict(model, state)
     scheme = _identify(schemes, any(c.action == "remove_norm" for c in changes))
+    saved = recorded_scheme(model)
+    if saved is not None and saved != scheme:
+        raise InitWatchError(
+            f"the saved config records scheme {saved!r} (config.initwatch), but the checkpoint's "
+            f"weights show {scheme!r}: the weights and the config come from different models. "
+            "Restore from the directory save_pretrained wrote, with a model built from its config."
+        )
+    if scheme != "none" and saved is None:
+        record(model, scheme, {})
     object.__setattr__(
         model, MARKER, {"scheme": scheme, "constants": {}, "params": set(), "restored": True}
     )
@@ -207,7 +217,8 @@ def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        loaded, info = type(model).from_pretrained(path, output_loading_info=True)
+        with quiet_load():
+            loaded, info = type(model).from_pretrained(path, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(level)
     missing = set(info.get("missing_keys", ()))
