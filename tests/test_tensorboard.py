@@ -165,9 +165,9 @@ def test_alerts_are_written_as_text_with_the_remedy(tmp_path):
     assert ea.Scalars("initwatch/global/act_nonfinite")[0].value > 0
 
 
-def test_heatmap_without_matplotlib_is_a_plain_colour_map():
+def test_heatmap_without_labels_is_a_plain_colour_map():
     values = np.array([[0.0, 1.0], [np.nan, -1.0]])
-    img = heatmap_image(values, ["a", "b"], [0, 1], "t", use_matplotlib=False)
+    img = heatmap_image(values, ["a", "b"], [0, 1], "t", labels=False)
     assert img.shape == (16, 16, 3) and img.dtype == np.uint8
     assert (img[8, 0] == 128).all()  # NaN cell is grey
     assert not (img[0, 0] == img[0, 8]).all()  # different values, different colours
@@ -181,13 +181,74 @@ def _frame(step: int):
     return Frame(step, layers, values, {"loss": 1.0})
 
 
-@pytest.mark.parametrize(("budget", "during_run"), [(1e9, 3), (1e-9, 1)])
+@pytest.mark.parametrize(("budget", "during_run"), [(1e9, 6), (1e-9, 1)])
 def test_heatmaps_during_the_run_respect_the_time_budget(tmp_path, budget, during_run):
     writer = SummaryWriter(str(tmp_path))
     sink = TensorBoardSink(writer, heatmap_every=2, heatmap_budget=budget)
     for step in range(6):
         sink.write_frame(_frame(step))
-    sink.close(_frame(5), [])
+    sink.close(_frame(6), [])
     writer.close()
-    events = load(tmp_path).Images("initwatch/heatmap/act_rms")
-    assert len(events) == during_run + 1  # renders at frames 2, 4, 6 when allowed; and close
+    ea = load(tmp_path)
+    tags = ["initwatch/heatmap/act_rms", "initwatch/heatmap/out_grad_rms"]
+    assert sorted(ea.Tags()["images"]) == tags  # no parameters: no grad_norm image
+    events = [e for t in tags for e in ea.Images(t)]
+    # the images take turns: act_rms at frames 2, 4, 6, out_grad_rms at 1, 3, 5, when the
+    # budget allows; each once more at close (step 6)
+    assert sum(e.step < 6 for e in events) == during_run
+    assert sum(e.step == 6 for e in events) == 2
+    if budget > 1:
+        assert [e.step for e in ea.Images(tags[0])] == [1, 3, 5, 6]
+
+
+def test_heatmaps_render_without_matplotlib_and_memory_stays_flat(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys, tracemalloc
+        import torch
+        from torch import nn
+        from torch.utils.tensorboard import SummaryWriter
+        from initwatch.sinks.tensorboard import TensorBoardSink
+        from initwatch.watch import Watch
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        writer = SummaryWriter({str(tmp_path)!r})
+        sink = TensorBoardSink(writer, heatmap_every=1, heatmap_budget=1e9)
+        watch = Watch(model, writer=sink, every=1, rules=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        def run(n):
+            for _ in range(n):
+                step = (watch.step_index or 0) + 1
+                with watch.step(step, opt) as scope:
+                    scope.loss = model(torch.randn(8, 4)).pow(2).mean()
+                    scope.loss.backward()
+                    opt.step()
+                    opt.zero_grad()
+        run(5)
+        tracemalloc.start()
+        for _ in range(3):
+            sink.write_heatmaps(0)
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(30):
+            sink.write_heatmaps(0)
+        grown = tracemalloc.get_traced_memory()[0] - base
+        watch.close(); writer.close()
+        print("matplotlib" in sys.modules, grown)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported, grown = out.stdout.split()
+    assert imported == "False"  # the old sink rendered with matplotlib on the training thread
+    assert int(grown) < 200_000  # 30 more renders (90 images) hold no more memory
+    ea = load(tmp_path)
+    assert len(ea.Tags()["images"]) == 3
+    ev = ea.Images("initwatch/heatmap/act_rms")[-1]
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(ev.encoded_image_string)).convert("RGB")
+    assert img.size == (ev.width, ev.height) and ev.width > 100  # labels and colour bar

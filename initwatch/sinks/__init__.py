@@ -12,7 +12,14 @@ import numpy as np
 from initwatch.alerts import Alert
 from initwatch.frame import Frame, LayerInfo
 
-__all__ = ["Sink", "aggregate_params", "heatmap_image", "param_group", "summary_markdown"]
+__all__ = [
+    "Sink",
+    "aggregate_params",
+    "heatmap_image",
+    "heatmap_png",
+    "param_group",
+    "summary_markdown",
+]
 
 
 class Sink:
@@ -159,7 +166,7 @@ def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
     return "\n".join(lines)
 
 
-# A 9-stop approximation of matplotlib's viridis, for when matplotlib is not installed.
+# A 9-stop approximation of matplotlib's viridis.
 _VIRIDIS = np.array(
     [
         [68, 1, 84],
@@ -174,22 +181,108 @@ _VIRIDIS = np.array(
     ],
     dtype=np.float64,
 )
+_GREY = 128.0
+_LEVELS = 250  # palette entries of the colour map; then grey, white, black
+_P_GREY, _P_WHITE, _P_BLACK = _LEVELS, _LEVELS + 1, _LEVELS + 2
+_FONT: list = []  # the label font, loaded once
 
 
-def _numpy_heatmap(values: np.ndarray, cell: int = 8) -> np.ndarray:
+def _viridis(t: np.ndarray) -> np.ndarray:
+    pos = np.clip(t, 0, 1) * (len(_VIRIDIS) - 1)
+    i0 = np.floor(pos).astype(int)
+    i1 = np.minimum(i0 + 1, len(_VIRIDIS) - 1)
+    frac = (pos - i0)[..., None]
+    return _VIRIDIS[i0] * (1 - frac) + _VIRIDIS[i1] * frac
+
+
+_PALETTE = np.concatenate(
+    [_viridis(np.linspace(0, 1, _LEVELS)), [[_GREY] * 3, [255.0] * 3, [0.0] * 3]]
+).round()
+
+
+def _levels(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Palette index of every cell: the viridis level between the finite min and max, grey for
+    NaN / Inf cells. Returns the indices (uint8) and the (min, max) the map spans."""
     finite = np.isfinite(values)
-    img = np.full(values.shape + (3,), 128.0)
+    idx = np.full(values.shape, _P_GREY, dtype=np.uint8)
+    lo = hi = math.nan
     if finite.any():
-        lo, hi = values[finite].min(), values[finite].max()
+        lo, hi = float(values[finite].min()), float(values[finite].max())
         t = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-        pos = np.clip(np.nan_to_num(t), 0, 1) * (len(_VIRIDIS) - 1)
-        i0 = np.floor(pos).astype(int)
-        i1 = np.minimum(i0 + 1, len(_VIRIDIS) - 1)
-        frac = (pos - i0)[..., None]
-        colours = _VIRIDIS[i0] * (1 - frac) + _VIRIDIS[i1] * frac
-        img = np.where(finite[..., None], colours, img)
-    img = np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)
-    return img.astype(np.uint8)
+        level = np.clip(np.nan_to_num(t), 0, 1) * (_LEVELS - 1)
+        idx = np.where(finite, np.rint(level), _P_GREY).astype(np.uint8)
+    return idx, lo, hi
+
+
+def _font() -> object:
+    """Pillow's built-in bitmap font (~50 µs a label; its FreeType default takes ~10x that)."""
+    if not _FONT:
+        from PIL import ImageFont
+
+        load = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)
+        _FONT.append(load())
+    return _FONT[0]
+
+
+def _plain(idx: np.ndarray, cell: int = 8) -> np.ndarray:
+    return _PALETTE[np.repeat(np.repeat(idx, cell, axis=0), cell, axis=1)].astype(np.uint8)
+
+
+def heatmap_png(
+    values: np.ndarray, rows: Sequence[str], steps: Sequence[int], title: str
+) -> tuple[bytes, int, int]:
+    """The labelled heatmap of :func:`heatmap_image` as a palette PNG: ``(bytes, height,
+    width)``. One byte per pixel and a fast compression level: a few ms for a 650 x 250 image.
+
+    Example::
+
+        >>> png, h, w = heatmap_png(np.array([[0.0, 1.0]]), ["b0"], [0, 10], "t")
+        >>> png[:4], h > 1 and w > 2
+        (b'\\x89PNG', True)
+    """
+    import io
+
+    out = io.BytesIO()
+    image = _labelled(np.asarray(values, dtype=np.float64), rows, steps, title)
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue(), image.height, image.width
+
+
+def _labelled(values: np.ndarray, rows: Sequence[str], steps: Sequence[int], title: str):
+    from PIL import Image, ImageDraw
+
+    idx, lo, hi = _levels(values)
+    n_rows, n_cols = values.shape
+    cw = max(2, min(40, 560 // max(n_cols, 1)))
+    ch = max(6, min(40, 420 // max(n_rows, 1)))
+    font = _font()
+    label_w = max((int(font.getlength(str(r))) for r in rows), default=0)
+    left, top, bottom, bar = min(label_w, 200) + 8, 20, 18, 70
+    grid_w, grid_h = n_cols * cw, n_rows * ch
+    width, height = left + grid_w + bar, top + grid_h + bottom
+    canvas = np.full((height, width), _P_WHITE, dtype=np.uint8)
+    canvas[top : top + grid_h, left : left + grid_w] = np.repeat(
+        np.repeat(idx, ch, axis=0), cw, axis=1
+    )
+    bar_x = left + grid_w + 10  # the colour bar: top = max
+    ramp = np.rint(np.linspace(_LEVELS - 1, 0, max(grid_h, 1))).astype(np.uint8)
+    canvas[top : top + grid_h, bar_x : bar_x + 10] = ramp[:, None]
+    image = Image.fromarray(canvas)
+    image.putpalette(_PALETTE.astype(np.uint8).tobytes())
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 3), title, fill=_P_BLACK, font=font)
+    every = max(1, math.ceil(n_rows / 24))
+    for i in range(0, n_rows, every):
+        label = str(rows[i])
+        y = top + i * ch + ch // 2 - 5
+        draw.text((left - 4 - font.getlength(label), y), label, fill=_P_BLACK, font=font)
+    every = max(1, math.ceil(n_cols / 8))
+    for j in range(0, n_cols, every):
+        draw.text((left + j * cw, top + grid_h + 3), str(steps[j]), fill=_P_BLACK, font=font)
+    if math.isfinite(lo):
+        draw.text((bar_x + 13, top), f"{hi:.3g}", fill=_P_BLACK, font=font)
+        draw.text((bar_x + 13, top + grid_h - 11), f"{lo:.3g}", fill=_P_BLACK, font=font)
+    return image
 
 
 def heatmap_image(
@@ -197,42 +290,30 @@ def heatmap_image(
     rows: Sequence[str],
     steps: Sequence[int],
     title: str,
-    use_matplotlib: bool = True,
+    labels: bool = True,
 ) -> np.ndarray:
     """Render a depth × step matrix as an RGB image (H, W, 3, uint8); NaN cells are grey.
 
-    Uses matplotlib (labelled axes and a colour bar) when installed, else a plain numpy
-    viridis colour map with 8-pixel cells (row 0 at the top).
+    A numpy viridis map (row 0 at the top) drawn with Pillow: the title, row labels (at most
+    ~24), step labels (at most ~8) and a colour bar with its range. No matplotlib: it costs a
+    few milliseconds and holds no state between calls (no figure; one bitmap font loaded
+    once), so it does not stall training and memory does not grow with renders. Without
+    Pillow, or with ``labels=False``, the plain map with 8-pixel cells.
+    :func:`heatmap_png` gives the same picture PNG-encoded (what the TensorBoard sink writes).
 
     Example::
 
         >>> heatmap_image(np.array([[0.0, 1.0], [2.0, np.nan]]), ["b0", "b1"], [0, 10], "t",
-        ...               use_matplotlib=False).shape
+        ...               labels=False).shape
         (16, 16, 3)
+        >>> img = heatmap_image(np.array([[0.0, 1.0], [2.0, np.nan]]), ["b0", "b1"], [0, 10], "t")
+        >>> img.dtype, img.shape[0] > 16 and img.shape[1] > 16
+        (dtype('uint8'), True)
     """
     values = np.asarray(values, dtype=np.float64)
-    if use_matplotlib:
+    if labels:
         try:
-            import matplotlib
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
+            return np.asarray(_labelled(values, rows, steps, title).convert("RGB"))
         except ImportError:
-            use_matplotlib = False
-    if not use_matplotlib:
-        return _numpy_heatmap(values)
-    fig = Figure(figsize=(8, max(2.5, 0.22 * len(rows) + 1.5)), dpi=80)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#808080")
-    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", interpolation="nearest", cmap=cmap)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel("layer")
-    ticks = range(0, len(rows), max(1, len(rows) // 24))
-    ax.set_yticks(list(ticks), [rows[i] for i in ticks], fontsize=7)
-    xt = range(0, len(steps), max(1, len(steps) // 8))
-    ax.set_xticks(list(xt), [str(steps[i]) for i in xt], fontsize=7)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+            pass
+    return _plain(_levels(values)[0])

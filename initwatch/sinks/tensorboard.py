@@ -11,7 +11,7 @@ import numpy as np
 
 from initwatch.alerts import Alert
 from initwatch.frame import ACT_STATS, BACKWARD_STATS, PARAM_STATS, Frame
-from initwatch.sinks import Sink, aggregate_params, heatmap_image, summary_markdown
+from initwatch.sinks import Sink, aggregate_params, heatmap_image, heatmap_png, summary_markdown
 
 PREFIX = "initwatch"
 DETAILS = ("default", "all")
@@ -87,11 +87,12 @@ class TensorBoardSink(Sink):
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter``.
         detail: ``"default"`` (bounded tag budget) or ``"all"``.
-        heatmap_every: write the heatmap images every this many logging steps (and at close).
+        heatmap_every: write each heatmap image every this many logging steps (and at close);
+            the images take turns, so a logging step renders at most one.
         heatmap_steps: columns kept for the heatmaps (the most recent logging steps).
         heatmap_budget: the largest fraction of wall time heatmap rendering may take: a due
             heatmap is skipped until ``last render time / heatmap_budget`` seconds have passed
-            since the last one (rendering with matplotlib takes ~0.1 s per image on a CPU).
+            since the last one (a numpy / Pillow render takes a few ms per image).
 
     Example::
 
@@ -164,8 +165,11 @@ class TensorBoardSink(Sink):
         self._pending = (step, values)  # written with the alert count: one event per step
         self._remember(frame, params)
         self._frames += 1
-        if self._frames % self.heatmap_every == 0 and time.monotonic() >= self._next_heatmap:
-            self.write_heatmaps(step)
+        every, n = self.heatmap_every, len(HEATMAPS)
+        # the images take turns (stat i is offset by i/n of the interval): one render per step
+        due = [st for i, st in enumerate(HEATMAPS) if (self._frames - i * every // n) % every == 0]
+        if due and time.monotonic() >= self._next_heatmap:
+            self.write_heatmaps(step, due)
 
     def _layer_tables(
         self, frame: Frame, params: dict[str, dict[str, float]]
@@ -208,14 +212,14 @@ class TensorBoardSink(Sink):
             known.extend(k for k in table if k not in known)
         self._history.append((frame.step, rows))
 
-    def write_heatmaps(self, step: int) -> None:
+    def write_heatmaps(self, step: int, stats: Sequence[str] = HEATMAPS) -> None:
         """Depth × step images of log10 grad norm (per block / module group), and log10
-        activation RMS and output-gradient RMS per block."""
+        activation RMS and output-gradient RMS per block (those of ``stats``)."""
         if not self._history:
             return
         start = time.monotonic()
         steps = [s for s, _ in self._history]
-        for stat in HEATMAPS:
+        for stat in stats:
             rows = self._rows[stat]
             if not rows:
                 continue
@@ -225,10 +229,29 @@ class TensorBoardSink(Sink):
             )
             with np.errstate(divide="ignore", invalid="ignore"):
                 m = np.where(m > 0, np.log10(np.where(m > 0, m, 1.0)), np.nan)
-            img = heatmap_image(m, rows, steps, f"log10 {stat}")
-            self.writer.add_image(f"{PREFIX}/heatmap/{stat}", img, step, dataformats="HWC")
+            self._image(f"{PREFIX}/heatmap/{stat}", m, rows, steps, step)
         took = time.monotonic() - start
         self._next_heatmap = time.monotonic() + took / max(self.heatmap_budget, 1e-9)
+
+    def _image(
+        self, tag: str, values: np.ndarray, rows: list[str], steps: list[int], step: int
+    ) -> None:
+        """One heatmap image event: a palette PNG from :func:`heatmap_png` written as is
+        (``add_image`` would take an RGB array and re-encode it at a slower level)."""
+        title = f"log10 {tag.rsplit('/', 1)[-1]}"
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        try:
+            if file_writer is None:
+                raise ImportError  # a duck-typed writer gets the RGB array
+            png, h, w = heatmap_png(values, rows, steps, title)
+        except ImportError:  # no Pillow
+            img = heatmap_image(values, rows, steps, title)
+            self.writer.add_image(tag, img, step, dataformats="HWC")
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=png)
+        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
         """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text."""
