@@ -304,3 +304,28 @@ def _sharded_by(t: torch.Tensor) -> str | None:
     if hasattr(t, "ds_id") and t.numel() != getattr(t, "ds_numel", t.numel()):
         return "DeepSpeed ZeRO-3 (re-draw inside deepspeed.zero.GatheredParameters)"
     return None
+
+
+def broadcast_from_rank0(model: torch.nn.Module) -> int:
+    """Give every rank rank 0's parameters and buffers (before sharding); returns the number
+    of broadcasts (one per tensor; 0 without a process group of several ranks).
+
+    The adapters call it once, at setup, after applying a scheme under a sharding strategy:
+    FSDP does not broadcast the weights it shards (``sync_module_states`` needs a GPU), so a
+    rank-dependent draw would otherwise leave each rank a piece of a different model.
+
+    Example::
+
+        >>> broadcast_from_rank0(torch.nn.Linear(2, 2))  # no process group: nothing to do
+        0
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return 0
+    refuse_sharded_reinit(model)
+    n = 0
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+            n += 1
+    return n

@@ -21,7 +21,7 @@ HERE = Path(__file__).parent / "ddp"
 pytestmark = pytest.mark.slow
 
 
-def launch(cmd: list[str], out: Path) -> list[dict]:
+def launch(cmd: list[str], out: Path, prefix: str = "rank") -> list[dict]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     for attempt in range(2):  # one retry: a rendezvous port taken by a concurrent job
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -29,7 +29,7 @@ def launch(cmd: list[str], out: Path) -> list[dict]:
             break
         if attempt == 1:
             raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out / f"{prefix}{r}.json").read_text()) for r in (0, 1)]
 
 
 def check_ranks(ranks: list[dict], start: str) -> None:

@@ -187,12 +187,21 @@ def test_configure_model_layers_are_refused_with_the_way_out(tmp_path):
         trainer(tmp_path, [InitWatch("deepnet")]).fit(Lazy(), loader())
 
 
-def test_sharded_strategies_and_fused_fp16_are_refused():
-    class FSDPStrategy:
+def test_unreadable_strategies_and_fused_fp16_are_refused():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class DeepSpeedStrategy:
         pass
 
-    with pytest.raises(UnsupportedStrategyError, match="FSDPStrategy"):
-        iw_lightning._refuse_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+    with pytest.raises(UnsupportedStrategyError, match="DeepSpeedStrategy"):
+        iw_lightning._refuse_strategy(SimpleNamespace(strategy=DeepSpeedStrategy()))
+    flat = FSDPStrategy(use_orig_params=False)
+    with pytest.raises(UnsupportedStrategyError, match="use_orig_params=True"):
+        iw_lightning._refuse_strategy(SimpleNamespace(strategy=flat))
+    hybrid = FSDPStrategy(sharding_strategy="HYBRID_SHARD", auto_wrap_policy={nn.Linear})
+    with pytest.raises(UnsupportedStrategyError, match="HYBRID_SHARD"):
+        iw_lightning._refuse_strategy(SimpleNamespace(strategy=hybrid))
+    iw_lightning._refuse_strategy(SimpleNamespace(strategy=FSDPStrategy()))  # supported
     fused = SimpleNamespace(_step_supports_amp_scaling=True)
     fake = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()), optimizers=[fused])
     with pytest.raises(UnsupportedStrategyError, match="fused=False"):

@@ -45,16 +45,37 @@ def same(a: float, b: float) -> bool:
     return a == pytest.approx(b, rel=1e-5, abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def lightning(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lightning_sharded")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launch([*cmd, str(HERE / "lightning_sharded.py"), "--out", str(out)], out, "lightning")
+    return [json.loads((out / f"lightning{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def reference_exact():
+    """The reference with InitWatch's default sample (1024): every tensor measured exactly."""
+    import initwatch
+
+    model = build()
+    watch = initwatch.Watch(model, every=1, rules=False)
+    return json.loads(json.dumps(train(model, model, slice(None), watch=watch)))
+
+
+def assert_frames(frames: list[dict], reference: dict, case: str) -> None:
+    assert len(frames) == len(reference["frames"])
+    for step, (got, ref) in enumerate(zip(frames, reference["frames"], strict=True)):
+        for stat in (*STATS, "act_rms"):
+            assert set(got[stat]) == set(ref[stat]), (case, step, stat)
+            for name, value in ref[stat].items():
+                assert same(got[stat][name], value), (case, step, stat, name, got[stat][name])
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_frames_equal_the_single_process_run(ranks, reference, case):
     for rank in ranks:
-        frames = rank[case]["frames"]
-        assert len(frames) == len(reference["frames"])
-        for step, (got, ref) in enumerate(zip(frames, reference["frames"], strict=True)):
-            for stat in (*STATS, "act_rms"):
-                assert set(got[stat]) == set(ref[stat]), (case, step, stat)
-                for name, value in ref[stat].items():
-                    assert same(got[stat][name], value), (case, step, stat, name, got[stat][name])
+        assert_frames(rank[case]["frames"], reference, case)
     ref_frames = reference["frames"]
     assert ref_frames[0]["update_ratio"]["0.weight"] > 0  # measured from the 32-of-240 sample
     assert ref_frames[-1]["grad_nonfinite"]["0.weight"] == 1.0  # the Inf input of the last step
@@ -65,6 +86,29 @@ def test_frames_equal_the_single_process_run(ranks, reference, case):
 def test_one_collective_per_logging_step(ranks, case):
     for rank in ranks:
         assert rank[case]["collectives"] == [1, 1, 1]  # the Watch's calls, nothing else
+
+
+@pytest.mark.parametrize("case", ["model_parallel", "fsdp"])
+def test_lightning_sharded_strategies_are_exact(lightning, reference_exact, case):
+    # ModelParallelStrategy (fully_shard in configure_model) and FSDPStrategy (FSDP1; the
+    # Watch attaches at setup, before the wrap): the single-process frames, one collective
+    for rank in lightning:
+        assert_frames(rank[case]["frames"], reference_exact, case)
+        assert rank[case]["collectives"] == [1, 1, 1]
+
+
+def test_lightning_scheme_is_broadcast_before_sharding(lightning):
+    # InitWatch("t-fixup") drew with seed 100 + rank: the sharded model is rank 0's draw, not
+    # a mix of both ranks' shards
+    import initwatch
+    from initwatch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    initwatch.reinit(model, "t-fixup", seed=100)
+    ref = [float(v.double().sum()) for _, v in sorted(model.state_dict().items())]
+    r0, r1 = (r["scheme_sums"] for r in lightning)
+    assert r0 == r1 == pytest.approx(ref, rel=1e-12)
 
 
 def test_hsdp_counts_each_replicated_element_once(ranks):

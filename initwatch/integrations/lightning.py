@@ -28,6 +28,7 @@ from initwatch.integrations._common import (
     read_anatomy,
     warmup_steps_of,
 )
+from initwatch.sharding import broadcast_from_rank0
 
 # One class serves both import styles: it is a ``lightning.pytorch`` Callback and, when the
 # separate ``pytorch_lightning`` package is installed, a ``pytorch_lightning`` Callback too, so
@@ -38,7 +39,7 @@ if importlib.util.find_spec("pytorch_lightning") is not None:
 
     _BASES = (pl.Callback, _pl_old.Callback)
 
-_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel", "XLA")
+_REFUSED = ("DeepSpeed", "XLA")  # FSDPStrategy and ModelParallelStrategy are supported
 
 
 class InitWatchStoppingReason(Enum):
@@ -113,8 +114,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         stopping_reason: an :class:`InitWatchStoppingReason`.
 
     Raises:
-        UnsupportedStrategyError: FSDP, DeepSpeed, model-parallel and XLA strategies, and fp16
-            with a fused optimizer (gradients still scaled in the hook).
+        UnsupportedStrategyError: DeepSpeed and XLA strategies, FSDPStrategy with
+            ``use_orig_params=False`` or a hybrid sharding strategy, and fp16 with a fused
+            optimizer (gradients still scaled in the hook). FSDPStrategy and
+            ModelParallelStrategy are supported with exact statistics (docs/sharded.md).
         PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
             ``scheme=None`` to fine-tune with the monitor.
 
@@ -204,6 +207,12 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         if stage != "fit":
             return
         _refuse_strategy(trainer)
+        self._apply_scheme(trainer, pl_module)
+        self._early = _is_fsdp1(trainer)
+        if self._early:  # FSDP1 wraps after setup: attach to the original parameters now
+            self._start(trainer, pl_module)
+
+    def _apply_scheme(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.scheme is None:
             self.scheme_outcome = SchemeOutcome.NO_SCHEME
             return
@@ -213,9 +222,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
                 f"InitWatch(scheme={self.scheme!r}) found no transformer blocks in "
                 f"{type(pl_module).__name__} at setup: layers built in configure_model() do not "
                 "exist yet when callbacks run setup, and no callback hook runs between "
-                "configure_model() and configure_optimizers(). Apply the scheme yourself at the "
-                "end of configure_model(), e.g. `initwatch.reinit(self.model, "
-                f"{self.scheme!r})`, and pass InitWatch(scheme=None) to watch the run."
+                "configure_model() and configure_optimizers(). Apply the scheme yourself in "
+                "configure_model(), after building the layers and before any fully_shard, with "
+                f"the same seed on every rank, e.g. `initwatch.reinit(self.model, {self.scheme!r}"
+                ", seed=0)`, and pass InitWatch(scheme=None) to watch the run."
             )
         report = apply_scheme(
             pl_module, self.scheme, self.scheme_options, anatomy=anatomy, framework="InitWatch"
@@ -224,6 +234,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             self.scheme_outcome = SchemeOutcome.ALREADY_PRESENT
             rank_zero_info(f"InitWatch: {self.scheme} {self.scheme_outcome.value}")
             return
+        if _is_sharded(trainer):  # FSDP does not broadcast: every rank gets rank 0's draw
+            broadcast_from_rank0(pl_module)
         self.report = report
         self.scheme_outcome = SchemeOutcome.APPLIED
         self._anatomies[id(pl_module)] = anatomy
@@ -237,6 +249,13 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         _refuse_fused_scaling(trainer)
         self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
         self.stopping_reason_message = None
+        if getattr(self, "_early", False):  # attached at setup, before the FSDP1 wrap
+            self._early = False
+            self._restored = False
+            return
+        self._start(trainer, pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)
         if not self._restored:  # a new fit, not a resume: a fresh alert history
             self._driver.reset()
@@ -387,16 +406,41 @@ def _max_steps(trainer: pl.Trainer) -> int | None:
     return None
 
 
+def _is_sharded(trainer: pl.Trainer) -> bool:
+    return type(trainer.strategy).__name__.startswith(("FSDP", "ModelParallel")) or _is_fsdp1(
+        trainer
+    )
+
+
+def _is_fsdp1(trainer: pl.Trainer) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
 def _refuse_strategy(trainer: pl.Trainer) -> None:
     name = type(trainer.strategy).__name__
-    if any(s.lower() in name.lower() for s in _SHARDED):
+    if any(s.lower() in name.lower() for s in _REFUSED):
         raise UnsupportedStrategyError(
-            f"InitWatch does not support {name}: it shards or flattens parameters, so per-layer "
-            "gradient and weight statistics would be read from shards and be wrong, and a "
-            "scheme applied in setup would not be broadcast. Use strategy='ddp' (supported), or "
-            "re-initialize before fit with a fixed seed on every rank "
-            "(`initwatch.reinit(module, 'deepnet', seed=0)`) and train without InitWatch."
+            f"InitWatch does not support {name} yet: its parameters and gradients are "
+            "partitioned in a way initwatch does not read, so per-layer statistics would be "
+            "wrong. Use strategy='ddp', FSDPStrategy or ModelParallelStrategy (exact "
+            "statistics, see docs/sharded.md), or train without InitWatch."
         )
+    if _is_fsdp1(trainer):
+        kwargs = trainer.strategy.kwargs
+        strategy = str(getattr(trainer.strategy, "sharding_strategy", "FULL_SHARD"))
+        if not kwargs.get("use_orig_params", True):
+            raise UnsupportedStrategyError(
+                "InitWatch under FSDPStrategy needs use_orig_params=True (Lightning's default): "
+                "with use_orig_params=False only FSDP's flat parameter is visible."
+            )
+        if "HYBRID" in strategy.upper():
+            raise UnsupportedStrategyError(
+                f"InitWatch does not support FSDPStrategy(sharding_strategy={strategy}): use "
+                "FULL_SHARD, SHARD_GRAD_OP or NO_SHARD, or ModelParallelStrategy (fully_shard "
+                "with an HSDP mesh)."
+            )
 
 
 def _refuse_fused_scaling(trainer: pl.Trainer) -> None:
