@@ -25,6 +25,7 @@ class AlertKind(str, Enum):
     SATURATION = "saturation"
     UPDATE_RATIO_HIGH = "update_ratio_high"
     UPDATE_RATIO_LOW = "update_ratio_low"
+    LOSS_DIVERGING = "loss_diverging"
 
 
 class Severity(str, Enum):

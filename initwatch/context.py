@@ -28,6 +28,10 @@ class RunContext:
         in_warmup: True while the learning rate is still ramping up.
         precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``, ...
         pretrained: True when the weights were loaded from a checkpoint (a fine-tune).
+        grad_clip: the gradient-clipping threshold when the run clips (HF ``max_grad_norm``,
+            Lightning ``gradient_clip_val``), None when it does not.
+        grad_clip_algorithm: ``"norm"`` (clip the global norm) or ``"value"`` (clamp each
+            element) when ``grad_clip`` is set.
         step: the current step.
         max_steps: planned number of optimizer steps, if known.
         extra: anything else an integration wants to pass along.
@@ -37,6 +41,8 @@ class RunContext:
         >>> ctx = RunContext(layout="post", depth={"encoder": 24}, optimizer="Adam", lr=1e-3)
         >>> ctx.total_depth
         24
+        >>> ctx.clipping
+        False
     """
 
     family: str | None = None
@@ -52,6 +58,8 @@ class RunContext:
     in_warmup: bool = False
     precision: str | None = None
     pretrained: bool = False
+    grad_clip: float | None = None
+    grad_clip_algorithm: str | None = None
     step: int = 0
     max_steps: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +68,11 @@ class RunContext:
     def total_depth(self) -> int:
         """Number of blocks over all stacks (0 when unknown)."""
         return sum(self.depth.values())
+
+    @property
+    def clipping(self) -> bool:
+        """True when the run clips its gradients (``grad_clip`` set and positive)."""
+        return self.grad_clip is not None and self.grad_clip > 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for checkpoints and reports."""

@@ -110,7 +110,11 @@ def _warmup(ctx: RunContext) -> str:
     return f"add a learning-rate warmup (linear, ~{steps} steps)"
 
 
-def _clip(ev: dict[str, Any]) -> str:
+def _clip(ev: dict[str, Any], ctx: RunContext | None = None) -> str:
+    """Suggest clipping, unless the run clips already (then nothing: never suggest what the
+    run does)."""
+    if ctx is not None and ctx.clipping:
+        return ""
     base = ev.get("baseline")
     if isinstance(base, (int, float)) and math.isfinite(base) and base > 0:
         x = _round2(2 * base)
@@ -234,7 +238,7 @@ def _exploding_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     factor = 10.0
     if isinstance(g, (int, float)) and isinstance(base, (int, float)) and base and base > 0:
         factor = max(3.0, min(10.0, _round2(g / base)))
-    items = [_clip(ev), _lower_lr(ctx, ev, factor), _warmup(ctx)]
+    items = [_clip(ev, ctx), _lower_lr(ctx, ev, factor), _warmup(ctx)]
     if _fp16(ctx):
         items.append("under fp16 keep dynamic loss scaling on or switch to bf16")
     depth = _depth(ev, ctx)
@@ -293,7 +297,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
                 f"Outputs of {layer} grew {_n(ev.get('ratio'))}x during training: {_lower_lr(ctx, ev)}",
                 _warmup(ctx),
                 "add weight decay (e.g. 0.01-0.1 with AdamW)",
-                _clip(ev),
+                _clip(ev, ctx),
             ]
         )
     per = ev.get("per_layer")
@@ -343,7 +347,7 @@ def _nonfinite(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
         )
     items = [
         f"{first}: {_lower_lr(ctx, ev)}",
-        _clip(ev),
+        _clip(ev, ctx),
         _warmup(ctx),
         "check inputs and labels for NaN/Inf and ops such as log(0), sqrt(0) backward, division by ~0",
     ]
@@ -408,6 +412,21 @@ def _update_ratio_low(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     )
 
 
+def _loss_diverging(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    r, base = ev.get("ratio"), ev.get("baseline")
+    clipped = (
+        f" (clipping at {_n(ctx.grad_clip)} is on and did not stop it)" if ctx.clipping else ""
+    )
+    lead = (
+        f"The loss rose to {_n(r)}x its early value {_n(base)}{clipped}: {_lower_lr(ctx, ev, 10)}"
+    )
+    items = [lead, _warmup(ctx), _clip(ev, ctx)]
+    if ctx.pretrained:
+        items.append("a fine-tune usually wants lr 1e-5..1e-4 with AdamW")
+    items.append("if the lr is usual, check the data of these steps (a corrupt batch or shard)")
+    return _join(items)
+
+
 _BY_KIND = {
     K.VANISHING_GRADIENT: _vanishing_gradient,
     K.EXPLODING_GRADIENT: _exploding_gradient,
@@ -418,6 +437,7 @@ _BY_KIND = {
     K.SATURATION: _saturation,
     K.UPDATE_RATIO_HIGH: _update_ratio_high,
     K.UPDATE_RATIO_LOW: _update_ratio_low,
+    K.LOSS_DIVERGING: _loss_diverging,
 }
 
 

@@ -69,6 +69,19 @@ def positive_int(name: str, value: Any, example: str) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: Any, example: str) -> int:
+    """``value`` as an ``int`` >= 0 (0 turns a feature off); an error otherwise.
+
+    Example::
+
+        >>> non_negative_int("dense_start", 0, "dense_start=20")
+        0
+    """
+    if not is_whole(value) or int(value) < 0:
+        _fail(name, value, "a whole number >= 0 (0: off)", example)
+    return int(value)
+
+
 def optional_interval(name: str, value: Any) -> int | None:
     """A logging interval of a callback: None (the framework's own) or an int >= 1.
 

@@ -34,6 +34,7 @@ from initwatch.stats import (
 )
 
 FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
+LR_JUMP = 2.0  # an lr more than this multiple of the previous step's reopens the dense window
 
 
 def _rank() -> int:
@@ -157,6 +158,12 @@ class Watch:
             (relative error about ``1 / sqrt(2 * update_sample)``).
         logdir: directory for a SummaryWriter the Watch creates and closes, when ``writer``
             is None.
+        dense_start: measure every step for the first this many optimizer steps the Watch
+            sees, and again for as many steps after the learning rate jumps (rises more than
+            ``LR_JUMP`` = 2x from one step to the next: a schedule restart, a manual change);
+            0 (default for a plain loop): only ``every``. The adapters pass 20.
+        max_interval: measure at least every this many optimizer steps, whatever ``every``
+            or the framework's cadence says (None: no cap). The adapters pass 10.
 
     Example::
 
@@ -194,6 +201,8 @@ class Watch:
         rules: Any = None,
         update_sample: int = 1024,
         logdir: str | None = None,
+        dense_start: int = 0,
+        max_interval: int | None = None,
     ) -> None:
         from initwatch import validate as v
 
@@ -207,6 +216,14 @@ class Watch:
         logdir = v.path_or_none("logdir", logdir, "initwatch.Watch(model, logdir='runs/exp1')")
         v.writer_or_none(writer)
         self._policy = _make_policy(on_alert)
+        self.dense_start = v.non_negative_int(
+            "dense_start", dense_start, "initwatch.Watch(model, dense_start=20)"
+        )
+        self.max_interval = (
+            v.positive_int("max_interval", max_interval, "initwatch.Watch(model, max_interval=10)")
+            if max_interval is not None
+            else None
+        )
         self.model = model
         inner = unwrap(model)
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
@@ -235,6 +252,11 @@ class Watch:
         self._optimizer_hooks: list[tuple[weakref.ref, list]] = []
         self._stepped = False
         self._in_step = False
+        self._dense_left = self.dense_start
+        self._last_measured: int | None = None
+        self._groups: Any = None  # param_groups of the optimizer seen last (for the lr)
+        self._prev_lr: float | None = None
+        self._preclip: Any = None
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -261,8 +283,10 @@ class Watch:
 
         Args:
             step: the optimizer step, numbered as the training framework numbers it.
-            measure: whether to measure this step; None (default): every ``every``-th step
-                (``step % every == 0``). Adapters pass the framework's own logging cadence.
+            measure: whether the framework's cadence measures this step; None (default):
+                every ``every``-th step (``step % every == 0``). Adapters pass the framework's
+                own logging cadence. The step is also measured inside the dense window
+                (``dense_start``) and when ``max_interval`` steps passed since the last one.
 
         Returns True when this step is measured.
         """
@@ -272,26 +296,48 @@ class Watch:
             self.end_step()
         self.step_index = int(step)
         self.context.step = self.step_index
-        self._logging = self.step_index % self.every == 0 if measure is None else bool(measure)
+        cadence = self.step_index % self.every == 0 if measure is None else bool(measure)
+        dense = self._dense(self.step_index)  # first: it counts every step
+        self._logging = cadence or dense
+        if self._logging:
+            self._last_measured = self.step_index
         self._grads_read = False
         if self._logging:
             self._probes.attach()
+        self._preclip = None
         self._probes.gate.on = self._logging
         return self._logging
 
     @_guarded(None)
-    def before_optimizer_step(self, optimizer: Any) -> None:
+    def before_optimizer_step(self, optimizer: Any, grad_norm_preclip: Any = None) -> None:
         """Read the final gradients (accumulated, unscaled, all-reduced) and snapshot the
-        sampled weight coordinates; call it right before ``optimizer.step()``."""
+        sampled weight coordinates; call it right before ``optimizer.step()``.
+
+        Args:
+            optimizer: the optimizer about to step (a framework wrapper is unwrapped).
+            grad_norm_preclip: the global gradient norm before clipping, when the gradients
+                were already clipped (the Hugging Face Trainer clips before its hook): the
+                frame's ``grad_norm_global`` and per-tensor ``grad_norm`` are then the pre-clip
+                values (clipping scales every gradient by one factor), and the clipped global
+                norm is kept as ``grad_norm_clipped``.
+
+        Called again within the same step (several optimizers stepping on one batch, e.g. a
+        GAN under manual optimization), it keeps the gradients read and the snapshot taken at
+        the first optimizer's step: the update is measured over the whole step, the gradients
+        of the other optimizers' parameters are those present at the first step.
+        """
+        opt = getattr(optimizer, "optimizer", optimizer)  # Lightning / accelerate wrappers
+        self._groups = getattr(opt, "param_groups", None) or self._groups
         if not self._logging:
             return
-        opt = getattr(optimizer, "optimizer", optimizer)  # Lightning / accelerate wrappers
         self.context.optimizer = type(opt).__name__
-        lr = opt.param_groups[0].get("lr") if getattr(opt, "param_groups", None) else None
-        if isinstance(lr, torch.Tensor):
-            lr = float(lr) if lr.device.type == "cpu" else None
+        lr = self._current_lr()
         if lr is not None:
-            self.context.lr = float(lr)
+            self.context.lr = lr
+        if grad_norm_preclip is not None:
+            self._preclip = grad_norm_preclip
+        if self._grads_read:
+            return  # a second optimizer of this step: the first read and snapshot stand
         self._params.read_grads()
         self._params.snapshot()
         self._grads_read = True
@@ -496,6 +542,7 @@ class Watch:
         glob: dict[str, float] = {"skipped_step": 1.0 if skipped else 0.0}
         if any_grad:
             glob["grad_norm_global"] = math.sqrt(grad_sq) if grad_sq >= 0 else math.nan
+        self._unclip(values, glob)
         if self.context.lr is not None:
             glob["lr"] = float(self.context.lr)
         glob.update(derive_loss(host.row(self._loss)))
@@ -507,6 +554,41 @@ class Watch:
         for probe in self._probes.probes:
             if not probe.counted and table.get(probe.target.info.name, 0.0) == math.inf:
                 probe.count_nonfinite = True
+
+    def _dense(self, step: int) -> bool:
+        """Whether the dense start, an lr jump or ``max_interval`` measures this step."""
+        lr = self._current_lr()
+        prev, self._prev_lr = self._prev_lr, lr
+        if lr is not None and prev is not None and lr > LR_JUMP * prev:
+            self._dense_left = max(self._dense_left, self.dense_start)
+        if self._dense_left > 0:
+            self._dense_left -= 1
+            return True
+        last = self._last_measured
+        return self.max_interval is not None and (last is None or step - last >= self.max_interval)
+
+    def _current_lr(self) -> float | None:
+        """The first param group's lr of the optimizer seen last (None: not known yet)."""
+        groups = self._groups
+        lr = groups[0].get("lr") if groups else None
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr) if lr.device.type == "cpu" else None
+        return float(lr) if isinstance(lr, (int, float)) else None
+
+    def _unclip(self, values: dict[str, dict[str, float]], glob: dict[str, float]) -> None:
+        """Gradient norms as they were before clipping (see :meth:`before_optimizer_step`)."""
+        pre, self._preclip = self._preclip, None
+        clipped = glob.get("grad_norm_global")
+        if pre is None or clipped is None:
+            return
+        pre = float(pre)
+        if not math.isfinite(pre) or not math.isfinite(clipped):
+            return
+        glob["grad_norm_global"], glob["grad_norm_clipped"] = pre, clipped
+        if clipped > 0 and pre > clipped:
+            scale = pre / clipped
+            for stat in ("grad_norm", "grad_weight_ratio"):
+                values[stat] = {k: v * scale for k, v in values.get(stat, {}).items()}
 
     def _abort(self) -> None:
         """Leave a half-done logging step cleanly (gate off, buffer reset)."""

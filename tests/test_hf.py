@@ -171,24 +171,33 @@ def test_sharded_strategies_are_refused():
 
 
 def test_logging_steps_accumulation_and_clipped_grads(tmp_path):
-    cb = InitWatchCallback("t-fixup")  # cadence: args.logging_steps
+    # cadence: args.logging_steps alone (no dense start, no own interval)
+    cb = InitWatchCallback("t-fixup", dense_start=0, max_interval=None)
     spy = Spy(cb)
-    make(tmp_path, gpt2(), [cb, spy], gradient_accumulation_steps=2, max_grad_norm=1e-3).train()
+    t = make(tmp_path, gpt2(), [cb, spy], gradient_accumulation_steps=2, max_grad_norm=1e-3)
+    t.train()
     assert [s for n, s in spy.calls if n == "begin_step"] == [1, 2, 3, 4]
-    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 2
+    # called every step (the Watch follows the lr); it reads gradients on measured steps only
+    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 4
     assert [f.step for f in spy.frames] == [2, 4], "the Trainer's logging steps and numbering"
     per_step = {}
     for step, on in spy.gate:
         per_step.setdefault(step, []).append(on)
     assert per_step[1] == [True, True] and per_step[0] == [False, False]  # steps 2 and 1
-    for f in spy.frames:  # read after clipping: the global norm is max_grad_norm
-        assert f.globals["grad_norm_global"] == pytest.approx(1e-3, rel=1e-3)
+    # The Trainer clips before on_pre_optimizer_step; the rules see the pre-clip norm it
+    # computed (the one it logs as grad_norm), and the clipped one is kept beside it.
+    logged = [h["grad_norm"] for h in t.state.log_history if "grad_norm" in h]
+    assert [f.globals["grad_norm_global"] for f in spy.frames] == pytest.approx(logged)
+    for f in spy.frames:
+        assert f.globals["grad_norm_global"] > 10 * 1e-3
+        assert f.globals["grad_norm_clipped"] == pytest.approx(1e-3, rel=1e-3)
         assert math.isfinite(f.globals["loss"])
+    assert cb.context.grad_clip == 1e-3 and cb.context.grad_clip_algorithm == "norm"
     assert cb.context.warmup_steps == 0 and cb.context.max_steps == 4
 
 
 def test_report_to_tensorboard_shares_the_run_and_logs_the_preclip_norm(tmp_path):
-    cb = InitWatchCallback(None)
+    cb = InitWatchCallback(None, dense_start=0, max_interval=None)
     make(tmp_path, gpt2(), [cb], report_to="tensorboard", max_grad_norm=1e-3).train()
     runs = list((tmp_path / "out" / "runs").iterdir())
     assert len(runs) == 1
@@ -199,11 +208,13 @@ def test_report_to_tensorboard_shares_the_run_and_logs_the_preclip_norm(tmp_path
     assert [s for s, _ in pre] == [s for s, _ in tags["train/grad_norm"]] == [2, 4]
     assert [v for _, v in pre] == pytest.approx([v for _, v in tags["train/grad_norm"]])
     assert all(v > 1e-3 for _, v in pre), "pre-clip norms above max_grad_norm"
+    ours = [v for _, v in tags["initwatch/global/grad_norm_global"]]
+    assert ours == pytest.approx([v for _, v in pre], rel=1e-5), "the rules saw the pre-clip norm"
     assert not (tmp_path / "out" / "initwatch_logs").exists()
 
 
 def test_own_run_under_output_dir_without_tensorboard(tmp_path):
-    make(tmp_path, gpt2(), [InitWatchCallback(None)]).train()
+    make(tmp_path, gpt2(), [InitWatchCallback(None, dense_start=0, max_interval=None)]).train()
     tags = scalars(tmp_path / "out" / "initwatch_logs")
     assert [s for s, _ in tags["initwatch/global/grad_norm_global"]] == [2, 4]
 

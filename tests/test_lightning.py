@@ -212,7 +212,8 @@ def test_unreadable_strategies_and_fused_fp16_are_refused():
 
 
 def test_steps_accumulation_cadence_and_unclipped_grads(tmp_path):
-    cb = InitWatch(None)  # cadence: the Trainer's log_every_n_steps
+    # cadence: the Trainer's log_every_n_steps alone (no dense start, no own interval)
+    cb = InitWatch(None, dense_start=0, max_interval=None)
     spy = Spy(cb)
     t = trainer(
         tmp_path,
@@ -225,7 +226,8 @@ def test_steps_accumulation_cadence_and_unclipped_grads(tmp_path):
     t.fit(Tiny(), loader(64))
     begins = [s for n, s in spy.calls if n == "begin_step"]
     assert begins == list(range(7)), "one begin per optimizer step, numbered like Lightning"
-    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 3  # steps 0, 2, 5
+    # called every step (the Watch follows the lr); it reads gradients on measured steps only
+    assert [n for n, _ in spy.calls].count("before_optimizer_step") == 7
     assert [n for n, _ in spy.calls].count("end_step") == 7
     # the steps Lightning logs ((s + 1) % 3 == 0) and step 0, the model as initialized
     assert [f.step for f in spy.frames] == [0, 2, 5]
@@ -251,7 +253,7 @@ def scalars(logdir) -> dict[str, list[int]]:
 
 def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
     csv, tb = CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path / "tb")
-    cb = InitWatch("deepnet")
+    cb = InitWatch("deepnet", dense_start=0, max_interval=None)
     trainer(tmp_path, [cb], logger=[csv, tb], log_every_n_steps=2).fit(Tiny(), loader())
     tags = scalars(tb.log_dir)
     assert "train_loss" in tags, "Lightning's own scalars"
@@ -263,7 +265,8 @@ def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
 
 
 def test_writes_an_own_run_without_a_tensorboard_logger(tmp_path):
-    trainer(tmp_path, [InitWatch(None, log_every_n_steps=2)]).fit(Tiny(), loader())
+    watch = InitWatch(None, log_every_n_steps=2, dense_start=0, max_interval=None)
+    trainer(tmp_path, [watch]).fit(Tiny(), loader())
     tags = scalars(tmp_path / "initwatch_logs")
     assert tags["initwatch/global/grad_norm_global"] == [0, 1, 3]
 

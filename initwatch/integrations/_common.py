@@ -20,6 +20,13 @@ from initwatch.schemes.base import applied_scheme
 STATE_VERSION = 1
 OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
 _WARMUP_PROBE_LIMIT = 100_000
+# The start of a fit is measured densely, whatever the framework's logging interval: every
+# optimizer step for the first DENSE_START steps of each fit (a resumed fit included) and after
+# an lr jump, then at least every MAX_INTERVAL steps. The framework's own logging steps are
+# always measured too, so TensorBoard shares their step axis. A measured step costs ~10 % of a
+# plain one (docs/benchmarks.md): 20 extra steps once, then ~1 % of the run.
+DENSE_START = 20
+MAX_INTERVAL = 10
 
 
 class UnsupportedStrategyError(InitWatchError, RuntimeError):
@@ -235,6 +242,37 @@ def base_lr_of(scheduler: Any, optimizer: Any) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) else None
 
 
+def peak_lr_of(scheduler: Any, optimizer: Any, max_steps: int | None = None) -> float | None:
+    """The learning rate a per-step schedule rises to (its warmup's end), else
+    :func:`base_lr_of`: a ``LambdaLR`` (the Hugging Face schedules) at the step its multiplier
+    stops rising, ``OneCycleLR``'s ``max_lr``, a rising ``LinearLR``'s end factor.
+
+    Example::
+
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(2.0, (s + 1) / 5))
+        >>> peak_lr_of(sched, opt)
+        0.2
+    """
+    sched = torch.optim.lr_scheduler
+    base = base_lr_of(scheduler, optimizer)
+    try:
+        if isinstance(scheduler, sched.OneCycleLR):
+            return float(torch_optimizer(optimizer).param_groups[0]["max_lr"])
+        if base is None:
+            return None
+        if isinstance(scheduler, sched.LinearLR):
+            return base * max(float(scheduler.start_factor), float(scheduler.end_factor))
+        if isinstance(scheduler, sched.LambdaLR) and scheduler.lr_lambdas:
+            limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
+            fn = scheduler.lr_lambdas[0]
+            top = _lambda_warmup(fn, limit)
+            return base * float(fn(top)) if top is not None else base
+    except Exception:
+        return base
+    return base
+
+
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True when ``flag`` is True on any rank (one collective under ``torch.distributed``).
 
@@ -308,12 +346,19 @@ class AdapterSettings:
         rules: Any,
         update_sample: int,
         anatomy: Anatomy | None,
+        dense_start: int = DENSE_START,
+        max_interval: int | None = MAX_INTERVAL,
     ) -> None:
         from initwatch import validate as v
 
         name = type(self).__name__
         self.scheme = resolve_scheme(scheme)
         interval = v.optional_interval(interval_name, interval)
+        dense_start = v.non_negative_int("dense_start", dense_start, f"{name}(dense_start=20)")
+        if max_interval is not None:
+            max_interval = v.positive_int(
+                "max_interval", max_interval, f"{name}(max_interval=10), or None for no cap"
+            )
         validate_on_alert(on_alert)
         self.on_alert = on_alert
         self.scheme_options = v.scheme_options(self.scheme, scheme_options)
@@ -329,6 +374,8 @@ class AdapterSettings:
             on_alert=on_alert,
             rules=rules,
             update_sample=update_sample,
+            dense_start=int(dense_start),
+            max_interval=int(max_interval) if max_interval is not None else None,
         )
 
     @property
@@ -357,7 +404,9 @@ class StepDriver:
 
     Args:
         every: measure every this many optimizer steps (None: set by :meth:`start`).
-        layers, on_alert, rules, update_sample: passed to the Watch.
+        layers, on_alert, rules, update_sample, dense_start, max_interval: passed to the
+            Watch (the driver's defaults: off; the adapters pass ``DENSE_START`` and
+            ``MAX_INTERVAL``).
 
     Example::
 
@@ -383,8 +432,12 @@ class StepDriver:
         on_alert: Any = "warn",
         rules: Any = None,
         update_sample: int = 1024,
+        dense_start: int = 0,
+        max_interval: int | None = None,
     ) -> None:
         self.every = every
+        self.dense_start = dense_start
+        self.max_interval = max_interval
         self.layers = layers
         self.on_alert = on_alert
         self.rules = rules
@@ -431,6 +484,8 @@ class StepDriver:
             rules=self.rules,
             update_sample=self.update_sample,
             logdir=logdir if rank == 0 else None,
+            dense_start=self.dense_start,
+            max_interval=self.max_interval,
         )
         if self._state is not None:
             self.watch.load_state_dict(self._state)
@@ -479,9 +534,16 @@ class StepDriver:
         self._loss = value if self._loss is None else self._loss + value.to(self._loss.device)
         self._loss_n += 1
 
-    def before_optimizer_step(self, optimizer: Any, **context: Any) -> None:
-        """Read the final gradients; ``context`` fields (lr, in_warmup, ...) are set first."""
-        if not self.logging or self.watch is None:
+    def before_optimizer_step(
+        self, optimizer: Any, grad_norm_preclip: Any = None, **context: Any
+    ) -> None:
+        """Read the final gradients; ``context`` fields (lr, in_warmup, ...) are set first.
+        ``grad_norm_preclip``: the global norm before clipping, when the gradients already are
+        (see :meth:`initwatch.Watch.before_optimizer_step`)."""
+        if self.watch is None:
+            return
+        if not self.logging:
+            self.watch.before_optimizer_step(optimizer)  # only remembers the optimizer (its lr)
             return
         ctx = self.watch.context
         for key, value in context.items():
@@ -489,7 +551,7 @@ class StepDriver:
                 setattr(ctx, key, value)
             else:
                 ctx.extra[key] = value
-        self.watch.before_optimizer_step(optimizer)
+        self.watch.before_optimizer_step(optimizer, grad_norm_preclip=grad_norm_preclip)
 
     def end(self, skipped: bool = False) -> list[Alert]:
         """End the step; returns its new alerts (empty on steps that are not measured)."""

@@ -16,6 +16,8 @@ from typing_extensions import override
 from initwatch.anatomy import Anatomy
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
+    DENSE_START,
+    MAX_INTERVAL,
     OWN_RUN,
     AdapterSettings,
     UnsupportedStrategyError,
@@ -25,6 +27,7 @@ from initwatch.integrations._common import (
     base_lr_of,
     describe_report,
     is_summary_writer,
+    peak_lr_of,
     read_anatomy,
     warmup_steps_of,
 )
@@ -79,12 +82,16 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     already carries the scheme (a second ``fit``, ``validate``/``test`` after ``fit``) is left
     alone.
 
-    While training, the optimizer steps at which Lightning logs its own metrics (every
-    ``log_every_n_steps``-th: ``(step + 1) % log_every_n_steps == 0``) and step 0 (the model as
-    initialized) are measured: activations of all micro-batches of that step, gradients in
-    ``on_before_optimizer_step`` (accumulated, unscaled, after the DDP all-reduce, *before*
-    gradient clipping), and the update the optimizer made. Steps are numbered as Lightning
-    numbers its own scalars (``trainer.global_step`` before the step's increment). Rules turn
+    While training, the steps at which Lightning logs its own metrics (every
+    ``log_every_n_steps``-th: ``(step + 1) % log_every_n_steps == 0``), every step of the first
+    ``dense_start`` steps of each fit (and after an lr jump) and at least every
+    ``max_interval``-th step are measured: activations of all micro-batches of that step,
+    gradients in ``on_before_optimizer_step`` (accumulated, unscaled, after the DDP all-reduce,
+    *before* gradient clipping), and the update the optimizer made. Steps are numbered as
+    Lightning numbers its own scalars: batches that stepped an optimizer
+    (``trainer.global_step`` before the step's increment with one optimizer; with several
+    optimizers under manual optimization ``global_step`` counts each optimizer's step, the
+    logged step and this one count batches). Rules turn
     them into :class:`~initwatch.Alert`\ s with remedies, and everything is written to the
     TensorBoard run of the first ``TensorBoardLogger`` in ``trainer.loggers`` (only rank 0
     writes), or to an own run under ``trainer.log_dir``/``initwatch_logs`` without one.
@@ -105,6 +112,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
         update_sample: coordinates sampled per tensor to estimate the update ratio.
         anatomy: for custom models, ``initwatch.inspect(module, blocks=..., roles=...)``.
+        dense_start: measure every optimizer step for the first this many steps of each fit
+            and after an lr jump (default 20; 0: off).
+        max_interval: measure at least every this many optimizer steps, however large
+            ``log_every_n_steps`` is (default 10; None: ``log_every_n_steps`` only).
 
     Attributes:
         alerts: the alerts of the current (or last) fit, oldest first; each ``fit`` starts
@@ -156,6 +167,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         rules: Any = None,
         update_sample: int = 1024,
         anatomy: Anatomy | None = None,
+        dense_start: int = DENSE_START,
+        max_interval: int | None = MAX_INTERVAL,
     ) -> None:
         super().__init__()
         self._configure(
@@ -169,6 +182,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             rules,
             update_sample,
             anatomy,
+            dense_start,
+            max_interval,
         )
         self.log_every_n_steps = log_every_n_steps
         self.scheme_outcome = SchemeOutcome.NO_SCHEME
@@ -177,6 +192,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self._anatomies: dict[int, Anatomy | None] = {}
         self._restored = False  # load_state_dict ran since the last fit (a resume)
         self._scale_before: float | None = None
+        self._global_step_at_begin: int | None = None
 
     # ---- public state -------------------------------------------------------------------
 
@@ -299,30 +315,38 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # The first micro-batch of an optimizer step: global_step has moved on since the last.
-        step = trainer.global_step
+        # The first micro-batch of an optimizer step: the step count has moved on since the last.
+        step = _logged_step(trainer)
         if self._driver.started and self._driver.step != step:
             # Lightning writes its own scalars where (step + 1) % log_every_n_steps == 0; measure
             # those steps (same x-axis values), and step 0: the model as initialized.
             every = self._driver.watch.every
             self._driver.begin(step, measure=step == 0 or (step + 1) % every == 0)
+            self._global_step_at_begin = trainer.global_step
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         if not self._driver.logging:
+            self._driver.before_optimizer_step(optimizer)  # the lr, for the dense window
             return
         scaler = _scaler(trainer)
-        self._scale_before = float(scaler.get_scale()) if scaler is not None else None
+        if self._scale_before is None:
+            self._scale_before = float(scaler.get_scale()) if scaler is not None else None
         config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
         scheduler = config.scheduler if config is not None and config.interval == "step" else None
-        warmup = warmup_steps_of(scheduler, _max_steps(trainer))
+        max_steps = _max_steps(trainer)
+        warmup = warmup_steps_of(scheduler, max_steps)
+        clip = trainer.gradient_clip_val
+        clip = float(clip) if clip is not None and float(clip) > 0 else None
         self._driver.before_optimizer_step(
             optimizer,
-            base_lr=base_lr_of(scheduler, optimizer),
+            base_lr=peak_lr_of(scheduler, optimizer, max_steps) or base_lr_of(scheduler, optimizer),
             warmup_steps=warmup,
-            in_warmup=warmup is not None and trainer.global_step < warmup,
+            in_warmup=warmup is not None and _logged_step(trainer) < warmup,
+            grad_clip=clip,
+            grad_clip_algorithm=_clip_algorithm(trainer) if clip else None,
         )
 
     @override
@@ -339,7 +363,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         measured = self._driver.logging
         if measured:
             self._driver.add_loss(_step_loss(trainer, pl_module, outputs))
-        if self._driver.step is None or trainer.global_step == self._driver.step:
+        if self._driver.step is None or trainer.global_step == self._global_step_at_begin:
             return  # accumulating: the optimizer has not stepped yet
         self._driver.end(skipped=measured and self._step_was_skipped(trainer))
         if measured and self.on_alert == "stop":
@@ -394,6 +418,19 @@ def _overrides(module: Any, name: str) -> bool:
         if name in cls.__dict__:
             return True
     return False
+
+
+def _logged_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs its scalars at: batches that stepped an optimizer (equal to
+    ``global_step`` with one optimizer; half of it with two under manual optimization)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    stepped = getattr(loop, "_batches_that_stepped", None)
+    return int(stepped) if isinstance(stepped, int) else int(trainer.global_step)
+
+
+def _clip_algorithm(trainer: pl.Trainer) -> str:
+    algorithm = trainer.gradient_clip_algorithm
+    return str(getattr(algorithm, "value", algorithm) or "norm")
 
 
 def _scaler(trainer: pl.Trainer) -> Any:

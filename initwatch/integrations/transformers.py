@@ -18,6 +18,8 @@ from typing_extensions import override
 from initwatch.anatomy import Anatomy
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
+    DENSE_START,
+    MAX_INTERVAL,
     OWN_RUN,
     AdapterSettings,
     UnsupportedStrategyError,
@@ -26,6 +28,7 @@ from initwatch.integrations._common import (
     base_context,
     base_lr_of,
     describe_report,
+    peak_lr_of,
     read_anatomy,
     warmup_steps_of,
 )
@@ -48,13 +51,17 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     error: applying a scheme at ``on_train_begin`` would leave new parameters out of the
     optimizer and destroy resumed weights.
 
-    Every ``logging_steps``-th optimizer step (the Trainer's cadence and numbering: the step
-    counted after its increment, like ``train/loss``) is measured: activations of all
-    micro-batches, gradients at ``on_pre_optimizer_step`` (accumulated, unscaled, after the DDP
-    all-reduce, **and already clipped** to ``max_grad_norm``: per-layer norms are scaled by the
-    clip factor, their ratios are unchanged), and the update the optimizer made. The pre-clip
-    global norm the Trainer reports (``logs["grad_norm"]``) is written as
-    ``initwatch/global/grad_norm_preclip`` (and is ``train/grad_norm`` in the Trainer's own
+    Measured are every ``logging_steps``-th optimizer step (the Trainer's cadence and
+    numbering: the step counted after its increment, like ``train/loss``), every step of the
+    first ``dense_start`` steps of each ``train()`` (and after an lr jump), and at least every
+    ``max_interval``-th step: activations of all micro-batches, gradients at
+    ``on_pre_optimizer_step`` (accumulated, unscaled, after the DDP all-reduce) and the update
+    the optimizer made. The Trainer clips before that hook; the callback reads the pre-clip
+    global norm from the Trainer's own clipping call (``accelerator.clip_grad_norm_``) and the
+    rules see the gradients as they were **before clipping** (``grad_norm_global`` is the
+    pre-clip norm, per-tensor norms are scaled back by the clip factor; the clipped norm is
+    ``grad_norm_clipped``). The pre-clip norm the Trainer logs (``logs["grad_norm"]``) is also
+    written as ``initwatch/global/grad_norm_preclip`` (``train/grad_norm`` in the Trainer's own
     run). With ``report_to="tensorboard"`` the statistics go into the Trainer's run directory;
     otherwise into ``<output_dir>/initwatch_logs``. Only world process zero writes.
 
@@ -71,6 +78,10 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
         update_sample: coordinates sampled per tensor to estimate the update ratio.
         anatomy: for custom models, ``initwatch.inspect(model, blocks=..., roles=...)``.
+        dense_start: measure every optimizer step for the first this many steps of each
+            ``train()`` and after an lr jump (default 20; 0: off).
+        max_interval: measure at least every this many optimizer steps, however large
+            ``logging_steps`` is (default 10; None: ``logging_steps`` only).
 
     Attributes:
         alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
@@ -122,6 +133,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         rules: Any = None,
         update_sample: int = 1024,
         anatomy: Anatomy | None = None,
+        dense_start: int = DENSE_START,
+        max_interval: int | None = MAX_INTERVAL,
     ) -> None:
         self._configure(
             scheme,
@@ -134,6 +147,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             rules,
             update_sample,
             anatomy,
+            dense_start,
+            max_interval,
         )
         self.logging_steps = logging_steps
         self._model: weakref.ref[nn.Module] | None = None  # the model seen at on_init_end
@@ -142,6 +157,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._writer: Any = None
         self._loss_hook: Any = None
         self._skipped = False
+        self._preclip: Any = None
+        self._clip_patch: tuple[Any, Any] | None = None
 
     # ---- init: the scheme -----------------------------------------------------------------
 
@@ -218,6 +235,33 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         else:  # no Trainer found: the model's own loss, averaged over micro-batches
             self._loss_hook = model.register_forward_hook(self._capture_loss)
             self._driver.sum_losses = False
+        self._watch_clipping(trainer)
+
+    def _watch_clipping(self, trainer: Trainer | None) -> None:
+        """Capture the pre-clip global norm the Trainer computes right before
+        ``on_pre_optimizer_step`` (``accelerator.clip_grad_norm_`` returns it), on measured
+        steps only; the instance attribute is restored at :meth:`close`."""
+        self._unwatch_clipping()
+        accelerator = getattr(trainer, "accelerator", None)
+        original = getattr(accelerator, "clip_grad_norm_", None)
+        if original is None:
+            return
+
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+            norm = original(*args, **kwargs)
+            if self._driver.logging:
+                self._preclip = norm
+            return norm
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
+        self._clip_patch = (accelerator, original)
+
+    def _unwatch_clipping(self) -> None:
+        if self._clip_patch is not None:
+            accelerator, original = self._clip_patch
+            self._clip_patch = None
+            if accelerator.__dict__.get("clip_grad_norm_") is not None:
+                accelerator.clip_grad_norm_ = original
 
     def _logdir(self, args: TrainingArguments, trainer: Trainer | None) -> str:
         """The TensorBoardCallback's run directory, else ``<output_dir>/initwatch_logs``."""
@@ -252,23 +296,31 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         # Numbered as the Trainer logs: the step count after this step's increment.
         self._driver.begin(state.global_step + 1)
         self._skipped = False
+        self._preclip = None
 
     @override
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not self._driver.logging:
-            return
         optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
+        if not self._driver.logging:
+            self._driver.before_optimizer_step(optimizer)  # the lr, for the dense window
+            return
         warmup = warmup_steps_of(scheduler, state.max_steps)
         if warmup is None:
             warmup = args.get_warmup_steps(state.max_steps)
+        clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
+        preclip, self._preclip = self._preclip, None
         self._driver.before_optimizer_step(
             optimizer,
-            base_lr=base_lr_of(scheduler, optimizer) or args.learning_rate,
+            grad_norm_preclip=preclip if clip is not None else None,
+            base_lr=peak_lr_of(scheduler, optimizer, state.max_steps)
+            or base_lr_of(scheduler, optimizer)
+            or args.learning_rate,
             warmup_steps=warmup,
             in_warmup=state.global_step < warmup,
-            max_grad_norm=args.max_grad_norm,
+            grad_clip=clip,
+            grad_clip_algorithm="norm" if clip is not None else None,
         )
 
     @override
@@ -342,6 +394,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         """Write the summary, remove the hooks and close the writer (idempotent; called at
         ``on_train_end``)."""
         self._release_loss()
+        self._unwatch_clipping()
         try:
             self._driver.close()
         finally:

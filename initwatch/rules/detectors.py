@@ -678,8 +678,22 @@ def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list
 
 
 # --------------------------------------------------------------------------- update ratio
+def _warmup_scale(x: Inputs) -> float:
+    """During warmup, the factor from this step's lr to the peak the schedule is heading to
+    (``context.base_lr``): update ratios scale with the lr, so ``ratio * scale`` is what the
+    peak will do. 1.0 outside warmup or when the peak is unknown."""
+    lr, peak = x.lr, x.context.base_lr
+    if not x.context.in_warmup or lr is None or peak is None or not lr > 0 or peak <= lr:
+        return 1.0
+    return float(peak) / float(lr)
+
+
 def update_ratio(x: Inputs) -> list[Finding]:
     """Update/weight ratio of each block (or module) far from the ~1e-3 band.
+
+    During warmup the too-large side is judged at the peak lr the schedule is heading to
+    (``ratio x peak / lr``), so a destructive peak is flagged before warmup ends; the
+    too-small side is not judged during warmup.
 
     Example::
 
@@ -699,23 +713,31 @@ def update_ratio(x: Inputs) -> list[Finding]:
         and lr < th.anneal_fraction * ctx.base_lr
     )
     units = [u for us in param_units(x.frame).values() for u in us]
-    ratios = [(u.update_ratio(x.frame), u) for u in units]
+    scale = _warmup_scale(x)
+    ratios = [(u.update_ratio(x.frame) * scale, u) for u in units]
     ratios = [(r, u) for r, u in ratios if finite(r)]
     out = []
     high = sorted(((r, u) for r, u in ratios if r > high_thr), key=lambda t: -t[0])
     low = sorted(((r, u) for r, u in ratios if r < low_thr), key=lambda t: t[0])
+    warming = x.context.in_warmup
     for kind, hits, thr in (
         (K.UPDATE_RATIO_HIGH, high, high_thr),
-        (K.UPDATE_RATIO_LOW, [] if annealing else low, low_thr),
+        (K.UPDATE_RATIO_LOW, [] if annealing or warming else low, low_thr),
     ):
         if not hits:
             continue
         r, u = hits[0]
         names = [h[1].name for h in hits]
         rel = "above" if kind is K.UPDATE_RATIO_HIGH else "below"
+        at = f"lr {fmt(lr) if lr is not None else '?'}"
+        if scale != 1.0:
+            at = (
+                f"the peak lr {fmt(x.context.base_lr)} this warmup is heading to "
+                f"({fmt(r / scale)} now at lr {fmt(lr)}, x{fmt(scale)})"
+            )
         msg = (
             f"update/weight ratio of {u.name} is {fmt(r)}, {fmt(r / th.update_ratio_target)}x "
-            f"the healthy ~{fmt(th.update_ratio_target)} ({rel} {fmt(thr)}) at lr {fmt(lr) if lr is not None else '?'}"
+            f"the healthy ~{fmt(th.update_ratio_target)} ({rel} {fmt(thr)}) at {at}"
         )
         if len(names) > 1:
             msg += f"; {len(names)} of {len(ratios)} layers {rel} it: {name_list(names)}"
@@ -726,7 +748,8 @@ def update_ratio(x: Inputs) -> list[Finding]:
             "median_ratio": median([h[0] for h in hits]),
             "n_affected": len(names),
             "n_layers": len(ratios),
-            "lr": lr,
+            "lr": x.context.base_lr if scale != 1.0 else lr,
+            "warmup_scale": scale,
         }
         score = _log_ratio(r, thr) if kind is K.UPDATE_RATIO_HIGH else _log_ratio(thr, r)
         out.append(Finding(kind.value, "model", u.name, r, thr, msg, names, ev, score))
@@ -734,15 +757,60 @@ def update_ratio(x: Inputs) -> list[Finding]:
 
 
 def update_ratio_applies(x: Inputs) -> bool:
-    """Update ratios are judged only on real optimizer steps at a positive, post-warmup lr.
+    """Update ratios are judged only on real optimizer steps at a positive lr (during warmup
+    against the peak lr, see :func:`update_ratio`).
 
     Example::
 
-        >>> update_ratio_applies(Inputs(Frame(0, [], {}), RunContext(in_warmup=True), Thresholds()))
+        >>> update_ratio_applies(Inputs(Frame(0, [], {}), RunContext(lr=0.0), Thresholds()))
         False
     """
     lr = x.lr
-    return not x.skipped and not x.context.in_warmup and (lr is None or lr > 0)
+    return not x.skipped and (lr is None or lr > 0)
+
+
+# --------------------------------------------------------------------------- loss
+def loss_diverging(x: Inputs) -> list[Finding]:
+    """The loss far above its early baseline: the median of the first ``warmup_frames``
+    measured losses of the run (kept, not a moving window, so a slow climb is seen too; a
+    loss already past the threshold does not enter it, and from the second frame on the
+    baseline is the median of what was collected so far).
+
+    Judged only for a positive baseline and loss (losses that can be negative or that start
+    at ~0 have no meaningful ratio).
+
+    Example::
+
+        >>> x = Inputs(Frame(0, [], {}, {"loss": 4.0}), RunContext(), Thresholds(), {}, 2)
+        >>> loss_diverging(x)
+        []
+        >>> x.frame = Frame(1, [], {}, {"loss": 4.2}); loss_diverging(x)
+        []
+        >>> x.frame = Frame(2, [], {}, {"loss": 120.0}); [f.kind for f in loss_diverging(x)]
+        ['loss_diverging']
+    """
+    th = x.th
+    loss = x.frame.globals.get("loss")
+    if not finite(loss):
+        return []
+    early = x.history.setdefault("loss_early", [])
+    base = median(early) if early else None
+    thr = th.loss_diverge_factor * base if base is not None else math.inf
+    if len(early) < x.warmup_frames and loss <= thr:
+        early.append(float(loss))  # a diverging value is no baseline material
+    if base is None or base <= 0 or loss <= 0 or loss <= thr:
+        return []
+    r = loss / base
+    msg = (
+        f"loss {fmt(loss)} is {fmt(r)}x its early baseline {fmt(base)} (median of the first "
+        f"{len(early)} measured losses; threshold {fmt(th.loss_diverge_factor)}x)"
+    )
+    ev = {"loss": loss, "baseline": base, "ratio": r, "lr": x.lr, "source": "early_baseline"}
+    return [
+        Finding(
+            K.LOSS_DIVERGING.value, "model", "*", loss, thr, msg, ["*"], ev, _log_ratio(loss, thr)
+        )
+    ]
 
 
 def _explains(cause: Finding, effect: Finding) -> bool:
@@ -804,6 +872,7 @@ DETECTORS: list[tuple[Detector, tuple[str, ...], Callable[[Inputs], bool]]] = [
     (dead_units, (K.DEAD_UNITS.value,), lambda x: True),
     (saturation, (K.SATURATION.value,), lambda x: True),
     (update_ratio, (K.UPDATE_RATIO_HIGH.value, K.UPDATE_RATIO_LOW.value), update_ratio_applies),
+    (loss_diverging, (K.LOSS_DIVERGING.value,), lambda x: True),
 ]
 
 __all__ = ["DETECTORS", "Finding", "Inputs", "Unit", "explain"]

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from typing import Any
 
-from initwatch.alerts import Alert
+from initwatch.alerts import Alert, AlertKind
 from initwatch.context import RunContext
 from initwatch.frame import Frame
 from initwatch.rules.detectors import DETECTORS, Finding, Inputs, explain
 from initwatch.rules.thresholds import Thresholds
 
 STATE_VERSION = 1
+# kinds whose far-past-threshold findings alert on their first frame (Thresholds.far_factor)
+FAST_KINDS = frozenset(
+    k.value
+    for k in (
+        AlertKind.EXPLODING_GRADIENT,
+        AlertKind.EXPLODING_ACTIVATION,
+        AlertKind.UPDATE_RATIO_HIGH,
+        AlertKind.LOSS_DIVERGING,
+    )
+)
 
 
 def _merge(findings: list[Finding]) -> dict[str, Finding]:
@@ -34,7 +45,9 @@ class Rules:
     """Turns frames into alerts: detection, persistence, de-duplication, "still" updates.
 
     A condition must hold for ``persistence`` consecutive logging frames before it becomes an
-    alert (non-finite values alert at once). A cause (an alert kind within a scope such as a
+    alert. Non-finite values alert at once, and so does a finding of a kind that does damage in
+    one step (exploding gradient or activation, too-large update, diverging loss) when it is
+    ``far_factor`` (default 10) times past its threshold: persistence is for borderline values. A cause (an alert kind within a scope such as a
     stack) gives one alert naming its worst layer and listing the others; while it lasts, a
     "still" update (``repeat`` = 1, 2, ...) follows every ``still_every`` frames; it carries the
     remedy chosen from the frame that raised the alert (one cause, one advice: an lr factor is
@@ -156,11 +169,16 @@ class Rules:
                     state["since_emit"] = 0
                     state["repeat"] += 1
                     alerts.append(self._alert(f, frame, ctx, state, streak, suggest))
-            elif f.immediate or streak["count"] >= self.persistence:
+            elif f.immediate or streak["count"] >= self.persistence or self._far(f):
                 state = {"first_step": frame.step, "repeat": 0, "since_emit": 0, "absent": 0}
                 self._active[key] = state
                 alerts.append(self._alert(f, frame, ctx, state, streak, suggest))
         return alerts
+
+    def _far(self, f: Finding) -> bool:
+        """A finding of a one-step-damage kind ``far_factor`` times past its threshold."""
+        far = self.thresholds.far_factor
+        return f.kind in FAST_KINDS and 1 < far < math.inf and f.score >= math.log10(far)
 
     def _alert(
         self,

@@ -63,6 +63,15 @@ class Thresholds:
             low as lr 1e-6).
         anneal_fraction: update_ratio_low is not raised while the learning rate is below this
             fraction of the peak (the schedule is annealing on purpose).
+        loss_diverge_factor: loss_diverging when the loss exceeds this multiple of its early
+            baseline, the median of the first ``warmup_frames`` measured losses of the run
+            (initwatch: a training loss rarely rises above its value at the start; the
+            measured shocks of issue 8 reach 28-36x, a healthy run stays below ~1.2x).
+        far_factor: a finding this many times past its threshold (``score`` >= log10 of it)
+            alerts on its first frame, without waiting for persistence, for the kinds that do
+            damage in one step (exploding_gradient, exploding_activation, update_ratio_high,
+            loss_diverging); persistence is for borderline values (initwatch: an update ratio
+            of 1.0 from scratch, 0.1 in a fine-tune, is a step as large as the weights).
         history: number of logging frames kept per series for the robust (median) baselines.
         scheme_grace_steps: under ReZero and T-Fixup, block weights have zero or small gradients
             by construction in the first steps (init-schemes.md §4.4, §9 item 10); vanishing
@@ -93,6 +102,8 @@ class Thresholds:
     update_ratio_low: float = 1e-5
     update_ratio_low_pretrained: float = 1e-6
     anneal_fraction: float = 0.1
+    loss_diverge_factor: float = 4.0
+    far_factor: float = 10.0
     history: int = 32
     scheme_grace_steps: int = 100
 
