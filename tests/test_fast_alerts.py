@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 
+from test_rules import POST, feed, new, transformer
+
 from initwatch.context import RunContext
 from initwatch.remedies import suggest
 from initwatch.rules import Rules
-from test_rules import POST, feed, new, transformer
 
 
 def kinds(alerts) -> list[str]:
