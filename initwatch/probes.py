@@ -406,7 +406,7 @@ class ParamProbe:
         >>> from initwatch.selection import select_parameters
         >>> buf = StatBuffer(); probe = ParamProbe(select_parameters(lin), buf); buf.allocate()
         >>> lin(torch.ones(1, 4)).sum().backward()
-        >>> probe.read_grads(); probe.snapshot()
+        >>> _ = probe.read_grads(); probe.snapshot()
         >>> with torch.no_grad():
         ...     _ = lin.bias.add_(1.0)
         >>> probe.measure_update()
@@ -482,8 +482,12 @@ class ParamProbe:
         return [v if v.device == dev else v.to(dev) for v in values]
 
     @torch.no_grad()
-    def read_grads(self) -> None:
-        """Gradient and weight norms into the buffer: one ``_foreach_norm`` for all of them.
+    def read_grads(self, only: Sequence[bool] | None = None) -> list[bool]:
+        """Gradient and weight norms into the buffer; returns which tensors had a gradient.
+
+        ``only``: read just these tensors (one flag per target), the others add nothing; a
+        step whose optimizers step one after another (manual optimization) reads each tensor
+        once, at its own optimizer's step, and the reads add up to one step's statistics.
 
         Each rank adds the sums of squares over the elements it owns (:mod:`initwatch.sharding`);
         the one reduction across ranks sums them. ``grad_nonfinite`` is 1 for a tensor whose
@@ -493,17 +497,22 @@ class ParamProbe:
         gradient of the tensor (FSDP1 leaves ``grad=None`` on ranks that hold none of it).
         """
         if not self.targets:
-            return
+            return []
         self._resolve()
         params = [t.param for t in self.targets]
-        self.has_grad = [p.grad is not None for p in params]
-        g_rows = [i for i, o in enumerate(self._grad_owners(params)) if o and self._owned[i]]
-        w_rows = [i for i, o in enumerate(self._owned) if o]
-        for i, h in enumerate(self.has_grad):
+        chosen = [True] * len(params) if only is None else [bool(c) for c in only]
+        seen = [p.grad is not None and c for p, c in zip(params, chosen, strict=True)]
+        self.has_grad = (
+            seen if only is None else [a or b for a, b in zip(self.has_grad, seen, strict=True)]
+        )
+        owners = self._grad_owners(params)
+        g_rows = [i for i, o in enumerate(owners) if o and self._owned[i] and chosen[i]]
+        w_rows = [i for i, o in enumerate(self._owned) if o and chosen[i]]
+        for i, h in enumerate(seen):
             if h:
                 self.buffer.stage_host(self.group, "grad_present", 1.0, i)
         if not (g_rows or w_rows):  # this rank owns nothing (a non-zero DDP rank)
-            return
+            return seen
         key = (tuple(g_rows), tuple(w_rows))
         plan = self._plans.get(key)
         if plan is None:
@@ -516,6 +525,7 @@ class ParamProbe:
         values = torch.stack(self._move(foreach_norm(tensors)))
         # [squared grad norms, squared weight norms, grad norms (for the non-finite flags)]
         self.buffer.stage(plan, torch.cat([values.square(), values[: len(g_rows)]]))
+        return seen
 
     def _grad_owners(self, params: Sequence[torch.Tensor]) -> list[bool]:
         """Owner rule for gradients held as DTensors (their placements may differ from the

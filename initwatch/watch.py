@@ -257,6 +257,8 @@ class Watch:
         self._groups: Any = None  # param_groups of the optimizer seen last (for the lr)
         self._prev_lr: float | None = None
         self._preclip: Any = None
+        self._optimizers: dict[int, set[int]] = {}  # id(optimizer) -> ids of its parameters
+        self._read_ids: set[int] = set()
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -322,9 +324,9 @@ class Watch:
                 norm is kept as ``grad_norm_clipped``.
 
         Called again within the same step (several optimizers stepping on one batch, e.g. a
-        GAN under manual optimization), it keeps the gradients read and the snapshot taken at
-        the first optimizer's step: the update is measured over the whole step, the gradients
-        of the other optimizers' parameters are those present at the first step.
+        GAN under manual optimization), each optimizer's gradients are read at its own step
+        (each tensor once) and the snapshot of the first call stands: the update is measured
+        over the whole step.
         """
         opt = getattr(optimizer, "optimizer", optimizer)  # Lightning / accelerate wrappers
         self._groups = getattr(opt, "param_groups", None) or self._groups
@@ -336,11 +338,26 @@ class Watch:
             self.context.lr = lr
         if grad_norm_preclip is not None:
             self._preclip = grad_norm_preclip
-        if self._grads_read:
-            return  # a second optimizer of this step: the first read and snapshot stand
-        self._params.read_grads()
-        self._params.snapshot()
+        self._read_grads(opt)
         self._grads_read = True
+
+    def _read_grads(self, opt: Any) -> None:
+        """One read per tensor and step: with several optimizers stepping in one step, each
+        reads its own tensors (at the first, also those of no optimizer seen so far)."""
+        mine = {id(p) for g in getattr(opt, "param_groups", []) for p in g["params"]}
+        self._optimizers[id(opt)] = mine
+        ids = [id(t.param) for t in self._params.targets]
+        if not self._grads_read:
+            others = set().union(*(v for k, v in self._optimizers.items() if k != id(opt)))
+            only = None if not others else [i not in others for i in ids]
+            seen = self._params.read_grads(only)
+            self._read_ids = {i for i, h in zip(ids, seen, strict=True) if h}
+            self._params.snapshot()
+            return
+        only = [i in mine and i not in self._read_ids for i in ids]
+        if any(only):
+            seen = self._params.read_grads(only)
+            self._read_ids |= {i for i, h in zip(ids, seen, strict=True) if h}
 
     @_guarded(list)
     def end_step(self, loss: Any = None, skipped: bool = False) -> list[Alert]:
