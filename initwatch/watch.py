@@ -349,9 +349,10 @@ class Watch:
         ids = [id(t.param) for t in self._params.targets]
         if not self._grads_read:
             others = set().union(*(v for k, v in self._optimizers.items() if k != id(opt)))
+            others -= mine  # a replaced optimizer over the same parameters excludes nothing
             only = None if not others else [i not in others for i in ids]
-            seen = self._params.read_grads(only)
-            self._read_ids = {i for i, h in zip(ids, seen, strict=True) if h}
+            seen = self._params.read_grads() if only is None else self._params.read_grads(only)
+            self._read_ids = {i for i, h in zip(ids, seen or [], strict=False) if h}
             self._params.snapshot()
             return
         only = [i in mine and i not in self._read_ids for i in ids]

@@ -236,3 +236,16 @@ def test_lightning_two_optimizers_are_measured_per_batch_that_stepped(tmp_path):
 
     tags = tb_scalars(tb.log_dir)
     assert set(tags["g_loss"]) <= set(tags["initwatch/global/grad_norm_global"])
+
+
+def test_hf_clipped_shock_is_seen_through_the_clipping(tmp_path):
+    # issue 8: under the default max_grad_norm=1.0 the rules saw the clipped norm (always 1.0)
+    cb = InitWatchCallback(None, on_alert=QUIET)
+    spy = Spy(cb)
+    make(tmp_path, gpt2(), [cb, spy], max_steps=12, learning_rate=1.0, max_grad_norm=1.0).train()
+    assert cb.context.grad_clip == 1.0
+    assert max(f.globals["grad_norm_global"] for f in spy.frames) > 1.0, "pre-clip norms"
+    assert all(f.globals["grad_norm_clipped"] <= 1.0 + 1e-4 for f in spy.frames)
+    assert first_alert(cb.alerts) is not None and first_alert(cb.alerts) <= 10
+    for a in cb.alerts:  # the run clips already: never advised to clip
+        assert "max_grad_norm" not in a.remedy and "clip_grad_norm_" not in a.remedy, str(a)

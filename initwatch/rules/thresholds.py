@@ -65,8 +65,8 @@ class Thresholds:
             fraction of the peak (the schedule is annealing on purpose).
         loss_diverge_factor: loss_diverging when the loss exceeds this multiple of its early
             baseline, the median of the first ``warmup_frames`` measured losses of the run
-            (initwatch: a training loss rarely rises above its value at the start; the
-            measured shocks of issue 8 reach 28-36x, a healthy run stays below ~1.2x).
+            (initwatch: a training loss rarely rises far above its value at the start; the
+            shocks reported in issue 8 reached 28-36x).
         far_factor: a finding this many times past its threshold (``score`` >= log10 of it)
             alerts on its first frame, without waiting for persistence, for the kinds that do
             damage in one step (exploding_gradient, exploding_activation, update_ratio_high,
