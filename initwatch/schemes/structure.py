@@ -286,10 +286,49 @@ def add_rezero(model: nn.Module, block_path: str, gates: list[str]) -> list[str]
     return [f"{block_path}.{name}" for name in gates]
 
 
+def _gated(module: nn.Module, block: nn.Module, gate: str) -> bool:
+    return any(
+        isinstance(h, ReZeroScale) and h.block is block and h.name == gate
+        for h in module._forward_hooks.values()
+    )
+
+
+class ReZeroFollow:
+    """Block forward pre-hook: keeps each gate on the module that now sits at its branch output
+    path. PEFT replaces a LoRA-targeted projection by a wrapper holding the original as
+    ``base_layer`` (the gate must scale the wrapper's output, LoRA delta included), and
+    ``merge_and_unload`` puts the original back; the gate moves with the path."""
+
+    def __init__(self) -> None:
+        self.outputs: list[tuple[str, str]] = []  # (path relative to the block, gate)
+
+    def __call__(self, block: nn.Module, args: tuple[Any, ...]) -> None:
+        for rel, gate in self.outputs:
+            module = block.get_submodule(rel)
+            if _gated(module, block, gate):
+                continue
+            for inner in module.modules():
+                for key, hook in list(inner._forward_hooks.items()):
+                    if isinstance(hook, ReZeroScale) and hook.block is block and hook.name == gate:
+                        del inner._forward_hooks[key]
+            module.register_forward_hook(ReZeroScale(block, gate))
+
+
 def hook_rezero(model: nn.Module, block_path: str, gate: str, output_path: str) -> None:
-    """Scale the output of ``output_path`` by the block's gate ``gate``."""
+    """Scale the output of ``output_path`` by the block's gate ``gate`` (and keep it there when
+    the module at that path is wrapped or unwrapped later, see :class:`ReZeroFollow`)."""
     block = model.get_submodule(block_path)
     model.get_submodule(output_path).register_forward_hook(ReZeroScale(block, gate))
+    if block_path and not output_path.startswith(block_path + "."):
+        return  # a branch output outside the block: nothing to follow
+    follow = next(
+        (h for h in block._forward_pre_hooks.values() if isinstance(h, ReZeroFollow)), None
+    )
+    if follow is None:
+        follow = ReZeroFollow()
+        block.register_forward_pre_hook(follow)
+    rel = output_path[len(block_path) + 1 :] if block_path else output_path
+    follow.outputs.append((rel, gate))
 
 
 _OUR_HOOKS = (
@@ -298,6 +337,7 @@ _OUR_HOOKS = (
     DeepNormBlockOutput,
     DeepNormNormInput,
     DeepNormNormOutput,
+    ReZeroFollow,
     ReZeroScale,
 )
 
