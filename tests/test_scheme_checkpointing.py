@@ -109,12 +109,13 @@ def test_torch_checkpoint_of_a_block_gives_the_same_gradients(scheme: str, reent
 
 
 @pytest.mark.parametrize("family", ["torch_encoder", "bert"])
-def test_checkpoint_wrapper_gives_the_same_gradients(family: str) -> None:
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_checkpoint_wrapper_gives_the_same_gradients(scheme: str, family: str) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         apply_activation_checkpointing,
     )
 
-    plain, wrapped = _pair(family, "deepnet")
+    plain, wrapped = _pair(family, scheme)
     ref = _grads(plain, family)
     block_type = type(plain.get_submodule(initwatch.inspect(plain).blocks[0].path))
     apply_activation_checkpointing(wrapped, check_fn=lambda m: isinstance(m, block_type))

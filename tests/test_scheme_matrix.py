@@ -83,6 +83,38 @@ def test_peft_lora_keeps_the_scheme_and_merging_keeps_the_function(scheme: str) 
         torch.testing.assert_close(merged.bert(**inputs).last_hidden_state, emb, rtol=0, atol=0)
 
 
+class _Embedded(nn.Module):
+    """Token and position tables outside any recognised stack, then a torch encoder."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(200, d)
+        self.pos = nn.Embedding(16, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1])
+        return self.encoder(self.tok(ids) + self.pos(pos))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_custom_embeddings_get_what_the_paper_prescribes(scheme: str) -> None:
+    model = _Embedded()
+    before = {n: model.get_parameter(f"{n}.weight").detach().clone() for n in ("tok", "pos")}
+    report = initwatch.reinit(model, scheme, seed=0)
+    assert not report.skipped
+    touched = {c.target for c in report.parameters}
+    if scheme == "t-fixup":  # T-Fixup re-draws the token table (tests/test_scheme_paths.py)
+        assert "tok.weight" in touched and not torch.equal(model.tok.weight, before["tok"])
+    else:  # DeepNet and ReZero prescribe nothing for embeddings: left exactly as they were
+        assert not {"tok.weight", "pos.weight"} & touched
+        assert torch.equal(model.tok.weight, before["tok"])
+    assert torch.equal(model.pos.weight, before["pos"])  # position tables: no scheme draws them
+    out = model(torch.randint(0, 200, (2, 8)))
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.slow
 def test_ddp_gradients_equal_the_whole_batch_in_one_process(tmp_path: Path) -> None:
     from test_ddp import launch
