@@ -150,3 +150,42 @@ def test_deepnet_norm_called_without_its_block_raises_instead_of_dropping_alpha(
     initwatch.reinit(model, "deepnet")
     with pytest.raises(initwatch.InitWatchError, match="without its skip input"):
         model.layers[0].norm1(torch.randn(2, 3, 32))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_hf_checkpointing_of_a_bert_decoder_with_cross_attention(scheme: str) -> None:
+    import transformers as tf
+
+    cfg = tf.BertConfig(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    torch.manual_seed(0)
+    plain = tf.BertLMHeadModel(cfg)
+    initwatch.reinit(plain, scheme, seed=0)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if "rezero_alpha" in name:
+                p.fill_(0.5)
+    ckpt = copy.deepcopy(plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    g = torch.Generator().manual_seed(1)
+    ids, memory = torch.randint(3, 90, (2, 6), generator=g), torch.randn(2, 5, 32, generator=g)
+
+    def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(123)
+        model(input_ids=ids, encoder_hidden_states=memory).logits.pow(2).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads(plain)
+    assert any("crossattention" in n for n in ref)
+    _assert_same_grads(ref, grads(ckpt))
