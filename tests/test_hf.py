@@ -160,9 +160,12 @@ def test_missed_init_end_and_model_init_are_errors_with_the_right_way(tmp_path):
     assert initwatch.schemes.base.MARKER not in vars(model), "refused before touching it"
 
 
-def test_sharded_strategies_are_refused():
-    with pytest.raises(UnsupportedStrategyError, match="FSDP"):
-        iw_hf._refuse_strategy(SimpleNamespace(fsdp="full_shard", deepspeed=None), None)
+def test_unreadable_strategies_are_refused():
+    fsdp1 = SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 1}, deepspeed=None)
+    with pytest.raises(UnsupportedStrategyError, match="FSDP1.*version': 2"):
+        iw_hf._refuse_strategy(fsdp1, None)
+    fsdp2 = SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 2}, deepspeed=None)
+    iw_hf._refuse_strategy(fsdp2, None)  # supported (tests/test_sharded.py)
     with pytest.raises(UnsupportedStrategyError, match="DeepSpeed"):
         iw_hf._refuse_strategy(SimpleNamespace(fsdp="", deepspeed="ds.json"), None)
 

@@ -111,6 +111,23 @@ def test_lightning_scheme_is_broadcast_before_sharding(lightning):
     assert r0 == r1 == pytest.approx(ref, rel=1e-12)
 
 
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf_fsdp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return launch([*cmd, str(HERE / "hf_fsdp.py"), "--out", str(out)], out, "hf")
+
+
+def test_hf_trainer_fsdp2_equals_ddp(hf):
+    # The same Trainer run (data order, clipping, schedule) sharded by accelerate's FSDP2 and
+    # replicated by DDP, whose statistics equal a single process (above): equal frames, and
+    # the step-0 weights are rank 0's T-Fixup draw on both (broadcast before sharding).
+    for rank in hf:
+        assert not rank["ddp"]["sharded"] and rank["fsdp2"]["sharded"]
+        assert rank["fsdp2"]["counts"] == rank["ddp"]["counts"] == [1, 1]
+        assert_frames(rank["fsdp2"]["frames"], rank["ddp"], "hf fsdp2")
+
+
 def test_hsdp_counts_each_replicated_element_once(ranks):
     # On a (2 replicas x 1 shard) mesh both ranks hold the whole tensor: summing every rank's
     # copy gives sqrt(2) times the norm (the over-count the owner rule prevents; the frames

@@ -32,6 +32,7 @@ from initwatch.integrations._common import (
     read_anatomy,
     warmup_steps_of,
 )
+from initwatch.sharding import broadcast_from_rank0
 
 log = logging.getLogger("initwatch")
 
@@ -93,7 +94,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
 
     Raises:
-        UnsupportedStrategyError: FSDP or DeepSpeed.
+        UnsupportedStrategyError: DeepSpeed, or FSDP1 (FSDP2 is supported with exact
+            statistics, docs/sharded.md).
         PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
             ``scheme=None`` to fine-tune with the monitor.
         InitWatchError: the callback missed ``on_init_end``, the model comes from
@@ -192,6 +194,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             anatomy=self._anatomy,
             framework="InitWatchCallback",
         )
+        if self.report is not None and _fsdp_version(args, trainer):
+            broadcast_from_rank0(model)  # FSDP does not: every rank shards rank 0's draw
         if state.is_world_process_zero:
             log.info("InitWatchCallback: %s", describe_report(self.report))
 
@@ -463,19 +467,33 @@ def _find_trainer() -> Trainer | None:
     return None
 
 
+def _fsdp_version(args: TrainingArguments, trainer: Trainer | None) -> int | None:
+    """The FSDP version the Trainer shards with (None: no FSDP; on CPU accelerate ignores
+    ``fsdp=`` and trains with DDP)."""
+    if trainer is not None and getattr(trainer, "accelerator", None) is not None:
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        return None if plugin is None else int(getattr(plugin, "fsdp_version", 1))
+    if not getattr(args, "fsdp", None):
+        return None
+    return int((getattr(args, "fsdp_config", None) or {}).get("version", 2))
+
+
 def _refuse_strategy(args: TrainingArguments, trainer: Trainer | None) -> None:
-    fsdp = bool(getattr(args, "fsdp", None)) or bool(getattr(trainer, "is_fsdp_enabled", False))
     deepspeed = bool(getattr(args, "deepspeed", None)) or bool(
         getattr(trainer, "is_deepspeed_enabled", False)
     )
-    if fsdp or deepspeed:
-        name = "FSDP" if fsdp else "DeepSpeed"
+    if deepspeed:
         raise UnsupportedStrategyError(
-            f"InitWatchCallback does not support {name}: it shards or flattens parameters, so "
-            "per-layer gradient and weight statistics would be read from shards and be wrong, "
-            "and the re-initialization would not be broadcast. Use DDP (supported), or "
-            "re-initialize before building the Trainer with a fixed seed on every rank "
-            "(`initwatch.reinit(model, 't-fixup', seed=0)`) and train without the callback."
+            "InitWatchCallback does not support DeepSpeed yet: its gradients exist only inside "
+            "the engine's step, so per-layer statistics cannot be read. Use DDP or FSDP2 "
+            "(fsdp='full_shard', fsdp_config={'version': 2}; exact statistics, see "
+            "docs/sharded.md), or train without the callback."
+        )
+    if _fsdp_version(args, trainer) == 1:
+        raise UnsupportedStrategyError(
+            "InitWatchCallback does not support FSDP1 under the Trainer: accelerate wraps the "
+            "model before on_train_begin, so only flattened shards are visible. Use FSDP2: "
+            "fsdp_config={'version': 2} (transformers' default)."
         )
 
 

@@ -1,0 +1,107 @@
+"""The Hugging Face Trainer under FSDP2 (accelerate's fully_shard), 2 CPU processes under
+torchrun, with InitWatchCallback; launched by tests/test_sharded.py. Rank r writes
+``hf<r>.json`` into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from _sharded_case import STATS, Collectives  # noqa: E402
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from initwatch import zoo  # noqa: E402
+from initwatch.integrations.transformers import InitWatchCallback  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+class CPUFSDPTrainer(Trainer):
+    """accelerate enables FSDP only on accelerator devices (on CPU ``fsdp=`` silently runs
+    DDP): force its FSDP plugin and distributed type."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+
+class Grab(TrainerCallback):
+    """After InitWatchCallback: the collectives inside the Watch's calls, frames, weights."""
+
+    def __init__(self, cb: InitWatchCallback) -> None:
+        self.cb, self.frames, self.counts = cb, [], []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        self.sharded = all(isinstance(p, DTensor) for p in model.parameters())
+        watch = self.cb._driver.watch
+        before, end = watch.before_optimizer_step, watch.end_step
+
+        def counted_before(*a, **k):
+            with Collectives() as c:
+                before(*a, **k)
+            self._n = c.count
+
+        def counted_end(*a, **k):
+            with Collectives() as c:
+                out = end(*a, **k)
+            self.counts.append(self._n + c.count)
+            f = watch.last_frame
+            self.frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
+            return out
+
+        watch.before_optimizer_step, watch.end_step = counted_before, counted_end
+
+
+def train(out: str, rank: int, fsdp: bool) -> dict:
+    torch.manual_seed(0)
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 96, (8, 8), generator=g)
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    sharding = {"fsdp": "full_shard", "fsdp_config": {"version": 2}} if fsdp else {}
+    args = TrainingArguments(
+        output_dir=out,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        ddp_backend="gloo",
+        disable_tqdm=True,
+        seed=0,
+        **sharding,
+    )
+    # a rank-dependent draw: under FSDP2 the callback broadcasts rank 0's before accelerate
+    # shards (the DDP wrap broadcasts by itself)
+    cb = InitWatchCallback("t-fixup", rules=False, scheme_options={"seed": 100 + rank})
+    grab = Grab(cb)
+    cls = CPUFSDPTrainer if fsdp else Trainer
+    cls(model=model, args=args, train_dataset=data, callbacks=[cb, grab]).train()
+    return {"frames": grab.frames, "counts": grab.counts, "sharded": grab.sharded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    out = parser.parse_args().out
+    rank = int(os.environ["RANK"])
+    results = {"ddp": train(out, rank, False), "fsdp2": train(out, rank, True)}
+    with open(os.path.join(out, f"hf{rank}.json"), "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()
