@@ -1,9 +1,11 @@
 """Fine-tune a pretrained model safely: no re-initialization, monitoring with fine-tune remedies.
 
-1. A small GPT-2 is saved with ``save_pretrained`` (standing in for a downloaded checkpoint)
-   and reloaded with ``from_pretrained``.
+1. A small GPT-2 is trained for a few seconds (``zoo.pretrain``), saved with
+   ``save_pretrained`` (standing in for a downloaded checkpoint) and reloaded with
+   ``from_pretrained``.
 2. Asking for a scheme on it is refused: re-initializing would erase the pretrained weights
-   (initwatch recognises the weights the loader marked).
+   (initwatch sees from the weights' statistics that they were trained; loading them with
+   ``load_state_dict`` or safetensors instead is recognised the same way).
 3. ``InitWatchCallback(scheme=None)`` monitors the fine-tune; it knows the model is pretrained,
    so its remedies speak of fine-tuning. The learning rate here is far too high for a
    fine-tune, and the monitor says so, with the fix.
@@ -21,7 +23,7 @@ import tempfile
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from initwatch import PretrainedWeightsError, is_pretrained
+from initwatch import PretrainedWeightsError, is_pretrained, zoo
 from initwatch.integrations.transformers import InitWatchCallback
 
 
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> InitWatchCallback:
     # 1. A "pretrained" checkpoint, saved and reloaded the way a hub model would be.
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=96, n_embd=64, n_layer=layers, n_head=4, n_positions=64)
-    GPT2LMHeadModel(config).save_pretrained(os.path.join(out, "pretrained"))
+    zoo.pretrain("gpt2", GPT2LMHeadModel(config), steps=60).save_pretrained(
+        os.path.join(out, "pretrained")
+    )
     model = GPT2LMHeadModel.from_pretrained(os.path.join(out, "pretrained"))
     print(f"is_pretrained: {is_pretrained(model)}")
 

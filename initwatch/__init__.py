@@ -27,7 +27,14 @@ from initwatch.errors import (
     SchemeNotApplicableError,
     ShardingError,
 )
-from initwatch.schemes import SCHEMES, ReinitReport, is_pretrained, reinit, restore
+from initwatch.schemes import (
+    SCHEMES,
+    ReinitReport,
+    decide_pretrained,
+    is_pretrained,
+    reinit,
+    restore,
+)
 from initwatch.schemes.saved import SchemeNotRestoredWarning, install
 
 install()  # from_pretrained warns about a model saved with a scheme, loaded without it
@@ -66,6 +73,7 @@ __all__ = [
     "ShardingError",
     "Watch",
     "__version__",
+    "decide_pretrained",
     "inspect",
     "is_pretrained",
     "reinit",

@@ -319,7 +319,7 @@ def scheme_options(scheme: str | None, options: Any) -> dict[str, Any]:
 
 
 def reinit_options(options: Mapping[str, Any]) -> None:
-    """Types of the options every scheme shares (``seed``, ``allow_pretrained``, ``depth``,
+    """Types of the options every scheme shares (``seed``, ``allow_pretrained``, ``pretrained``, ``depth``,
     ``stacks``, ``anatomy``); the scheme checks its own.
 
     Example::
@@ -337,6 +337,7 @@ def reinit_options(options: Mapping[str, Any]) -> None:
     allow = options.get("allow_pretrained", False)
     if not isinstance(allow, bool):
         _fail("allow_pretrained", allow, "True or False", call.format("allow_pretrained=True"))
+    pretrained_or_none(options.get("pretrained"), call.format("pretrained=False"))
     depth = options.get("depth")
     values = list(depth.values()) if isinstance(depth, Mapping) else [depth]
     if depth is not None and not all(is_whole(d) and d >= 1 for d in values):
@@ -354,6 +355,30 @@ def reinit_options(options: Mapping[str, Any]) -> None:
         _fail("stacks", stacks, "a stack name or a list of them", call.format("stacks=['decoder']"))
     if "anatomy" in options:
         anatomy_or_none(options["anatomy"], "initwatch.reinit(model, 'deepnet', anatomy=anatomy)")
+
+
+def pretrained_or_none(value: Any, example: str) -> bool | None:
+    """``pretrained``: True (the weights are trained: a fine-tune), False (an initialization)
+    or None (decide from the weights, :func:`initwatch.decide_pretrained`).
+
+    Example::
+
+        >>> pretrained_or_none(None, "Watch(model, pretrained=True)") is None
+        True
+        >>> pretrained_or_none("yes", "Watch(model, pretrained=True)")
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.ArgumentError: pretrained='yes': expected True (the weights are trained: a fine-tune), False (an initialization) or None (decide from the weights); e.g. Watch(model, pretrained=True)
+    """
+    if value is not None and not isinstance(value, bool):
+        _fail(
+            "pretrained",
+            value,
+            "True (the weights are trained: a fine-tune), False (an initialization) or None "
+            "(decide from the weights)",
+            example,
+        )
+    return value
 
 
 def choice(name: str, value: Any, valid: Sequence[Any], example: str) -> None:
@@ -381,6 +406,7 @@ __all__ = [
     "optional_interval",
     "path_or_none",
     "positive_int",
+    "pretrained_or_none",
     "reinit_options",
     "rules_spec",
     "scheme_options",

@@ -164,6 +164,10 @@ class Watch:
             0 (default for a plain loop): only ``every``. The adapters pass 20.
         max_interval: measure at least every this many optimizer steps, whatever ``every``
             or the framework's cadence says (None: no cap). The adapters pass 10.
+        pretrained: whether the weights are trained (a fine-tune: fine-tune thresholds and
+            remedies). None: ``context.pretrained`` if True, else decided from the weights and
+            loading markers (:func:`initwatch.decide_pretrained`); kept in :meth:`state_dict`
+            so a resumed run keeps the decision made on its first start.
 
     Example::
 
@@ -203,6 +207,7 @@ class Watch:
         logdir: str | None = None,
         dense_start: int = 0,
         max_interval: int | None = None,
+        pretrained: bool | None = None,
     ) -> None:
         from initwatch import validate as v
 
@@ -224,10 +229,12 @@ class Watch:
             if max_interval is not None
             else None
         )
+        v.pretrained_or_none(pretrained, "initwatch.Watch(model, pretrained=True)")
         self.model = model
         inner = unwrap(model)
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
         self.context = context if context is not None else RunContext()
+        self._pretrained_given = pretrained
         self._context_from_anatomy()
         self._context_from_model(inner)
         first = next(inner.parameters(), None)
@@ -483,6 +490,7 @@ class Watch:
             "step": self.step_index,
             "alerts": [a.to_dict() for a in self.alerts],
             "new_alerts": self._new_alerts,
+            "pretrained": self.context.pretrained,
         }
         if self._rules is not None and hasattr(self._rules, "state_dict"):
             state["rules"] = self._rules.state_dict()
@@ -493,6 +501,9 @@ class Watch:
         self.step_index = state.get("step")
         self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]
         self._new_alerts = int(state.get("new_alerts", sum(1 for a in self.alerts if not a.repeat)))
+        if self._pretrained_given is None and isinstance(state.get("pretrained"), bool):
+            # decided when the run first started (a resume sees its own trained weights)
+            self.context.pretrained = state["pretrained"]
         if "rules" in state and self._rules is not None and hasattr(self._rules, "load_state_dict"):
             self._rules.load_state_dict(state["rules"])
 
@@ -513,13 +524,20 @@ class Watch:
     def _context_from_model(self, model: nn.Module) -> None:
         """The scheme initwatch applied and whether the weights are pretrained (a fine-tune):
         rules exempt a scheme's zero-by-construction start, remedies never re-init a fine-tune."""
-        from initwatch.schemes.base import applied_scheme, is_pretrained
+        from initwatch.schemes.base import applied_scheme
+        from initwatch.schemes.pretrained import decide_pretrained
 
         ctx = self.context
         if ctx.scheme is None:
             scheme = applied_scheme(model)
             ctx.scheme = None if scheme in (None, "none") else scheme
-        ctx.pretrained = ctx.pretrained or is_pretrained(model)
+        if self._pretrained_given is not None:
+            ctx.pretrained = self._pretrained_given
+            ctx.extra["pretrained_source"] = "given"
+        elif not ctx.pretrained and "pretrained_source" not in ctx.extra:
+            decision = decide_pretrained(model)
+            ctx.pretrained = decision.pretrained
+            ctx.extra.update(pretrained_source=decision.source, pretrained_why=decision.describe())
 
     def _frame(self, host: HostValues, skipped: bool) -> Frame:
         values: dict[str, dict[str, float]] = {}

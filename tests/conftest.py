@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -24,3 +25,19 @@ except Exception:  # pragma: no cover - transformers is a dependency
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@functools.cache
+def _trained_state(family: str) -> dict[str, torch.Tensor]:
+    from initwatch import zoo
+
+    torch.manual_seed(1)
+    model = zoo.pretrain(family, zoo.build(family), steps=60)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def trained_state():
+    """``trained_state(family)``: the state dict of a ``zoo.build(family)`` model trained by
+    ``zoo.pretrain`` (made once per session): weights that look pretrained."""
+    return lambda family: dict(_trained_state(family))

@@ -267,8 +267,10 @@ def test_resume_restores_checkpoint_weights_structure_and_alerts(tmp_path):
     assert [f.step for f in spy.frames] == [3, 4]
 
 
-def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path):
-    gpt2().save_pretrained(tmp_path / "gpt2")
+def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path, trained_state):
+    base = gpt2()
+    base.load_state_dict(trained_state("gpt2"))
+    base.save_pretrained(tmp_path / "gpt2")
     model = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
     with pytest.raises(PretrainedWeightsError, match="scheme=None"):
         make(tmp_path, model, [InitWatchCallback("t-fixup")])

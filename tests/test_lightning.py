@@ -329,10 +329,12 @@ class Wrapped(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
 
-def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path):
+def test_pretrained_model_is_guarded_and_monitored_as_a_fine_tune(tmp_path, trained_state):
     from transformers import GPT2LMHeadModel
 
-    zoo.build("gpt2", layers=2, hidden=32).save_pretrained(tmp_path / "gpt2")
+    base = zoo.build("gpt2", layers=2, hidden=32)
+    base.load_state_dict(trained_state("gpt2"))
+    base.save_pretrained(tmp_path / "gpt2")
     ids = torch.utils.data.DataLoader(torch.randint(0, 96, (8, 8)), batch_size=2)
 
     pretrained = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")

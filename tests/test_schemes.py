@@ -542,10 +542,12 @@ def test_applying_twice_is_refused_and_changes_nothing() -> None:
         initwatch.reinit(copy.deepcopy(model), "rezero")
 
 
-def test_pretrained_weights_are_refused_unless_allowed(tmp_path) -> None:  # noqa: ANN001
+def test_pretrained_weights_are_refused_unless_allowed(tmp_path, trained_state) -> None:  # noqa: ANN001
     from transformers import GPT2LMHeadModel
 
-    zoo.build("gpt2").save_pretrained(tmp_path)
+    model = zoo.build("gpt2")
+    model.load_state_dict(trained_state("gpt2"))
+    model.save_pretrained(tmp_path)
     loaded = GPT2LMHeadModel.from_pretrained(tmp_path)
     assert initwatch.is_pretrained(loaded)
     before = copy.deepcopy(loaded.state_dict())
@@ -553,8 +555,10 @@ def test_pretrained_weights_are_refused_unless_allowed(tmp_path) -> None:  # noq
         initwatch.reinit(loaded, "t-fixup")
     msg = str(err.value)
     assert (
-        "loaded from a checkpoint" in msg
+        "look pretrained" in msg
+        and "weight matrices look trained" in msg
         and "allow_pretrained=True" in msg
+        and "pretrained=False" in msg
         and "scheme=None" in msg
     )
     _assert_untouched(loaded, before)
@@ -564,15 +568,21 @@ def test_pretrained_weights_are_refused_unless_allowed(tmp_path) -> None:  # noq
 
 
 @pytest.mark.parametrize("scheme", ["rezero", "deepnet"])
-def test_structural_schemes_are_refused_on_pretrained_weights_too(scheme: str, tmp_path) -> None:  # noqa: ANN001
+def test_structural_schemes_are_refused_on_pretrained_weights_too(
+    scheme: str,
+    tmp_path,  # noqa: ANN001
+    trained_state,  # noqa: ANN001
+) -> None:
     # ReZero re-initializes nothing, yet gating blocks and removing their norms changes what a
     # pretrained model computes: the guard covers the blocks a scheme restructures.
     from transformers import BertForMaskedLM
 
-    zoo.build("bert").save_pretrained(tmp_path)
+    model = zoo.build("bert")
+    model.load_state_dict(trained_state("bert"))
+    model.save_pretrained(tmp_path)
     loaded = BertForMaskedLM.from_pretrained(tmp_path)
     before = copy.deepcopy(loaded.state_dict())
-    with pytest.raises(initwatch.PretrainedWeightsError, match="loaded from a checkpoint"):
+    with pytest.raises(initwatch.PretrainedWeightsError, match="look trained"):
         initwatch.reinit(loaded, scheme)
     _assert_untouched(loaded, before)
 

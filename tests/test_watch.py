@@ -437,7 +437,7 @@ def test_public_name():
     assert initwatch.Watch is Watch
 
 
-def test_context_knows_the_scheme_and_a_fine_tune_from_the_model(tmp_path):
+def test_context_knows_the_scheme_and_a_fine_tune_from_the_model(tmp_path, trained_state):
     from transformers import GPT2LMHeadModel
 
     from initwatch import zoo
@@ -447,7 +447,10 @@ def test_context_knows_the_scheme_and_a_fine_tune_from_the_model(tmp_path):
     watch = Watch(model, every=1, rules=False)
     assert watch.context.scheme == "rezero" and not watch.context.pretrained
     watch.close()
-    zoo.build("gpt2").save_pretrained(tmp_path)
+    trained = zoo.build("gpt2")
+    trained.load_state_dict(trained_state("gpt2"))
+    trained.save_pretrained(tmp_path)
     tuned = Watch(GPT2LMHeadModel.from_pretrained(tmp_path), every=1, rules=False)
     assert tuned.context.pretrained and tuned.context.scheme is None
+    assert tuned.context.extra["pretrained_source"] == "weights"
     tuned.close()

@@ -14,7 +14,7 @@ from initwatch.alerts import Alert
 from initwatch.anatomy import Anatomy, try_inspect
 from initwatch.context import RunContext
 from initwatch.errors import AlreadyAppliedError, InitWatchError
-from initwatch.schemes import ReinitReport, is_pretrained, reinit, scheme_name
+from initwatch.schemes import ReinitReport, decide_pretrained, reinit, scheme_name
 from initwatch.schemes.base import applied_scheme
 
 STATE_VERSION = 1
@@ -69,6 +69,7 @@ def apply_scheme(
     *,
     anatomy: Anatomy | None = None,
     framework: str,
+    pretrained: bool | None = None,
 ) -> ReinitReport | None:
     """Apply ``scheme`` to ``model`` unless it already carries it; return the report or None.
 
@@ -79,8 +80,12 @@ def apply_scheme(
     restored with :func:`initwatch.restore`) is left alone; a model carrying a *different*
     scheme is refused.
 
+    ``pretrained`` (None: decide from the weights) is the ``pretrained`` option of
+    :func:`initwatch.reinit` unless ``options`` sets it.
+
     Raises:
-        PretrainedWeightsError: ``model`` holds weights loaded with ``from_pretrained``.
+        PretrainedWeightsError: ``model``'s weights look trained or were loaded from a
+            checkpoint (:func:`initwatch.decide_pretrained`), or ``pretrained=True``.
         AlreadyAppliedError: ``model`` carries another scheme.
 
     Example::
@@ -105,6 +110,8 @@ def apply_scheme(
             "monitor), or build a fresh model."
         )
     opts = dict(options or {})
+    if pretrained is not None:
+        opts.setdefault("pretrained", pretrained)
     if anatomy is not None:
         opts.setdefault("anatomy", anatomy)
     return reinit(model, scheme, **opts)
@@ -134,9 +141,10 @@ def base_context(
 ) -> RunContext:
     """A :class:`~initwatch.RunContext` with what is known before training starts.
 
-    ``pretrained`` defaults to :func:`initwatch.is_pretrained` (weights loaded with
-    ``from_pretrained`` that initwatch did not re-initialize): remedies then speak of a
-    fine-tune. The anatomy fields are filled by the Watch.
+    ``pretrained`` (None) is decided by :func:`initwatch.decide_pretrained` (from the weights
+    and loading markers; ``extra["pretrained_source"]`` and ``extra["pretrained_why"]`` say
+    how): fine-tune thresholds and remedies follow it. The anatomy fields are filled by the
+    Watch.
 
     Example::
 
@@ -145,12 +153,17 @@ def base_context(
         >>> ctx.pretrained, ctx.extra["framework"]
         (False, 'lightning')
     """
+    decision = decide_pretrained(model, pretrained)
     return RunContext(
         scheme=scheme or applied_scheme(model),
         precision=precision,
         max_steps=max_steps if max_steps is not None and max_steps > 0 else None,
-        pretrained=is_pretrained(model) if pretrained is None else pretrained,
-        extra={"framework": framework},
+        pretrained=decision.pretrained,
+        extra={
+            "framework": framework,
+            "pretrained_source": decision.source,
+            "pretrained_why": decision.describe(),
+        },
     )
 
 
@@ -329,7 +342,7 @@ class AdapterSettings:
 
         >>> s = AdapterSettings()
         >>> s._configure("rezero", None, "logging_steps", "warn", None, "default", None, None,
-        ...              1024, None)
+        ...              1024, None, pretrained=False)
         >>> s.scheme, s.alerts
         ('rezero', [])
     """
@@ -348,6 +361,7 @@ class AdapterSettings:
         anatomy: Anatomy | None,
         dense_start: int = DENSE_START,
         max_interval: int | None = MAX_INTERVAL,
+        pretrained: bool | None = None,
     ) -> None:
         from initwatch import validate as v
 
@@ -359,6 +373,7 @@ class AdapterSettings:
             max_interval = v.positive_int(
                 "max_interval", max_interval, f"{name}(max_interval=10), or None for no cap"
             )
+        self.pretrained = v.pretrained_or_none(pretrained, f"{name}(pretrained=True)")
         validate_on_alert(on_alert)
         self.on_alert = on_alert
         self.scheme_options = v.scheme_options(self.scheme, scheme_options)
@@ -376,6 +391,7 @@ class AdapterSettings:
             update_sample=update_sample,
             dense_start=int(dense_start),
             max_interval=int(max_interval) if max_interval is not None else None,
+            pretrained=pretrained,
         )
 
     @property
@@ -404,8 +420,9 @@ class StepDriver:
 
     Args:
         every: measure every this many optimizer steps (None: set by :meth:`start`).
-        layers, on_alert, rules, update_sample, dense_start, max_interval: passed to the
-            Watch (the driver's defaults: off; the adapters pass ``DENSE_START`` and
+        layers, on_alert, rules, update_sample, dense_start, max_interval,
+            pretrained: passed to
+            the Watch (the driver's defaults: off; the adapters pass ``DENSE_START`` and
             ``MAX_INTERVAL``).
 
     Example::
@@ -434,10 +451,12 @@ class StepDriver:
         update_sample: int = 1024,
         dense_start: int = 0,
         max_interval: int | None = None,
+        pretrained: bool | None = None,
     ) -> None:
         self.every = every
         self.dense_start = dense_start
         self.max_interval = max_interval
+        self.pretrained = pretrained
         self.layers = layers
         self.on_alert = on_alert
         self.rules = rules
@@ -486,6 +505,7 @@ class StepDriver:
             logdir=logdir if rank == 0 else None,
             dense_start=self.dense_start,
             max_interval=self.max_interval,
+            pretrained=self.pretrained,
         )
         if self._state is not None:
             self.watch.load_state_dict(self._state)

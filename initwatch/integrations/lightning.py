@@ -111,6 +111,12 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         logdir: write the statistics to this directory instead (a run of its own).
         rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
         update_sample: coordinates sampled per tensor to estimate the update ratio.
+        pretrained: whether the weights are trained (a fine-tune). None (default): decided
+            from the weights themselves and loading markers
+            (:func:`initwatch.decide_pretrained`), so a ``load_state_dict`` /
+            ``load_from_checkpoint`` / ``safetensors`` load counts like ``from_pretrained``;
+            True / False decide it: a scheme is refused on pretrained weights, and the
+            fine-tune thresholds and remedies apply to them.
         anatomy: for custom models, ``initwatch.inspect(module, blocks=..., roles=...)``.
         dense_start: measure every optimizer step for the first this many steps of each fit
             and after an lr jump (default 20; 0: off).
@@ -129,8 +135,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             ``use_orig_params=False`` or a hybrid sharding strategy, and fp16 with a fused
             optimizer (gradients still scaled in the hook). FSDPStrategy and
             ModelParallelStrategy are supported with exact statistics (docs/sharded.md).
-        PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
-            ``scheme=None`` to fine-tune with the monitor.
+        PretrainedWeightsError: a scheme on weights that look trained or were loaded from a
+            checkpoint; use ``scheme=None`` to fine-tune with the monitor, or
+            ``pretrained=False`` if the weights are an initialization.
 
     Example::
 
@@ -169,6 +176,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         anatomy: Anatomy | None = None,
         dense_start: int = DENSE_START,
         max_interval: int | None = MAX_INTERVAL,
+        pretrained: bool | None = None,
     ) -> None:
         super().__init__()
         self._configure(
@@ -184,6 +192,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             anatomy,
             dense_start,
             max_interval,
+            pretrained=pretrained,
         )
         self.log_every_n_steps = log_every_n_steps
         self.scheme_outcome = SchemeOutcome.NO_SCHEME
@@ -244,7 +253,12 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
                 ", seed=0)`, and pass InitWatch(scheme=None) to watch the run."
             )
         report = apply_scheme(
-            pl_module, self.scheme, self.scheme_options, anatomy=anatomy, framework="InitWatch"
+            pl_module,
+            self.scheme,
+            self.scheme_options,
+            anatomy=anatomy,
+            framework="InitWatch",
+            pretrained=self.pretrained,
         )
         if report is None:
             self.scheme_outcome = SchemeOutcome.ALREADY_PRESENT
@@ -283,6 +297,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             framework="lightning",
             precision=str(trainer.precision),
             max_steps=_max_steps(trainer),
+            pretrained=self.pretrained,
         )
         self._driver.start(
             pl_module,

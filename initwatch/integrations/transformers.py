@@ -78,6 +78,12 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         logdir: write the statistics to this directory instead.
         rules: thresholds for the rules (a dict), a ``Rules`` object, or False for none.
         update_sample: coordinates sampled per tensor to estimate the update ratio.
+        pretrained: whether the weights are trained (a fine-tune). None (default): decided
+            from the weights themselves and loading markers
+            (:func:`initwatch.decide_pretrained`), so a ``load_state_dict`` /
+            ``load_from_checkpoint`` / ``safetensors`` load counts like ``from_pretrained``;
+            True / False decide it: a scheme is refused on pretrained weights, and the
+            fine-tune thresholds and remedies apply to them.
         anatomy: for custom models, ``initwatch.inspect(model, blocks=..., roles=...)``.
         dense_start: measure every optimizer step for the first this many steps of each
             ``train()`` and after an lr jump (default 20; 0: off).
@@ -96,8 +102,9 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     Raises:
         UnsupportedStrategyError: DeepSpeed, or FSDP1 (FSDP2 is supported with exact
             statistics, docs/sharded.md).
-        PretrainedWeightsError: a scheme on weights loaded with ``from_pretrained``; use
-            ``scheme=None`` to fine-tune with the monitor.
+        PretrainedWeightsError: a scheme on weights that look trained or were loaded from a
+            checkpoint; use ``scheme=None`` to fine-tune with the monitor, or
+            ``pretrained=False`` if the weights are an initialization.
         InitWatchError: the callback missed ``on_init_end``, the model comes from
             ``model_init``, or ReZero with an optimizer built before the Trainer.
 
@@ -137,6 +144,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         anatomy: Anatomy | None = None,
         dense_start: int = DENSE_START,
         max_interval: int | None = MAX_INTERVAL,
+        pretrained: bool | None = None,
     ) -> None:
         self._configure(
             scheme,
@@ -151,6 +159,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             anatomy,
             dense_start,
             max_interval,
+            pretrained=pretrained,
         )
         self.logging_steps = logging_steps
         self._model: weakref.ref[nn.Module] | None = None  # the model seen at on_init_end
@@ -193,6 +202,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             self.scheme_options,
             anatomy=self._anatomy,
             framework="InitWatchCallback",
+            pretrained=self.pretrained,
         )
         if self.report is not None and _fsdp_version(args, trainer):
             broadcast_from_rank0(model)  # FSDP does not: every rank shards rank 0's draw
@@ -223,6 +233,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             framework="transformers",
             precision="bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32",
             max_steps=state.max_steps,
+            pretrained=self.pretrained,
         )
         self._driver.start(
             model,

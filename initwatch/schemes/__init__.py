@@ -8,7 +8,8 @@ from torch import nn
 
 from initwatch.anatomy import inspect
 from initwatch.schemes import registry
-from initwatch.schemes.base import execute, is_pretrained, xavier_std
+from initwatch.schemes.base import execute, xavier_std
+from initwatch.schemes.pretrained import decide_pretrained, is_pretrained
 from initwatch.schemes.registry import SCHEMES
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.restore import restore
@@ -40,7 +41,10 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
         scheme: ``"deepnet"``, ``"t-fixup"`` or ``"rezero"``.
         **options: common to all schemes:
 
-            * ``allow_pretrained`` (False): overwrite weights loaded from a checkpoint.
+            * ``pretrained`` (None): whether the weights are trained. None: decide from the
+              weights and loading markers (:func:`initwatch.decide_pretrained`); True: they
+              are (the scheme is refused); False: they are not (the scheme is applied).
+            * ``allow_pretrained`` (False): overwrite trained weights on purpose.
             * ``anatomy``: an :class:`~initwatch.anatomy.Anatomy` (for custom models).
             * ``stacks``: which stacks to touch, e.g. ``["decoder"]`` (default: all).
             * ``depth``: N (and M) used in the constants: an int or ``{"encoder": N,
@@ -67,7 +71,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
     Raises:
         ValueError: unknown scheme or option.
         SchemeNotApplicableError: e.g. DeepNet on a Pre-LN model.
-        PretrainedWeightsError: the weights came from a checkpoint (see ``allow_pretrained``).
+        PretrainedWeightsError: the weights look trained or came from a checkpoint (see
+            ``pretrained`` and ``allow_pretrained``).
         AlreadyAppliedError: a scheme was already applied to this model.
         AnatomyError: the model's structure could not be read.
         ShardingError: meta-device or already-sharded parameters (apply the scheme to the
@@ -100,6 +105,7 @@ __all__ = [
     "Change",
     "ReinitReport",
     "Scheme",
+    "decide_pretrained",
     "is_pretrained",
     "reinit",
     "restore",

@@ -13,11 +13,13 @@ from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block, Norm, Slot
 from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError
+from initwatch.schemes.pretrained import decide_pretrained
+from initwatch.schemes.pretrained import is_pretrained as is_pretrained
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import record
 from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
 
-COMMON_OPTIONS = ("allow_pretrained", "anatomy", "stacks", "depth", "seed")
+COMMON_OPTIONS = ("allow_pretrained", "pretrained", "anatomy", "stacks", "depth", "seed")
 MARKER = "_initwatch_reinit"
 
 
@@ -278,20 +280,26 @@ def guard(
             "re-initialize trained weights and stack structural edits. Build a fresh model, or "
             "use initwatch.restore(model, checkpoint) to load a re-initialized checkpoint."
         )
-    if options.get("allow_pretrained"):
+    given = options.get("pretrained")
+    if options.get("allow_pretrained") or given is False:
         return
+    decision = decide_pretrained(model, given)
     candidates = list(zip(_names(todo), (p for _, p in todo), strict=True)) + list(scope or [])
-    loaded = list(
-        dict.fromkeys(n for n, p in candidates if getattr(p, "_is_hf_initialized", False))
-    )
-    if loaded:
+    ids = {id(p) for _, p in candidates}
+    params = dict(model.named_parameters())
+    hit = [v for v in decision.verdicts if v.trained and id(params.get(v.name)) in ids]
+    if decision.pretrained or hit:
+        names = list(dict.fromkeys(n for n, _ in candidates))
+        how = decision.describe()
+        if hit and not decision.pretrained:
+            how = "; ".join(v.describe() for v in hit[:2])
         raise PretrainedWeightsError(
-            f"{len(loaded)} weights this scheme would change were loaded from a checkpoint "
-            f"(e.g. {', '.join(loaded[:3])}); re-initializing or restructuring them would erase "
-            "the pretrained weights. To fine-tune, leave the scheme off (scheme=None) and let "
+            f"the {len(names)} weights this scheme would change (e.g. {', '.join(names[:3])}) "
+            f"look pretrained: {how}. Re-initializing or restructuring them would erase the "
+            "trained weights. To fine-tune, leave the scheme off (scheme=None) and let "
             "initwatch monitor the run. To train this architecture from scratch, build it from "
-            "its config (AutoModel.from_config(config)) or pass allow_pretrained=True to "
-            "overwrite on purpose."
+            "its config (AutoModel.from_config(config)), or pass pretrained=False (these weights "
+            "are not trained) or allow_pretrained=True to overwrite them on purpose."
         )
 
 
@@ -402,25 +410,3 @@ def applied_scheme(model: nn.Module) -> str | None:
         if marker is not None:
             return str(marker.get("scheme"))
     return None
-
-
-def is_pretrained(model: nn.Module) -> bool:
-    """True when the model holds weights loaded from a checkpoint that initwatch did not
-    re-initialize (Hugging Face marks loaded tensors with ``_is_hf_initialized``), or was
-    loaded with :func:`initwatch.restore`.
-
-    ``config._name_or_path`` is not used: ``from_config`` sets it on random weights too.
-
-    Example::
-
-        >>> from initwatch import zoo
-        >>> is_pretrained(zoo.build("gpt2"))
-        False
-    """
-    marker = getattr(model, MARKER, None) or {}
-    if marker.get("restored"):
-        return True  # trained weights loaded by initwatch.restore
-    mine = marker.get("params", set())
-    return any(
-        getattr(p, "_is_hf_initialized", False) and id(p) not in mine for p in model.parameters()
-    )

@@ -1,0 +1,296 @@
+"""Knowing a fine-tune however it was loaded: trained weights are recognised from their
+statistics (and loading markers), a scheme on them is refused, and the fine-tune context
+follows the same decision; a fresh init, saved and reloaded, is not mistaken for one."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
+
+import initwatch
+from initwatch import PretrainedWeightsError, Watch, zoo
+from initwatch.integrations.lightning import InitWatch
+from initwatch.integrations.transformers import InitWatchCallback
+from initwatch.schemes.pretrained import Z, decide_pretrained, judge
+
+
+def trained_gpt2(trained_state) -> GPT2LMHeadModel:  # noqa: ANN001
+    model = zoo.build("gpt2")
+    model.load_state_dict(trained_state("gpt2"))
+    return model
+
+
+# ---- the statistics -----------------------------------------------------------------------------
+
+
+def test_fresh_draws_are_never_flagged_and_the_tolerance_is_the_sampling_noise() -> None:
+    # 300 pairs of independent init draws (normal and uniform, 32x32 to 64x128): each test
+    # statistic is in standard errors, so none may reach Z (P ~ 1e-9 per test under a normal
+    # approximation; the largest seen here is the sampling noise of 1200 tests, ~4).
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for i in range(300):
+        shape = [(32, 32), (64, 64), (64, 128)][i % 3]
+        if i % 2:
+            a, b = (torch.randn(2, *shape, generator=g) * 0.02).unbind(0)
+        else:
+            a, b = ((torch.rand(2, *shape, generator=g) * 2 - 1) / math.sqrt(shape[1])).unbind(0)
+        v = judge("w", a, b)
+        worst = max(worst, v.score)
+        assert not v.trained, v.describe()
+    assert worst < Z / 1.5
+
+
+def test_each_test_flags_what_training_does_to_a_matrix() -> None:
+    g = torch.Generator().manual_seed(0)
+    init = torch.randn(64, 64, generator=g) * 0.02
+    fresh = torch.randn(64, 64, generator=g) * 0.02
+    assert not judge("w", fresh, init).trained
+    # scale: 1.2x the init std is 0.18 in log units; the standard error is ~0.0088 per sample
+    v = judge("w", fresh * 1.2, init)
+    assert v.trained and v.reasons[0].startswith("std 0.024 vs 0.02 at init")
+    # units of unequal size (rows), input features of unequal importance (columns)
+    rows = judge("w", fresh * torch.linspace(0.3, 2.0, 64)[:, None], None)
+    cols = judge("w", fresh * torch.linspace(0.3, 2.0, 64)[None, :], None)
+    assert rows.trained and "row norms" in rows.reasons[0]
+    assert cols.trained and "column norms" in cols.reasons[0]
+    # heavy tails at the init's scale: kurtosis
+    t = torch.distributions.StudentT(3.0).sample((64, 64))
+    heavy = judge("w", t / t.std() * 0.02, init)
+    assert heavy.trained and any(r.startswith("kurtosis") for r in heavy.reasons)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "bart", "vit", "torch_encoder"])
+def test_fresh_models_are_not_pretrained(family: str) -> None:
+    d = decide_pretrained(zoo.build(family))
+    assert not d.pretrained and d.source == "init" and d.verdicts
+    assert all(v.init_std is not None for v in d.verdicts)  # each compared with its own init
+
+
+def test_the_reference_draw_leaves_the_model_and_the_random_state_alone() -> None:
+    model = zoo.build("gpt2")
+    before = copy.deepcopy(model.state_dict())
+    state = torch.random.get_rng_state()
+    decide_pretrained(model)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_gpt2_c_proj_is_compared_with_its_depth_scaled_init() -> None:
+    # GPT-2 draws c_proj with initializer_range / sqrt(2 n_layer), from its parent module
+    d = decide_pretrained(zoo.build("gpt2", layers=8))
+    v = next(v for v in d.verdicts if v.name.endswith("attn.c_proj.weight"))
+    assert v.init_std == pytest.approx(0.02 / math.sqrt(16), rel=0.1) and not v.trained
+
+
+# ---- every way of loading trained weights --------------------------------------------------------
+
+
+def _refused(model: nn.Module) -> str:
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PretrainedWeightsError) as err:
+        initwatch.reinit(model, "t-fixup")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"the refused call changed {k}"
+    return str(err.value)
+
+
+def test_trained_weights_are_recognised_however_they_were_loaded(tmp_path, trained_state) -> None:  # noqa: ANN001
+    from safetensors.torch import load_model, save_model
+
+    source = trained_gpt2(trained_state)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    save_model(source, str(tmp_path / "w.safetensors"))
+    source.save_pretrained(tmp_path / "hf")
+
+    by_torch_load = zoo.build("gpt2")
+    by_torch_load.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    by_safetensors = zoo.build("gpt2")
+    load_model(by_safetensors, str(tmp_path / "w.safetensors"))
+    by_hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    by_deepcopy = copy.deepcopy(by_hf)
+    for name, model in [
+        ("load_state_dict", by_torch_load),
+        ("safetensors", by_safetensors),
+        ("from_pretrained", by_hf),
+        ("deepcopy", by_deepcopy),
+    ]:
+        d = decide_pretrained(model)
+        assert d.pretrained and d.source == "weights", name
+        msg = _refused(model)
+        assert "weight matrices look trained" in msg and "pretrained=False" in msg, name
+        assert "allow_pretrained=True" in msg and "scheme=None" in msg, name
+
+
+def test_a_fresh_init_saved_and_reloaded_is_not_refused(tmp_path) -> None:  # noqa: ANN001
+    from safetensors.torch import load_model, save_model
+
+    fresh = zoo.build("gpt2")
+    fresh.save_pretrained(tmp_path / "hf")
+    save_model(fresh, str(tmp_path / "w.safetensors"))
+    by_hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    d = decide_pretrained(by_hf)
+    assert d.marked and not d.pretrained  # the loader marked it; the values are an init
+    assert "look like an initialization" in d.describe()
+    assert initwatch.reinit(by_hf, "t-fixup").parameters
+    by_safetensors = zoo.build("gpt2")
+    load_model(by_safetensors, str(tmp_path / "w.safetensors"))
+    assert initwatch.reinit(by_safetensors, "rezero").scheme == "rezero"
+
+
+def test_pretrained_argument_of_reinit(trained_state) -> None:  # noqa: ANN001
+    with pytest.raises(PretrainedWeightsError, match="pretrained=True was passed"):
+        initwatch.reinit(zoo.build("gpt2"), "t-fixup", pretrained=True)
+    assert initwatch.reinit(trained_gpt2(trained_state), "t-fixup", pretrained=False).parameters
+    with pytest.raises(ValueError, match="pretrained='yes'"):
+        initwatch.reinit(zoo.build("gpt2"), "t-fixup", pretrained="yes")
+
+
+# ---- the fine-tune context follows the same decision ---------------------------------------------
+
+
+def _adamw_run(model: nn.Module, lr: float, steps: int = 5, **watch_kw) -> Watch:  # noqa: ANN003
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    watch = Watch(model, every=1, **watch_kw)
+    ids = torch.randint(3, 90, (4, 12), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the alerts' own warnings
+        for step in range(steps):
+            with watch.step(step, opt) as s:
+                s.loss = model(input_ids=ids, labels=ids).loss
+                s.loss.backward()
+                opt.step()
+                opt.zero_grad()
+    watch.close()
+    return watch
+
+
+def test_weights_loaded_with_load_state_dict_get_fine_tune_thresholds(trained_state) -> None:  # noqa: ANN001
+    # AdamW at lr 2e-3 moves the trained blocks by ~0.02x their norm per step: between the
+    # fine-tune threshold (0.01) and the from-scratch one (0.1).
+    tuned = _adamw_run(trained_gpt2(trained_state), lr=2e-3)
+    assert tuned.context.pretrained and tuned.context.extra["pretrained_source"] == "weights"
+    high = [a for a in tuned.alerts if a.kind == "update_ratio_high"]
+    assert high and all(0.01 < a.value < 0.1 for a in high)
+    scratch = _adamw_run(trained_gpt2(trained_state), lr=2e-3, pretrained=False)
+    assert not scratch.context.pretrained
+    assert not any(a.kind == "update_ratio_high" for a in scratch.alerts)
+
+
+def test_watch_pretrained_argument_and_resume_keep_the_decision(trained_state) -> None:  # noqa: ANN001
+    assert Watch(zoo.build("gpt2"), rules=False, pretrained=True).context.pretrained
+    first = Watch(zoo.build("gpt2"), rules=False)
+    assert not first.context.pretrained
+    # resuming a from-scratch run: its own weights are trained by now, the run is still one
+    resumed = Watch(trained_gpt2(trained_state), rules=False)
+    assert resumed.context.pretrained
+    resumed.load_state_dict(first.state_dict())
+    assert not resumed.context.pretrained
+    with pytest.raises(ValueError, match="pretrained=1"):
+        Watch(zoo.build("gpt2"), pretrained=1)
+
+
+# ---- the frameworks --------------------------------------------------------------------------------
+
+
+class Module(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = zoo.build("gpt2")
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+
+def _pl_trainer(tmp_path, callbacks, **kw) -> L.Trainer:  # noqa: ANN001, ANN003
+    args = dict(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(callbacks=callbacks, **{**args, **kw})
+
+
+def _ids() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.randint(0, 96, (8, 8)), batch_size=2)
+
+
+def test_lightning_load_from_checkpoint_is_a_fine_tune(tmp_path, trained_state) -> None:  # noqa: ANN001
+    source = Module()
+    source.model.load_state_dict(trained_state("gpt2"))
+    ckpt = tmp_path / "trained.ckpt"
+    torch.save(
+        {"state_dict": source.state_dict(), "pytorch-lightning_version": L.__version__}, ckpt
+    )
+    loaded = Module.load_from_checkpoint(ckpt)
+    with pytest.raises(PretrainedWeightsError, match="look trained"):
+        _pl_trainer(tmp_path, [InitWatch("t-fixup")]).fit(loaded, _ids())
+    cb = InitWatch(None, log_every_n_steps=1)
+    _pl_trainer(tmp_path, [cb]).fit(loaded, _ids())
+    assert cb.context.pretrained and cb.context.extra["pretrained_source"] == "weights"
+    # the explicit override: these weights are to be re-initialized
+    forced = InitWatch("t-fixup", pretrained=False)
+    _pl_trainer(tmp_path, [forced]).fit(Module.load_from_checkpoint(ckpt), _ids())
+    assert forced.report is not None and not forced.context.pretrained
+
+
+def test_lightning_pretrained_argument(tmp_path) -> None:  # noqa: ANN001
+    cb = InitWatch(None, log_every_n_steps=1, pretrained=True)
+    _pl_trainer(tmp_path, [cb]).fit(Module(), _ids())
+    assert cb.context.pretrained
+    with pytest.raises(PretrainedWeightsError, match="pretrained=True was passed"):
+        _pl_trainer(tmp_path, [InitWatch("rezero", pretrained=True)]).fit(Module(), _ids())
+    with pytest.raises(ValueError, match="pretrained='no'"):
+        InitWatch(None, pretrained="no")
+
+
+def _hf(tmp_path, model, callbacks) -> Trainer:  # noqa: ANN001
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": r, "labels": r} for r in torch.randint(0, 96, (8, 8), generator=g)]
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+
+
+def test_hf_trainer_recognises_weights_loaded_with_load_state_dict(tmp_path, trained_state) -> None:  # noqa: ANN001
+    with pytest.raises(PretrainedWeightsError, match="look trained"):
+        _hf(tmp_path, trained_gpt2(trained_state), [InitWatchCallback("t-fixup")])
+    cb = InitWatchCallback(None)
+    _hf(tmp_path, trained_gpt2(trained_state), [cb]).train()
+    assert cb.context.pretrained and cb.context.extra["pretrained_source"] == "weights"
+    forced = InitWatchCallback("t-fixup", pretrained=False)
+    _hf(tmp_path, trained_gpt2(trained_state), [forced]).train()
+    assert forced.report is not None and not forced.context.pretrained
+
+
+def test_hf_pretrained_argument(tmp_path) -> None:  # noqa: ANN001
+    cb = InitWatchCallback(None, pretrained=True)
+    _hf(tmp_path, zoo.build("gpt2"), [cb]).train()
+    assert cb.context.pretrained
+    with pytest.raises(PretrainedWeightsError, match="pretrained=True was passed"):
+        _hf(tmp_path, zoo.build("gpt2"), [InitWatchCallback("t-fixup", pretrained=True)])
+    with pytest.raises(ValueError, match="pretrained='no'"):
+        InitWatchCallback(None, pretrained="no")
