@@ -50,6 +50,31 @@ def _read_anatomy(model: nn.Module) -> Anatomy | None:
     return try_inspect(model)
 
 
+def hooks_not_run_message(scheme: str | None) -> str:
+    """What to say when the first measured step recorded no activation although the model
+    ran: the hooks did not run (and a scheme that works by hooks is not applied).
+
+    Example::
+
+        >>> "torch._dynamo.reset()" in hooks_not_run_message("deepnet")
+        True
+    """
+    what = (
+        f"and scheme {scheme!r} is not live (its residual scaling / gates / norm removal did "
+        "not run), "
+        if scheme
+        else ""
+    )
+    return (
+        "no forward hook ran in the first measured step although the model ran: no activation "
+        f"statistics were recorded {what}most likely because torch.compile reused a graph "
+        "compiled before initwatch attached its hooks (an earlier compiled model of the same "
+        "class in this process: a previous fit in a notebook or sweep). Call "
+        "torch._dynamo.reset() before building and compiling this model, or compile it after "
+        "the Watch / callback attached (torch.compile(model) after initwatch.Watch(model))"
+    )
+
+
 def _make_rules(rules: Any) -> Any:
     if rules is False:
         return None
@@ -256,6 +281,9 @@ class Watch:
         self._closed = False
         self._warned: set[str] = set()
         self._new_alerts = 0
+        # True/False once the first measured step with a forward has shown whether the forward
+        # hooks ran (None before): False when a compiled graph from before they were attached ran.
+        self.hooks_live: bool | None = None
         self._optimizer_hooks: list[tuple[weakref.ref, list]] = []
         self._stepped = False
         self._in_step = False
@@ -393,6 +421,8 @@ class Watch:
         self._buffer.reset()
         frame = self._frame(host, skipped)
         self.frames.append(frame)
+        if self.hooks_live is None:
+            self._check_hooks_ran(host, loss is not None or "grad_norm_global" in frame.globals)
         self._count_nonfinite_where_flagged(frame)
         self._report_probe_errors()
         alerts = list(self._rules.update(frame, self.context)) if self._rules else []
@@ -625,6 +655,17 @@ class Watch:
             scale = pre / clipped
             for stat in ("grad_norm", "grad_weight_ratio"):
                 values[stat] = {k: v * scale for k, v in values.get(stat, {}).items()}
+
+    def _check_hooks_ran(self, host: HostValues, ran: bool) -> None:
+        """At the first measured step that ran a forward (a loss or gradients came back):
+        did any forward hook see an output? If none did, the model ran a graph compiled before
+        the hooks were attached, so the statistics, and a scheme's hooks (DeepNorm's residual,
+        ReZero's gates), are not live."""
+        if not ran or not self._probes.probes:
+            return
+        self.hooks_live = any(host.row(p.group)["count"] > 0 for p in self._probes.probes)
+        if not self.hooks_live:
+            self._warn(hooks_not_run_message(self.context.scheme))
 
     def _abort(self) -> None:
         """Leave a half-done logging step cleanly (gate off, buffer reset)."""

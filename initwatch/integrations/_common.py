@@ -582,6 +582,16 @@ class StepDriver:
         self.logging = False
         return list(self.watch.end_step(loss=loss, skipped=skipped))
 
+    def check_scheme_live(self, scheme: str | None, framework: str) -> None:
+        """Raise once the first measured step showed that no forward hook ran while the
+        callback's ``scheme`` is on the model: the run would train without the scheme."""
+        from initwatch.watch import hooks_not_run_message
+
+        watch = self.watch
+        if scheme is None or watch is None or watch.hooks_live is not False:
+            return
+        raise InitWatchError(f"{framework}: {hooks_not_run_message(scheme)}.")
+
     @property
     def should_stop(self) -> bool:
         """True once ``on_alert="stop"`` asked to stop."""

@@ -70,6 +70,7 @@ class SchemeOutcome(Enum):
     NO_SCHEME = "no scheme"
     APPLIED = "applied"
     ALREADY_PRESENT = "already present (a second fit, or a restored model): left alone"
+    NOT_LIVE = "not live: the model ran without initwatch's hooks (a stale compiled graph)"
 
 
 class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
@@ -133,11 +134,16 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     Raises:
         UnsupportedStrategyError: DeepSpeed and XLA strategies, FSDPStrategy with
             ``use_orig_params=False`` or a hybrid sharding strategy, and fp16 with a fused
-            optimizer (gradients still scaled in the hook). FSDPStrategy and
+            optimizer (gradients still scaled in the hook); a scheme with ``ddp_spawn`` /
+            ``ddp_fork`` / ``ddp_notebook`` (the parent's module would not carry it after
+            ``fit()``). FSDPStrategy and
             ModelParallelStrategy are supported with exact statistics (docs/sharded.md).
         PretrainedWeightsError: a scheme on weights that look trained or were loaded from a
             checkpoint; use ``scheme=None`` to fine-tune with the monitor, or
             ``pretrained=False`` if the weights are an initialization.
+        InitWatchError: at the first measured step, when no forward hook ran although the
+            model did (a graph compiled before the hooks were attached): the scheme is not
+            live; ``scheme_outcome`` is then ``NOT_LIVE``.
 
     Example::
 
@@ -232,6 +238,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         if stage != "fit":
             return
         _refuse_strategy(trainer)
+        _refuse_spawn(trainer, self.scheme)
         self._apply_scheme(trainer, pl_module)
         self._early = _is_fsdp1(trainer)
         if self._early:  # FSDP1 wraps after setup: attach to the original parameters now
@@ -381,6 +388,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         if self._driver.step is None or trainer.global_step == self._global_step_at_begin:
             return  # accumulating: the optimizer has not stepped yet
         self._driver.end(skipped=measured and self._step_was_skipped(trainer))
+        if measured and self._driver.watch is not None and self._driver.watch.hooks_live is False:
+            if self.scheme is not None:
+                self.scheme_outcome = SchemeOutcome.NOT_LIVE
+            self._driver.check_scheme_live(self.scheme, "InitWatch")
         if measured and self.on_alert == "stop":
             # Every rank makes this call on the same steps: one collective per logging step.
             device = pl_module.device
@@ -468,6 +479,27 @@ def _is_fsdp1(trainer: pl.Trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(trainer.strategy, FSDPStrategy)
+
+
+def _refuse_spawn(trainer: pl.Trainer, scheme: str | None) -> None:
+    """``ddp_spawn`` / ``ddp_fork`` / ``ddp_notebook`` run ``setup`` in worker processes and
+    copy the trained weights back into the parent with ``strict=False``: the parent's module
+    never gets the scheme's hooks, gates or norm removals, so after ``fit()`` it would compute
+    a different function."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if scheme is None or type(launcher).__name__ != "_MultiProcessingLauncher":
+        return
+    method = getattr(launcher, "_start_method", "spawn")
+    raise UnsupportedStrategyError(
+        f"InitWatch(scheme={scheme!r}) with a multiprocessing strategy (start method "
+        f"{method!r}: ddp_spawn, ddp_fork or ddp_notebook): the scheme is applied in the worker "
+        "processes only, and Lightning copies the trained weights back into your module "
+        "without the scheme's structure (DeepNorm residuals, ReZero gates, removed norms), so "
+        "the model you hold after fit() would compute a different function. Use "
+        "strategy='ddp' (supported), or apply the scheme before fit with a fixed seed "
+        f"(`initwatch.reinit(module, {scheme!r}, seed=0)`, in the parent, before "
+        "Trainer.fit) and pass InitWatch(scheme=None)."
+    )
 
 
 def _refuse_strategy(trainer: pl.Trainer) -> None:

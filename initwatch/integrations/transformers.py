@@ -351,6 +351,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     ) -> None:
         measured = self._driver.logging
         self._driver.end(skipped=measured and self._skipped)
+        if measured:
+            self._driver.check_scheme_live(self.scheme, "InitWatchCallback")
         if measured and self.on_alert == "stop":
             # Every rank makes this call on the same steps: one collective per logging step.
             device = next(kwargs["model"].parameters()).device
