@@ -3,6 +3,7 @@ graph) are detected at the first measured step; ddp_spawn with a scheme is refus
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import lightning as L
@@ -29,6 +30,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+    gc.collect()  # compiled graphs and trainers hold tensors: free them before the next test
 
 
 def _one_step(model: nn.Module, run: nn.Module, watch: initwatch.Watch) -> None:
