@@ -26,6 +26,8 @@ class AlertKind(str, Enum):
     UPDATE_RATIO_HIGH = "update_ratio_high"
     UPDATE_RATIO_LOW = "update_ratio_low"
     LOSS_DIVERGING = "loss_diverging"
+    ATTENTION_COLLAPSE = "attention_collapse"
+    LR_SCHEDULE_COLLAPSE = "lr_schedule_collapse"
 
 
 class Severity(str, Enum):

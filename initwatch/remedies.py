@@ -427,6 +427,53 @@ def _loss_diverging(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     return _join(items)
 
 
+def _attention_collapse(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    frac, logit = ev.get("fraction"), ev.get("logit_absmax")
+    pct = _n(100 * frac) if isinstance(frac, float) else "?"
+    lead = (
+        f"{pct}% of {layer}'s attention rows are one-hot (largest |q.k/sqrt(d)| {_n(logit)}): "
+        f"attention entropy collapse; {_lower_lr(ctx, ev, 3)}"
+    )
+    items = [lead, _warmup(ctx)]
+    bound = (
+        "bound the attention logits: QK-norm (a LayerNorm/RMSNorm on q and k before the dot "
+        "product), sigma-reparam (spectral normalization of the q/k weights) or logit "
+        "soft-capping (`cap * tanh(logits / cap)`, e.g. cap=50)"
+    )
+    if not ctx.pretrained:
+        items.append(bound)
+    return _join(items)
+
+
+def _lr_schedule_collapse(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
+    step, total, peak = ev.get("step"), ev.get("max_steps"), ev.get("peak")
+    lead = (
+        f"The learning rate is ~0 at step {_n(step)} of {_n(total)} (peak {_n(peak)}): the "
+        "schedule ends long before the run, most often a scheduler sized in epochs but stepped "
+        "every optimizer step"
+    )
+    framework = ctx.extra.get("framework")
+    lightning = (
+        'in Lightning return `{"scheduler": scheduler, "interval": "epoch"}` from '
+        "configure_optimizers, or size it in steps (e.g. "
+        "`T_max=self.trainer.estimated_stepping_batches`)"
+    )
+    hf = (
+        "with the Hugging Face Trainer pass `num_training_steps` = the number of optimizer steps "
+        "(`max_steps`, or `len(train_dataloader) // gradient_accumulation_steps * "
+        "num_train_epochs`) to `get_*_schedule_with_warmup`, not the number of epochs"
+    )
+    items = [lead]
+    if framework == "lightning":
+        items.append(lightning)
+    elif framework == "transformers":
+        items.append(hf)
+    else:
+        items += [lightning, hf]
+    items.append("check a StepLR/ExponentialLR's `step_size` and `gamma` against max_steps")
+    return _join(items)
+
+
 _BY_KIND = {
     K.VANISHING_GRADIENT: _vanishing_gradient,
     K.EXPLODING_GRADIENT: _exploding_gradient,
@@ -438,6 +485,8 @@ _BY_KIND = {
     K.UPDATE_RATIO_HIGH: _update_ratio_high,
     K.UPDATE_RATIO_LOW: _update_ratio_low,
     K.LOSS_DIVERGING: _loss_diverging,
+    K.ATTENTION_COLLAPSE: _attention_collapse,
+    K.LR_SCHEDULE_COLLAPSE: _lr_schedule_collapse,
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from initwatch.alerts import Alert
 from initwatch.anatomy.model import Anatomy
+from initwatch.attention import attention_probes, derive_attention, remove_all
 from initwatch.context import RunContext
 from initwatch.errors import AlertError
 from initwatch.frame import Frame, LayerInfo
@@ -269,6 +270,7 @@ class Watch:
         self._params = ParamProbe(self._param_infos, self._buffer, sample=update_sample)
         self._loss = self._buffer.add("loss", LOSS_FIELDS)
         self._probes = ProbeSet(targets, self._buffer)
+        self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
         self._buffer.allocate()
         self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
         self._rules = _make_rules(rules)
@@ -501,6 +503,7 @@ class Watch:
             for h in handles:
                 h.remove()
         self._optimizer_hooks = []
+        remove_all(self._attention)
         if self._sink is not None:
             self._sink.close(self.last_frame, self.alerts)
         if self._own_writer is not None:
@@ -587,6 +590,8 @@ class Watch:
             )
             if probe.grad_group is not None:
                 put(info.name, derive_grad_signal(host.row(probe.grad_group)))
+        for att in self._attention:
+            put(att.name, derive_attention(host.row(att.group)))
         p = self._params
         measured = {id(t): i for i, t in enumerate(p.targets)}
         grad_sq = 0.0
@@ -678,6 +683,10 @@ class Watch:
     def _report_probe_errors(self) -> None:
         for layer, err in self._probes.errors().items():
             self._warn(f"probe on {layer} failed and was skipped: {err}")
+        for att in self._attention:
+            if att.error:
+                self._warn(f"attention probe on {att.name} failed and was skipped: {att.error}")
+                att.error = None
 
     def _warn(self, message: str) -> None:
         if message in self._warned or _rank() != 0:

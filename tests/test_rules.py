@@ -174,6 +174,10 @@ CASES = {
     "saturation": (lambda s: mlp(s, sat=lambda i: 0.8 if i == 1 else 0.01), None),
     "update_ratio_high": (lambda s: transformer(s, update=lambda i: 0.5), None),
     "update_ratio_low": (lambda s: transformer(s, update=lambda i: 1e-8), None),
+    "attention_collapse": (
+        lambda s: _with(transformer(s), "attn_onehot_frac", "encoder.3.attn", 0.97),
+        None,
+    ),
 }
 EXPECT_LAYER = {
     "vanishing_gradient": "encoder.0",
@@ -184,6 +188,7 @@ EXPECT_LAYER = {
     "exploding_activation_fp16": "encoder.4",
     "dead_units": "5",
     "saturation": "3",
+    "attention_collapse": "encoder.3.attn",
 }
 
 
@@ -541,8 +546,10 @@ def test_threshold_overrides_and_errors() -> None:
 
 def test_every_kind_in_the_vocabulary_is_covered() -> None:
     covered = {c.replace("_signal", "").replace("_floor", "").replace("_fp16", "") for c in CASES}
-    # nonfinite: immediate; loss_diverging needs a baseline first (its own tests below)
-    assert covered | {"nonfinite", "loss_diverging"} == {k.value for k in AlertKind}
+    # nonfinite and lr_schedule_collapse: immediate; loss_diverging needs a baseline first
+    # (their own tests)
+    immediate = {"nonfinite", "loss_diverging", "lr_schedule_collapse"}
+    assert covered | immediate == {k.value for k in AlertKind}
 
 
 def test_one_block_spiking_is_reported_even_when_the_global_norm_hides_it() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -303,7 +304,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             scheme=self.scheme,
             framework="lightning",
             precision=str(trainer.precision),
-            max_steps=_max_steps(trainer),
+            max_steps=_planned_steps(trainer),
             pretrained=self.pretrained,
         )
         self._driver.start(
@@ -479,6 +480,16 @@ def _is_fsdp1(trainer: pl.Trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(trainer.strategy, FSDPStrategy)
+def _planned_steps(trainer: pl.Trainer) -> int | None:
+    """``max_steps``, else the optimizer steps ``max_epochs`` makes (None when unbounded)."""
+    steps = _max_steps(trainer)
+    if steps is not None:
+        return steps
+    try:
+        estimated = float(trainer.estimated_stepping_batches)
+    except Exception:  # no dataloader length (iterable datasets), or not computable yet
+        return None
+    return int(estimated) if math.isfinite(estimated) and estimated > 0 else None
 
 
 def _refuse_spawn(trainer: pl.Trainer, scheme: str | None) -> None:

@@ -813,6 +813,105 @@ def loss_diverging(x: Inputs) -> list[Finding]:
     ]
 
 
+# --------------------------------------------------------------------------- attention
+def attention_collapse(x: Inputs) -> list[Finding]:
+    """Self-attention sublayers whose rows turned one-hot (attention entropy collapse).
+
+    Reads ``attn_onehot_frac`` (the fraction of sampled rows, over all heads, whose largest
+    probability exceeds 0.99), measured from the q and k projections by
+    :mod:`initwatch.attention`.
+
+    Example::
+
+        >>> f = Frame(0, [], {"attn_onehot_frac": {"decoder.0.attn": 0.2, "decoder.1.attn": 0.97}})
+        >>> [(a.kind, a.layer) for a in attention_collapse(Inputs(f, RunContext(), Thresholds()))]
+        [('attention_collapse', 'decoder.1.attn')]
+    """
+    th, f = x.th, x.frame
+    thr = th.attn_onehot_frac
+    onehot = f.values.get("attn_onehot_frac", {})
+    hits = sorted(
+        ((v, k, n) for k, (n, v) in enumerate(onehot.items()) if finite(v) and v > thr),
+        key=lambda t: (-t[0], t[1]),
+    )
+    if not hits:
+        return []
+    v, _, name = hits[0]
+    names = [h[2] for h in hits]
+    entropy = f.get("attn_entropy", name)
+    logit = f.get("attn_logit_absmax", name)
+    msg = (
+        f"{fmt(100 * v)}% of the attention rows of {name} are one-hot (largest probability > "
+        f"0.99; threshold {fmt(100 * thr)}%); mean entropy {fmt(entropy)} of a uniform row's, "
+        f"largest |q.k/sqrt(d)| {fmt(logit)}"
+    )
+    if len(names) > 1:
+        msg += f"; {len(names)} of {len(onehot)} attention layers above it: {name_list(names)}"
+    ev = {
+        "fraction": v,
+        "entropy": entropy,
+        "logit_absmax": logit,
+        "n_affected": len(names),
+        "n_layers": len(onehot),
+        "lr": x.lr,
+    }
+    kind = K.ATTENTION_COLLAPSE.value
+    return [Finding(kind, "model", name, v, thr, msg, names, ev, _log_ratio(v, thr))]
+
+
+# --------------------------------------------------------------------------- lr schedule
+def lr_schedule_collapse(x: Inputs) -> list[Finding]:
+    """The learning rate fell to ~0 long before the planned end of the run.
+
+    A decay that reaches ~0 at ``max_steps`` (cosine, linear) is healthy; one that falls below
+    ``lr_collapse_fraction`` of the largest measured lr before ``lr_collapse_progress`` of
+    ``max_steps`` is not (typically a scheduler sized in epochs stepped every batch). The lr is
+    read, not estimated: the first frame that shows it alerts. Needs ``context.max_steps``.
+
+    Example::
+
+        >>> x = Inputs(Frame(0, [], {}, {"lr": 1e-3}), RunContext(max_steps=1000), Thresholds())
+        >>> lr_schedule_collapse(x)
+        []
+        >>> x.frame = Frame(20, [], {}, {"lr": 1e-7})
+        >>> [(f.kind, f.immediate) for f in lr_schedule_collapse(x)]
+        [('lr_schedule_collapse', True)]
+    """
+    th, ctx = x.th, x.context
+    lr = x.lr
+    if lr is None or not finite(lr):
+        return []
+    seen = x.history.get("lr_peak", [])
+    peak = max(seen[0] if seen else 0.0, float(lr))
+    x.history["lr_peak"] = [peak]
+    total, step = ctx.max_steps, x.frame.step
+    if not total or peak <= 0 or ctx.in_warmup:
+        return []
+    if lr >= th.lr_collapse_fraction * peak or step >= th.lr_collapse_progress * total:
+        return []
+    ratio = lr / peak
+    msg = (
+        f"learning rate {fmt(lr)} is {fmt(ratio)}x its peak {fmt(peak)} at step {step}, "
+        f"{fmt(100 * step / total)}% of max_steps={total} (threshold: "
+        f"{fmt(th.lr_collapse_fraction)}x before {fmt(100 * th.lr_collapse_progress)}%)"
+    )
+    ev = {"lr": lr, "peak": peak, "ratio": ratio, "step": step, "max_steps": total}
+    return [
+        Finding(
+            K.LR_SCHEDULE_COLLAPSE.value,
+            "model",
+            "*",
+            ratio,
+            th.lr_collapse_fraction,
+            msg,
+            ["*"],
+            ev,
+            _log_ratio(th.lr_collapse_fraction, ratio) if ratio > 0 else math.inf,
+            immediate=True,
+        )
+    ]
+
+
 def _explains(cause: Finding, effect: Finding) -> bool:
     """Whether ``cause`` (a finding of this frame) accounts for ``effect``."""
     if cause.kind == K.DEAD_UNITS.value:
@@ -873,6 +972,8 @@ DETECTORS: list[tuple[Detector, tuple[str, ...], Callable[[Inputs], bool]]] = [
     (saturation, (K.SATURATION.value,), lambda x: True),
     (update_ratio, (K.UPDATE_RATIO_HIGH.value, K.UPDATE_RATIO_LOW.value), update_ratio_applies),
     (loss_diverging, (K.LOSS_DIVERGING.value,), lambda x: True),
+    (attention_collapse, (K.ATTENTION_COLLAPSE.value,), lambda x: True),
+    (lr_schedule_collapse, (K.LR_SCHEDULE_COLLAPSE.value,), lambda x: True),
 ]
 
 __all__ = ["DETECTORS", "Finding", "Inputs", "Unit", "explain"]

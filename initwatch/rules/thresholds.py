@@ -72,6 +72,17 @@ class Thresholds:
             damage in one step (exploding_gradient, exploding_activation, update_ratio_high,
             loss_diverging); persistence is for borderline values (initwatch: an update ratio
             of 1.0 from scratch, 0.1 in a fine-tune, is a step as large as the weights).
+        attn_onehot_frac: attention_collapse when more than this fraction of a self-attention
+            sublayer's sampled rows (over all heads) are one-hot (largest probability > 0.99;
+            initwatch: attention entropy collapse, Zhai et al. 2023, turns nearly every row of
+            nearly every head one-hot, while heads that attend sharply on purpose, such as
+            attention sinks, are a minority of a healthy model's).
+        lr_collapse_fraction: lr_schedule_collapse when the learning rate falls below this
+            fraction of the largest learning rate the run has measured...
+        lr_collapse_progress: ...before this fraction of the planned ``max_steps`` (initwatch: a
+            cosine decay is above 1% of its peak until 94% of its steps, a linear one until
+            99%; a schedule sized in epochs but stepped per batch reaches ~0 within its first
+            few percent).
         history: number of logging frames kept per series for the robust (median) baselines.
         scheme_grace_steps: under ReZero and T-Fixup, block weights have zero or small gradients
             by construction in the first steps (init-schemes.md §4.4, §9 item 10); vanishing
@@ -104,6 +115,9 @@ class Thresholds:
     anneal_fraction: float = 0.1
     loss_diverge_factor: float = 4.0
     far_factor: float = 10.0
+    attn_onehot_frac: float = 0.9
+    lr_collapse_fraction: float = 1e-2
+    lr_collapse_progress: float = 0.5
     history: int = 32
     scheme_grace_steps: int = 100
 
