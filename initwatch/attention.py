@@ -113,17 +113,30 @@ def _sequence(x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
     return x[0] if batch_first else x[:, 0]
 
 
+def _rows(t: torch.Tensor | None, slot: Slot) -> torch.Tensor | None:
+    """The slot's contiguous row block of a fused ``in_proj`` tensor."""
+    if t is None:
+        return None
+    n = t.shape[0] // slot.parts
+    return t[slot.index * n : (slot.index + 1) * n]
+
+
 def _projection(
-    slot: Slot, model: nn.Module, module: nn.Module, args: Any, kwargs: Any, output: Any
+    slot: Slot, module: nn.Module, args: Any, kwargs: Any, output: Any
 ) -> torch.Tensor | None:
-    """The logical projection (q or k) of the first sequence, from a projection module's call."""
+    """The logical projection (q or k) of the first sequence, from a projection module's call.
+
+    Reads only the hooked module (never the model: a hook that reaches the model from inside a
+    ``torch.compile``-d forward breaks Dynamo's tracing)."""
     if slot.fused == "rows":  # nn.MultiheadAttention: in_proj inside the module, from its inputs
         i, name = (0, "query") if slot.index == 0 else (1, "key")
         x = args[i] if len(args) > i else kwargs.get(name)
         if not isinstance(x, torch.Tensor):
             return None
         x = _sequence(x, getattr(module, "batch_first", False))
-        return nn.functional.linear(x, slot.weight_view(model), slot.bias_view(model))
+        weight = _rows(getattr(module, slot.weight), slot)
+        bias = _rows(getattr(module, slot.bias, None), slot) if slot.bias else None
+        return nn.functional.linear(x, weight, bias)
     out = first_tensor(output)
     if out is None:
         return None
@@ -179,7 +192,6 @@ class AttentionProbe:
         self.slots = {"q": q, "k": k}
         self.heads = heads
         self.causal = causal
-        self.model = model
         self.buffer = buffer
         self.gate = gate
         self.group = buffer.add(f"attn_scores:{name}", ATTENTION_FIELDS)
@@ -199,7 +211,7 @@ class AttentionProbe:
             try:
                 for role, slot in self.slots.items():
                     if slot.module == path:
-                        proj = _projection(slot, self.model, module, args, kwargs, output)
+                        proj = _projection(slot, module, args, kwargs, output)
                         if proj is not None:
                             self._pending[role] = proj
                 if len(self._pending) == 2:
