@@ -57,6 +57,45 @@ def derive_attention(v: dict[str, float]) -> dict[str, float]:
     }
 
 
+_MASKED = -1e30  # additive mask: finite, so p * log p is an exact 0 on masked keys
+
+
+class _Layout:
+    """What the reduction of one (T, S, causal, device) needs, built once and reused."""
+
+    def __init__(self, t: int, s: int, causal: bool, rows: int, device: torch.device) -> None:
+        if causal:
+            idx = torch.arange(max(t // 2, t - rows), t, device=device)
+            keys = (idx + 1).float()
+            future = torch.arange(s, device=device)[None, :] > idx[:, None]
+            self.mask: torch.Tensor | None = future.float() * _MASKED
+        else:
+            idx = torch.linspace(0, t - 1, min(rows, t), device=device).round().long()
+            keys = torch.full((idx.numel(),), float(s), device=device)
+            self.mask = None
+        self.idx = idx
+        self.neg_inv_log_keys = -1.0 / keys.clamp(min=2).log()
+        self.n_rows = idx.numel()
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+_LAYOUTS: dict[tuple[int, int, bool, int, str], _Layout] = {}
+
+
+def _layout(t: int, s: int, causal: bool, rows: int, device: torch.device) -> _Layout:
+    key = (t, s, causal, rows, str(device))
+    found = _LAYOUTS.get(key)
+    if found is None:
+        if len(_LAYOUTS) > 64:  # many sequence lengths: keep the cache small
+            _LAYOUTS.clear()
+        found = _LAYOUTS[key] = _Layout(t, s, causal, rows, device)
+    return found
+
+
+@torch.no_grad()
 def attention_rows(
     q: torch.Tensor, k: torch.Tensor, heads: int, causal: bool, rows: int = SAMPLE_ROWS
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +104,8 @@ def attention_rows(
     Returns ``(sums, maxs)`` in the order of :data:`ATTENTION_FIELDS`, on ``q``'s device.
     ``k`` may have fewer heads (grouped-query attention): each serves ``heads / k_heads`` q heads.
     Causal rows sample the second half of the sequence (row i sees keys 0..i), so that a row
-    never has fewer than ``T / 2`` keys to choose from.
+    never has fewer than ``T / 2`` keys to choose from. About 20 device ops, no sync (with
+    the q/k slices and the buffer update, ~35 per sublayer and logging step).
 
     Example::
 
@@ -77,27 +117,22 @@ def attention_rows(
     t, s = q.shape[0], k.shape[0]
     d = q.shape[-1] // heads
     groups = k.shape[-1] // d  # fewer key heads under grouped-query attention
-    qh = q.detach().float().reshape(t, heads, d).transpose(0, 1)
-    kh = k.detach().float().reshape(s, groups, d).transpose(0, 1)
+    lay = _layout(t, s, causal, rows, q.device)
+    qh = _f32(q[lay.idx]).view(-1, heads, d).transpose(0, 1)  # heads, rows, d
+    kh = _f32(k).reshape(s, groups, d).permute(1, 2, 0)  # groups, d, S
     if groups != heads:
         kh = kh.repeat_interleave(heads // groups, dim=0)
-    if causal:
-        idx = torch.arange(max(t // 2, t - rows), t, device=q.device)
-    else:
-        idx = torch.linspace(0, t - 1, min(rows, t), device=q.device).round().long()
-    logits = qh[:, idx] @ kh.transpose(1, 2) / math.sqrt(d)  # heads, rows, S
-    absmax = logits.abs().amax().reshape(1)
-    keys = torch.full((idx.numel(),), float(s), device=q.device)
-    if causal:
-        future = torch.arange(s, device=q.device)[None, :] > idx[:, None]
-        logits = logits.masked_fill(future[None], -math.inf)
-        keys = (idx + 1).float()
-    p = torch.softmax(logits, dim=-1)
+    logits = torch.matmul(qh, kh).mul_(1.0 / math.sqrt(d))  # heads, rows, S
+    absmax = torch.linalg.vector_norm(logits, ord=math.inf).reshape(1)
+    if lay.mask is not None:
+        logits = logits.add_(lay.mask)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
     pmax = p.amax(dim=-1)
-    entropy = -torch.special.xlogy(p, p).sum(dim=-1) / keys.clamp(min=2).log()[None]
+    entropy = (p * logp).sum(dim=-1).mul_(lay.neg_inv_log_keys)
     sums = torch.stack(
         [
-            torch.tensor(float(pmax.numel()), device=q.device),
+            torch.full((), float(pmax.numel()), device=q.device),
             (pmax > ONEHOT_PROB).sum(dtype=torch.float32),
             pmax.sum(),
             entropy.sum(),
@@ -197,17 +232,35 @@ class AttentionProbe:
         self.group = buffer.add(f"attn_scores:{name}", ATTENTION_FIELDS)
         self.error: str | None = None
         self._pending: dict[str, torch.Tensor] = {}
+        self._modules = {p: model.get_submodule(p) for p in dict.fromkeys((q.module, k.module))}
+        self._handles: list[Any] = []
+        self._removed = False
+        self.attach()
+
+    def attach(self) -> None:
+        """Attach the hooks (no-op when attached or removed)."""
+        if self._handles or self._removed:
+            return
+        self._handles = [
+            m.register_forward_hook(self._hook(path), with_kwargs=True)
+            for path, m in self._modules.items()
+        ]
+
+    def detach(self) -> None:
+        """Remove the hooks until the next :meth:`attach`."""
+        for h in self._handles:
+            h.remove()
         self._handles = []
-        for path in dict.fromkeys((q.module, k.module)):
-            module = model.get_submodule(path)
-            self._handles.append(
-                module.register_forward_hook(self._hook(path), with_kwargs=True, prepend=False)
-            )
+        self._pending.clear()
 
     def _hook(self, path: str) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             if not self.gate.on:
                 return None
+            if torch.compiler.is_compiling():
+                self.gate.compiled = True
+            else:
+                self.gate.eager = True
             try:
                 for role, slot in self.slots.items():
                     if slot.module == path:
@@ -229,11 +282,9 @@ class AttentionProbe:
         return hook
 
     def remove(self) -> None:
-        """Remove the hooks (idempotent)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._pending.clear()
+        """Remove the hooks (idempotent, final)."""
+        self.detach()
+        self._removed = True
 
 
 def attention_probes(
@@ -273,6 +324,30 @@ def attention_probes(
     return out
 
 
+def attach_all(probes: Sequence[AttentionProbe]) -> None:
+    """Attach every probe's hooks (for a logging step).
+
+    Example::
+
+        >>> attach_all([])
+    """
+    for p in probes:
+        p.attach()
+
+
+def idle_all(probes: Sequence[AttentionProbe], gate: Gate) -> None:
+    """Between logging steps: detach the hooks when every hook only ever ran eagerly (as
+    :meth:`initwatch.probes.ProbeSet.idle` does; under ``torch.compile`` they stay, gated).
+
+    Example::
+
+        >>> idle_all([], Gate())
+    """
+    if gate.eager and not gate.compiled:
+        for p in probes:
+            p.detach()
+
+
 def remove_all(probes: Sequence[AttentionProbe]) -> None:
     """Remove every probe's hooks.
 
@@ -288,7 +363,10 @@ __all__ = [
     "ATTENTION_FIELDS",
     "ATTENTION_STATS",
     "AttentionProbe",
+    "attach_all",
     "attention_probes",
+    "idle_all",
     "attention_rows",
     "derive_attention",
+    "remove_all",
 ]

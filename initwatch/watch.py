@@ -17,7 +17,13 @@ from torch import nn
 
 from initwatch.alerts import Alert
 from initwatch.anatomy.model import Anatomy
-from initwatch.attention import attention_probes, derive_attention, remove_all
+from initwatch.attention import (
+    attach_all,
+    attention_probes,
+    derive_attention,
+    idle_all,
+    remove_all,
+)
 from initwatch.context import RunContext
 from initwatch.errors import AlertError
 from initwatch.frame import Frame, LayerInfo
@@ -343,6 +349,7 @@ class Watch:
         self._grads_read = False
         if self._logging:
             self._probes.attach()
+            attach_all(self._attention)
         self._preclip = None
         self._probes.gate.on = self._logging
         return self._logging
@@ -409,6 +416,7 @@ class Watch:
             return []
         self._logging = False
         self._probes.idle()
+        idle_all(self._attention, self._probes.gate)
         if self._grads_read and not skipped:
             self._params.measure_update()
         self._params.discard_snapshot()
@@ -676,6 +684,7 @@ class Watch:
         """Leave a half-done logging step cleanly (gate off, buffer reset)."""
         self._logging = False
         self._probes.idle()
+        idle_all(self._attention, self._probes.gate)
         self._params.discard_snapshot()
         with suppress(Exception):
             self._buffer.reset()
