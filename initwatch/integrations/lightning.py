@@ -480,6 +480,8 @@ def _is_fsdp1(trainer: pl.Trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(trainer.strategy, FSDPStrategy)
+
+
 def _planned_steps(trainer: pl.Trainer) -> int | None:
     """``max_steps``, else the optimizer steps ``max_epochs`` makes (None when unbounded)."""
     steps = _max_steps(trainer)
