@@ -81,7 +81,7 @@ def test_attention_statistics_equal_those_of_the_eager_attention_probabilities(f
 
 
 def watch_run(model, steps: int = 3, lr: float = 1e-4) -> list:
-    watch = initwatch.Watch(model, every=1, on_alert=quiet)
+    watch = initwatch.Watch(model, every=1, on_alert=quiet, pretrained=False)  # from scratch
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
