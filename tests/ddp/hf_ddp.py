@@ -71,7 +71,12 @@ def main() -> None:
     # (one collective decides), or DDP would hang.
     rules = {"persistence": 1, "grad_norm_ceiling": 1e-9} if rank == 1 else None
     cb = InitWatchCallback(
-        "rezero", on_alert="stop", rules=rules, scheme_options={"seed": 100 + rank}
+        "rezero",
+        on_alert="stop",
+        rules=rules,
+        scheme_options={"seed": 100 + rank},
+        dense_start=0,  # the fixed cadence: non-logging steps exist (and issue nothing)
+        max_interval=None,
     )
     Trainer(model=model, args=args, train_dataset=data, callbacks=[cb, Probe(cb, out)]).train()
 

@@ -79,7 +79,14 @@ def main() -> None:
     data = torch.utils.data.TensorDataset(
         torch.randn(32, 6, HIDDEN, generator=g), torch.randn(32, generator=g)
     )
-    cb = InitWatch("rezero", log_every_n_steps=2, scheme_options={"seed": 100 + rank})
+    # dense_start=0, max_interval=None: the fixed cadence, so non-logging steps exist
+    cb = InitWatch(
+        "rezero",
+        log_every_n_steps=2,
+        scheme_options={"seed": 100 + rank},
+        dense_start=0,
+        max_interval=None,
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
