@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
+import traceback
 import warnings
 import weakref
 from collections import deque
@@ -25,7 +28,6 @@ from initwatch.attention import (
     remove_all,
 )
 from initwatch.context import RunContext
-from initwatch.errors import AlertError
 from initwatch.frame import Frame, LayerInfo
 from initwatch.probes import ParamProbe, ProbeSet
 from initwatch.selection import select_layers, select_parameters, unwrap
@@ -39,6 +41,8 @@ from initwatch.stats import (
     derive_loss,
     derive_param,
 )
+
+log = logging.getLogger("initwatch")
 
 FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
 LR_JUMP = 2.0  # an lr more than this multiple of the previous step's reopens the dense window
@@ -121,23 +125,33 @@ def _make_sink(writer: Any, logdir: str | None) -> tuple[Sink | None, Any]:
 
 
 def _guarded(default: Any) -> Callable:
-    """Turn an exception inside initwatch into a warning (except a deliberate AlertError)."""
+    """Turn an exception inside initwatch into one warning per method and exception type (where
+    it was raised; the full traceback goes to the ``"initwatch"`` logger at DEBUG level), so a
+    monitor bug never stops training. The alert policy runs outside: ``on_alert="raise"`` and a
+    user's ``on_alert`` function that raises do stop the run."""
 
     def wrap(method: Callable) -> Callable:
         @functools.wraps(method)
         def run(self: Watch, *args: Any, **kwargs: Any) -> Any:
             try:
                 return method(self, *args, **kwargs)
-            except AlertError:
-                raise
             except Exception as exc:
                 self._abort()
-                self._warn(f"{method.__name__} failed and was skipped: {exc!r}")
+                self._internal_failure(method.__name__, exc)
                 return default() if callable(default) else default
 
         return run
 
     return wrap
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line in function`` of the innermost frame of ``exc``'s traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    last = frames[-1]
+    return f"{os.path.basename(last.filename)}:{last.lineno} in {last.name}"
 
 
 @dataclass
@@ -167,8 +181,10 @@ class Watch:
     and snapshots a sample of weight coordinates, and :meth:`end_step` measures the update,
     reduces across ranks (one collective), copies the buffer to the host once,
     builds a :class:`~initwatch.frame.Frame`, runs the rules, writes the sinks (rank 0) and
-    applies the alert policy. An exception inside initwatch becomes a warning, never a crash
-    (except the deliberate :class:`~initwatch.errors.AlertError` of ``on_alert="raise"``).
+    applies the alert policy. An exception inside initwatch becomes one warning (with where it
+    was raised), never a crash. The alert policy's own exceptions are decisions and stop the
+    run, with the hooks removed: the :class:`~initwatch.errors.AlertError` of
+    ``on_alert="raise"`` and whatever a user's ``on_alert`` function raises.
 
     Args:
         model: the model (a ``torch.compile`` / DDP wrapper is unwrapped).
@@ -288,6 +304,7 @@ class Watch:
         self._grads_read = False
         self._closed = False
         self._warned: set[str] = set()
+        self._failed: set[str] = set()
         self._new_alerts = 0
         # True/False once the first measured step with a forward has shown whether the forward
         # hooks ran (None before): False when a compiled graph from before they were attached ran.
@@ -404,14 +421,30 @@ class Watch:
             seen = self._params.read_grads(only)
             self._read_ids |= {i for i, h in zip(ids, seen, strict=True) if h}
 
-    @_guarded(list)
     def end_step(self, loss: Any = None, skipped: bool = False) -> list[Alert]:
         """Finish the step (after ``optimizer.step()``): returns the alerts it raised.
+
+        The alerts are handed to the alert policy last. An exception from it
+        (``on_alert="raise"``'s :class:`~initwatch.AlertError`, or whatever the user's
+        ``on_alert`` function raises) closes the Watch (hooks removed) and propagates: it is
+        the user's decision to stop the run.
 
         Args:
             loss: the step's loss (a tensor stays on the device until the one host copy).
             skipped: True when an AMP scaler skipped the optimizer step: no update ratio.
         """
+        alerts = self._measure_step(loss, skipped)
+        if self._policy is not None and alerts:
+            try:
+                for alert in alerts:
+                    self._policy.handle(alert)
+            except BaseException:
+                self.close()
+                raise
+        return alerts
+
+    @_guarded(list)
+    def _measure_step(self, loss: Any, skipped: bool) -> list[Alert]:
         if not self._logging:
             return []
         self._logging = False
@@ -441,9 +474,6 @@ class Watch:
         if self._sink is not None:
             self._sink.write_frame(frame)
             self._sink.write_alerts(alerts, frame.step, self._new_alerts)
-        if self._policy is not None:
-            for alert in alerts:
-                self._policy.handle(alert)
         return alerts
 
     @contextmanager
@@ -696,6 +726,18 @@ class Watch:
             if att.error:
                 self._warn(f"attention probe on {att.name} failed and was skipped: {att.error}")
                 att.error = None
+
+    def _internal_failure(self, where: str, exc: Exception) -> None:
+        """One warning per method and exception type, with where it was raised."""
+        key = f"{where}:{type(exc).__name__}"
+        if key in self._failed:
+            return
+        self._failed.add(key)
+        log.debug("initwatch: %s failed", where, exc_info=exc)
+        self._warn(
+            f"{where} failed and was skipped: {exc!r} (raised at {_where(exc)}; the full "
+            "traceback is logged on the 'initwatch' logger at DEBUG level; please report it)"
+        )
 
     def _warn(self, message: str) -> None:
         if message in self._warned or _rank() != 0:

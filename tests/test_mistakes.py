@@ -3,7 +3,12 @@ never a silently disabled monitor or a half-applied model."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
+import lightning as L
 import pytest
+import torch
 from torch import nn
 
 import initwatch
@@ -148,3 +153,143 @@ def test_good_arguments_still_work():
     w.close()
     assert InitWatch(log_every_n_steps=5, rules={"sat_frac": 0.6}).log_every_n_steps == 5
     assert InitWatchCallback(logging_steps=3, rules=False).logging_steps == 3
+
+
+# ---- 2. a raising on_alert stops the run (hooks removed); internal failures warn once --------
+
+
+def dead_mlp() -> nn.Sequential:
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every ReLU unit is dead: dead_units at the first frame
+    return model
+
+
+def abort(alert):
+    raise RuntimeError(f"abort the run: {alert.kind}")
+
+
+def hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+def test_raising_on_alert_stops_a_plain_loop_with_hooks_removed():
+    model = dead_mlp()
+    watch = initwatch.Watch(model, every=1, on_alert=abort, rules={"persistence": 1})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert hooks(model) > 0
+    steps = []
+    with pytest.raises(RuntimeError, match="abort the run: dead_units"):
+        for step in range(4):
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(8, 4)).pow(2).mean()
+                scope.loss.backward()
+                opt.step()
+                opt.zero_grad()
+            steps.append(step)
+    assert steps == []  # stopped at step 0, where the alert fired
+    assert hooks(model) == 0
+    assert [a.kind for a in watch.alerts] == ["dead_units"]
+
+
+class DeadLit(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = dead_mlp()
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def lit_trainer(tmp_path, callbacks, **kw) -> L.Trainer:
+    args = dict(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, **args)
+
+
+def data(n: int = 16) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.randn(n, 4), batch_size=4)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_raising_on_alert_stops_a_lightning_fit_with_hooks_removed(tmp_path):
+    module = DeadLit()
+    cb = InitWatch(log_every_n_steps=1, on_alert=abort, rules={"persistence": 1})
+    trainer = lit_trainer(tmp_path, [cb])
+    with pytest.raises(RuntimeError, match="abort the run: dead_units"):
+        trainer.fit(module, data())
+    assert trainer.global_step == 1  # stopped after the step whose alert was raised
+    assert hooks(module) == 0
+    assert [a.kind for a in cb.alerts] == ["dead_units"]
+
+
+class DeadHF(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = dead_mlp()
+
+    def forward(self, x, labels=None):
+        return {"loss": self.net(x).pow(2).mean()}
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_raising_on_alert_stops_an_hf_train_with_hooks_removed(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = DeadHF()
+    cb = InitWatchCallback(logging_steps=1, on_alert=abort, rules={"persistence": 1})
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    rows = [{"x": torch.randn(4)} for _ in range(16)]
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
+    with pytest.raises(RuntimeError, match="abort the run: dead_units"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert hooks(model) == 0
+
+
+def test_internal_failures_warn_once_with_where_and_the_traceback(caplog):
+    model = mlp()
+    watch = initwatch.Watch(model, every=1)
+
+    def broken(frame, context):
+        raise KeyError("boom")
+
+    watch._rules.update = broken
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.DEBUG, "initwatch"):
+        warnings.simplefilter("always")
+        for step in range(3):  # training goes on
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(8, 4)).pow(2).mean()
+                scope.loss.backward()
+                opt.step()
+    failures = [str(w.message) for w in seen if "failed and was skipped" in str(w.message)]
+    assert len(failures) == 1
+    assert "KeyError('boom')" in failures[0]
+    assert "test_mistakes.py" in failures[0] and "in broken" in failures[0]
+    records = [r for r in caplog.records if r.exc_info]
+    assert len(records) == 1 and records[0].exc_info[0] is KeyError
+    assert watch.step_index == 2
+    watch.close()

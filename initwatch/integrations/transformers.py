@@ -350,7 +350,11 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         measured = self._driver.logging
-        self._driver.end(skipped=measured and self._skipped)
+        try:
+            self._driver.end(skipped=measured and self._skipped)
+        except BaseException:  # on_alert="raise" or the user's function: stop, hooks removed
+            self.close()
+            raise
         if measured:
             self._driver.check_scheme_live(self.scheme, "InitWatchCallback")
         if measured and self.on_alert == "stop":
