@@ -218,7 +218,7 @@ def test_report_to_tensorboard_shares_the_run_and_logs_the_preclip_norm(tmp_path
 
 def test_own_run_under_output_dir_without_tensorboard(tmp_path):
     make(tmp_path, gpt2(), [InitWatchCallback(None, dense_start=0, max_interval=None)]).train()
-    tags = scalars(tmp_path / "out" / "initwatch_logs")
+    tags = scalars(tmp_path / "out" / "initwatch_logs" / "version_0")
     assert [s for s, _ in tags["initwatch/global/grad_norm_global"]] == [2, 4]
 
 

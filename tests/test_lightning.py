@@ -267,7 +267,7 @@ def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
 def test_writes_an_own_run_without_a_tensorboard_logger(tmp_path):
     watch = InitWatch(None, log_every_n_steps=2, dense_start=0, max_interval=None)
     trainer(tmp_path, [watch]).fit(Tiny(), loader())
-    tags = scalars(tmp_path / "initwatch_logs")
+    tags = scalars(tmp_path / "initwatch_logs" / "version_0")
     assert tags["initwatch/global/grad_norm_global"] == [0, 1, 3]
 
 

@@ -293,3 +293,45 @@ def test_internal_failures_warn_once_with_where_and_the_traceback(caplog):
     assert len(records) == 1 and records[0].exc_info[0] is KeyError
     assert watch.step_index == 2
     watch.close()
+
+
+# ---- 3. a run directory always exists, one run per fit ------------------------------------------
+
+
+def event_steps(logdir, tag="initwatch/global/grad_norm_global") -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fast_dev_run_writes_under_default_root_dir_not_a_none_directory(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root = tmp_path / "root"
+    trainer = L.Trainer(
+        fast_dev_run=2,
+        callbacks=[InitWatch(log_every_n_steps=1)],
+        default_root_dir=root,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    assert trainer.log_dir is None  # what made str(None) a directory name
+    trainer.fit(DeadLit(), data())
+    assert list(cwd.iterdir()) == []  # no ./None/initwatch_logs
+    assert event_steps(root / "initwatch_logs" / "version_0") == [0, 1]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_two_fits_without_a_logger_write_two_runs(tmp_path):
+    module, cb = DeadLit(), InitWatch(log_every_n_steps=2)
+    lit_trainer(tmp_path, [cb], max_steps=4).fit(module, data())
+    lit_trainer(tmp_path, [cb], max_steps=4).fit(module, data())
+    runs = tmp_path / "initwatch_logs"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    assert event_steps(runs / "version_0") == [0, 1, 3]  # was 0,1,3,0,1,3 in one run
+    assert event_steps(runs / "version_1") == [0, 1, 3]

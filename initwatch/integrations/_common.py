@@ -39,6 +39,32 @@ class UnsupportedStrategyError(InitWatchError, RuntimeError):
     """
 
 
+def own_run_dir(base: str | os.PathLike | None, fallback: str | os.PathLike = ".") -> str:
+    """A fresh TensorBoard run for one fit: ``<base>/initwatch_logs/version_<N>``, N one past
+    the highest existing version, so two fits never write into one run. ``base`` None (a
+    trainer without a log directory, e.g. Lightning's ``fast_dev_run``) uses ``fallback``.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.path.relpath(own_run_dir(root), root)
+        'initwatch_logs/version_0'
+        >>> os.makedirs(own_run_dir(root)); os.path.basename(own_run_dir(root))
+        'version_1'
+        >>> os.path.relpath(own_run_dir(None, fallback=root), root)
+        'initwatch_logs/version_1'
+    """
+    parent = os.path.join(os.fspath(base if base is not None else fallback), OWN_RUN)
+    taken = [-1]
+    if os.path.isdir(parent):
+        for name in os.listdir(parent):
+            number = name[len("version_") :]
+            if name.startswith("version_") and number.isdigit():
+                taken.append(int(number))
+    return os.path.join(parent, f"version_{max(taken) + 1}")
+
+
 def resolve_scheme(scheme: str | None) -> str | None:
     """The canonical scheme name (``None`` stays ``None``); ``ValueError`` for an unknown one.
 

@@ -19,7 +19,6 @@ from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     DENSE_START,
     MAX_INTERVAL,
-    OWN_RUN,
     AdapterSettings,
     UnsupportedStrategyError,
     any_rank,
@@ -28,6 +27,7 @@ from initwatch.integrations._common import (
     base_lr_of,
     describe_report,
     is_summary_writer,
+    own_run_dir,
     peak_lr_of,
     read_anatomy,
     warmup_steps_of,
@@ -96,7 +96,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     logged step and this one count batches). Rules turn
     them into :class:`~initwatch.Alert`\ s with remedies, and everything is written to the
     TensorBoard run of the first ``TensorBoardLogger`` in ``trainer.loggers`` (only rank 0
-    writes), or to an own run under ``trainer.log_dir``/``initwatch_logs`` without one.
+    writes), or without one to an own run per fit, ``initwatch_logs/version_<N>`` under
+    ``trainer.log_dir`` (``default_root_dir`` when the trainer has none, e.g. ``fast_dev_run``).
 
     Args:
         scheme: ``"deepnet"``, ``"t-fixup"``, ``"rezero"`` or None (only watch; the right
@@ -329,8 +330,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             experiment = tb.experiment if trainer.is_global_zero else None
             if is_summary_writer(experiment):
                 return experiment, None
-            return None, os.path.join(str(tb.log_dir), OWN_RUN)
-        return None, os.path.join(str(trainer.log_dir), OWN_RUN)
+            return None, own_run_dir(tb.log_dir, trainer.default_root_dir)
+        # No TensorBoardLogger: an own run per fit; fast_dev_run's log_dir is None.
+        return None, own_run_dir(trainer.log_dir, trainer.default_root_dir)
 
     # ---- steps --------------------------------------------------------------------------
 

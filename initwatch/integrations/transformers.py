@@ -20,7 +20,6 @@ from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
     DENSE_START,
     MAX_INTERVAL,
-    OWN_RUN,
     AdapterSettings,
     UnsupportedStrategyError,
     any_rank,
@@ -28,6 +27,7 @@ from initwatch.integrations._common import (
     base_context,
     base_lr_of,
     describe_report,
+    own_run_dir,
     peak_lr_of,
     read_anatomy,
     warmup_steps_of,
@@ -64,7 +64,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     ``grad_norm_clipped``). The pre-clip norm the Trainer logs (``logs["grad_norm"]``) is also
     written as ``initwatch/global/grad_norm_preclip`` (``train/grad_norm`` in the Trainer's own
     run). With ``report_to="tensorboard"`` the statistics go into the Trainer's run directory;
-    otherwise into ``<output_dir>/initwatch_logs``. Only world process zero writes.
+    otherwise into an own run per ``train()``, ``<output_dir>/initwatch_logs/version_<N>``.
+    Only world process zero writes.
 
     Args:
         scheme: ``"deepnet"``, ``"t-fixup"``, ``"rezero"`` or None (only watch; the right
@@ -279,7 +280,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
                 accelerator.clip_grad_norm_ = original
 
     def _logdir(self, args: TrainingArguments, trainer: Trainer | None) -> str:
-        """The TensorBoardCallback's run directory, else ``<output_dir>/initwatch_logs``."""
+        """The TensorBoardCallback's run directory, else a fresh own run per ``train()``:
+        ``<output_dir>/initwatch_logs/version_<N>``."""
         if self.logdir is not None:
             return self.logdir
         callbacks = trainer.callback_handler.callbacks if trainer is not None else []
@@ -289,7 +291,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
                 found = getattr(writer, "log_dir", None) or getattr(cb, "logging_dir", None)
                 if found:
                     return str(found)
-        return os.path.join(args.output_dir, OWN_RUN)
+        return own_run_dir(args.output_dir)
 
     def _capture_loss(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self._driver.logging or not module.training:
