@@ -335,3 +335,98 @@ def test_two_fits_without_a_logger_write_two_runs(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
     assert event_steps(runs / "version_0") == [0, 1, 3]  # was 0,1,3,0,1,3 in one run
     assert event_steps(runs / "version_1") == [0, 1, 3]
+
+
+# ---- 4. resume errors that explain themselves; the alert history survives a new cadence ---------
+
+ALWAYS = {"persistence": 1, "grad_norm_ceiling": 1e-9}  # an exploding_gradient alert each frame
+
+
+class TinyEncoder(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = zoo.build("torch_encoder", layers=2, hidden=16, heads=2)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def seqs() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.randn(16, 5, 16), batch_size=4)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
+    cb = InitWatch("rezero", log_every_n_steps=1, on_alert="ignore", rules=ALWAYS)
+    first = lit_trainer(tmp_path, [cb], max_steps=2)
+    first.fit(TinyEncoder(), seqs())
+    ckpt = tmp_path / "rezero.ckpt"
+    first.save_checkpoint(ckpt)
+    before = [(a.kind, a.step) for a in cb.alerts]
+    assert before
+
+    for wrong in (None, "deepnet"):
+        with pytest.raises(initwatch.InitWatchError) as info:
+            lit_trainer(tmp_path, [InitWatch(wrong)], max_steps=4).fit(
+                TinyEncoder(), seqs(), ckpt_path=ckpt
+            )
+        message = str(info.value)
+        assert "scheme 'rezero'" in message
+        assert "InitWatch(scheme='rezero')" in message and "initwatch.restore" in message
+        assert "Missing key" not in message
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_resume_with_a_new_cadence_keeps_the_alert_history(tmp_path):
+    cb = InitWatch("rezero", log_every_n_steps=1, on_alert="ignore", rules=ALWAYS)
+    first = lit_trainer(tmp_path, [cb], max_steps=2)
+    first.fit(TinyEncoder(), seqs())
+    ckpt = tmp_path / "rezero.ckpt"
+    first.save_checkpoint(ckpt)
+    before = [(a.kind, a.step) for a in cb.alerts]
+    assert before
+    again = InitWatch("rezero", log_every_n_steps=3, on_alert="ignore", rules=ALWAYS)
+    lit_trainer(tmp_path, [again], max_steps=4).fit(TinyEncoder(), seqs(), ckpt_path=ckpt)
+    assert [(a.kind, a.step) for a in again.alerts][: len(before)] == before
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hf_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    def make(cb, max_steps=2):
+        args = TrainingArguments(
+            str(tmp_path / "out"),
+            max_steps=max_steps,
+            per_device_train_batch_size=2,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="steps",
+            save_steps=2,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        ids = torch.randint(0, 96, (8, 8), generator=torch.Generator().manual_seed(0))
+        rows = [{"input_ids": r, "labels": r} for r in ids]
+        trainer = Trainer(
+            model=zoo.build("gpt2", layers=2, hidden=32),
+            args=args,
+            train_dataset=rows,
+            callbacks=[cb],
+        )
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    make(InitWatchCallback("rezero")).train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    assert ckpt.is_dir()
+    with pytest.raises(initwatch.InitWatchError) as info:
+        make(InitWatchCallback(None), max_steps=4).train(resume_from_checkpoint=str(ckpt))
+    message = str(info.value)
+    assert "scheme 'rezero'" in message and "InitWatchCallback(scheme='rezero')" in message
+    assert "initwatch.restore" in message
+    # the right scheme resumes
+    make(InitWatchCallback("rezero"), max_steps=4).train(resume_from_checkpoint=str(ckpt))

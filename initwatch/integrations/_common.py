@@ -143,6 +143,55 @@ def apply_scheme(
     return reinit(model, scheme, **opts)
 
 
+def guard_resume(model: nn.Module, callback: str) -> Any:
+    """Until the returned handle is removed, loading a checkpoint into ``model`` whose keys show
+    another scheme than ``model`` carries raises :class:`~initwatch.InitWatchError` naming the
+    checkpoint's scheme and the fix, before the framework's raw missing/unexpected-keys error
+    (or, with a non-strict load, a silently half-loaded model). ``callback`` is the call that
+    fixes it, with ``{scheme}`` for the checkpoint's scheme.
+
+    Example::
+
+        >>> from initwatch import reinit, zoo
+        >>> trained = zoo.build("gpt2", layers=2)
+        >>> _ = reinit(trained, "rezero")
+        >>> fresh = zoo.build("gpt2", layers=2)
+        >>> handle = guard_resume(fresh, "InitWatch(scheme={scheme!r})")
+        >>> fresh.load_state_dict(trained.state_dict())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.InitWatchError: this checkpoint was written by a model re-initialized with scheme 'rezero' ... pass InitWatch(scheme='rezero'): ...
+        >>> handle.remove()
+    """
+    from initwatch.schemes.restore import scheme_of_state
+
+    def check(module: nn.Module, state: Mapping[str, Any], prefix: str, *rest: Any) -> None:
+        own = set(module.state_dict())
+        if prefix or len(own & set(state)) < len(own) / 2:
+            return  # a submodule, or a partial load (adapters): not a checkpoint of this model
+        found = scheme_of_state(module, state)
+        present = applied_scheme(module) or "none"
+        if found == present:
+            return
+        carries = "no scheme" if present == "none" else f"scheme {present!r}"
+        if found == "none":
+            raise InitWatchError(
+                "this checkpoint was written by a model without an initwatch scheme, but the "
+                f"model it is loaded into carries {carries}, so their keys differ. To resume it, "
+                f"pass {callback.format(scheme=None)}; to re-initialize, start from scratch "
+                "without the checkpoint."
+            )
+        raise InitWatchError(
+            f"this checkpoint was written by a model re-initialized with scheme {found!r} (its "
+            f"keys carry that scheme's structure), but the model it is loaded into carries "
+            f"{carries}. To resume it, pass {callback.format(scheme=found)}: the structure is "
+            "rebuilt before the weights are loaded. To load it outside the trainer, build a "
+            "fresh model and call initwatch.restore(model, checkpoint)."
+        )
+
+    return model.register_load_state_dict_pre_hook(check)
+
+
 def read_anatomy(model: nn.Module, given: Anatomy | None) -> Anatomy | None:
     """The anatomy passed by the user, else :func:`initwatch.inspect`'s, else None.
 

@@ -26,6 +26,7 @@ from initwatch.integrations._common import (
     base_context,
     base_lr_of,
     describe_report,
+    guard_resume,
     is_summary_writer,
     own_run_dir,
     peak_lr_of,
@@ -208,6 +209,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self.stopping_reason_message: str | None = None
         self._anatomies: dict[int, Anatomy | None] = {}
         self._restored = False  # load_state_dict ran since the last fit (a resume)
+        self._resume_guard: Any = None
         self._scale_before: float | None = None
         self._global_step_at_begin: int | None = None
 
@@ -216,12 +218,21 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            scheme=self.scheme,
-            log_every_n_steps=self.log_every_n_steps,
-            layers=self.layers if isinstance(self.layers, str) else list(self.layers),
-            logdir=self.logdir,
-        )
+        # One watching callback per Trainer, so the class name identifies it: a resume with
+        # another log_every_n_steps, layers or logdir keeps the alert history.
+        return type(self).__qualname__
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        # Checkpoints of initwatch <= 0.1.0 keyed the state by the settings as well.
+        older = [k for k in states if isinstance(k, str) and k.startswith(self.state_key + "{")]
+        if older:
+            self.load_state_dict(states[older[0]])
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -241,6 +252,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return
         _refuse_strategy(trainer)
         _refuse_spawn(trainer, self.scheme)
+        if not _is_sharded(trainer):  # (sharded strategies load their own way)
+            self._guard_resume(pl_module)
         self._apply_scheme(trainer, pl_module)
         self._early = _is_fsdp1(trainer)
         if self._early:  # FSDP1 wraps after setup: attach to the original parameters now
@@ -280,11 +293,21 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self._anatomies[id(pl_module)] = anatomy
         rank_zero_info(f"InitWatch: {describe_report(report)}")
 
+    def _guard_resume(self, pl_module: pl.LightningModule | None) -> None:
+        """Between setup and on_fit_start Lightning restores ``fit(ckpt_path=...)``: a
+        checkpoint of another scheme gets an error that names it (see ``guard_resume``)."""
+        if self._resume_guard is not None:
+            self._resume_guard.remove()
+            self._resume_guard = None
+        if pl_module is not None:
+            self._resume_guard = guard_resume(pl_module, "InitWatch(scheme={scheme!r})")
+
     # ---- fit: attach the Watch --------------------------------------------------------------
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here (not on_train_start): before the sanity check runs a possibly compiled forward.
+        self._guard_resume(None)  # the checkpoint, if any, is loaded
         _refuse_fused_scaling(trainer)
         self.stopping_reason = InitWatchStoppingReason.NOT_STOPPED
         self.stopping_reason_message = None
@@ -416,12 +439,14 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            self._guard_resume(None)
             self._driver.close()
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        self._guard_resume(None)
         self._driver.close()
 
 

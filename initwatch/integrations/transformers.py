@@ -27,6 +27,7 @@ from initwatch.integrations._common import (
     base_context,
     base_lr_of,
     describe_report,
+    guard_resume,
     own_run_dir,
     peak_lr_of,
     read_anatomy,
@@ -171,6 +172,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._skipped = False
         self._preclip: Any = None
         self._clip_patch: tuple[Any, Any] | None = None
+        self._resume_guard: Any = None
 
     # ---- init: the scheme -----------------------------------------------------------------
 
@@ -184,6 +186,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         if model is None:
             return
         self._model = weakref.ref(model)
+        self._guard_resume(model)  # until train(resume_from_checkpoint=...) has loaded
         if self.scheme is None:
             return
         if trainer is not None and trainer.model_init is not None:
@@ -217,6 +220,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model: nn.Module = kwargs["model"]
+        self._guard_resume(None)
         seen = self._model() if self._model is not None else None
         if self.scheme is not None and seen is None:
             raise InitWatchError(_MISSED_INIT_HELP.format(scheme=self.scheme))
@@ -278,6 +282,15 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             self._clip_patch = None
             if accelerator.__dict__.get("clip_grad_norm_") is not None:
                 accelerator.clip_grad_norm_ = original
+
+    def _guard_resume(self, model: nn.Module | None) -> None:
+        """A checkpoint of another scheme loaded by ``train(resume_from_checkpoint=...)`` (a
+        non-strict load in the Trainer) raises an error naming it (see ``guard_resume``)."""
+        if self._resume_guard is not None:
+            self._resume_guard.remove()
+            self._resume_guard = None
+        if model is not None:
+            self._resume_guard = guard_resume(model, "InitWatchCallback(scheme={scheme!r})")
 
     def _logdir(self, args: TrainingArguments, trainer: Trainer | None) -> str:
         """The TensorBoardCallback's run directory, else a fresh own run per ``train()``:
@@ -416,6 +429,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     def close(self) -> None:
         """Write the summary, remove the hooks and close the writer (idempotent; called at
         ``on_train_end``)."""
+        self._guard_resume(None)
         self._release_loss()
         self._unwatch_clipping()
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from initwatch.schemes.saved import quiet_load, record, recorded_scheme
 from initwatch.schemes.structure import (
     DEEPNORM_BUFFER,
     REZERO_PARAM,
+    RemovedNorm,
     applied_structure,
     keep_eager,
     remove_norm,
@@ -254,3 +255,38 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             f"{'...' if len(unexpected) > 8 else ''}. Build the model with the same config "
             "as the one that was saved."
         )
+
+
+def scheme_of_state(model: nn.Module, keys: Iterable[str]) -> str:
+    """The scheme whose structure a checkpoint's keys show for ``model``'s architecture: ReZero
+    gates, DeepNorm's ``deepnorm_alpha``, or norms of ``model`` whose weights the checkpoint
+    lacks; ``"none"`` for a plain checkpoint. Keys are matched to ``model``'s own names.
+
+    Example::
+
+        >>> from initwatch import reinit, zoo
+        >>> trained = zoo.build("gpt2")
+        >>> _ = reinit(trained, "t-fixup")
+        >>> scheme_of_state(zoo.build("gpt2"), trained.state_dict())
+        't-fixup'
+        >>> scheme_of_state(zoo.build("gpt2"), zoo.build("gpt2").state_dict())
+        'none'
+    """
+    own = dict(model.state_dict())
+    state = _align_prefix({k: None for k in keys}, set(own))  # type: ignore[misc]
+    found = set()
+    for key in state:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf.startswith(REZERO_PARAM):
+            found.add("rezero")
+        elif leaf == DEEPNORM_BUFFER:
+            found.add("deepnet")
+    removed = False
+    for path, module in model.named_modules():
+        if "norm" not in type(module).__name__.lower() or isinstance(module, RemovedNorm):
+            continue
+        names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
+        if names and not any(n in state for n in names):
+            removed = True
+            break
+    return _identify(found, removed)
