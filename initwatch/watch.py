@@ -44,6 +44,9 @@ from initwatch.stats import (
 
 log = logging.getLogger("initwatch")
 
+# model -> the open Watch attached to it (weak both ways: no reference kept, nothing pickled)
+_OPEN: weakref.WeakKeyDictionary[nn.Module, Callable[[], Any]] = weakref.WeakKeyDictionary()
+
 FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
 LR_JUMP = 2.0  # an lr more than this multiple of the previous step's reopens the dense window
 
@@ -293,10 +296,16 @@ class Watch:
         self._loss = self._buffer.add("loss", LOSS_FIELDS)
         self._probes = ProbeSet(targets, self._buffer)
         self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
-        self._buffer.allocate()
-        self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
-        self._rules = _make_rules(rules)
-        self._sink, self._own_writer = _make_sink(writer, logdir)
+        try:  # all or nothing: a failure from here on leaves no hook behind
+            self._buffer.allocate()
+            self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
+            self._rules = _make_rules(rules)
+            self._sink, self._own_writer = _make_sink(writer, logdir)
+        except BaseException:
+            self._probes.remove()
+            remove_all(self._attention)
+            raise
+        self._note_open(inner)
         self.alerts: list[Alert] = []
         self.frames: deque[Frame] = deque(maxlen=FRAME_HISTORY)
         self.step_index: int | None = None
@@ -542,6 +551,9 @@ class Watch:
                 h.remove()
         self._optimizer_hooks = []
         remove_all(self._attention)
+        inner = unwrap(self.model)
+        if _OPEN.get(inner, lambda: None)() is self:
+            del _OPEN[inner]
         if self._sink is not None:
             self._sink.close(self.last_frame, self.alerts)
         if self._own_writer is not None:
@@ -726,6 +738,20 @@ class Watch:
             if att.error:
                 self._warn(f"attention probe on {att.name} failed and was skipped: {att.error}")
                 att.error = None
+
+    def _note_open(self, inner: nn.Module) -> None:
+        """Warn when another open Watch (or initwatch callback) watches the same model."""
+        other = _OPEN.get(inner, lambda: None)()
+        if other is not None and not other._closed:
+            warnings.warn(
+                f"initwatch: this {type(inner).__name__} is already watched by an open Watch "
+                "(a plain Watch, or one an initwatch callback created): both measure it, so every "
+                "statistic and TensorBoard point is written twice. close() the first one, or "
+                "keep only one of the callback and the plain Watch.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _OPEN[inner] = weakref.ref(self)
 
     def _internal_failure(self, where: str, exc: Exception) -> None:
         """One warning per method and exception type, with where it was raised."""

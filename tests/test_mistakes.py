@@ -430,3 +430,80 @@ def test_hf_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
     assert "initwatch.restore" in message
     # the right scheme resumes
     make(InitWatchCallback("rezero"), max_steps=4).train(resume_from_checkpoint=str(ckpt))
+
+
+# ---- 5. all or nothing; one watcher per model ---------------------------------------------------
+
+
+def test_two_hf_callbacks_are_refused_before_anything_is_applied(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True)
+    callbacks = [InitWatchCallback("rezero"), InitWatchCallback("t-fixup")]
+    with pytest.raises(initwatch.InitWatchError, match="two initwatch callbacks on one trainer"):
+        Trainer(model=model, args=args, callbacks=callbacks)
+    assert initwatch.schemes.base.applied_scheme(model) is None
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+    # the corrected retry works on the same model
+    good = InitWatchCallback("rezero")
+    Trainer(model=model, args=args, callbacks=[good])
+    assert good.report.scheme == "rezero"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_two_lightning_callbacks_are_refused_before_anything_is_applied(tmp_path):
+    module = TinyEncoder()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    callbacks = [InitWatch("rezero"), InitWatch(None)]
+    with pytest.raises(initwatch.InitWatchError, match="two initwatch callbacks on one trainer"):
+        lit_trainer(tmp_path, callbacks).fit(module, seqs())
+    assert initwatch.schemes.base.applied_scheme(module) is None
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(RuntimeError, match="state_key"):  # one scheme: Lightning refuses
+        lit_trainer(tmp_path, [InitWatch(None), InitWatch(None)])
+    good = InitWatch("t-fixup")
+    lit_trainer(tmp_path, [good], max_steps=1).fit(module, seqs())
+    assert good.report.scheme == "t-fixup"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_refused_lightning_resume_leaves_the_model_as_it_was(tmp_path):
+    first = lit_trainer(tmp_path, [InitWatch("rezero")], max_steps=1)
+    first.fit(TinyEncoder(), seqs())
+    ckpt = tmp_path / "rezero.ckpt"
+    first.save_checkpoint(ckpt)
+    module = TinyEncoder()
+    with pytest.raises(initwatch.InitWatchError, match="scheme 'rezero'"):
+        lit_trainer(tmp_path, [InitWatch("deepnet")]).fit(module, seqs(), ckpt_path=ckpt)
+    assert initwatch.schemes.base.applied_scheme(module) is None  # deepnet was not applied
+    retry = InitWatch("rezero")
+    lit_trainer(tmp_path, [retry], max_steps=2).fit(module, seqs(), ckpt_path=ckpt)
+    assert retry.scheme_outcome.name == "APPLIED"
+
+
+def test_a_second_open_watch_on_one_model_warns():
+    model = mlp()
+    first = initwatch.Watch(model)
+    with pytest.warns(RuntimeWarning, match="already watched by an open Watch"):
+        second = initwatch.Watch(model)
+    second.close()
+    first.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        initwatch.Watch(model).close()  # the earlier ones are closed: no warning
+
+
+def test_a_failing_watch_construction_leaves_no_hook(monkeypatch):
+    import initwatch.watch as watch_module
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(watch_module, "_make_sink", explode)
+    model = mlp()
+    with pytest.raises(OSError, match="disk full"):
+        initwatch.Watch(model, logdir="runs")
+    assert hooks(model) == 0

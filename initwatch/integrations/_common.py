@@ -4,7 +4,7 @@ and driving a :class:`~initwatch.Watch` through a framework's step events."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -163,33 +163,74 @@ def guard_resume(model: nn.Module, callback: str) -> Any:
         initwatch.errors.InitWatchError: this checkpoint was written by a model re-initialized with scheme 'rezero' ... pass InitWatch(scheme='rezero'): ...
         >>> handle.remove()
     """
-    from initwatch.schemes.restore import scheme_of_state
 
     def check(module: nn.Module, state: Mapping[str, Any], prefix: str, *rest: Any) -> None:
-        own = set(module.state_dict())
-        if prefix or len(own & set(state)) < len(own) / 2:
-            return  # a submodule, or a partial load (adapters): not a checkpoint of this model
-        found = scheme_of_state(module, state)
-        present = applied_scheme(module) or "none"
-        if found == present:
-            return
-        carries = "no scheme" if present == "none" else f"scheme {present!r}"
-        if found == "none":
-            raise InitWatchError(
-                "this checkpoint was written by a model without an initwatch scheme, but the "
-                f"model it is loaded into carries {carries}, so their keys differ. To resume it, "
-                f"pass {callback.format(scheme=None)}; to re-initialize, start from scratch "
-                "without the checkpoint."
-            )
-        raise InitWatchError(
-            f"this checkpoint was written by a model re-initialized with scheme {found!r} (its "
-            f"keys carry that scheme's structure), but the model it is loaded into carries "
-            f"{carries}. To resume it, pass {callback.format(scheme=found)}: the structure is "
-            "rebuilt before the weights are loaded. To load it outside the trainer, build a "
-            "fresh model and call initwatch.restore(model, checkpoint)."
-        )
+        if not prefix:  # the model itself, not one of its submodules
+            check_checkpoint(module, state, applied_scheme(module) or "none", callback)
 
     return model.register_load_state_dict_pre_hook(check)
+
+
+def check_checkpoint(model: nn.Module, keys: Iterable[str], present: str, callback: str) -> None:
+    """Raise :class:`~initwatch.InitWatchError` when a checkpoint's keys show another scheme
+    than ``present`` (the scheme ``model`` carries, or will carry once the callback applied
+    it), naming both and the fix (``callback`` with ``{scheme}``). Partial state dicts (less
+    than half of the model's keys, e.g. adapters) are not judged.
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> model = zoo.build("gpt2", layers=2)
+        >>> check_checkpoint(model, model.state_dict(), "none", "InitWatch(scheme={scheme!r})")
+        >>> check_checkpoint(model, model.state_dict(), "rezero", "InitWatch(scheme={scheme!r})")
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.InitWatchError: this checkpoint was written by a model without an initwatch scheme, ...
+    """
+    from initwatch.schemes.restore import scheme_of_state
+
+    keys = set(keys)
+    own = set(model.state_dict())
+    if len(own & keys) < len(own) / 2:
+        return
+    found = scheme_of_state(model, keys)
+    if found == present:
+        return
+    carries = "no scheme" if present == "none" else f"scheme {present!r}"
+    if found == "none":
+        raise InitWatchError(
+            "this checkpoint was written by a model without an initwatch scheme, but the "
+            f"model it is loaded into carries {carries}, so their keys differ. To resume it, "
+            f"pass {callback.format(scheme=None)}; to re-initialize, start from scratch "
+            "without the checkpoint."
+        )
+    raise InitWatchError(
+        f"this checkpoint was written by a model re-initialized with scheme {found!r} (its "
+        f"keys carry that scheme's structure), but the model it is loaded into carries "
+        f"{carries}. To resume it, pass {callback.format(scheme=found)}: the structure is "
+        "rebuilt before the weights are loaded. To load it outside the trainer, build a "
+        "fresh model and call initwatch.restore(model, checkpoint)."
+    )
+
+
+def refuse_second_watcher(callbacks: Iterable[Any], me: Any) -> None:
+    """Raise :class:`~initwatch.InitWatchError` when ``callbacks`` hold another initwatch
+    callback besides ``me``: two would apply schemes twice and write every point twice. Called
+    before anything is applied, so a refused construction leaves the model as it was.
+
+    Example::
+
+        >>> refuse_second_watcher([1, "x"], object())
+    """
+    mine = type(me).__name__
+    others = [c for c in callbacks if c is not me and isinstance(c, AdapterSettings)]
+    if others:
+        raise InitWatchError(
+            f"two initwatch callbacks on one trainer ({mine} and {type(others[0]).__name__}): "
+            "each would watch the same model (every TensorBoard point written twice) and a "
+            "second scheme would re-initialize the first one's. Keep one, e.g. "
+            f"callbacks=[{mine}(scheme='rezero')]; nothing was applied."
+        )
 
 
 def read_anatomy(model: nn.Module, given: Anatomy | None) -> Anatomy | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -25,14 +26,17 @@ from initwatch.integrations._common import (
     apply_scheme,
     base_context,
     base_lr_of,
+    check_checkpoint,
     describe_report,
     guard_resume,
     is_summary_writer,
     own_run_dir,
     peak_lr_of,
     read_anatomy,
+    refuse_second_watcher,
     warmup_steps_of,
 )
+from initwatch.schemes.base import applied_scheme
 from initwatch.sharding import broadcast_from_rank0
 
 # One class serves both import styles: it is a ``lightning.pytorch`` Callback and, when the
@@ -218,9 +222,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     @property
     @override
     def state_key(self) -> str:
-        # One watching callback per Trainer, so the class name identifies it: a resume with
-        # another log_every_n_steps, layers or logdir keeps the alert history.
-        return type(self).__qualname__
+        # The scheme only: a resume with another log_every_n_steps, layers or logdir keeps the
+        # alert history. (Two InitWatch with one scheme are refused by Lightning for sharing a
+        # state_key; with different schemes, by setup: one watching callback per Trainer.)
+        return self._generate_state_key(scheme=self.scheme)
 
     @override
     def on_load_checkpoint(
@@ -229,8 +234,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
-        # Checkpoints of initwatch <= 0.1.0 keyed the state by the settings as well.
-        older = [k for k in states if isinstance(k, str) and k.startswith(self.state_key + "{")]
+        # Checkpoints of initwatch <= 0.1.0 keyed the state by the other settings as well.
+        start = self.state_key[:-1]  # "InitWatch{'scheme': 'rezero'" of "...{'scheme': ...}"
+        older = [k for k in states if isinstance(k, str) and k.startswith(start + ", ")]
         if older:
             self.load_state_dict(states[older[0]])
 
@@ -252,7 +258,14 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return
         _refuse_strategy(trainer)
         _refuse_spawn(trainer, self.scheme)
+        refuse_second_watcher(trainer.callbacks, self)
         if not _is_sharded(trainer):  # (sharded strategies load their own way)
+            # Checked before the scheme is applied, so a refused fit leaves the model alone.
+            ckpt = _ckpt_path_of_this_fit(trainer)
+            keys = _checkpoint_keys(ckpt) if ckpt is not None else None
+            if keys is not None:
+                will = self.scheme or applied_scheme(pl_module) or "none"
+                check_checkpoint(pl_module, keys, will, "InitWatch(scheme={scheme!r})")
             self._guard_resume(pl_module)
         self._apply_scheme(trainer, pl_module)
         self._early = _is_fsdp1(trainer)
@@ -458,6 +471,32 @@ def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any)
     if loss is None or n == 1 or not pl_module.automatic_optimization:
         return loss
     return loss * n if torch.is_tensor(loss) else float(loss) * n
+
+
+def _ckpt_path_of_this_fit(trainer: pl.Trainer) -> Any:
+    """The ``ckpt_path`` that ``fit`` will restore after ``setup`` (a local of
+    ``Trainer._run``, the caller of the setup hooks), or None."""
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "_run" and frame.f_locals.get("self") is trainer:
+            return frame.f_locals.get("ckpt_path")
+        frame = frame.f_back
+    return trainer.ckpt_path
+
+
+def _checkpoint_keys(path: Any) -> list[str] | None:
+    """The state-dict keys of a local Lightning checkpoint (memory-mapped), None if unreadable:
+    the load-time check (``guard_resume``) still runs then."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
+    state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
+    return list(state) if isinstance(state, Mapping) else None
 
 
 def _is_tensorboard_logger(logger: Any) -> bool:

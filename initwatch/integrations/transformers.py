@@ -31,6 +31,7 @@ from initwatch.integrations._common import (
     own_run_dir,
     peak_lr_of,
     read_anatomy,
+    refuse_second_watcher,
     warmup_steps_of,
 )
 from initwatch.sharding import broadcast_from_rank0
@@ -183,6 +184,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         model, trainer = kwargs.get("model"), _find_trainer()
         self._trainer = weakref.ref(trainer) if trainer is not None else None
         _refuse_strategy(args, trainer)
+        if trainer is not None:  # before anything is applied: a refusal leaves the model alone
+            refuse_second_watcher(trainer.callback_handler.callbacks, self)
         if model is None:
             return
         self._model = weakref.ref(model)
