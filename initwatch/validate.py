@@ -313,7 +313,12 @@ def scheme_options(scheme: str | None, options: Any) -> dict[str, Any]:
         from initwatch.schemes import registry
         from initwatch.schemes.base import check_options
 
-        check_options(scheme, opts, registry.get(scheme).options)
+        try:
+            check_options(scheme, opts, registry.get(scheme).options)
+        except ValueError as exc:
+            raise ArgumentError(
+                f"scheme_options={opts!r}: {exc}; e.g. scheme_options={{'seed': 0}}"
+            ) from None
     reinit_options(opts)
     return opts
 

@@ -148,6 +148,22 @@ def _guarded(default: Any) -> Callable:
     return wrap
 
 
+def _inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside Lightning's / accelerate's wrappers."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """FSDP / DTensor parameters: the optimizer's tensors are not the module's."""
+    if any(
+        type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules()
+    ):
+        return True
+    return any(
+        type(p).__name__ == "DTensor" or hasattr(p, "_local_tensor") for p in model.parameters()
+    )
+
+
 def _where(exc: BaseException) -> str:
     """``file:line in function`` of the innermost frame of ``exc``'s traceback."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -318,6 +334,8 @@ class Watch:
         # True/False once the first measured step with a forward has shown whether the forward
         # hooks ran (None before): False when a compiled graph from before they were attached ran.
         self.hooks_live: bool | None = None
+        self._optimizer_checked = False
+        self._first_optimizers: list[Any] = []
         self._optimizer_hooks: list[tuple[weakref.ref, list]] = []
         self._stepped = False
         self._in_step = False
@@ -397,8 +415,13 @@ class Watch:
         GAN under manual optimization), each optimizer's gradients are read at its own step
         (each tensor once) and the snapshot of the first call stands: the update is measured
         over the whole step.
+
+        The optimizers of the first step are checked for trainable parameters they miss
+        (:meth:`check_optimizer`) when it ends.
         """
-        opt = getattr(optimizer, "optimizer", optimizer)  # Lightning / accelerate wrappers
+        opt = _inner_optimizer(optimizer)
+        if not self._optimizer_checked and all(o is not opt for o in self._first_optimizers):
+            self._first_optimizers.append(opt)
         self._groups = getattr(opt, "param_groups", None) or self._groups
         if not self._logging:
             return
@@ -430,6 +453,47 @@ class Watch:
             seen = self._params.read_grads(only)
             self._read_ids |= {i for i, h in zip(ids, seen, strict=True) if h}
 
+    @_guarded(list)
+    def check_optimizer(self, optimizers: Any) -> list[str]:
+        """Warn once, naming them, about trainable parameters that are in no param group of
+        ``optimizers`` (one optimizer or several): they would never train, e.g. ReZero gates
+        added after the optimizer was built. Returns their names. Runs when the first step ends,
+        over the optimizers that stepped in it; the callbacks call it when training starts.
+
+        Example::
+
+            >>> import torch, torch.nn as nn, initwatch
+            >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+            >>> watch = initwatch.Watch(model, rules=False)
+            >>> opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+            >>> import warnings
+            >>> with warnings.catch_warnings(record=True):
+            ...     watch.check_optimizer(opt)
+            ['1.weight', '1.bias']
+            >>> watch.close()
+        """
+        self._optimizer_checked = True
+        self._first_optimizers = []
+        many = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
+        groups = [g for o in many for g in getattr(_inner_optimizer(o), "param_groups", [])]
+        inner = unwrap(self.model)
+        if not groups or _is_sharded(inner):  # sharded: optimizers hold other tensor objects
+            return []
+        held = {id(p) for g in groups for p in g.get("params", [])}
+        missing = [n for n, p in inner.named_parameters() if p.requires_grad and id(p) not in held]
+        if missing:
+            names = ", ".join(missing[:8]) + (
+                f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            )
+            self.context.extra["params_not_in_optimizer"] = missing
+            self._warn(
+                f"{len(missing)} trainable parameter(s) are in no param group of the optimizer "
+                f"and will never train: {names}. Build the optimizer after initwatch.reinit (ReZero "
+                "adds gates) and after every change to the model, or add them with "
+                "optimizer.add_param_group({'params': [...]})."
+            )
+        return missing
+
     def end_step(self, loss: Any = None, skipped: bool = False) -> list[Alert]:
         """Finish the step (after ``optimizer.step()``): returns the alerts it raised.
 
@@ -442,6 +506,8 @@ class Watch:
             loss: the step's loss (a tensor stays on the device until the one host copy).
             skipped: True when an AMP scaler skipped the optimizer step: no update ratio.
         """
+        if not self._optimizer_checked and self._first_optimizers:
+            self.check_optimizer(self._first_optimizers)
         alerts = self._measure_step(loss, skipped)
         if self._policy is not None and alerts:
             try:

@@ -507,3 +507,129 @@ def test_a_failing_watch_construction_leaves_no_hook(monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         initwatch.Watch(model, logdir="runs")
     assert hooks(model) == 0
+
+
+# ---- 6. errors that fit the model -----------------------------------------------------------------
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+
+
+@pytest.mark.parametrize("model", [mlp, cnn], ids=["mlp", "cnn"])
+def test_a_scheme_on_a_non_transformer_says_watch_with_scheme_none(model):
+    with pytest.raises(initwatch.AnatomyError) as info:
+        initwatch.reinit(model(), "rezero")
+    message = str(info.value)
+    assert "no transformer blocks" in message and "scheme=None" in message
+    assert "roles" not in message  # not "describe q/k/v roles"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_scheme_on_a_non_transformer_in_the_callbacks(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    with pytest.raises(initwatch.AnatomyError, match=r"no transformer blocks.*scheme=None"):
+        lit_trainer(tmp_path, [InitWatch("deepnet")]).fit(DeadLit(), data())
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(initwatch.AnatomyError, match=r"no transformer blocks.*scheme=None"):
+        Trainer(model=DeadHF(), args=args, callbacks=[InitWatchCallback("t-fixup")])
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(8, 8) for _ in range(4))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.fc1, self.fc2 = Attention(), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.norm1, self.norm2 = nn.LayerNorm(8), nn.LayerNorm(8)
+
+
+class Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+
+
+def test_a_custom_transformer_is_told_to_describe_it_and_pass_anatomy():
+    with pytest.raises(initwatch.AnatomyError) as info:
+        initwatch.reinit(Custom(), "rezero")
+    message = str(info.value)
+    assert "initwatch.inspect(model, blocks='layers'" in message
+    assert "InitWatch(scheme='rezero', anatomy=anatomy)" in message
+    assert "InitWatchCallback(scheme='rezero', anatomy=anatomy)" in message
+
+
+# ---- 7. trainable parameters the optimizer does not hold ----------------------------------------
+
+
+def not_in_optimizer(seen) -> list[str]:
+    return [str(w.message) for w in seen if "in no param group of the optimizer" in str(w.message)]
+
+
+def test_rezero_gates_added_after_the_optimizer_are_reported_once():
+    model = zoo.build("torch_encoder", layers=2, hidden=16, heads=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # built before the scheme: no gates
+    initwatch.reinit(model, "rezero")
+    watch = initwatch.Watch(model, every=1, rules=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for step in range(3):
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(2, 5, 16)).pow(2).mean()
+                scope.loss.backward()
+                opt.step()
+    reports = not_in_optimizer(seen)
+    assert len(reports) == 1
+    assert "2 trainable parameter(s)" in reports[0]
+    assert "layers.0.rezero_alpha" in reports[0] and "layers.1.rezero_alpha" in reports[0]
+    assert watch.context.extra["params_not_in_optimizer"] == [
+        "layers.0.rezero_alpha",
+        "layers.1.rezero_alpha",
+    ]
+    watch.close()
+
+
+class HalfOptimized(DeadLit):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.net[0].parameters(), lr=0.1)  # forgot net[2]
+
+
+def test_lightning_reports_parameters_missing_from_the_optimizer(tmp_path):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lit_trainer(tmp_path, [InitWatch(log_every_n_steps=1, rules=False)]).fit(
+            HalfOptimized(), data()
+        )
+    reports = not_in_optimizer(seen)
+    assert len(reports) == 1 and "net.2.weight, net.2.bias" in reports[0]
+
+
+def test_hf_reports_parameters_missing_from_the_optimizer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = DeadHF()
+    opt = torch.optim.SGD(model.net[0].parameters(), lr=0.1)
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    rows = [{"x": torch.randn(4)} for _ in range(8)]
+    cb = InitWatchCallback(logging_steps=1, rules=False)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows, callbacks=[cb], optimizers=(opt, None)
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.train()
+    reports = not_in_optimizer(seen)
+    assert len(reports) == 1 and "net.2.weight, net.2.bias" in reports[0]

@@ -790,9 +790,32 @@ def _example_call(model: nn.Module) -> str:
     )
 
 
+def _has_attention(model: nn.Module) -> bool:
+    """True when some module looks like attention (by class or attribute name)."""
+    for path, module in model.named_modules():
+        leaf = path.rsplit(".", 1)[-1].lower()
+        kind = type(module).__name__.lower()
+        if isinstance(module, nn.MultiheadAttention) or "attention" in kind or "attn" in leaf:
+            return True
+    return False
+
+
 def _not_recognised(model: nn.Module) -> str:
+    name = type(model).__name__
+    if not _has_attention(model):
+        return (
+            f"{name} has no transformer blocks (no attention module was found), and the "
+            "schemes (DeepNet, T-Fixup, ReZero) re-initialize transformer blocks: they do not "
+            "apply to an MLP or a CNN. Watch it with scheme=None: InitWatch(scheme=None), "
+            "InitWatchCallback(scheme=None) or initwatch.Watch(model) monitor any model, "
+            "module by module."
+        )
     return (
-        f"initwatch does not recognise {type(model).__name__}: no block list of a known family "
+        f"initwatch does not recognise {name}: no block list of a known family "
         "(BERT, GPT-2, LLaMA, T5, BART, ViT, nn.TransformerEncoder, ...) was found. "
         + _example_call(model)
+        + "; then pass the result on as anatomy=: initwatch.reinit(model, 'rezero', "
+        "anatomy=anatomy), "
+        "InitWatch(scheme='rezero', anatomy=anatomy) or "
+        "InitWatchCallback(scheme='rezero', anatomy=anatomy)"
     )

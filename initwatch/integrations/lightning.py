@@ -330,6 +330,11 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return
         self._start(trainer, pl_module)
 
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._driver.started and trainer.optimizers:
+            self._driver.watch.check_optimizer(trainer.optimizers)  # parameters they miss
+
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)
         if not self._restored:  # a new fit, not a resume: a fresh alert history

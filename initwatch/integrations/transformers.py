@@ -259,6 +259,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             self._loss_hook = model.register_forward_hook(self._capture_loss)
             self._driver.sum_losses = False
         self._watch_clipping(trainer)
+        if self._driver.started and kwargs.get("optimizer") is not None:
+            self._driver.watch.check_optimizer(kwargs["optimizer"])  # parameters it misses
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Capture the pre-clip global norm the Trainer computes right before
