@@ -249,3 +249,28 @@ def test_hf_clipped_shock_is_seen_through_the_clipping(tmp_path):
     assert first_alert(cb.alerts) is not None and first_alert(cb.alerts) <= 10
     for a in cb.alerts:  # the run clips already: never advised to clip
         assert "max_grad_norm" not in a.remedy and "clip_grad_norm_" not in a.remedy, str(a)
+
+
+def test_hf_resumed_train_is_measured_densely_from_where_it_resumes(tmp_path):
+    cb = InitWatchCallback(None, on_alert=QUIET)
+    kw = dict(max_steps=4, logging_steps=500, save_strategy="steps", save_steps=4)
+    make(tmp_path, gpt2(), [cb], **kw).train()
+    cb2 = InitWatchCallback(None, on_alert=QUIET, dense_start=3)
+    spy = Spy(cb2)
+    trainer = make(tmp_path, gpt2(), [cb2, spy], max_steps=12, logging_steps=500)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    # dense again at the resumed start (5, 6, 7), then every max_interval=10 steps: none by 12
+    assert [f.step for f in spy.frames] == [5, 6, 7]
+
+
+def test_lightning_measured_steps_include_its_own_at_the_default_settings(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from test_lightning import scalars as tb_scalars
+
+    tb = TensorBoardLogger(tmp_path / "tb")
+    cb = InitWatch(None, on_alert=QUIET)
+    trainer(tmp_path, [cb], max_steps=40, log_every_n_steps=15, logger=tb).fit(Tiny(), loader(256))
+    tags = tb_scalars(tb.log_dir)
+    ours = set(tags["initwatch/global/grad_norm_global"])
+    assert set(tags["train_loss"]) == {14, 29} and set(tags["train_loss"]) <= ours
+    assert ours == set(range(20)) | {29, 39}, sorted(ours)
