@@ -13,7 +13,7 @@ from test_lightning import Tiny, loader, trainer
 from torch import nn
 from transformers import GPT2LMHeadModel
 
-from initwatch import Watch
+from initwatch import Watch, zoo
 from initwatch.integrations._common import DENSE_START, MAX_INTERVAL
 from initwatch.integrations.lightning import InitWatch
 from initwatch.integrations.transformers import InitWatchCallback
@@ -72,7 +72,8 @@ def test_bad_dense_settings_are_refused() -> None:
 
 
 def pretrained(tmp_path) -> GPT2LMHeadModel:
-    gpt2().save_pretrained(tmp_path / "gpt2")
+    """Trained stand-in weights (zoo.pretrain), saved and loaded back as a checkpoint is."""
+    zoo.pretrain("gpt2", gpt2(), steps=60).save_pretrained(tmp_path / "gpt2")
     return GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
 
 
@@ -274,3 +275,28 @@ def test_lightning_measured_steps_include_its_own_at_the_default_settings(tmp_pa
     ours = set(tags["initwatch/global/grad_norm_global"])
     assert set(tags["train_loss"]) == {14, 29} and set(tags["train_loss"]) <= ours
     assert ours == set(range(20)) | {29, 39}, sorted(ours)
+
+
+class Jump(Tiny):
+    """AdamW at lr 1e-4 whose schedule jumps to lr 10 at step 30 (a mid-run shock)."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-4)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 30 else 1e5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_lightning_lr_jump_mid_run_is_measured_and_alerted_at_once(tmp_path):
+    cb = InitWatch(None, on_alert=QUIET)
+    spy_steps = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            frame = cb._driver.watch.last_frame
+            if frame is not None and (not spy_steps or spy_steps[-1] != frame.step):
+                spy_steps.append(frame.step)
+
+    trainer(tmp_path, [cb, Record()], max_steps=34).fit(Jump(), loader(256))
+    # the dense start, the 10-step cap (29), then every step again after the jump at 30
+    assert spy_steps == list(range(20)) + [29, 30, 31, 32, 33]
+    assert first_alert(cb.alerts) == 30, [str(a) for a in cb.alerts]
