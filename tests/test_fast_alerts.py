@@ -125,6 +125,14 @@ def test_loss_shock_far_past_alerts_at_once_and_never_enters_the_baseline() -> N
     assert [kinds(a) for a in out] == [[], [], [], ["loss_diverging"]]
 
 
+def test_a_loss_ramping_up_from_the_first_step_cannot_drag_its_baseline_along() -> None:
+    # the shape of a destructive lr measured every step: each value < 4x the one before
+    rules = Rules()
+    out = feed(rules, [lossy(s, v) for s, v in enumerate([4.5, 8.5, 16.0, 30.0, 55.0, 60.0])])
+    assert rules.state_dict()["history"]["loss_early"] == [4.5, 8.5]
+    assert [kinds(a) for a in out] == [[], [], [], [], [], ["loss_diverging"]]
+
+
 def test_loss_diverging_silent_on_a_falling_or_noisy_loss_and_negative_losses() -> None:
     falling = [lossy(s, 4.0 * 0.9**s + 0.1 * (-1) ** s) for s in range(40)]
     assert all(a == [] for a in feed(Rules(), falling))

@@ -31,6 +31,7 @@ from initwatch.schemes.registry import grace_schemes
 K = AlertKind
 GRACE_SCHEMES = grace_schemes()  # read from the scheme registry (starts_from_zero)
 FP16_MAX = 65504.0
+EARLY_CLIMB = 2.0  # a loss above this multiple of the first one is not an early-baseline value
 
 
 @dataclass
@@ -772,9 +773,10 @@ def update_ratio_applies(x: Inputs) -> bool:
 # --------------------------------------------------------------------------- loss
 def loss_diverging(x: Inputs) -> list[Finding]:
     """The loss far above its early baseline: the median of the first ``warmup_frames``
-    measured losses of the run (kept, not a moving window, so a slow climb is seen too; a
-    loss already past the threshold does not enter it, and from the second frame on the
-    baseline is the median of what was collected so far).
+    measured losses of the run (kept, not a moving window, so a slow climb is seen too). A
+    loss above ``EARLY_CLIMB`` (2) x the first measured loss never enters the baseline, so a
+    shock that ramps up during the first measured steps cannot drag its own reference along;
+    from the second frame on the baseline is the median of what was collected so far.
 
     Judged only for a positive baseline and loss (losses that can be negative or that start
     at ~0 have no meaningful ratio).
@@ -796,8 +798,8 @@ def loss_diverging(x: Inputs) -> list[Finding]:
     early = x.history.setdefault("loss_early", [])
     base = median(early) if early else None
     thr = th.loss_diverge_factor * base if base is not None else math.inf
-    if len(early) < x.warmup_frames and loss <= thr:
-        early.append(float(loss))  # a diverging value is no baseline material
+    if len(early) < x.warmup_frames and (not early or loss <= EARLY_CLIMB * early[0]):
+        early.append(float(loss))  # a climbing (or diverging) loss is no baseline material
     if base is None or base <= 0 or loss <= 0 or loss <= thr:
         return []
     r = loss / base
