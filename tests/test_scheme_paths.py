@@ -302,3 +302,30 @@ def test_tfixup_vit_patch_projection_feeds_block_zero_at_the_embedding_scale() -
     assert report.constants["encoder"]["embedding_scale"] == pytest.approx(target)
     out = proj(torch.randn(64, proj.in_channels, *proj.kernel_size))  # unit-variance pixels
     assert out.std().item() == pytest.approx(target, rel=0.15)
+
+
+def test_lightning_watches_a_model_it_cannot_read_by_module_path(tmp_path) -> None:  # noqa: ANN001
+    import lightning as L
+
+    from initwatch.integrations.lightning import InitWatch
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _Absent()
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            return self.net(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    callback = InitWatch(scheme=None, logdir=str(tmp_path / "tb"), log_every_n_steps=1)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 16))
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    assert callback._driver.state_dict()["watch"]["step"] == 1
