@@ -126,3 +126,25 @@ def test_multiprocessing_strategies_with_a_scheme_are_refused_up_front(strategy:
         InitWatch(scheme="rezero").setup(trainer, module, "fit")
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
     InitWatch(scheme=None).setup(trainer, module, "fit")  # watching alone is fine
+
+
+def test_hf_callback_raises_when_its_scheme_is_not_live() -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from initwatch.integrations.transformers import InitWatchCallback
+
+    callback = InitWatchCallback(scheme="rezero")
+    model = encoder()
+    callback._driver.start(model, context=initwatch.RunContext(), every=1)
+    watch = callback._driver.watch
+    callback._driver.begin(0)
+    # a forward the hooks did not see: what a graph compiled before they were attached does
+    for probe in watch._probes.probes:
+        probe.target.module._forward_hooks.clear()
+    model(torch.randn(2, 5, D)).pow(2).mean().backward()
+    callback._driver.add_loss(torch.tensor(1.0))
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    with pytest.raises(InitWatchError, match=r"'rezero' is not live"):
+        callback.on_step_end(args, TrainerState(), TrainerControl(), model=model)
+    assert watch.hooks_live is False
+    callback._driver.close()
