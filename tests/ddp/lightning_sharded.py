@@ -21,6 +21,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard  # noqa
 from initwatch.integrations.lightning import InitWatch  # noqa: E402
 
 warnings.filterwarnings("ignore")
+OUT = "."  # set by main(): where the Trainers write
 
 
 class CPUFSDPStrategy(FSDPStrategy):
@@ -124,6 +125,7 @@ def scheme_fit(rank: int) -> list[float]:
         max_steps=1,
         callbacks=[cb, probe],
         logger=False,
+        default_root_dir=OUT,  # InitWatch's own run directory: not the working directory
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -145,6 +147,7 @@ def fit(strategy, shard: bool, rank: int) -> dict:
         max_steps=STEPS,
         callbacks=[cb, grab],
         logger=False,
+        default_root_dir=OUT,  # InitWatch's own run directory: not the working directory
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -159,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     out = parser.parse_args().out
+    global OUT
+    OUT = out
     rank = int(os.environ["RANK"])
     results = {
         "model_parallel": fit(
