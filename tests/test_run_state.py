@@ -166,6 +166,28 @@ def test_hf_resume_from_a_checkpoint_in_another_folder_restores_the_alert_state(
     assert t2.state.global_step == 4
 
 
+def test_hf_restore_callback_states_from_checkpoint_rebuilds_a_monitoring_callback(tmp_path):
+    cb = InitWatchCallback("rezero", on_alert=quiet, rules=ALWAYS)
+    t = hf_trainer(tmp_path / "a", [cb], max_steps=2, save_strategy="steps", save_steps=2)
+    t.train()
+    history = [a.to_dict() for a in cb.alerts]
+    model = t.model  # carries ReZero: the resumed run monitors it, it does not re-apply
+    mine = InitWatchCallback(on_alert=quiet, rules=ALWAYS)
+    t2 = hf_trainer(
+        tmp_path / "b",
+        [mine],
+        model=model,
+        max_steps=4,
+        restore_callback_states_from_checkpoint=True,
+    )
+    t2.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    (rebuilt,) = [c for c in t2.callback_handler.callbacks if isinstance(c, InitWatchCallback)]
+    # the Trainer replaced the instance (keep this option off to keep yours), and the new one
+    # monitors with the checkpoint's alert state
+    assert rebuilt is not mine and rebuilt.scheme is None
+    assert [a.to_dict() for a in rebuilt.alerts][: len(history)] == history
+
+
 # ---------------------------------------------------------------------------- Lightning
 class Tiny(L.LightningModule):
     """A small Post-LN encoder with a regression head; records the losses it returns."""
