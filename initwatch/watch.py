@@ -47,6 +47,10 @@ log = logging.getLogger("initwatch")
 # model -> the open Watch attached to it (weak both ways: no reference kept, nothing pickled)
 _OPEN: weakref.WeakKeyDictionary[nn.Module, Callable[[], Any]] = weakref.WeakKeyDictionary()
 
+# Set on the exception the alert policy raised (on_alert="raise", the user's function): a
+# decision to stop, which the adapters' step-hook guards let through.
+DECISION = "_initwatch_decision"
+
 FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
 LR_JUMP = 2.0  # an lr more than this multiple of the previous step's reopens the dense window
 
@@ -161,6 +165,25 @@ def _is_sharded(model: nn.Module) -> bool:
         return True
     return any(
         type(p).__name__ == "DTensor" or hasattr(p, "_local_tensor") for p in model.parameters()
+    )
+
+
+def failure_message(where: str, exc: BaseException) -> str:
+    """The warning about an internal failure: what failed, where it was raised; the full
+    traceback goes to the ``"initwatch"`` logger at DEBUG level now.
+
+    Example::
+
+        >>> try:
+        ...     {}["x"]
+        ... except KeyError as exc:
+        ...     print(failure_message("end_step", exc)[:40])
+        end_step failed and was skipped: KeyErro
+    """
+    log.debug("initwatch: %s failed", where, exc_info=exc)
+    return (
+        f"{where} failed and was skipped: {exc!r} (raised at {_where(exc)}; the full "
+        "traceback is logged on the 'initwatch' logger at DEBUG level; please report it)"
     )
 
 
@@ -513,7 +536,9 @@ class Watch:
             try:
                 for alert in alerts:
                     self._policy.handle(alert)
-            except BaseException:
+            except BaseException as exc:
+                with suppress(Exception):  # adapters let a decision through their own guard
+                    setattr(exc, DECISION, True)
                 self.close()
                 raise
         return alerts
@@ -825,11 +850,7 @@ class Watch:
         if key in self._failed:
             return
         self._failed.add(key)
-        log.debug("initwatch: %s failed", where, exc_info=exc)
-        self._warn(
-            f"{where} failed and was skipped: {exc!r} (raised at {_where(exc)}; the full "
-            "traceback is logged on the 'initwatch' logger at DEBUG level; please report it)"
-        )
+        self._warn(failure_message(where, exc))
 
     def _warn(self, message: str) -> None:
         if message in self._warned or _rank() != 0:

@@ -634,3 +634,23 @@ def test_hf_reports_parameters_missing_from_the_optimizer(tmp_path):
         trainer.train()
     reports = not_in_optimizer(seen)
     assert len(reports) == 1 and "net.2.weight, net.2.bias" in reports[0]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_an_internal_failure_in_an_adapter_hook_never_stops_the_fit(tmp_path, monkeypatch):
+    from initwatch.integrations import lightning as iw_lightning
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("adapter bug")
+
+    monkeypatch.setattr(iw_lightning, "warmup_steps_of", broken)  # used in on_before_optimizer_step
+    cb = InitWatch(log_every_n_steps=1, rules=False)
+    trainer = lit_trainer(tmp_path, [cb], max_steps=4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.fit(DeadLit(), data())
+    assert trainer.global_step == 4  # the fit ran to the end
+    failures = [str(w.message) for w in seen if "failed and was skipped" in str(w.message)]
+    assert len(failures) == 1
+    assert "on_before_optimizer_step" in failures[0] and "ZeroDivisionError" in failures[0]
+    assert "in broken" in failures[0]

@@ -3,8 +3,10 @@ and driving a :class:`~initwatch.Watch` through a framework's step events."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -446,6 +448,61 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+def step_hook(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Guard a per-step framework hook of an adapter: an internal failure becomes one warning
+    per hook and exception type (with where it was raised) and training goes on; a deliberate
+    stop (:class:`~initwatch.InitWatchError`, or what the alert policy raised for the user)
+    propagates.
+
+    Example::
+
+        >>> class Adapter(AdapterSettings):
+        ...     @step_hook
+        ...     def on_step_end(self):
+        ...         raise KeyError("bug")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     Adapter().on_step_end()
+        >>> "on_step_end failed and was skipped" in str(seen[0].message)
+        True
+    """
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from initwatch.watch import DECISION, failure_message
+
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, InitWatchError) or getattr(exc, DECISION, False):
+                raise
+            failed = self.__dict__.setdefault("_hook_failures", set())
+            key = f"{method.__name__}:{type(exc).__name__}"
+            if key not in failed and is_rank_zero():
+                failed.add(key)
+                warnings.warn(
+                    f"initwatch: {failure_message(method.__name__, exc)}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
+
+    return run
+
+
+def is_rank_zero() -> bool:
+    """True on rank 0 (or without ``torch.distributed``).
+
+    Example::
+
+        >>> is_rank_zero()
+        True
+    """
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class AdapterSettings:

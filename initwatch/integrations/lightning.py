@@ -34,6 +34,7 @@ from initwatch.integrations._common import (
     peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
+    step_hook,
     warmup_steps_of,
 )
 from initwatch.schemes.base import applied_scheme
@@ -378,6 +379,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     # ---- steps --------------------------------------------------------------------------
 
     @override
+    @step_hook
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -391,6 +393,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             self._global_step_at_begin = trainer.global_step
 
     @override
+    @step_hook
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
@@ -416,6 +419,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         )
 
     @override
+    @step_hook
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,

@@ -32,6 +32,7 @@ from initwatch.integrations._common import (
     peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
+    step_hook,
     warmup_steps_of,
 )
 from initwatch.sharding import broadcast_from_rank0
@@ -325,6 +326,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     # ---- steps --------------------------------------------------------------------------
 
     @override
+    @step_hook
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -334,6 +336,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._preclip = None
 
     @override
+    @step_hook
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -359,6 +362,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         )
 
     @override
+    @step_hook
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -366,6 +370,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
 
     @override
+    @step_hook
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -384,6 +389,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
                 control.should_training_stop = True
 
     @override
+    @step_hook
     def on_log(
         self,
         args: TrainingArguments,
