@@ -14,7 +14,12 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from initwatch import Watch, zoo
-from initwatch.integrations._common import DENSE_START, MAX_INTERVAL
+from initwatch.integrations._common import (
+    DENSE_START,
+    MAX_INTERVAL,
+    peak_lr_of,
+    warmup_steps_of,
+)
 from initwatch.integrations.lightning import InitWatch
 from initwatch.integrations.transformers import InitWatchCallback
 
@@ -54,6 +59,16 @@ def test_watch_dense_start_lr_jump_and_max_interval() -> None:
     assert measured == [0, 1, 2, 12, 20, 21, 22, 32, 42]
     plain = Watch(model, every=50, rules=False)  # a plain loop: every 50 only, as before
     assert run_watch(plain, model, opt, [1e-3] * 60) == [0, 50]
+
+
+def test_peak_and_warmup_of_a_schedule_that_is_still_rising_when_the_run_ends() -> None:
+    opt = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 21))
+    assert warmup_steps_of(sched, max_steps=100) == 20 and peak_lr_of(sched, opt, 100) == 0.1
+    # a 20-step warmup in an 8-step run: warmup the whole run, peak = the highest lr it reaches
+    assert warmup_steps_of(sched, max_steps=8) == 8
+    assert peak_lr_of(sched, opt, 8) == pytest.approx(0.1 * 9 / 21)
+    assert warmup_steps_of(sched) == 20  # max_steps unknown: probed up to 100k steps
 
 
 def test_bad_dense_settings_are_refused() -> None:
@@ -115,7 +130,7 @@ def test_hf_gpt2_lr_1_logging_steps_10_alerts_within_10_steps(tmp_path):
 def test_hf_destructive_peak_lr_is_flagged_early_with_or_without_warmup(tmp_path, warmup):
     # issue 8: peak lr 0.1 with 20 warmup steps alerted at step 23, against 3 without warmup
     cb = InitWatchCallback(None, on_alert=QUIET)
-    make(tmp_path, gpt2(), [cb], max_steps=12, learning_rate=0.1, warmup_steps=warmup).train()
+    make(tmp_path, gpt2(), [cb], max_steps=24, learning_rate=0.1, warmup_steps=warmup).train()
     highs = [a for a in cb.alerts if a.kind == "update_ratio_high"]
     assert highs and highs[0].step <= 5, [str(a) for a in cb.alerts]
     if warmup:

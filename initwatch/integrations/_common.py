@@ -301,8 +301,10 @@ def torch_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-def _lambda_warmup(fn: Any, limit: int) -> int | None:
-    """Steps a multiplicative LR lambda keeps rising from step 0 (0: no warmup)."""
+def _lambda_warmup(fn: Any, limit: int, whole_run: bool = False) -> int | None:
+    """Steps a multiplicative LR lambda keeps rising from step 0 (0: no warmup); a lambda
+    still rising at ``limit`` gives ``limit`` when ``whole_run`` (the limit is the run's
+    ``max_steps``: the warmup lasts the whole run), else None (unknown)."""
     try:
         prev = float(fn(0))
         for i in range(1, limit + 1):
@@ -312,7 +314,7 @@ def _lambda_warmup(fn: Any, limit: int) -> int | None:
             prev = cur
     except Exception:
         return None
-    return None
+    return limit if whole_run else None
 
 
 def warmup_steps_of(scheduler: Any, max_steps: int | None = None) -> int | None:
@@ -328,6 +330,8 @@ def warmup_steps_of(scheduler: Any, max_steps: int | None = None) -> int | None:
         >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
         >>> warmup_steps_of(sched)
         9
+        >>> warmup_steps_of(sched, max_steps=5)  # still rising when the run ends
+        5
     """
     sched = torch.optim.lr_scheduler
     if scheduler is None:
@@ -346,7 +350,7 @@ def warmup_steps_of(scheduler: Any, max_steps: int | None = None) -> int | None:
         return 0 if inner else None
     if isinstance(scheduler, sched.LambdaLR) and len(scheduler.lr_lambdas) >= 1:
         limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
-        return _lambda_warmup(scheduler.lr_lambdas[0], limit)
+        return _lambda_warmup(scheduler.lr_lambdas[0], limit, whole_run=limit == max_steps)
     if isinstance(scheduler, (sched.ConstantLR, sched.StepLR, sched.ExponentialLR)):
         return 0
     return None
@@ -397,7 +401,7 @@ def peak_lr_of(scheduler: Any, optimizer: Any, max_steps: int | None = None) -> 
         if isinstance(scheduler, sched.LambdaLR) and scheduler.lr_lambdas:
             limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
             fn = scheduler.lr_lambdas[0]
-            top = _lambda_warmup(fn, limit)
+            top = _lambda_warmup(fn, limit, whole_run=limit == max_steps)
             return base * float(fn(top)) if top is not None else base
     except Exception:
         return base
