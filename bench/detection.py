@@ -7,7 +7,9 @@ once with the Hugging Face Trainer and once with Lightning, each at its **defaul
 cadence (HF ``logging_steps=500``, Lightning ``log_every_n_steps=50``) and with the callback's
 defaults. A shock is a destructive learning rate, alone or with warmup, gradient clipping,
 gradient accumulation, LoRA, or weights loaded with ``load_state_dict`` instead of
-``from_pretrained``; its healthy twin is the same run at a usual fine-tuning learning rate.
+``from_pretrained``, or a usual lr under a decay sized for 3 steps (epochs) but stepped every
+step; its healthy twin is the same run at a usual fine-tuning learning rate (with the decay
+sized for the whole run).
 
 Printed: a Markdown table with, per run, the framework's step number of the first alert (HF
 counts optimizer steps from 1, Lightning from 0), the optimizer steps taken until it (onset is
@@ -49,10 +51,14 @@ class Run:
     accumulate: int = 1
     lora: bool = False
     loaded: bool = False  # load_state_dict into a fresh model instead of from_pretrained
+    decay: int = 0  # steps a decaying lr schedule is sized for (0: none, -1: the whole run)
 
     def healthy(self) -> Run:
-        """The same run at a usual fine-tuning learning rate."""
-        return replace(self, name=f"{self.name} (healthy twin)", lr=2e-4 if self.lora else 5e-5)
+        """The same run at a usual fine-tuning learning rate (a decay sized for the run)."""
+        name = f"{self.name} (healthy twin)"
+        if self.decay > 0:
+            return replace(self, name=name, decay=-1)
+        return replace(self, name=name, lr=2e-4 if self.lora else 5e-5)
 
 
 SHOCKS = [
@@ -62,6 +68,7 @@ SHOCKS = [
     Run("destructive lr + accumulation", 1e-2, accumulate=4),
     Run("LoRA at a high lr", 1e-1, lora=True),
     Run("loaded checkpoint, destructive lr", 1e-2, loaded=True),
+    Run("lr decay sized for 3 steps (epochs)", 5e-5, decay=3),
 ]
 FAST = [SHOCKS[0], SHOCKS[5]]
 
@@ -109,18 +116,28 @@ def first_alert(alerts: list) -> tuple[int | None, str, int]:
 
 
 def run_hf(folder: str, run: Run, steps: int, out: str) -> tuple[int | None, str, int]:
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import (
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        get_linear_schedule_with_warmup,
+    )
 
     from initwatch.integrations.transformers import InitWatchCallback
 
     cb = InitWatchCallback(on_alert=lambda a: None)
     data = batches(steps * BATCH * run.accumulate, seed=2)
+    model = load(folder, run)
+    optimizers: tuple = (None, None)
+    if run.decay > 0:  # the misuse: num_training_steps set to the number of epochs
+        opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=0.0)
+        optimizers = (opt, get_linear_schedule_with_warmup(opt, run.warmup, run.decay))
     args = TrainingArguments(
         output_dir=out,
         max_steps=steps,
         learning_rate=run.lr,
         warmup_steps=run.warmup,
-        lr_scheduler_type="constant_with_warmup",
+        lr_scheduler_type="linear" if run.decay else "constant_with_warmup",
         max_grad_norm=run.clip,
         gradient_accumulation_steps=run.accumulate,
         per_device_train_batch_size=BATCH,
@@ -132,10 +149,11 @@ def run_hf(folder: str, run: Run, steps: int, out: str) -> tuple[int | None, str
         seed=0,
     )
     trainer = Trainer(
-        model=load(folder, run),
+        model=model,
         args=args,
         train_dataset=[{"input_ids": r, "labels": r} for r in data],
         callbacks=[cb],
+        optimizers=optimizers,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
@@ -160,9 +178,14 @@ def run_lightning(folder: str, run: Run, steps: int, out: str) -> tuple[int | No
         def configure_optimizers(self):
             params = [p for p in self.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.0)
-            if not run.warmup:
+            sched = torch.optim.lr_scheduler
+            if run.decay:  # per step; a T_max of 3 is a schedule sized for 3 epochs
+                t_max = run.decay if run.decay > 0 else steps
+                ramp = sched.CosineAnnealingLR(opt, T_max=t_max)
+            elif run.warmup:
+                ramp = sched.LambdaLR(opt, lambda s: min(1.0, (s + 1) / run.warmup))
+            else:
                 return opt
-            ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / run.warmup))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
 
     _quiet()
