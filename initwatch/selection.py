@@ -249,6 +249,15 @@ def _fallback_target(path: str, mod: nn.Module) -> tuple[str, Target] | None:
     return None
 
 
+def _head_activation(path: str, mod: nn.Module, block: Block | None) -> tuple[str, Target] | None:
+    """An activation module outside the blocks of a readable transformer (a pooler's tanh, a
+    classification head's activation): what decides a fine-tune, watched by default."""
+    if block is not None or not is_activation(mod):
+        return None
+    info = _info(_display(path, None), "act", path, None)
+    return "default", Target(info, mod, band=saturation_band(mod))
+
+
 def _candidates(model: nn.Module, anatomy: Anatomy | None) -> list[tuple[str, Target]]:
     """Every module as a (preset, target) pair, in forward order.
 
@@ -268,7 +277,7 @@ def _candidates(model: nn.Module, anatomy: Anatomy | None) -> list[tuple[str, Ta
             found.extend(per_block.pop(block.name, []))
         if id(mod) in seen:
             continue
-        pair = None if anatomy else _fallback_target(path, mod)
+        pair = _head_activation(path, mod, block) if anatomy else _fallback_target(path, mod)
         if pair is None:
             kind = "linear" if _is_linear(mod) else "module"
             info = _info(_display(path, block), kind, path, block)
@@ -287,7 +296,8 @@ def select_layers(
         anatomy: what :func:`initwatch.inspect` read, or None for models it cannot read; those
             are watched by module path (modules with parameters, and activation modules).
         layers: ``"blocks"`` (block outputs only), ``"default"`` (blocks, attention / FFN
-            sublayer outputs and activation modules), ``"linear"`` (default plus every
+            sublayer outputs and activation modules, those of task heads such as a pooler's
+            tanh included), ``"linear"`` (default plus every
             ``nn.Linear`` / ``Conv1D``), or a list of module paths / display names / glob patterns.
 
     Example::

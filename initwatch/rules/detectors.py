@@ -140,7 +140,12 @@ class Inputs:
 
     @property
     def grace(self) -> bool:
-        """True while block weights are small or zero by construction (ReZero, T-Fixup).
+        """True while block weights are small or zero by construction: the first
+        ``th.scheme_grace_steps`` steps (and any warmup) under a scheme the registry marks
+        ``starts_from_zero`` (ReZero, T-Fixup). Depth-wise gradient decay across blocks, the
+        history-based exploding rules (gradient spikes, activation growth over time) and
+        too-small updates are not judged then (gradients, outputs and updates grow from ~0 as
+        the gates open); the gradient ceiling, non-finite values and too-large updates are.
 
         Example::
 
@@ -389,6 +394,12 @@ def exploding_gradient(x: Inputs) -> list[Finding]:
         parts = [v for v in unorms.values() if finite(v)]
         g = math.sqrt(sum(v * v for v in parts)) if parts else math.nan
     out: list[Finding] = []
+    if x.grace:
+        # zero-started branches: gradients grow from ~0 while the gates open, by design. Only
+        # the absolute ceiling is judged, and the history starts once the grace is over.
+        if finite(g) and g > th.grad_norm_ceiling:
+            out.append(_explosion(x, g, None, unorms, False))
+        return out
     if finite(g):
         base = x.baseline("grad_norm_global")
         spike = base is not None and base > 0 and g > th.grad_spike_factor * base
@@ -588,6 +599,8 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
 
 def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> list[Finding]:
     th = x.th
+    if x.grace:  # outputs grow while zero-started gates open: no history, no finding yet
+        return []
     up: list[tuple[float, str, float, float]] = []
     down: list[tuple[float, str, float, float]] = []
     for info, v in items:
@@ -694,7 +707,8 @@ def update_ratio(x: Inputs) -> list[Finding]:
 
     During warmup the too-large side is judged at the peak lr the schedule is heading to
     (``ratio x peak / lr``), so a destructive peak is flagged before warmup ends; the
-    too-small side is not judged during warmup.
+    too-small side is not judged during warmup, nor during the grace of a scheme whose
+    branches start from zero (see :attr:`Inputs.grace`).
 
     Example::
 
@@ -723,7 +737,9 @@ def update_ratio(x: Inputs) -> list[Finding]:
     warming = x.context.in_warmup
     for kind, hits, thr in (
         (K.UPDATE_RATIO_HIGH, high, high_thr),
-        (K.UPDATE_RATIO_LOW, [] if annealing or warming else low, low_thr),
+        # under a zero-started scheme's grace, blocks behind a closed gate (BART's encoder
+        # behind the decoder's zero cross-attention gate) are starved by construction
+        (K.UPDATE_RATIO_LOW, [] if annealing or warming or x.grace else low, low_thr),
     ):
         if not hits:
             continue
