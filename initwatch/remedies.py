@@ -383,6 +383,15 @@ def _update_ratio_high(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     factor = ev.get("factor") or (ratio / target if ratio else 10.0)
     factor = max(2.0, _round2(factor))
     lead = f"Each step changes {layer}'s weights by {_n(ratio)} of their norm ({_n(factor)}x the healthy ~{_n(target)}): {_lower_lr(ctx, ev, factor)}"
+    if ev.get("lora"):
+        lead = f"Each step changes the LoRA-adapted weight {layer} (s * B @ A against the frozen weight) by {_n(ratio)} of its norm ({_n(factor)}x the healthy ~{_n(target)}): {_lower_lr(ctx, ev, factor)}"
+        return _join(
+            [
+                lead,
+                "LoRA usually trains at 1e-4..3e-4 with AdamW; or lower lora_alpha (the update scales with lora_alpha / r)",
+                _warmup(ctx),
+            ]
+        )
     items = [lead, _warmup(ctx)]
     if ctx.pretrained:
         items.append(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from initwatch.adapters import in_adapter
 from initwatch.anatomy.model import Anatomy, Block
 from initwatch.frame import LayerInfo
 
@@ -277,6 +278,8 @@ def _candidates(model: nn.Module, anatomy: Anatomy | None) -> list[tuple[str, Ta
             found.extend(per_block.pop(block.name, []))
         if id(mod) in seen:
             continue
+        if in_adapter(path):  # LoRA's A / B / dropout: B's output is zero at first, by design
+            continue
         pair = _head_activation(path, mod, block) if anatomy else _fallback_target(path, mod)
         if pair is None:
             kind = "linear" if _is_linear(mod) else "module"
@@ -384,7 +387,9 @@ def select_parameters(model: nn.Module, anatomy: Anatomy | None = None) -> list[
     ``"+"``, e.g. ``"q+k+v"``; ``"norm"`` and ``"embedding"`` for those modules), or None.
     ``zero_by_construction`` marks separate attention key biases, whose gradient is zero
     because softmax ignores a shift common to all logits (the k slice of a fused bias cannot be
-    marked on its own: the fused tensor's gradient is not zero). ``trainable`` is False for
+    marked on its own: the fused tensor's gradient is not zero), and LoRA's ``lora_A`` /
+    ``lora_B`` (``B`` starts at zero, so ``A``'s gradient is zero at first; the Watch judges the
+    adapted weight's effective update instead, :mod:`initwatch.adapters`). ``trainable`` is False for
     frozen parameters; parameters without a gradient at a step are marked by the Watch.
 
     Example::
@@ -405,7 +410,7 @@ def select_parameters(model: nn.Module, anatomy: Anatomy | None = None) -> list[
             stack=block.stack if block else None,
             block=block.index if block else None,
             role="+".join(dict.fromkeys(roles[name])) if name in roles else None,
-            zero_by_construction=name in zero,
+            zero_by_construction=name in zero or in_adapter(name),
             trainable=param.requires_grad,
         )
         out.append(ParamTarget(info, param))

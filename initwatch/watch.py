@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from initwatch.adapters import LoraProbe
 from initwatch.alerts import Alert
 from initwatch.anatomy.model import Anatomy
 from initwatch.attention import (
@@ -332,6 +333,8 @@ class Watch:
         targets = select_layers(inner, self.anatomy, layers)
         self._param_infos = select_parameters(inner, self.anatomy)
         self._params = ParamProbe(self._param_infos, self._buffer, sample=update_sample)
+        self._lora = LoraProbe(inner)  # LoRA adapters: the adapted weight's effective update
+        self._lora_values: dict[str, dict[str, float]] = {}
         self._loss = self._buffer.add("loss", LOSS_FIELDS)
         self._probes = ProbeSet(targets, self._buffer)
         self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
@@ -454,6 +457,8 @@ class Watch:
             self.context.lr = lr
         if grad_norm_preclip is not None:
             self._preclip = grad_norm_preclip
+        if not self._grads_read:
+            self._lora.snapshot()
         self._read_grads(opt)
         self._grads_read = True
 
@@ -550,8 +555,10 @@ class Watch:
         self._logging = False
         self._probes.idle()
         idle_all(self._attention, self._probes.gate)
+        self._lora_values = {}
         if self._grads_read and not skipped:
             self._params.measure_update()
+            self._lora_values = self._lora.measure()
         self._params.discard_snapshot()
         if loss is not None:
             value = torch.as_tensor(loss).detach()
@@ -751,6 +758,10 @@ class Watch:
                 else:  # no gradient this step: unused, rules skip it
                     info = replace(info, zero_by_construction=True)
             layers.append(info)
+        for name, stats in self._lora_values.items():  # judged in place of lora_A / lora_B
+            info = LayerInfo(f"{name}.lora", "param", len(layers), f"{name}.lora", role="lora")
+            layers.append(info)
+            put(info.name, stats)
         glob: dict[str, float] = {"skipped_step": 1.0 if skipped else 0.0}
         if any_grad:
             glob["grad_norm_global"] = math.sqrt(grad_sq) if grad_sq >= 0 else math.nan

@@ -214,3 +214,130 @@ def test_bart_rezero_encoder_starved_by_the_closed_gate_is_not_alerted(tmp_path)
         _hf(_bart_rezero(), 1e-3, tmp_path, [cb], data=_seq2seq(64), steps=8).train()
     assert cb.context.scheme == "rezero"
     assert not [a for a in cb.alerts if a.kind == "update_ratio_low"], cb.alerts
+
+
+# ---- PEFT / LoRA ------------------------------------------------------------------------------
+
+
+def lora_gpt2(trained_state, r: int = 8, alpha: int = 16):  # noqa: ANN001, ANN201
+    from peft import LoraConfig, get_peft_model
+
+    base = zoo.build("gpt2")
+    base.load_state_dict(trained_state("gpt2"))
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=["c_attn"], fan_in_fan_out=True)
+    return get_peft_model(base, cfg)
+
+
+def lm_batches(n: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 90, (n, 12), generator=g)
+    return [{"input_ids": r, "labels": (7 * r + 3) % 96} for r in ids]
+
+
+def test_lora_effective_update_equals_the_adapted_weights_change(trained_state) -> None:  # noqa: ANN001
+    from initwatch.adapters import LoraProbe
+
+    model = lora_gpt2(trained_state)
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    with torch.no_grad():  # a live adapter: B away from its zero init
+        layer.lora_B["default"].weight.normal_(0, 0.05)
+    probe = LoraProbe(model)
+    assert len(probe.adapters) == 2 and probe.adapters[0].scale == 2.0
+    delta_w = lambda: layer.get_delta_weight("default").detach().clone()  # noqa: E731
+    before = delta_w()
+    probe.snapshot()
+    with torch.no_grad():
+        layer.lora_A["default"].weight.add_(0.01)
+        layer.lora_B["default"].weight.mul_(1.1)
+    ratio = probe.measure()["base_model.model.transformer.h.0.attn.c_attn"]["update_ratio"]
+    w = layer.base_layer.weight.detach()
+    assert ratio == pytest.approx(float((delta_w() - before).norm() / w.norm()), rel=1e-4)
+
+
+def test_lora_at_usual_rates_is_silent_and_at_a_high_rate_gets_lora_advice(trained_state) -> None:  # noqa: ANN001
+    for lr in (1e-4, 3e-4):
+        calm = plain_run(lora_gpt2(trained_state), lr=lr, steps=8, data=lm_batches(64))
+        assert calm.alerts == [], (lr, [(a.kind, a.layer) for a in calm.alerts])
+        assert "update_ratio" in calm.last_frame.values
+    hot = plain_run(lora_gpt2(trained_state), lr=3e-2, steps=6, data=lm_batches(48))
+    high = [a for a in hot.alerts if a.kind == "update_ratio_high"]
+    assert high and high[0].layer.endswith("attn.c_attn") and high[0].value > 0.02
+    assert "LoRA-adapted weight" in high[0].remedy and "lora_alpha" in high[0].remedy
+    # A and B are not judged on their own (B starts at zero: its own ratio is unbounded)
+    assert not [a for a in hot.alerts if "lora_" in a.layer]
+
+
+def test_hf_trainer_lora(tmp_path, trained_state) -> None:  # noqa: ANN001
+    calm = InitWatchCallback(None, on_alert=lambda a: None)
+    _hf(lora_gpt2(trained_state), 2e-4, tmp_path, [calm], data=lm_batches(48)).train()
+    assert calm.alerts == [] and calm.context.pretrained
+    hot = InitWatchCallback(None, on_alert=lambda a: None)
+    _hf(lora_gpt2(trained_state), 5e-2, tmp_path, [hot], data=lm_batches(48)).train()
+    assert any(a.kind == "update_ratio_high" for a in hot.alerts)
+    assert any("LoRA-adapted weight" in a.remedy for a in hot.alerts)
+
+
+class LoraModule(L.LightningModule):
+    def __init__(self, model, lr: float) -> None:  # noqa: ANN001
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.model(**batch).loss
+
+    def configure_optimizers(self):  # noqa: ANN201
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr)
+
+
+def _lightning_lora(model, lr: float, tmp_path) -> InitWatch:  # noqa: ANN001
+    cb = InitWatch(None, log_every_n_steps=1, on_alert=lambda a: None)
+    L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+    ).fit(LoraModule(model, lr), torch.utils.data.DataLoader(lm_batches(48), batch_size=8))
+    return cb
+
+
+def test_lightning_lora(tmp_path, trained_state) -> None:  # noqa: ANN001
+    assert _lightning_lora(lora_gpt2(trained_state), 2e-4, tmp_path).alerts == []
+    hot = _lightning_lora(lora_gpt2(trained_state), 5e-2, tmp_path)
+    assert any("LoRA-adapted weight" in a.remedy for a in hot.alerts), hot.alerts
+
+
+def test_a_scheme_on_a_peft_model_is_refused_not_half_applied(tmp_path, trained_state) -> None:  # noqa: ANN001
+    import copy
+
+    from initwatch.errors import SchemeNotApplicableError
+
+    model = lora_gpt2(trained_state)
+    before = copy.deepcopy(model.state_dict())
+    for scheme in ("t-fixup", "rezero"):
+        with pytest.raises(SchemeNotApplicableError, match="PEFT-wrapped") as err:
+            initwatch.reinit(model, scheme, allow_pretrained=True)
+        assert "before get_peft_model" in str(err.value) and "scheme=None" in str(err.value)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(SchemeNotApplicableError, match="PEFT-wrapped"):
+        _hf(model, 2e-4, tmp_path, [InitWatchCallback("t-fixup", pretrained=False)])
+    cb = InitWatch("rezero", pretrained=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(SchemeNotApplicableError, match="PEFT-wrapped"):
+        trainer.fit(
+            LoraModule(model, 2e-4), torch.utils.data.DataLoader(lm_batches(8), batch_size=8)
+        )

@@ -708,7 +708,10 @@ def update_ratio(x: Inputs) -> list[Finding]:
     During warmup the too-large side is judged at the peak lr the schedule is heading to
     (``ratio x peak / lr``), so a destructive peak is flagged before warmup ends; the
     too-small side is not judged during warmup, nor during the grace of a scheme whose
-    branches start from zero (see :attr:`Inputs.grace`).
+    branches start from zero (see :attr:`Inputs.grace`). A LoRA-adapted weight is judged by
+    its effective update ``||d(s B A)|| / ||W||`` (unit parameters with role ``"lora"``,
+    :mod:`initwatch.adapters`) against ``update_ratio_high_lora`` / ``update_ratio_low_lora``,
+    as a cause of its own (scope ``"lora"``).
 
     Example::
 
@@ -731,6 +734,31 @@ def update_ratio(x: Inputs) -> list[Finding]:
     scale = _warmup_scale(x)
     ratios = [(u.update_ratio(x.frame) * scale, u) for u in units]
     ratios = [(r, u) for r, u in ratios if finite(r)]
+    out = []
+    lora = [(r, u) for r, u in ratios if _is_lora(u)]
+    plain = [(r, u) for r, u in ratios if not _is_lora(u)]
+    groups = [("model", plain, high_thr, low_thr)]
+    if lora:  # an adapted weight's effective update, judged with the LoRA thresholds
+        groups.append(("lora", lora, th.update_ratio_high_lora, th.update_ratio_low_lora))
+    for scope, ratios, high_thr, low_thr in groups:
+        out += _ratio_findings(x, scope, ratios, high_thr, low_thr, scale, annealing)
+    return out
+
+
+def _is_lora(u: Unit) -> bool:
+    return any(p.role == "lora" for p in u.params)
+
+
+def _ratio_findings(
+    x: Inputs,
+    scope: str,
+    ratios: list[tuple[float, Unit]],
+    high_thr: float,
+    low_thr: float,
+    scale: float,
+    annealing: bool,
+) -> list[Finding]:
+    th, lr = x.th, x.lr
     out = []
     high = sorted(((r, u) for r, u in ratios if r > high_thr), key=lambda t: -t[0])
     low = sorted(((r, u) for r, u in ratios if r < low_thr), key=lambda t: t[0])
@@ -768,8 +796,10 @@ def update_ratio(x: Inputs) -> list[Finding]:
             "lr": x.context.base_lr if scale != 1.0 else lr,
             "warmup_scale": scale,
         }
+        if scope == "lora":
+            ev["lora"] = True
         score = _log_ratio(r, thr) if kind is K.UPDATE_RATIO_HIGH else _log_ratio(thr, r)
-        out.append(Finding(kind.value, "model", u.name, r, thr, msg, names, ev, score))
+        out.append(Finding(kind.value, scope, u.name, r, thr, msg, names, ev, score))
     return out
 
 

@@ -61,6 +61,10 @@ class Thresholds:
             flags < 1e-8).
         update_ratio_low_pretrained: the same for a fine-tune (1e-6, since fine-tunes go as
             low as lr 1e-6).
+        update_ratio_high_lora: the same for a LoRA-adapted weight's effective update
+            ``||d(s B A)|| / ||W||`` (a tiny GPT-2, r=8, alpha=16, AdamW: ~1e-3 at lr 1e-4,
+            2e-3..6e-3 at 3e-4, 7e-3..2e-2 at 1e-3, 0.1..0.2 at 1e-2; the largest at step 0).
+        update_ratio_low_lora: update_ratio_low for it (1e-6).
         anneal_fraction: update_ratio_low is not raised while the learning rate is below this
             fraction of the peak (the schedule is annealing on purpose).
         loss_diverge_factor: loss_diverging when the loss exceeds this multiple of its early
@@ -112,6 +116,8 @@ class Thresholds:
     update_ratio_high_pretrained: float = 1e-2
     update_ratio_low: float = 1e-5
     update_ratio_low_pretrained: float = 1e-6
+    update_ratio_high_lora: float = 2e-2
+    update_ratio_low_lora: float = 1e-6
     anneal_fraction: float = 0.1
     loss_diverge_factor: float = 4.0
     far_factor: float = 10.0

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from initwatch.adapters import refuse_peft
 from initwatch.anatomy import inspect
 from initwatch.schemes import registry
 from initwatch.schemes.base import execute, xavier_std
@@ -70,7 +71,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
 
     Raises:
         ValueError: unknown scheme or option.
-        SchemeNotApplicableError: e.g. DeepNet on a Pre-LN model.
+        SchemeNotApplicableError: e.g. DeepNet on a Pre-LN model, or any scheme on a
+            PEFT-wrapped model (apply it to the base model before ``get_peft_model``).
         PretrainedWeightsError: the weights look trained or came from a checkpoint (see
             ``pretrained`` and ``allow_pretrained``).
         AlreadyAppliedError: a scheme was already applied to this model.
@@ -93,6 +95,7 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
     name = scheme_name(scheme)
     validate.reinit_options(options)
     refuse_sharded_reinit(model)
+    refuse_peft(model, name)
     anatomy = options.get("anatomy")
     if anatomy is None:
         anatomy = inspect(model)
