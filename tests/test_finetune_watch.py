@@ -341,3 +341,48 @@ def test_a_scheme_on_a_peft_model_is_refused_not_half_applied(tmp_path, trained_
         trainer.fit(
             LoraModule(model, 2e-4), torch.utils.data.DataLoader(lm_batches(8), batch_size=8)
         )
+
+
+# ---- healthy fine-tunes stay silent --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frozen", ["none", "lower block", "all but the top block"])
+@pytest.mark.parametrize("lr", [2e-5, 1e-4, 3e-4])
+def test_healthy_fine_tunes_are_silent(lr: float, frozen: str, trained_state) -> None:  # noqa: ANN001
+    model = zoo.build("gpt2")
+    model.load_state_dict(trained_state("gpt2"))
+    tr = model.transformer
+    if frozen == "lower block":
+        tr.h[0].requires_grad_(False)
+        tr.wpe.requires_grad_(False)
+    elif frozen == "all but the top block":
+        model.requires_grad_(False)
+        tr.h[1].requires_grad_(True)
+        tr.ln_f.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = lm_batches(64)
+    opt = torch.optim.AdamW(params, lr=lr)
+    watch = Watch(model, every=1, on_alert=lambda a: None)
+    for step in range(8):
+        chunk = data[8 * step : 8 * step + 8]
+        kw = {k: torch.stack([d[k] for d in chunk]) for k in chunk[0]}
+        with watch.step(step, opt) as s:
+            s.loss = model(**kw).loss
+            s.loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert watch.context.pretrained
+    assert watch.alerts == [], [(a.kind, a.layer, a.message) for a in watch.alerts]
+
+
+def test_hf_trainer_fine_tune_with_warmup_is_silent(tmp_path, trained_state) -> None:  # noqa: ANN001
+    from transformers import GPT2LMHeadModel
+
+    model = zoo.build("gpt2")
+    model.load_state_dict(trained_state("gpt2"))
+    assert isinstance(model, GPT2LMHeadModel)
+    cb = InitWatchCallback(None, on_alert=lambda a: None)
+    trainer = _hf(model, 3e-4, tmp_path, [cb], data=lm_batches(64), steps=8)
+    trainer.args.warmup_steps = 3
+    trainer.train()
+    assert cb.context.pretrained and cb.alerts == [], cb.alerts
