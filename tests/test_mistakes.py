@@ -129,6 +129,12 @@ def test_inspect_checks_its_arguments():
         initwatch.inspect(model, blocks="x", roles=["q"])
     with pytest.raises(initwatch.AnatomyError, match=r"layout describe a custom model"):
         initwatch.inspect(model, layout="pre")  # silently ignored before
+    with pytest.raises(ValueError, match=r"group=0: expected a positive whole number"):
+        initwatch.inspect(model, group=0)
+    with pytest.raises(ValueError, match=r"qkv_sizes=\(1, 2\): expected three positive"):
+        initwatch.inspect(model, qkv_sizes=(1, 2))
+    with pytest.raises(initwatch.AnatomyError, match=r"qkv_sizes, group describe a custom"):
+        initwatch.inspect(model, qkv_sizes=(8, 8, 8), group=2)  # silently ignored before
 
 
 def test_inspect_refuses_paths_that_name_no_module():

@@ -439,8 +439,9 @@ def inspect(
         "final_norm": final_norm,
     }
     _check_arguments(
-        model, blocks, roles, norms, layout, fused, heads, residual, attn_scaled, extras
-    )
+        model, blocks, roles, norms, layout, fused, heads, residual, attn_scaled, extras,
+        group=group, qkv_sizes=qkv_sizes,
+    )  # fmt: skip
     if blocks is None and roles is None:
         anatomy = _known(model)
         if anatomy is None:
@@ -516,6 +517,9 @@ def _check_arguments(
     residual: Any,
     attn_scaled: Any,
     paths: Mapping[str, Any],
+    *,
+    group: Any = 1,
+    qkv_sizes: Any = None,
 ) -> None:
     """Types and choices of :func:`inspect`'s arguments, and that given paths exist."""
     from initwatch import validate as v
@@ -544,6 +548,16 @@ def _check_arguments(
         v.choice("attn_scaled", attn_scaled, (True, False), "attn_scaled=False")
     if heads is not None:
         v.positive_int("heads", heads, "heads=12")
+    v.positive_int("group", group, "group=2 (a block is every 2 entries of the list)")
+    if qkv_sizes is not None and not (
+        isinstance(qkv_sizes, (tuple, list))
+        and len(qkv_sizes) == 3
+        and all(v.is_whole(n) and n > 0 for n in qkv_sizes)
+    ):
+        raise ArgumentError(
+            f"qkv_sizes={qkv_sizes!r}: expected three positive whole numbers (rows of q, k and "
+            "v in the fused weight) or None; e.g. qkv_sizes=(768, 256, 256)"
+        )
     for name, path in paths.items():
         if path is None:
             continue
@@ -558,7 +572,14 @@ def _check_arguments(
     custom = blocks is not None or roles is not None
     given = [  # embeddings and stack norms are honoured on their own, also on a known family
         n
-        for n, val in (("norms", norms), ("layout", layout), ("fused", fused), ("heads", heads))
+        for n, val in (
+            ("norms", norms),
+            ("layout", layout),
+            ("fused", fused),
+            ("heads", heads),
+            ("qkv_sizes", qkv_sizes),
+            ("group", None if group == 1 else group),
+        )
         if val is not None
     ]
     if not custom and given:
@@ -812,10 +833,9 @@ def _not_recognised(model: nn.Module) -> str:
         )
     return (
         f"initwatch does not recognise {name}: no block list of a known family "
-        "(BERT, GPT-2, LLaMA, T5, BART, ViT, nn.TransformerEncoder, ...) was found. "
+        "(BERT, GPT-2, LLaMA, T5, BART, ViT, nn.TransformerEncoder, ...) was found. Describe it "
+        "with initwatch.inspect and pass the result on as anatomy=: "
+        "initwatch.reinit(model, 'rezero', anatomy=anatomy), InitWatch(scheme='rezero', "
+        "anatomy=anatomy) or InitWatchCallback(scheme='rezero', anatomy=anatomy). "
         + _example_call(model)
-        + "; then pass the result on as anatomy=: initwatch.reinit(model, 'rezero', "
-        "anatomy=anatomy), "
-        "InitWatch(scheme='rezero', anatomy=anatomy) or "
-        "InitWatchCallback(scheme='rezero', anatomy=anatomy)"
     )
