@@ -329,3 +329,30 @@ def broadcast_from_rank0(model: torch.nn.Module) -> int:
             dist.broadcast(t.data, src=0)
             n += 1
     return n
+
+
+def refuse_replaced(model: torch.nn.Module, params: list[torch.Tensor], names: list[str]) -> None:
+    """Refuse to measure parameters the model no longer holds: their values are stale.
+
+    ``fully_shard`` replaces every parameter by a new DTensor parameter, FSDP1 with
+    ``use_orig_params=False`` by its flat parameter: a Watch created before those would read
+    tensors that no longer train.
+
+    Raises:
+        ShardingError: naming the first replaced parameter and when to create the Watch.
+
+    Example::
+
+        >>> lin = torch.nn.Linear(2, 2)
+        >>> refuse_replaced(lin, [lin.weight], ["weight"])  # still the model's
+    """
+    current = {id(p) for p in model.parameters()}
+    gone = [n for p, n in zip(params, names, strict=True) if id(p) not in current]
+    if gone:
+        raise ShardingError(
+            f"{len(gone)} parameters the Watch measures are no longer the model's (e.g. "
+            f"{gone[0]}): the model was sharded or rebuilt after the Watch was created, so "
+            "their values are stale and no parameter statistics are recorded. Create the "
+            "Watch after fully_shard (FSDP2), before FullyShardedDataParallel(..., "
+            "use_orig_params=True) (FSDP1), or on the rebuilt model."
+        )

@@ -29,9 +29,11 @@ from initwatch.attention import (
     remove_all,
 )
 from initwatch.context import RunContext
+from initwatch.errors import ShardingError
 from initwatch.frame import Frame, LayerInfo
 from initwatch.probes import ParamProbe, ProbeSet
 from initwatch.selection import select_layers, select_parameters, unwrap
+from initwatch.sharding import refuse_replaced
 from initwatch.sinks import Sink
 from initwatch.stats import (
     LOSS_FIELDS,
@@ -459,12 +461,18 @@ class Watch:
             self._preclip = grad_norm_preclip
         if not self._grads_read:
             self._lora.snapshot()
-        self._read_grads(opt)
+        try:
+            self._read_grads(opt)
+        except ShardingError as exc:  # a layout it cannot read: no parameter statistics
+            self._warn(str(exc))
+            return
         self._grads_read = True
 
     def _read_grads(self, opt: Any) -> None:
         """One read per tensor and step: with several optimizers stepping in one step, each
         reads its own tensors (at the first, also those of no optimizer seen so far)."""
+        targets = self._params.targets
+        refuse_replaced(self.model, [t.param for t in targets], [t.info.name for t in targets])
         mine = {id(p) for g in getattr(opt, "param_groups", []) for p in g["params"]}
         self._optimizers[id(opt)] = mine
         ids = [id(t.param) for t in self._params.targets]

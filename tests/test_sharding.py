@@ -28,3 +28,65 @@ def test_reinit_refuses_meta_device_models():
         model = zoo.build("gpt2", layers=2, hidden=32)
     with pytest.raises(initwatch.ShardingError, match="meta device.*real device"):
         initwatch.reinit(model, "t-fixup")
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()
+
+
+def test_unreadable_layouts_are_refused_never_misread(one_rank):
+    import warnings
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor, Partial
+
+    from initwatch.sharding import layout
+
+    mesh = init_device_mesh("cpu", (1,))
+    partial = DTensor.from_local(torch.ones(2, 3), mesh, [Partial()])
+    with pytest.raises(initwatch.ShardingError, match="Partial.*Shard and Replicate"):
+        layout(partial)
+    # FSDP1 without use_orig_params: the Watch warns and records no parameter statistics
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    watch = initwatch.Watch(inner, every=1, rules=False)
+    model = FullyShardedDataParallel(inner, use_orig_params=False, device_id=torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch.step(0, opt) as scope:
+            scope.loss = model(torch.randn(3, 4)).pow(2).mean()
+            scope.loss.backward()
+            opt.step()
+    assert any("no longer the model" in str(w.message) for w in caught)
+    assert "act_rms" in watch.last_frame.values  # the rest of the frame is kept
+    assert "grad_norm" not in watch.last_frame.values
+    assert "weight_norm" not in watch.last_frame.values
+    watch.close()
+
+
+def test_a_watch_created_before_fully_shard_reads_nothing_stale(one_rank):
+    import warnings
+
+    from torch.distributed.fsdp import fully_shard
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    watch = initwatch.Watch(model, every=1, rules=False)
+    fully_shard(model)  # replaces every parameter by a DTensor parameter
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch.step(0, opt) as scope:
+            scope.loss = model(torch.randn(3, 4)).pow(2).mean()
+            scope.loss.backward()
+            opt.step()
+    assert any("after fully_shard" in str(w.message) for w in caught)
+    assert "weight_norm" not in watch.last_frame.values
+    watch.close()
