@@ -3,6 +3,7 @@ models initwatch cannot read, unequal fused QKV, untied heads, custom embeddings
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -173,6 +174,10 @@ def test_unequal_fused_qkv_is_refused_without_sizes_and_exact_with_them() -> Non
         assert rows.abs().max() > 0.9 * bound
     with pytest.raises(AnatomyError, match="summing"):
         initwatch.inspect(model, blocks="layers", roles=_ROLES, qkv_sizes=(64, 16, 8))
+    with pytest.raises(ValueError, match="qkv_sizes=96"):
+        initwatch.inspect(model, blocks="layers", roles=_ROLES, qkv_sizes=96)
+    with pytest.raises(ValueError, match="embed_scale=-1"):
+        initwatch.inspect(model, blocks="layers", roles=_ROLES, embed_scale=-1)
 
 
 def test_paths_relative_to_an_inner_module_are_accepted() -> None:
@@ -213,9 +218,10 @@ def test_suggested_inspect_call_describes_a_timm_vit_completely() -> None:
     model = Vit()
     with pytest.raises(AnatomyError) as err:
         initwatch.inspect(model)
-    call = str(err.value).split("Describe it like: ", 1)[1]
-    call = call.replace("'post' or 'pre'", "'pre'").replace("initwatch.inspect(model, ", "")
-    kwargs = eval(f"dict({call[:-1]})")  # noqa: S307 - the message's own call, followed literally
+    call = re.search(r"initwatch\.inspect\(model, (.*?layout='post' or 'pre')\)", str(err.value))
+    assert call is not None, str(err.value)
+    args = call.group(1).replace("'post' or 'pre'", "'pre'")
+    kwargs = eval(f"dict({args})")  # noqa: S307 - the message's own call, followed literally
     a = initwatch.inspect(model, **kwargs)
     assert {s.role for s in a.blocks[0].slots} == {"q", "k", "v", "o", "ffn_in", "ffn_out"}
     assert a.hidden == 32

@@ -442,6 +442,7 @@ def inspect(
         model, blocks, roles, norms, layout, fused, heads, residual, attn_scaled, extras,
         group=group, qkv_sizes=qkv_sizes,
     )  # fmt: skip
+    _check_embed_scale(embed_scale)
     if blocks is None and roles is None:
         anatomy = _known(model)
         if anatomy is None:
@@ -454,6 +455,16 @@ def inspect(
     _stack_extras(model, anatomy, extras, embed_scale)
     find_embeddings(model, anatomy)
     return anatomy
+
+
+def _check_embed_scale(embed_scale: Any) -> None:
+    """``embed_scale`` is None or a positive number."""
+    number = isinstance(embed_scale, (int, float)) and not isinstance(embed_scale, bool)
+    if embed_scale is not None and not (number and embed_scale > 0):
+        raise ArgumentError(
+            f"embed_scale={embed_scale!r}: expected a positive number (the factor the model's "
+            "forward multiplies token embeddings by), e.g. embed_scale=math.sqrt(512)"
+        )
 
 
 def locate(model: nn.Module, path: str) -> str | None:
@@ -631,8 +642,6 @@ def _custom(
         )
     stacks = []
     n_heads = 0
-    if not isinstance(group, int) or group < 1:
-        raise AnatomyError(f"group={group!r}: expected a positive number of list entries")
     for kind, given in stack_paths.items():
         path = locate(model, given) or given
         mlist = _get(model, path)
