@@ -77,3 +77,12 @@ def test_restore_names_the_scheme_through_the_registry(scheme: str) -> None:
     trained = zoo.build("bart", layers=2)
     initwatch.reinit(trained, scheme)
     assert initwatch.restore(zoo.build("bart", layers=2), trained.state_dict()).scheme == scheme
+
+
+def test_inspect_says_already_applied_instead_of_applies_after_a_scheme() -> None:
+    model = zoo.build("bert", layers=2)
+    assert "t-fixup: applies" in str(initwatch.inspect(model))
+    initwatch.reinit(model, "t-fixup")
+    line = str(initwatch.inspect(model)).splitlines()[-1]
+    assert "t-fixup: already applied" in line and "t-fixup: applies" not in line
+    assert "rezero: not applicable (t-fixup already applied" in line

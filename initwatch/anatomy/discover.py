@@ -454,6 +454,10 @@ def inspect(
         )  # fmt: skip
     _stack_extras(model, anatomy, extras, embed_scale)
     find_embeddings(model, anatomy)
+    from initwatch.schemes.base import applied_scheme  # the schemes read anatomies: no cycle
+
+    scheme = applied_scheme(model)
+    anatomy.applied_scheme = None if scheme in (None, "none") else scheme
     return anatomy
 
 

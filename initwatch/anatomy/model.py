@@ -236,6 +236,8 @@ class Anatomy:
         attn_scaled: False when attention logits are not divided by sqrt(d_head) (T5, GPT-Neo).
         tied: groups of parameter names that share one tensor.
         model_class: class name of the model.
+        applied_scheme: the scheme initwatch already applied to (or restored into) the model,
+            or None.
 
     Example::
 
@@ -255,6 +257,7 @@ class Anatomy:
     attn_scaled: bool = True
     tied: list[list[str]] = field(default_factory=list)
     model_class: str = ""
+    applied_scheme: str | None = None
 
     @property
     def blocks(self) -> list[Block]:

@@ -69,14 +69,26 @@ def grace_schemes() -> tuple[str, ...]:
 
 
 def applicability(anatomy: Anatomy) -> dict[str, str]:
-    """For each scheme, ``"applies"`` or ``"not applicable (<reason>)"``.
+    """For each scheme, ``"applies"``, ``"already applied"`` or ``"not applicable (<reason>)"``.
 
     Example::
 
-        >>> from initwatch import inspect, zoo
-        >>> applicability(inspect(zoo.build("gpt2")))["deepnet"]
+        >>> from initwatch import inspect, reinit, zoo
+        >>> model = zoo.build("gpt2")
+        >>> applicability(inspect(model))["deepnet"]
         'not applicable (Pre-LN: DeepNet needs Post-LN)'
+        >>> _ = reinit(model, "t-fixup")
+        >>> applicability(inspect(model))["t-fixup"]
+        'already applied'
     """
+    done = anatomy.applied_scheme
+    if done is not None:  # reinit refuses a second scheme (AlreadyAppliedError)
+        return {
+            name: "already applied"
+            if name == done
+            else f"not applicable ({done} already applied: build a fresh model)"
+            for name in SCHEMES
+        }
     out = {}
     for name, scheme in SCHEMES.items():
         reason = scheme.applies(anatomy)
