@@ -203,8 +203,8 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
                 'try ReZero (`scheme="rezero"`)',
             ]
         )
-    if scheme in ("t-fixup", "rezero"):
-        name = "T-Fixup" if scheme == "t-fixup" else "ReZero"
+    if scheme in registry.grace_schemes():  # branches that start from zero (T-Fixup, ReZero)
+        name = registry.get(scheme).title
         return _join(
             [
                 f"{name} is already applied and its grace period is over: {_lower_lr(ctx, ev, 3)} and {_warmup(ctx)}",
