@@ -199,13 +199,16 @@ class DeepNormNormInput:
                     "projection reads the sublayer's input."
                 )
             skip = skip.reshape(x.shape)
+        # forget the skip now: a checkpoint's recomputation may stop inside this norm (early
+        # stop), before its forward hook, and must not leave an activation held by the block
+        _put(self.block, self.index, None)
         alpha = getattr(self.block, DEEPNORM_BUFFER)
         return (x + (alpha - 1.0).to(x.dtype) * skip, *args[1:])
 
 
 class DeepNormNormOutput:
-    """Norm forward hook: the skip is used; the norm's output is the skip of the next
-    sublayer when that sublayer has no entry hook (``feeds_next``)."""
+    """Norm forward hook: the norm's output is the skip of the next sublayer when that
+    sublayer has no entry hook (``feeds_next``)."""
 
     def __init__(self, block: nn.Module, index: int = 0, feeds_next: bool = False) -> None:
         self.block = block
@@ -213,7 +216,6 @@ class DeepNormNormOutput:
         self.feeds_next = feeds_next
 
     def __call__(self, norm: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        _put(self.block, self.index, None)
         if self.feeds_next:
             _put(self.block, self.index + 1, output)
 
