@@ -3,6 +3,8 @@ projections, so also under SDPA) and an lr schedule that reaches ~0 long before 
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -183,8 +185,6 @@ def lr_frames(lrs):
 
 
 def test_lr_collapse_rule_tells_an_early_collapse_from_a_schedule_that_ends_at_max_steps():
-    import math
-
     n = 100
     ctx = RunContext(max_steps=n)
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * s / n)) for s in range(n)]
@@ -256,3 +256,28 @@ def test_hf_schedule_sized_in_epochs_is_alerted_and_the_default_is_not(tmp_path)
     hf_trainer(tmp_path / "b", model, [cb], optimizers=(opt, sched)).train()
     alert = next(a for a in cb.alerts if a.kind == "lr_schedule_collapse")
     assert alert.step == 4 and "num_training_steps" in alert.remedy
+
+
+def test_warm_restarts_on_purpose_are_not_a_collapse(tmp_path):
+    # SGDR reaches ~0 at the end of each cycle on purpose; the adapters mark such schedulers
+    cb = InitWatchCallback(on_alert=quiet)
+    hf_trainer(
+        tmp_path / "sgdr",
+        zoo.build("gpt2", layers=2, hidden=32),
+        [cb],
+        max_steps=6,
+        lr_scheduler_type="cosine_with_restarts",
+        lr_scheduler_kwargs={"num_cycles": 2},
+    ).train()
+    assert cb.context.extra["lr_restarts"] is True
+    cb = InitWatchCallback(on_alert=quiet)
+    hf_trainer(tmp_path / "cos", zoo.build("gpt2", layers=2, hidden=32), [cb], max_steps=2).train()
+    assert cb.context.extra["lr_restarts"] is False
+    # the rule: 4 cycles of 10 steps in a 100-step run reach ~0 at steps 9, 19, ...
+    sgdr = [1e-3 * 0.5 * (1 + math.cos(math.pi * (s % 10) / 9)) for s in range(40)]
+    marked = RunContext(max_steps=100, extra={"lr_restarts": True})
+    rules = Rules()
+    assert not [a for f in lr_frames(sgdr) for a in rules.update(f, marked)]
+    rules = Rules()  # unmarked, the same schedule is a collapse
+    first = next(a for f in lr_frames(sgdr) for a in rules.update(f, RunContext(max_steps=100)))
+    assert (first.kind, first.step) == ("lr_schedule_collapse", 9)

@@ -377,6 +377,31 @@ def base_lr_of(scheduler: Any, optimizer: Any) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) else None
 
 
+def restarts_of(scheduler: Any) -> bool:
+    """True for a schedule that returns to ~0 and restarts on purpose (SGDR): PyTorch's
+    ``CosineAnnealingWarmRestarts`` and Hugging Face's cosine with hard restarts
+    (``lr_scheduler_type="cosine_with_restarts"``). ``lr_schedule_collapse`` exempts them.
+
+    Example::
+
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> restarts_of(torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10))
+        True
+        >>> restarts_of(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10))
+        False
+    """
+    sched = torch.optim.lr_scheduler
+    if isinstance(scheduler, sched.CosineAnnealingWarmRestarts):
+        return True
+    if isinstance(scheduler, sched.SequentialLR):
+        return any(restarts_of(s) for s in getattr(scheduler, "_schedulers", []))
+    if isinstance(scheduler, sched.LambdaLR) and scheduler.lr_lambdas:
+        fn = scheduler.lr_lambdas[0]
+        name = getattr(getattr(fn, "func", fn), "__name__", "")
+        return "restarts" in name
+    return False
+
+
 def peak_lr_of(scheduler: Any, optimizer: Any, max_steps: int | None = None) -> float | None:
     """The learning rate a per-step schedule rises to (its warmup's end), else
     :func:`base_lr_of`: a ``LambdaLR`` (the Hugging Face schedules) at the step its multiplier

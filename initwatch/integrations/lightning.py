@@ -34,6 +34,7 @@ from initwatch.integrations._common import (
     peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
+    restarts_of,
     step_hook,
     warmup_steps_of,
 )
@@ -416,6 +417,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             in_warmup=warmup is not None and _logged_step(trainer) < warmup,
             grad_clip=clip,
             grad_clip_algorithm=_clip_algorithm(trainer) if clip else None,
+            lr_restarts=restarts_of(scheduler),
         )
 
     @override

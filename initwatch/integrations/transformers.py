@@ -32,6 +32,7 @@ from initwatch.integrations._common import (
     peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
+    restarts_of,
     step_hook,
     warmup_steps_of,
 )
@@ -359,6 +360,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             in_warmup=state.global_step < warmup,
             grad_clip=clip,
             grad_clip_algorithm="norm" if clip is not None else None,
+            lr_restarts=restarts_of(scheduler),
         )
 
     @override

@@ -914,7 +914,9 @@ def lr_schedule_collapse(x: Inputs) -> list[Finding]:
     A decay that reaches ~0 at ``max_steps`` (cosine, linear) is healthy; one that falls below
     ``lr_collapse_fraction`` of the largest measured lr before ``lr_collapse_progress`` of
     ``max_steps`` is not (typically a scheduler sized in epochs stepped every batch). The lr is
-    read, not estimated: the first frame that shows it alerts. Needs ``context.max_steps``.
+    read, not estimated: the first frame that shows it alerts. Needs ``context.max_steps``; a
+    schedule with deliberate warm restarts (``context.extra["lr_restarts"]``, set by the
+    adapters for SGDR schedulers) is exempt.
 
     Example::
 
@@ -933,7 +935,7 @@ def lr_schedule_collapse(x: Inputs) -> list[Finding]:
     peak = max(seen[0] if seen else 0.0, float(lr))
     x.history["lr_peak"] = [peak]
     total, step = ctx.max_steps, x.frame.step
-    if not total or peak <= 0 or ctx.in_warmup:
+    if not total or peak <= 0 or ctx.in_warmup or ctx.extra.get("lr_restarts"):
         return []
     if lr >= th.lr_collapse_fraction * peak or step >= th.lr_collapse_progress * total:
         return []
