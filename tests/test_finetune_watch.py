@@ -216,6 +216,36 @@ def test_bart_rezero_encoder_starved_by_the_closed_gate_is_not_alerted(tmp_path)
     assert not [a for a in cb.alerts if a.kind == "update_ratio_low"], cb.alerts
 
 
+class Seq2Seq(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = zoo.build("bart", layers=4)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.model(**batch).loss
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_lightning_bart_rezero_is_not_alerted_for_its_closed_gate(tmp_path) -> None:  # noqa: ANN001
+    # InitWatch applies ReZero itself at setup; without the grace: update_ratio_low at step 4
+    cb = InitWatch("rezero", log_every_n_steps=1, on_alert=lambda a: None)
+    L.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+    ).fit(Seq2Seq(), torch.utils.data.DataLoader(_seq2seq(64), batch_size=8))
+    assert cb.report is not None and cb.context.scheme == "rezero"
+    assert not [a for a in cb.alerts if a.kind == "update_ratio_low"], cb.alerts
+
+
 # ---- PEFT / LoRA ------------------------------------------------------------------------------
 
 
