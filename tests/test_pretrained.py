@@ -74,6 +74,24 @@ def test_fresh_models_are_not_pretrained(family: str) -> None:
     assert all(v.init_std is not None for v in d.verdicts)  # each compared with its own init
 
 
+def test_a_hand_made_init_of_a_plain_model_is_not_taken_for_training() -> None:
+    # nanoGPT-style normal(0.02), a gain of 4, xavier: i.i.d. draws at another scale than
+    # PyTorch's default are still an initialization (the scale is only tested against a
+    # Hugging Face model's own _init_weights)
+    for init in (
+        lambda w: nn.init.normal_(w, std=0.02),
+        lambda w: nn.init.kaiming_uniform_(w, a=math.sqrt(5)).mul_(4.0),
+        nn.init.xavier_normal_,
+    ):
+        model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+        with torch.no_grad():
+            for layer in model:
+                init(layer.weight)
+        d = decide_pretrained(model)
+        assert not d.pretrained and not d.trained, d.describe()
+        assert initwatch.is_pretrained(model) is False
+
+
 def test_the_reference_draw_leaves_the_model_and_the_random_state_alone() -> None:
     model = zoo.build("gpt2")
     before = copy.deepcopy(model.state_dict())

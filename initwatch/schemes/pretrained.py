@@ -16,6 +16,10 @@ state change) by three tests, each with a tolerance derived from the matrix's si
   row of ``m`` entries has variance ``m (mu4 - sigma^4)``, whatever the init's scale; trained
   matrices have rows (units) and columns (input features) of unequal importance.
 
+PyTorch's ``reset_parameters`` is only a reference for the structure: plain models are often
+re-initialized by hand (``normal_(std=0.02)``, a gain), so outside Hugging Face models the scale
+is not tested and the kurtosis only beyond a normal's (3); any i.i.d. init passes.
+
 Each statistic is in standard errors beyond the init. A matrix counts as trained when one
 exceeds :data:`Z` (8: a fresh model of hundreds of matrices is not flagged by chance; the
 largest seen on fresh models of every zoo family over 12 seeds is 4.8), and the model counts
@@ -213,14 +217,22 @@ def inspect_weights(model: nn.Module, skip: set[int] | None = None) -> list[Matr
             name = f"{path}.{pname}" if path else pname
             try:
                 ref = _reference(model, modules, owners, path, module, pname, refs)
-                out.append(judge(name, p.detach(), ref))
+                hf = _owner(owners, path) is not None
+                out.append(judge(name, p.detach(), ref, authoritative=hf))
             except Exception:  # a module that cannot be copied or re-initialized: no evidence
                 continue
     return out
 
 
-def judge(name: str, weight: torch.Tensor, ref: torch.Tensor | None) -> MatrixVerdict:
+def judge(
+    name: str, weight: torch.Tensor, ref: torch.Tensor | None, authoritative: bool = True
+) -> MatrixVerdict:
     """Test one matrix against a fresh draw ``ref`` of its init (None: structure only).
+
+    ``authoritative``: ``ref`` is the init the model's own code performs (Hugging Face's
+    ``_init_weights``). PyTorch's ``reset_parameters`` is not (plain models are often
+    re-initialized by hand, e.g. ``normal_(std=0.02)`` or a gain): then the scale is not
+    tested, and the kurtosis only beyond a normal's (3), so any i.i.d. init passes.
 
     ``score`` is the largest test statistic in standard errors; ``trained`` is ``score > Z``;
     ``reasons`` lists the tests beyond :data:`Z_MODEL`.
@@ -250,12 +262,14 @@ def judge(name: str, weight: torch.Tensor, ref: torch.Tensor | None) -> MatrixVe
         r = r[r.abs().sum(1) > 0] if r.shape[0] > 1 else r
         r2, rkurt = _moments(r)
         v.init_std = math.sqrt(r2)
-        if r2 <= 0 and torch.equal(w, r.to(w)):
+        if r.shape == w.shape and torch.equal(w, r.to(w)):
             return v  # a deterministic init (zeros, a sinusoid) reproduced exactly
+        if not authoritative:
+            rkurt = max(rkurt, 3.0)
         if r2 > 0:
             se = math.sqrt(max(kurt - 1, 0.1) / (4 * n) + max(rkurt - 1, 0.1) / (4 * r.numel()))
             change = 0.5 * math.log(s2 / r2)
-            if abs(change) > math.log1p(MIN_SCALE_CHANGE):
+            if authoritative and abs(change) > math.log1p(MIN_SCALE_CHANGE):
                 ratio = _fmt(math.exp(change))
                 tests.append(
                     (
