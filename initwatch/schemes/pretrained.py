@@ -32,8 +32,8 @@ pretrained.
 What it cannot see: weights whose training left them statistically an init draw. A few hundred
 Adam steps on random data move each coordinate by a noise-like amount: a tiny BERT / GPT-2 /
 LLaMA (hidden 32) trained with AdamW at lr 3e-3 is recognised after 60 steps (``zoo.pretrain``),
-at lr 1e-3 after ~30-100 steps, at lr 1e-4 only after ~300; a tiny T5 or ``nn.Transformer``
-was not recognised within 300 steps although its weights moved by half their std. Real
+at lr 1e-3 after ~30-100 steps, at lr 1e-4 only after ~300; a tiny T5 was not recognised within
+300 steps although its weights moved by half their std, nor plain ``torch_*`` models after 60. Real
 pretrained checkpoints differ from their init by far more (scale, heavy tails, outlier
 features). Inits a model does not perform through ``_init_weights`` / ``reset_parameters`` are
 judged by their row/column structure only; an init that depends on the block index would be
