@@ -1,252 +1,461 @@
-"""Overhead of initwatch.Watch against plain training and wandb.watch, side by side in one run.
+"""Overhead of initwatch.Watch against plain training, wandb.watch and Lightning's grad_norm.
 
-A GPT-2 from a small config is trained on random tokens (CPU by default). Configurations run in
-interleaved rounds (each round runs every configuration for ``--steps`` steps, in a rotating
-order), so machine noise hits them alike; the step-time ratio against plain training is taken
-within each round and the median over rounds is reported. Peak memory is measured separately,
-one fresh subprocess per configuration (``VmHWM`` from ``/proc/self/status``: the peak resident
-set size of the process since it started; ``ru_maxrss`` would include the parent's peak, which
-Linux carries across fork and exec), because a process's peak cannot be reset.
+Per model (``--model mlp``, ``gpt2-6`` = GPT-2 6 layers d=128, ``gpt2-12`` = GPT-2 12 layers
+d=256, or ``all``) it reports:
 
-    python bench/overhead.py                      # the table in docs/benchmarks.md
-    python bench/overhead.py --steps 20 --rounds 2 --no-memory   # a quick look
+* **counts** (deterministic, the primary evidence on a noisy machine): extra top-level aten ops
+  and host reads of one logging step against a plain step, for the Watch, ``wandb.watch(log="all")``
+  and Lightning's ``grad_norm`` (read to floats, as logging them does), and the extra ops of a
+  non-logging step (counted with the PyTorch profiler, :mod:`bench._profile`);
+* **timing**: step time (by default the training thread's CPU time, ``--clock wall`` for wall
+  time; CPU time is what a shared machine's load does not inflate) of every configuration at every 50 / 10 / 1 steps in interleaved rounds
+  (each round runs every configuration for ``--steps`` steps in a rotating order, so machine
+  noise hits them alike); the ratio to plain is taken within a round and the median over rounds
+  is reported. Every-N ratios are also derived from the measured extra cost of a logging step and
+  of a non-logging step (``1 + (extra_log / N + extra_nonlog) / plain``), which a few rounds
+  resolve better than timing 50-step cycles on a busy machine;
+* **stall**: the longest time the Watch's calls (``begin_step``, ``before_optimizer_step``,
+  ``end_step``, and ``close``) keep the training thread in one step of a whole fit that writes
+  TensorBoard output and heatmaps (forward-hook time is inside the forward and counted in the
+  logging-step cost instead), wall and thread-CPU time;
+* **non-logging step**: the extra time of a step that does not log (small MLP, median of
+  interleaved rounds, in µs);
+* **floor**: the physical limit of a logging step: one read of every monitored output (a sum)
+  plus one ``_foreach_norm`` over every gradient and weight;
+* **memory** (``--memory``): peak RSS (``VmHWM``) of one fresh process per configuration.
 
-wandb runs with ``WANDB_MODE=offline`` and ``wandb.watch(model, log="all", log_freq=N)``, with the
-Watch's default interval and with every step; its rows are committed with one ``wandb.log`` per
-logging step. The Watch configurations write to a TensorBoard ``SummaryWriter``.
+    python bench/overhead.py --model all --json overhead.json
+    python bench/overhead.py --model gpt2-6 --only counts
+
+wandb runs with ``mode="offline"`` and ``reinit="create_new"`` (each configuration its own run in
+one process: a second plain ``wandb.init`` would return the first run and mix their step
+counters, and rows with an out-of-order ``step=`` are dropped); each run watches its own model
+with ``run.watch`` and commits one ``run.log`` per logging step; since ``wandb.watch``'s hooks log
+to the global ``wandb.run``, each wandb configuration is made that run while it trains.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
+from torch import nn
 
-CONFIGS = ("plain", "watch_default", "watch_every_step", "wandb_watch", "wandb_every_step")
+HERE = Path(__file__).resolve().parent
+MODELS = {
+    "mlp": {"kind": "mlp", "width": 256, "depth": 4, "batch": 64},
+    "gpt2-6": {"kind": "gpt2", "layers": 6, "d": 128, "heads": 4, "batch": 8, "seq": 64},
+    "gpt2-12": {"kind": "gpt2", "layers": 12, "d": 256, "heads": 4, "batch": 8, "seq": 64},
+}
+MONITORS = ("watch", "wandb", "lightning")
+CLOCK = [time.thread_time]  # --clock: the training thread's CPU time (default) or wall time
+EVERY = (50, 10, 1)
 
 
-def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def _profile():
+    spec = importlib.util.spec_from_file_location("bench_profile", HERE / "_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, list[torch.Tensor], str]:
+    """The model, its batches, and its kind."""
+    cfg = MODELS[name]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(1)
+    if cfg["kind"] == "mlp":
+        w, layers = cfg["width"], []
+        for _ in range(cfg["depth"]):
+            layers += [nn.Linear(w, w), nn.ReLU()]
+        model = nn.Sequential(*layers, nn.Linear(w, 1))
+        batches = [torch.randn(cfg["batch"], w, generator=gen) for _ in range(8)]
+        return model, batches, "mlp"
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=args.layers,
-        n_embd=args.d,
-        n_head=args.heads,
-        vocab_size=args.vocab,
-        n_positions=args.seq,
+    config = GPT2Config(
+        n_layer=cfg["layers"],
+        n_embd=cfg["d"],
+        n_head=cfg["heads"],
+        vocab_size=2048,
+        n_positions=cfg["seq"],
         bos_token_id=0,
         eos_token_id=0,
     )
-    model = GPT2LMHeadModel(cfg).to(args.device).train()
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = GPT2LMHeadModel(config).train()
+    batches = [torch.randint(0, 2048, (cfg["batch"], cfg["seq"]), generator=gen) for _ in range(8)]
+    return model, batches, "gpt2"
 
 
 class Runner:
-    """One configuration: a model, its optimizer, its monitor, and a step counter."""
+    """One configuration: a model, its optimizer, its monitor at one cadence, a step counter."""
 
-    def __init__(self, name: str, args: argparse.Namespace, tmp: str) -> None:
-        self.name, self.args, self.step = name, args, 0
-        self.model, self.opt = build(args)
-        self.watch = None
-        self.wandb = None
-        self.writer = None
-        if name.startswith("watch"):
+    def __init__(self, model_name: str, monitor: str, every: int, tmp: str) -> None:
+        self.monitor, self.every, self.step = monitor, every, 0
+        self.name = "plain" if monitor == "plain" else f"{monitor}/{every}"
+        self.model, self.batches, self.kind = build(model_name)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.watch = self.writer = self.run = None
+        self.stall = 0.0  # longest time in the Watch's calls in one step (wall)
+        self.stall_cpu = 0.0
+        if monitor == "watch":
             from torch.utils.tensorboard import SummaryWriter
 
             from initwatch import Watch
 
-            every = 1 if name == "watch_every_step" else args.every
-            self.writer = SummaryWriter(os.path.join(tmp, name))  # TensorBoard output included
+            self.writer = SummaryWriter(os.path.join(tmp, self.name.replace("/", "_")))
             self.watch = Watch(self.model, writer=self.writer, every=every, on_alert=lambda a: None)
-        elif name.startswith("wandb"):
+        elif monitor == "wandb":
             import wandb
 
-            self.log_every = 1 if name == "wandb_every_step" else args.every
-            os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=tmp)
-            self.wandb = wandb.init(project="initwatch-bench", dir=tmp, mode="offline")
-            wandb.watch(self.model, log="all", log_freq=self.log_every)
-        gen = torch.Generator().manual_seed(1)
-        self.batches = [
-            torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(args.device)
-            for _ in range(8)
-        ]
+            os.environ.update(WANDB_SILENT="true")
+            self.run = wandb.init(
+                project="initwatch-bench",
+                name=self.name,
+                dir=tmp,
+                mode="offline",
+                reinit="create_new",
+                settings=wandb.Settings(console="off"),
+            )
+            self.run.watch(self.model, log="all", log_freq=every)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mlp":
+            return self.model(x).pow(2).mean()
+        return self.model(x, labels=x).loss
+
+    def one_step(self) -> None:
+        x = self.batches[self.step % len(self.batches)]
+        w = self.watch
+        logging = self.step % self.every == 0
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if w is not None:
+            w.begin_step(self.step)
+        spent, spent_cpu = time.perf_counter() - t0, time.thread_time() - c0
+        loss = self.loss(x)
+        loss.backward()
+        if self.monitor == "lightning" and logging:
+            from lightning.pytorch.utilities import grad_norm
+
+            norms = grad_norm(self.model, norm_type=2)
+            _ = {k: float(v) for k, v in norms.items()}  # what logging them reads
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if w is not None:
+            w.before_optimizer_step(self.opt)
+        spent += time.perf_counter() - t0
+        spent_cpu += time.thread_time() - c0
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if w is not None:
+            w.end_step(loss=loss)
+        spent += time.perf_counter() - t0
+        spent_cpu += time.thread_time() - c0
+        if self.run is not None and logging:
+            self.run.log({"loss": loss.item()}, step=self.step)
+        self.stall = max(self.stall, spent)
+        self.stall_cpu = max(self.stall_cpu, spent_cpu)
+        self.step += 1
 
     def train(self, n: int) -> float:
-        """Run n optimizer steps; return the wall time."""
-        if self.args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        if self.run is not None:  # wandb.watch's hooks log to the global wandb.run
+            import wandb
+
+            wandb.run = self.run
+        clock = CLOCK[0]
+        t0 = clock()
         for _ in range(n):
-            x = self.batches[self.step % len(self.batches)]
-            if self.watch is not None:
-                self.watch.begin_step(self.step)
-            loss = self.model(x, labels=x).loss
-            loss.backward()
-            if self.watch is not None:
-                self.watch.before_optimizer_step(self.opt)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            if self.watch is not None:
-                self.watch.end_step(loss=loss)
-            elif self.wandb is not None and self.step % self.log_every == 0:
-                self.wandb.log({"loss": loss.item()}, step=self.step)
-            self.step += 1
-        if self.args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+            self.one_step()
+        return clock() - t0
 
     def close(self) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
         if self.watch is not None:
             self.watch.close()
+        self.stall = max(self.stall, time.perf_counter() - t0)
+        self.stall_cpu = max(self.stall_cpu, time.thread_time() - c0)
+        if self.writer is not None:
             self.writer.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        if self.run is not None:
+            self.run.finish()
 
 
-def timing(args: argparse.Namespace, configs: list[str]) -> dict[str, dict[str, float]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = [Runner(c, args, tmp) for c in configs]
-        for r in runners:  # warm-up: allocator, first logging step, lazy imports
-            r.train(args.warmup)
-        times: dict[str, list[float]] = {c: [] for c in configs}
-        for k in range(args.rounds):
-            order = runners[k % len(runners) :] + runners[: k % len(runners)]
-            for r in order:
-                times[r.name].append(r.train(args.steps) / args.steps)
-        for r in runners:
-            r.close()
+# ---- counts (deterministic) ---------------------------------------------------------------
+
+
+def counts(model_name: str, tmp: str) -> dict[str, dict[str, int]]:
+    """Extra top-level aten ops and host reads of a logging / non-logging step, per monitor."""
+    prof = _profile()
     out = {}
-    for c in configs:
-        ratios = [t / p for t, p in zip(times[c], times["plain"], strict=True)]
-        out[c] = {
-            "ms_per_step": 1000 * statistics.median(times[c]),
+    plain = Runner(model_name, "plain", 1, tmp)
+    plain.train(2)
+    base = prof.count(plain.one_step)
+    for monitor in MONITORS:
+        r = Runner(model_name, monitor, 2, tmp)
+        r.train(2)  # steps 0 (logging) and 1: plans, lazy imports, optimizer state
+        r.train(0)  # (wandb: its run is the global one)
+        a = prof.count(r.one_step)  # step 2: a logging step
+        b = prof.count(r.one_step)  # step 3: not one (wandb counts its own calls: it may be)
+        logged, other = (a, b) if a.ops >= b.ops else (b, a)
+        out[monitor] = {
+            "extra_ops_logging": logged.ops - base.ops,
+            "host_reads_logging": logged.host_reads - base.host_reads,
+            "extra_ops_non_logging": other.ops - base.ops,
+            "host_reads_non_logging": other.host_reads - base.host_reads,
+        }
+        if monitor == "watch":
+            out[monitor]["monitored_outputs"] = len(r.watch._probes.probes)
+            out[monitor]["parameter_tensors"] = len(r.watch._params.targets)
+            out[monitor]["sampled_tensors"] = len(r.watch._params.sparse)
+        r.close()
+    plain.close()
+    return out
+
+
+# ---- timing -------------------------------------------------------------------------------
+
+
+def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dict]:
+    monitors = [m for m in MONITORS if m not in args.skip]
+    runners = [Runner(model_name, "plain", 1, tmp)]
+    runners += [Runner(model_name, m, e, tmp) for m in monitors for e in args.every]
+    for r in runners:  # warm-up: allocator, first logging step, lazy imports
+        r.train(args.warmup)
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for k in range(args.rounds):
+        order = runners[k % len(runners) :] + runners[: k % len(runners)]
+        for r in order:
+            times[r.name].append(r.train(args.steps) / args.steps)
+    for r in runners:
+        r.close()
+    plain = times["plain"]
+    out: dict[str, dict] = {}
+    for r in runners:
+        ratios = [t / p for t, p in zip(times[r.name], plain, strict=True)]
+        out[r.name] = {
+            "ms_per_step": 1000 * statistics.median(times[r.name]),
             "ratio": statistics.median(ratios),
+            "ratio_of_fastest": min(times[r.name]) / min(plain),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "stall_ms": 1000 * r.stall,
+            "stall_cpu_ms": 1000 * r.stall_cpu,
         }
     return out
 
 
+def logging_step_extra(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
+    """Median extra ms of a logging step (every=1) and of a non-logging step, per monitor."""
+    plain = Runner(model_name, "plain", 1, tmp)
+    every1 = {m: Runner(model_name, m, 1, tmp) for m in MONITORS if m not in args.skip}
+    never = Runner(model_name, "watch", 10**9, tmp)
+    everyone = [plain, never, *every1.values()]
+    for r in everyone:
+        r.train(args.warmup)
+    samples: dict[str, list[float]] = {r.name: [] for r in everyone}
+    for k in range(args.rounds):
+        order = everyone[k % len(everyone) :] + everyone[: k % len(everyone)]
+        for r in order:
+            samples[r.name].append(r.train(args.steps) / args.steps)
+    # Noise on a shared machine only adds time, so the fastest round of each configuration is
+    # its best estimate; the median of the paired differences is given too.
+    base = samples["plain"]
+    out = {"plain_ms": 1000 * min(base), "plain_ms_median": 1000 * statistics.median(base)}
+    for key, r in [(f"{m}_logging", r) for m, r in every1.items()] + [("watch_non_logging", never)]:
+        out[f"{key}_extra_ms"] = 1000 * (min(samples[r.name]) - min(base))
+        out[f"{key}_extra_ms_median"] = 1000 * statistics.median(
+            [t - p for t, p in zip(samples[r.name], base, strict=True)]
+        )
+    for r in everyone:
+        r.close()
+    return out
+
+
+def non_logging_us(args: argparse.Namespace, tmp: str, n: int = 200) -> dict[str, float]:
+    """Extra µs of a step that does not log, small MLP (Watch hooks detached after step 0)."""
+    plain = Runner("mlp", "plain", 1, tmp)
+    watched = Runner("mlp", "watch", 10**9, tmp)
+    for r in (plain, watched):
+        r.train(5)
+    times: dict[str, list[float]] = {plain.name: [], watched.name: []}
+    for k in range(args.rounds * 4):
+        for r in (plain, watched) if k % 2 == 0 else (watched, plain):
+            times[r.name].append(r.train(n) / n)
+    for r in (plain, watched):
+        r.close()
+    a, b = times[plain.name], times[watched.name]
+    return {
+        "plain_us": 1e6 * min(a),
+        "extra_us": 1e6 * (min(b) - min(a)),
+        "extra_us_median": 1e6 * statistics.median([y - x for x, y in zip(a, b, strict=True)]),
+    }
+
+
+def stall(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
+    """Longest Watch call time in one step over a whole fit (every 10, heatmaps, close)."""
+    r = Runner(model_name, "watch", 10, tmp)
+    r.watch._sink.heatmap_every = 1  # a heatmap at every logging step: the worst case
+    r.train(args.stall_steps)
+    r.close()
+    return {
+        "steps": args.stall_steps,
+        "stall_ms": 1000 * r.stall,
+        "stall_cpu_ms": 1000 * r.stall_cpu,
+    }
+
+
+def floor(model_name: str, args: argparse.Namespace) -> dict[str, float]:
+    """The physical limit: one read of every monitored output + one norm of every gradient and
+    weight, timed alone (median of repeats)."""
+    from initwatch.watch import Watch
+
+    model, batches, kind = build(model_name)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    watch = Watch(model, every=1, rules=False)  # only to know the monitored outputs
+    outputs: list[torch.Tensor] = []
+    handles = [
+        p.target.module.register_forward_hook(
+            lambda m, a, o: outputs.append((o[0] if isinstance(o, tuple) else o).detach())
+        )
+        for p in watch._probes.probes
+    ]
+    watch.close()
+    x = batches[0]
+    loss = model(x).pow(2).mean() if kind == "mlp" else model(x, labels=x).loss
+    loss.backward()
+    for h in handles:
+        h.remove()
+    params = [p for p in model.parameters() if p.grad is not None]
+    tensors = [p.grad for p in params] + params
+    reads = []
+    norms = []
+    clock = CLOCK[0]
+    for _ in range(max(5, args.rounds * 3)):
+        t0 = clock()
+        for o in outputs:
+            o.sum()
+        reads.append(clock() - t0)
+        t0 = clock()
+        torch._foreach_norm(tensors)
+        norms.append(clock() - t0)
+    opt.zero_grad()
+    mb = sum(o.numel() * o.element_size() for o in outputs) / 2**20
+    return {  # the limit: the fastest of the repeats
+        "monitored_MB": mb,
+        "read_ms": 1000 * min(reads),
+        "norm_ms": 1000 * min(norms),
+        "floor_ms": 1000 * (min(reads) + min(norms)),
+    }
+
+
+# ---- memory -------------------------------------------------------------------------------
+
+
 def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes (Linux VmHWM; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
-def memory_child(args: argparse.Namespace, config: str) -> None:
-    """Run one configuration alone and print its memory (child process)."""
-    import psutil
-
-    rss = psutil.Process().memory_info().rss
-    # Every child imports the same libraries first, so that peaks differ by what each
-    # configuration allocates while training, not by which libraries it imported.
-    import matplotlib.backends.backend_agg  # noqa: F401  (the Watch's heatmaps)
-    import torch.utils.tensorboard  # noqa: F401
-    import wandb  # noqa: F401
+def memory_child(model_name: str, config: str, steps: int) -> None:
+    import torch.utils.tensorboard  # noqa: F401  (every child imports the same libraries)
 
     import initwatch.sinks.tensorboard  # noqa: F401
     import initwatch.watch  # noqa: F401
 
-    imports = psutil.Process().memory_info().rss - rss
+    monitor, _, every = config.partition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        r = Runner(config, args, tmp)
-        r.train(1)
-        before = psutil.Process().memory_info().rss
-        r.train(args.memory_steps)
+        r = Runner(model_name, monitor, int(every or 1), tmp)
+        r.train(steps)
         peak = _peak_rss()
         r.close()
-    print(json.dumps({"imports": imports, "rss_after_first_step": before, "peak_rss": peak}))
+    print(json.dumps({"peak_rss": peak}))
 
 
-def memory(args: argparse.Namespace, configs: list[str]) -> dict[str, dict[str, float]]:
+def memory(model_name: str, steps: int) -> dict[str, float]:
     out = {}
-    for c in configs:
-        cmd = [sys.executable, __file__, "--memory-child", c] + _passthrough(args)
+    for config in ("plain", "watch/1", "watch/10"):
+        cmd = [sys.executable, __file__, "--memory-child", config, "--model", model_name]
+        cmd += ["--memory-steps", str(steps)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[c] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[config] = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss"]
     return out
 
 
-def _passthrough(args: argparse.Namespace) -> list[str]:
-    keys = ("layers", "d", "heads", "vocab", "seq", "batch", "every", "device", "memory_steps")
-    keys += ("threads",)
-    return [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+# ---- main ---------------------------------------------------------------------------------
+
+PARTS = ("counts", "extra", "timing", "nonlog", "stall", "floor")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--d", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=2048)
-    p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--every", type=int, default=50, help="the Watch's default interval")
-    p.add_argument("--steps", type=int, default=50, help="steps per configuration per round")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument(
-        "--warmup", type=int, default=12, help="untimed steps (covers the first heatmap)"
-    )
-    p.add_argument("--memory-steps", type=int, default=100)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: less noise)")
-    p.add_argument("--no-wandb", action="store_true")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--model", default="gpt2-6", choices=[*MODELS, "all"])
+    p.add_argument("--only", nargs="*", default=list(PARTS), choices=PARTS)
+    p.add_argument("--steps", type=int, default=10, help="steps per configuration per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--every", type=int, nargs="*", default=list(EVERY))
+    p.add_argument("--skip", nargs="*", default=[], choices=MONITORS)
+    p.add_argument("--stall-steps", type=int, default=60)
+    p.add_argument("--memory", action="store_true")
+    p.add_argument("--memory-steps", type=int, default=30)
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--clock",
+        default="cpu",
+        choices=("cpu", "wall"),
+        help="time steps by the training thread's CPU time (robust on a shared machine) or wall",
+    )
+    p.add_argument("--json", default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    CLOCK[0] = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child:
-        memory_child(args, args.memory_child)
+        memory_child(args.model, args.memory_child, args.memory_steps)
         return
-    configs = [c for c in CONFIGS if not (args.no_wandb and c.startswith("wandb"))]
-    t = timing(args, configs)
-    m = {} if args.no_memory else memory(args, configs)
-    print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"GPT-2 n_layer={args.layers} d={args.d} batch={args.batch}x{args.seq}, "
-        f"{args.rounds} rounds x {args.steps} steps, interval {args.every}"
-    )
-    print("| configuration | ms / step | ratio vs plain (median) | min-max | peak RSS MB | ratio |")
-    print("|---|---|---|---|---|---|")
-    base = m.get("plain", {}).get("peak_rss")
-    for c in configs:
-        row = t[c]
-        mem = m.get(c, {})
-        peak = mem.get("peak_rss")
-        peak_s = f"{peak / 2**20:.0f}" if peak else "-"
-        mem_ratio = f"{peak / base:.3f}" if peak and base else "-"
-        print(
-            f"| {c} | {row['ms_per_step']:.1f} | {row['ratio']:.3f} | "
-            f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {peak_s} | {mem_ratio} |"
-        )
-    if m:
-        mb = m["plain"]["imports"] / 2**20
-        print(
-            f"(every memory child first imports tensorboard, matplotlib, wandb, initwatch: {mb:.0f} MB)"
-        )
+    names = list(MODELS) if args.model == "all" else [args.model]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            res: dict[str, object] = {}
+            if "counts" in args.only:
+                res["counts"] = counts(name, tmp)
+            if "floor" in args.only:
+                res["floor"] = floor(name, args)
+            if "extra" in args.only:
+                res["extra"] = logging_step_extra(name, args, tmp)
+            if "timing" in args.only:
+                res["timing"] = timing(name, args, tmp)
+            if "stall" in args.only:
+                res["stall"] = stall(name, args, tmp)
+            if args.memory:
+                res["memory"] = memory(name, args.memory_steps)
+            results[name] = res
+            print(name, json.dumps(res, indent=1), flush=True)
+        if "nonlog" in args.only:
+            results["non_logging_mlp"] = non_logging_us(args, tmp)
+            print("non_logging_mlp", json.dumps(results["non_logging_mlp"]), flush=True)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"timing": t, "memory": m, "args": vars(args)}, f, indent=1)
+            json.dump({"results": results, "args": vars(args)}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,14 @@ class Group:
         """End (exclusive) of the group's MAX block in the buffer."""
         return self.max_start + len(self.max_fields) * self.size
 
+    def offsets(self) -> dict[str, int]:
+        """``{field: offset of row 0}`` in declaration order (computed once, after allocate)."""
+        found = self.__dict__.get("_offsets")
+        if found is None or found[0] != (self.sum_start, self.max_start):
+            found = ((self.sum_start, self.max_start), {n: self.offset(n) for n in self.field_names})
+            self.__dict__["_offsets"] = found
+        return found[1]
+
     def offset(self, name: str) -> int:
         """Buffer offset of row 0 of field ``name``."""
         if name in self.sum_fields:
@@ -435,7 +443,8 @@ class HostValues:
 
     def row(self, group: Group, index: int = 0) -> dict[str, float]:
         """``{field: value}`` of one row of the group."""
-        return {n: self.values[group.offset(n) + index] for n in group.field_names}
+        values = self.values
+        return {n: values[off + index] for n, off in group.offsets().items()}
 
 
 # ---- derived statistics (host side) -------------------------------------------------------

@@ -247,8 +247,9 @@ class Watch:
             :func:`initwatch.inspect` when None (models it cannot read are watched by path).
         rules: a ``Rules`` object, a dict of thresholds for ``Rules(**thresholds)``, None for
             the default rules, or False for none.
-        update_sample: coordinates sampled per parameter tensor to estimate the update ratio
-            (relative error about ``1 / sqrt(2 * update_sample)``).
+        update_sample: coordinates sampled per parameter tensor above 16k elements to estimate
+            the update ratio (relative error about ``1 / sqrt(2 * update_sample)``); smaller
+            tensors are measured exactly.
         logdir: directory for a SummaryWriter the Watch creates and closes, when ``writer``
             is None.
         dense_start: measure every step for the first this many optimizer steps the Watch
