@@ -257,6 +257,84 @@ def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dic
     return out
 
 
+class _HookClock:
+    """Thread-CPU time spent inside the Watch's forward and gradient hooks (patched in)."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    def __enter__(self) -> _HookClock:
+        from initwatch.probes import ActivationProbe
+
+        self._orig = (ActivationProbe.__call__, ActivationProbe._on_grad)
+        call, on_grad = self._orig
+        clock = self
+
+        def timed_call(probe, module, args, output):
+            t0 = time.thread_time()
+            try:
+                return call(probe, module, args, output)
+            finally:
+                clock.spent += time.thread_time() - t0
+
+        def timed_grad(probe, grad):
+            t0 = time.thread_time()
+            try:
+                return on_grad(probe, grad)
+            finally:
+                clock.spent += time.thread_time() - t0
+
+        ActivationProbe.__call__, ActivationProbe._on_grad = timed_call, timed_grad
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from initwatch.probes import ActivationProbe
+
+        ActivationProbe.__call__, ActivationProbe._on_grad = self._orig
+
+
+def direct(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
+    """Per-step costs robust to a shared machine's noise (which only adds time): the fastest of
+    many steps of each kind. Every monitor logs every other step; runners alternate in chunks
+    of two steps. For the Watch also its own work, timed inside its hooks and calls."""
+    monitors = [m for m in MONITORS if m not in args.skip]
+    plain = Runner(model_name, "plain", 1, tmp)
+    runners = {m: Runner(model_name, m, 2, tmp) for m in monitors}
+    everyone = [plain, *runners.values()]
+    for r in everyone:
+        r.train(2)
+    steps: dict[str, dict[bool, list[float]]] = {r.name: {True: [], False: []} for r in everyone}
+    own: list[float] = []
+    clock = CLOCK[0]
+    with _HookClock() as hooks:
+        for _ in range(args.rounds * args.steps):
+            for r in everyone:
+                if r.run is not None:
+                    import wandb
+
+                    wandb.run = r.run
+                for _ in range(2):
+                    logging = r.step % 2 == 0
+                    before_hooks, before_stall = hooks.spent, r.stall_cpu
+                    r.stall_cpu = 0.0
+                    t0 = clock()
+                    r.one_step()
+                    steps[r.name][logging].append(clock() - t0)
+                    if r.watch is not None and logging:
+                        own.append(hooks.spent - before_hooks + r.stall_cpu)
+                    r.stall_cpu = max(r.stall_cpu, before_stall)
+    for r in everyone:
+        r.close()
+    base = min(steps["plain"][True] + steps["plain"][False])
+    out = {"plain_ms": 1000 * base, "samples_per_kind": len(steps["plain"][True])}
+    for m, r in runners.items():
+        out[f"{m}_logging_extra_ms"] = 1000 * (min(steps[r.name][True]) - base)
+        out[f"{m}_non_logging_extra_ms"] = 1000 * (min(steps[r.name][False]) - base)
+    if own:
+        out["watch_own_work_ms"] = 1000 * min(own)
+    return out
+
+
 def logging_step_extra(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
     """Median extra ms of a logging step (every=1) and of a non-logging step, per monitor."""
     plain = Runner(model_name, "plain", 1, tmp)
@@ -399,7 +477,7 @@ def memory(model_name: str, steps: int) -> dict[str, float]:
 
 # ---- main ---------------------------------------------------------------------------------
 
-PARTS = ("counts", "extra", "timing", "nonlog", "stall", "floor")
+PARTS = ("counts", "direct", "extra", "timing", "nonlog", "stall", "floor")
 
 
 def main() -> None:
@@ -434,21 +512,20 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            res: dict[str, object] = {}
-            if "counts" in args.only:
-                res["counts"] = counts(name, tmp)
-            if "floor" in args.only:
-                res["floor"] = floor(name, args)
-            if "extra" in args.only:
-                res["extra"] = logging_step_extra(name, args, tmp)
-            if "timing" in args.only:
-                res["timing"] = timing(name, args, tmp)
-            if "stall" in args.only:
-                res["stall"] = stall(name, args, tmp)
-            if args.memory:
-                res["memory"] = memory(name, args.memory_steps)
-            results[name] = res
-            print(name, json.dumps(res, indent=1), flush=True)
+            res: dict[str, object] = results.setdefault(name, {})
+            parts = {
+                "counts": (counts, (name, tmp)),
+                "floor": (floor, (name, args)),
+                "direct": (direct, (name, args, tmp)),
+                "extra": (logging_step_extra, (name, args, tmp)),
+                "timing": (timing, (name, args, tmp)),
+                "stall": (stall, (name, args, tmp)),
+                "memory": (memory, (name, args.memory_steps)),
+            }
+            for part, (fn, fn_args) in parts.items():
+                if part in args.only or (part == "memory" and args.memory):
+                    res[part] = fn(*fn_args)
+                    print(name, part, json.dumps(res[part]), flush=True)
         if "nonlog" in args.only:
             results["non_logging_mlp"] = non_logging_us(args, tmp)
             print("non_logging_mlp", json.dumps(results["non_logging_mlp"]), flush=True)

@@ -119,7 +119,7 @@ def activation_partials(
     """The lean eager reduction of one activation tensor: 0-d partials for the buffer.
 
     Three passes over ``x``: its float32 sum, its L2 norm and ``aminmax``, returned as
-    ``[sum, norm, min, max]``; then ``count_nonzero`` when ``zeros`` (ReLU-family outputs),
+    ``[sum, norm, min, max]``; then the number of non-zeros when ``zeros`` (ReLU-family outputs),
     the saturated count when ``band`` is given, and the finite count when ``nonfinite`` (a
     layer whose sum was non-finite at an earlier logging step). The element count is known on
     the host. :meth:`ActivationProbe.plan` says where each value goes.
@@ -128,7 +128,7 @@ def activation_partials(
 
         >>> [round(v.item(), 3) for v in activation_partials(torch.tensor([0.0, 3.0, -4.0]),
         ...                                                  zeros=True)]
-        [-1.0, 5.0, -4.0, 3.0, 2]
+        [-1.0, 5.0, -4.0, 3.0, 2.0]
     """
     if x.dtype == torch.float32:  # vector_norm's dtype= path is slower on CPU
         total, norm = x.sum(), torch.linalg.vector_norm(x)
@@ -137,8 +137,8 @@ def activation_partials(
         norm = torch.linalg.vector_norm(x, dtype=torch.float32)
     lo, hi = torch.aminmax(x)
     out = [total, norm, lo, hi]
-    if zeros:
-        out.append(torch.count_nonzero(x))
+    if zeros:  # the non-zeros: sum |sign(x)| is ~10x faster than count_nonzero on CPU
+        out.append(torch.sign(x).abs_().sum(dtype=torch.float32))
     if band is not None:
         centre, half, inclusive = band
         dev = (x - centre).abs_()
