@@ -196,14 +196,14 @@ class Runner:
 # ---- counts (deterministic) ---------------------------------------------------------------
 
 
-def counts(model_name: str, tmp: str) -> dict[str, dict[str, int]]:
+def counts(model_name: str, tmp: str, skip: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
     """Extra top-level aten ops and host reads of a logging / non-logging step, per monitor."""
     prof = _profile()
     out = {}
     plain = Runner(model_name, "plain", 1, tmp)
     plain.train(2)
     base = prof.count(plain.one_step)
-    for monitor in MONITORS:
+    for monitor in [m for m in MONITORS if m not in skip]:
         r = Runner(model_name, monitor, 2, tmp)
         r.train(2)  # steps 0 (logging) and 1: plans, lazy imports, optimizer state
         r.train(0)  # (wandb: its run is the global one)
@@ -258,7 +258,8 @@ def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dic
 
 
 class _HookClock:
-    """Thread-CPU time spent inside the Watch's forward and gradient hooks (patched in)."""
+    """Thread-CPU time spent inside the Watch's forward and gradient hooks and its attention
+    probes' row rebuilding (patched in)."""
 
     def __init__(self) -> None:
         self.spent = 0.0
@@ -285,12 +286,31 @@ class _HookClock:
                 clock.spent += time.thread_time() - t0
 
         ActivationProbe.__call__, ActivationProbe._on_grad = timed_call, timed_grad
+        try:  # the attention probes' work (rebuilding a sample of attention rows)
+            from initwatch import attention
+
+            rows = self._rows = attention.attention_rows
+
+            def timed_rows(*a, **k):
+                t0 = time.thread_time()
+                try:
+                    return rows(*a, **k)
+                finally:
+                    clock.spent += time.thread_time() - t0
+
+            attention.attention_rows = timed_rows
+        except (ImportError, AttributeError):
+            self._rows = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         from initwatch.probes import ActivationProbe
 
         ActivationProbe.__call__, ActivationProbe._on_grad = self._orig
+        if self._rows is not None:
+            from initwatch import attention
+
+            attention.attention_rows = self._rows
 
 
 def direct(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
@@ -328,8 +348,10 @@ def direct(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, flo
     base = min(steps["plain"][True] + steps["plain"][False])
     out = {"plain_ms": 1000 * base, "samples_per_kind": len(steps["plain"][True])}
     for m, r in runners.items():
-        out[f"{m}_logging_extra_ms"] = 1000 * (min(steps[r.name][True]) - base)
-        out[f"{m}_non_logging_extra_ms"] = 1000 * (min(steps[r.name][False]) - base)
+        # wandb.watch counts its own hook calls, so its logging steps may be the odd ones
+        log, other = sorted((min(steps[r.name][True]), min(steps[r.name][False])), reverse=True)
+        out[f"{m}_logging_extra_ms"] = 1000 * (log - base)
+        out[f"{m}_non_logging_extra_ms"] = 1000 * (other - base)
     if own:
         out["watch_own_work_ms"] = 1000 * min(own)
     return out
@@ -514,7 +536,7 @@ def main() -> None:
         for name in names:
             res: dict[str, object] = results.setdefault(name, {})
             parts = {
-                "counts": (counts, (name, tmp)),
+                "counts": (counts, (name, tmp, tuple(args.skip))),
                 "floor": (floor, (name, args)),
                 "direct": (direct, (name, args, tmp)),
                 "extra": (logging_step_extra, (name, args, tmp)),

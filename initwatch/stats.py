@@ -146,7 +146,10 @@ class Group:
         """``{field: offset of row 0}`` in declaration order (computed once, after allocate)."""
         found = self.__dict__.get("_offsets")
         if found is None or found[0] != (self.sum_start, self.max_start):
-            found = ((self.sum_start, self.max_start), {n: self.offset(n) for n in self.field_names})
+            found = (
+                (self.sum_start, self.max_start),
+                {n: self.offset(n) for n in self.field_names},
+            )
             self.__dict__["_offsets"] = found
         return found[1]
 
