@@ -86,6 +86,11 @@ _LAYOUTS: dict[tuple[int, int, bool, int, str], _Layout] = {}
 
 
 def _layout(t: int, s: int, causal: bool, rows: int, device: torch.device) -> _Layout:
+    if torch.compiler.is_compiling():
+        # Inside a compiled graph the layout is traced as constants; a lookup in the
+        # module-level cache would become a guard that fails once the cache fills
+        # (one recompile per new shape).
+        return _Layout(t, s, causal, rows, device)
     key = (t, s, causal, rows, str(device))
     found = _LAYOUTS.get(key)
     if found is None:
