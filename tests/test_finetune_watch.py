@@ -10,7 +10,8 @@ import lightning as L
 import pytest
 import torch
 import transformers as tf
-from transformers import Trainer, TrainingArguments
+from builders import training_args
+from transformers import Trainer
 
 import initwatch
 from initwatch import Watch, zoo
@@ -107,16 +108,12 @@ def _lightning(lr: float, tmp_path) -> InitWatch:  # noqa: ANN001
 
 
 def _hf(model, lr: float, tmp_path, callbacks, data=None, steps: int = 6) -> Trainer:  # noqa: ANN001
-    args = TrainingArguments(
+    args = training_args(
         str(tmp_path / "out"),
         max_steps=steps,
         per_device_train_batch_size=8,
         learning_rate=lr,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
     )
     data = data if data is not None else batches(8 * steps)
     return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
+from builders import training_args
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import (
@@ -41,19 +42,17 @@ def dataset(n: int = 16) -> list[dict[str, torch.Tensor]]:
 
 def make(tmp_path, model, callbacks, **kw) -> Trainer:
     args = dict(
-        output_dir=str(tmp_path / "out"),
         max_steps=4,
         per_device_train_batch_size=2,
         logging_steps=2,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
     args.update(kw)
     trainer = Trainer(
-        model=model, args=TrainingArguments(**args), train_dataset=dataset(), callbacks=callbacks
+        model=model,
+        args=training_args(tmp_path / "out", **args),
+        train_dataset=dataset(),
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer

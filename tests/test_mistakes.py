@@ -9,6 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from builders import training_args
 from torch import nn
 
 import initwatch
@@ -254,18 +255,14 @@ class DeadHF(nn.Module):
 
 @pytest.mark.filterwarnings("ignore")
 def test_raising_on_alert_stops_an_hf_train_with_hooks_removed(tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     model = DeadHF()
     cb = InitWatchCallback(logging_steps=1, on_alert=abort, rules={"persistence": 1})
-    args = TrainingArguments(
+    args = training_args(
         str(tmp_path),
         max_steps=4,
         per_device_train_batch_size=4,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
     )
     rows = [{"x": torch.randn(4)} for _ in range(16)]
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
@@ -402,19 +399,16 @@ def test_lightning_resume_with_a_new_cadence_keeps_the_alert_history(tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_hf_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer
 
     def make(cb, max_steps=2):
-        args = TrainingArguments(
+        args = training_args(
             str(tmp_path / "out"),
             max_steps=max_steps,
             per_device_train_batch_size=2,
             logging_steps=1,
-            report_to="none",
             save_strategy="steps",
             save_steps=2,
-            use_cpu=True,
-            disable_tqdm=True,
         )
         ids = torch.randint(0, 96, (8, 8), generator=torch.Generator().manual_seed(0))
         rows = [{"input_ids": r, "labels": r} for r in ids]
@@ -617,18 +611,14 @@ def test_lightning_reports_parameters_missing_from_the_optimizer(tmp_path):
 
 
 def test_hf_reports_parameters_missing_from_the_optimizer(tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     model = DeadHF()
     opt = torch.optim.SGD(model.net[0].parameters(), lr=0.1)
-    args = TrainingArguments(
+    args = training_args(
         str(tmp_path),
         max_steps=2,
         per_device_train_batch_size=4,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
     )
     rows = [{"x": torch.randn(4)} for _ in range(8)]
     cb = InitWatchCallback(logging_steps=1, rules=False)

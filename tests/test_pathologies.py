@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import training_args
 from torch import nn
 from transformers import (
     PrinterCallback,
     Trainer,
-    TrainingArguments,
     get_linear_schedule_with_warmup,
 )
 
@@ -223,20 +223,15 @@ def hf_trainer(out, model, callbacks, optimizers=(None, None), **kw) -> Trainer:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 96, (32, 8), generator=g)
     args = dict(
-        output_dir=str(out),
         max_steps=12,
         per_device_train_batch_size=2,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
     args.update(kw)
     t = Trainer(
         model=model,
-        args=TrainingArguments(**args),
+        args=training_args(out, **args),
         train_dataset=[{"input_ids": r, "labels": r} for r in ids],
         callbacks=callbacks,
         optimizers=optimizers,

@@ -11,8 +11,9 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from builders import training_args
 from torch import nn
-from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import GPT2LMHeadModel, Trainer
 
 import initwatch
 from initwatch import PretrainedWeightsError, Watch, zoo
@@ -280,15 +281,11 @@ def test_lightning_pretrained_argument(tmp_path) -> None:  # noqa: ANN001
 def _hf(tmp_path, model, callbacks) -> Trainer:  # noqa: ANN001
     g = torch.Generator().manual_seed(0)
     data = [{"input_ids": r, "labels": r} for r in torch.randint(0, 96, (8, 8), generator=g)]
-    args = TrainingArguments(
+    args = training_args(
         str(tmp_path / "out"),
         max_steps=2,
         per_device_train_batch_size=2,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
     )
     return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
 

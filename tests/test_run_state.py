@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import QUIET_CPU, training_args
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -36,18 +37,13 @@ def dataset(n: int = 32) -> list[dict[str, torch.Tensor]]:
 
 def hf_args(out, **kw) -> TrainingArguments:
     args = dict(
-        output_dir=str(out),
         max_steps=3,
         per_device_train_batch_size=2,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
     args.update(kw)
-    return TrainingArguments(**args)
+    return training_args(out, **args)
 
 
 def hf_trainer(out, callbacks, model=None, **kw) -> Trainer:
@@ -113,11 +109,8 @@ def test_trl_sft_trainer_loss_is_the_trainers_own(tmp_path):
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
+        **QUIET_CPU,
     )
     t = trl.SFTTrainer(
         model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[cb, spy]
