@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -12,6 +15,22 @@ from initwatch.alerts import Alert
 from initwatch.errors import AlertError
 
 log = logging.getLogger("initwatch")
+# A library's logger must not print by itself: without a handler anywhere, Python's last-resort
+# handler would print every record to stderr, a second copy of the warning.
+if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+    log.addHandler(logging.NullHandler())
+
+# Packages whose frames a warning skips, so its location is the user's own code (the line that
+# called ``fit()``, ``train()`` or ``end_step``), not initwatch's or the framework's internals.
+_INTERNAL = (
+    "initwatch",
+    "lightning",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "transformers",
+    "accelerate",
+    "torch",
+)
 
 
 class AlertWarning(UserWarning):
@@ -40,6 +59,61 @@ class OnAlert(str, Enum):
 
 
 VALID = tuple(m.value for m in OnAlert)
+
+
+def _internal_prefixes() -> tuple[str, ...]:
+    out = [contextlib.__file__]
+    for name in _INTERNAL:
+        mod = sys.modules.get(name)
+        path = getattr(mod, "__file__", None)
+        if path:
+            out.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(out)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller of this function point at
+    the first frame outside initwatch, the training frameworks and torch: the user's code.
+
+    Example::
+
+        >>> def warn_here():
+        ...     return user_stacklevel()
+        >>> warn_here()  # called from user code (a doctest): the caller itself
+        1
+    """
+    prefixes = _internal_prefixes()
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        prefixes
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+@contextlib.contextmanager
+def _progress_bars_paused() -> Iterator[None]:
+    """Clear live tqdm progress bars (Lightning's, the HF Trainer's) while a warning prints,
+    and redraw them after it (``tqdm.write``'s mechanism), so the text gets lines of its own.
+    tqdm is never imported here: only bars that already exist are paused."""
+    tq = sys.modules.get("tqdm")
+    cls = getattr(tq, "tqdm", None)
+    if cls is None or not getattr(cls, "_instances", None):
+        yield
+        return
+    try:
+        pause = cls.external_write_mode(file=sys.stderr)
+        pause.__enter__()
+    except Exception:  # a monitor never breaks on someone else's progress bar
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            pause.__exit__(None, None, None)
 
 
 def _cause(alert: Alert) -> str:
@@ -114,17 +188,21 @@ class AlertPolicy:
             >>> p.should_stop
             True
         """
+        from initwatch.alert_text import console_text
+
         level = logging.ERROR if alert.severity == "error" else logging.WARNING
         if alert.is_update:
             level = logging.INFO
+        text = console_text(alert)
         if self.mode == OnAlert.WARN.value:
-            log.log(level, "%s", alert)
+            log.log(level, "%s", text)
             cause = _cause(alert)
             if cause not in self._warned:
                 self._warned.add(cause)
-                warnings.warn(str(alert), AlertWarning, stacklevel=2)
+                with _progress_bars_paused():
+                    warnings.warn(text, AlertWarning, stacklevel=user_stacklevel())
         elif self.mode == OnAlert.STOP.value:
-            log.log(max(level, logging.WARNING), "stopping training: %s", alert)
+            log.log(max(level, logging.WARNING), "stopping training: %s", text)
             self.should_stop = True
         elif self.mode == OnAlert.RAISE.value:
             raise AlertError(alert)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -227,6 +228,19 @@ def test_on_alert_stop_sets_should_training_stop(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1
     assert [a.kind for a in cb.alerts] == ["exploding_gradient"]
+
+
+def test_alert_warning_is_printed_once_and_names_the_users_train_line(tmp_path):
+    from initwatch.policy import AlertWarning
+
+    cb = InitWatchCallback(None, logging_steps=1, rules=ALWAYS)
+    trainer = make(tmp_path, gpt2(), [cb], max_steps=3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.train()
+    ours = [w for w in seen if issubclass(w.category, AlertWarning)]
+    assert len(ours) == 1 and len(cb.alerts) >= 1
+    assert ours[0].filename == __file__  # trainer.train() here, not transformers' loop
 
 
 def test_skipped_amp_steps_are_reported_as_skipped_not_explosions(tmp_path, monkeypatch):

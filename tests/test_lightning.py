@@ -428,6 +428,7 @@ def test_warn_goes_through_the_alert_policy_once_per_cause(tmp_path):
 
     ours = [w for w in seen if issubclass(w.category, AlertWarning)]
     assert len(ours) == 1 and len(cb.alerts) >= 1
+    assert ours[0].filename == __file__  # the user's trainer.fit line, not Lightning's loop
 
 
 @pytest.mark.slow
