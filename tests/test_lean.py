@@ -207,3 +207,35 @@ def test_update_ratio_is_exact_up_to_the_size_limit_and_sampled_above(opt_cls):
         else:  # sampled: 256 coordinates of the 20480
             assert probe.sampled[i] == 256 and p.numel() > EXACT_UPDATE_NUMEL
     assert probe.sampled[0] == 96 * 160  # old code: sampled above 1024 elements
+
+
+def test_nothing_is_imported_on_the_training_thread_after_setup(tmp_path):
+    # lazy imports in the first logging step (the remedies, Pillow for the first heatmap) were
+    # most of its stall (~40 ms): they happen when the Watch is created
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import torch
+        from torch import nn
+        from initwatch.watch import Watch
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        watch = Watch(model, logdir={str(tmp_path)!r}, every=1, on_alert=lambda a: None)
+        watch._sink.heatmap_every = 1
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        before = set(sys.modules)
+        for step in range(4):
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(8, 4)).pow(2).mean() * 1e6  # alerts: remedies
+                scope.loss.backward()
+                opt.step()
+                opt.zero_grad()
+        watch.close()
+        new = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("initwatch", "PIL"))
+        print(len(watch.alerts) > 0, new)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True []", out.stdout + out.stderr

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from initwatch.frame import ACT_STATS, PARAM_STATS
 from initwatch.sinks import heatmap_image
-from initwatch.sinks.tensorboard import TensorBoardSink
+from initwatch.sinks.tensorboard import HEATMAPS, TensorBoardSink
 from initwatch.watch import Watch
 
 
@@ -201,6 +201,33 @@ def test_heatmaps_during_the_run_respect_the_time_budget(tmp_path, budget, durin
         assert [e.step for e in ea.Images(tags[0])] == [1, 3, 5, 6]
 
 
+def test_a_logging_step_renders_at_most_one_heatmap(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer, heatmap_every=1, heatmap_budget=1e9)
+    rendered = []
+    real = sink.write_heatmaps
+
+    def spy(step, stats=HEATMAPS):
+        rendered.append(list(stats))
+        real(step, stats)
+
+    sink.write_heatmaps = spy
+    for step in range(6):
+        sink.write_frame(_frame(step))
+    writer.close()
+    # heatmap_every=1 makes both images (no parameters: no grad_norm rows) due at every frame:
+    # they take turns, one render per logging step (the stall of a step is one image)
+    assert rendered == [["act_rms"], ["out_grad_rms"]] * 3
+
+
+def test_the_renderer_is_ready_before_the_first_image():
+    import initwatch.sinks as sinks
+
+    sinks._FONT.clear()
+    TensorBoardSink(object())
+    assert sinks._FONT  # Pillow imported and the font loaded at setup, not at the first image
+
+
 def test_heatmaps_render_without_matplotlib_and_memory_stays_flat(tmp_path):
     import subprocess
     import sys
@@ -212,7 +239,7 @@ def test_heatmaps_render_without_matplotlib_and_memory_stays_flat(tmp_path):
         import torch
         from torch import nn
         from torch.utils.tensorboard import SummaryWriter
-        from initwatch.sinks.tensorboard import TensorBoardSink
+        from initwatch.sinks.tensorboard import HEATMAPS, TensorBoardSink
         from initwatch.watch import Watch
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         writer = SummaryWriter({str(tmp_path)!r})

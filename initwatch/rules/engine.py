@@ -87,6 +87,7 @@ class Rules:
         still_every: int = 10,
         **overrides: float,
     ) -> None:
+        from initwatch import remedies  # noqa: F401  (now, not at the first frame: ~10 ms)
         from initwatch.validate import positive_int
 
         for name, value in (

@@ -19,6 +19,7 @@ __all__ = [
     "heatmap_png",
     "param_group",
     "summary_markdown",
+    "warm_renderer",
 ]
 
 
@@ -222,6 +223,25 @@ def _font() -> object:
         load = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)
         _FONT.append(load())
     return _FONT[0]
+
+
+def warm_renderer() -> bool:
+    """Import what :func:`heatmap_png` needs and load its font, once per process (~20 ms the
+    first time: Pillow's image plugins), so that the first heatmap of a run does not pay it on
+    the training thread. Returns whether Pillow is available.
+
+    Example::
+
+        >>> warm_renderer() in (True, False)
+        True
+    """
+    if _FONT:
+        return True
+    try:
+        heatmap_png(np.zeros((1, 1)), ["0"], [0], "")
+    except Exception:  # no Pillow (heatmap_image falls back to the plain map)
+        return False
+    return True
 
 
 def _plain(idx: np.ndarray, cell: int = 8) -> np.ndarray:

@@ -11,7 +11,14 @@ import numpy as np
 
 from initwatch.alerts import Alert
 from initwatch.frame import ACT_STATS, BACKWARD_STATS, PARAM_STATS, Frame
-from initwatch.sinks import Sink, aggregate_params, heatmap_image, heatmap_png, summary_markdown
+from initwatch.sinks import (
+    Sink,
+    aggregate_params,
+    heatmap_image,
+    heatmap_png,
+    summary_markdown,
+    warm_renderer,
+)
 
 PREFIX = "initwatch"
 DETAILS = ("default", "all")
@@ -124,6 +131,8 @@ class TensorBoardSink(Sink):
         self._closed = False
         self._pending: tuple[int, dict[str, float]] | None = None
         self._layout_written = False
+        self._due: list[str] = []  # heatmaps due, rendered one per logging step
+        warm_renderer()  # Pillow's imports and font now, not at the first image (~20 ms)
 
     def _flush(self) -> None:
         if self._pending is not None:
@@ -166,10 +175,14 @@ class TensorBoardSink(Sink):
         self._remember(frame, params)
         self._frames += 1
         every, n = self.heatmap_every, len(HEATMAPS)
-        # the images take turns (stat i is offset by i/n of the interval): one render per step
-        due = [st for i, st in enumerate(HEATMAPS) if (self._frames - i * every // n) % every == 0]
-        if due and time.monotonic() >= self._next_heatmap:
-            self.write_heatmaps(step, due)
+        # the images take turns (stat i is offset by i/n of the interval); those due wait in
+        # a queue and a logging step renders at most one (heatmap_every < 3 makes several due)
+        for i, st in enumerate(HEATMAPS):
+            due = (self._frames - i * every // n) % every == 0
+            if due and self._rows[st] and st not in self._due:
+                self._due.append(st)
+        if self._due and time.monotonic() >= self._next_heatmap:
+            self.write_heatmaps(step, [self._due.pop(0)])
 
     def _layer_tables(
         self, frame: Frame, params: dict[str, dict[str, float]]
