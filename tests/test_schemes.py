@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from scheme_stats import fan_sum, rms_close
 from torch import nn
 
 import initwatch
@@ -17,7 +18,6 @@ from initwatch.anatomy import Anatomy
 from initwatch.schemes.structure import RemovedNorm
 
 POST_LN = [f for f in zoo.FAMILIES if initwatch.inspect(zoo.build(f, layers=1)).layout == "post"]
-Z = 5.0  # sigmas: ~100s of checks per run stay far from a false failure
 
 
 # --- the papers' constants, written out here independently of initwatch ---------------------
@@ -50,23 +50,6 @@ def expected_gain(scheme: str, a: Anatomy, stack: str, role: str, d_head: int) -
     if not a.attn_scaled and role in ("q", "xq"):
         gain /= math.sqrt(d_head)
     return gain
-
-
-def rms_close(t: torch.Tensor, std: float, kurtosis: float) -> None:
-    """The RMS (true mean 0) of ``t`` matches ``std`` within Z standard errors.
-
-    Var(mean(x^2)) = (kurtosis - 1) std^4 / n, so the relative standard error of the RMS is
-    sqrt((kurtosis - 1) / (4 n)) (normal: kurtosis 3, uniform: 1.8).
-    """
-    n = t.numel()
-    tol = Z * math.sqrt((kurtosis - 1) / (4 * n))
-    rms = t.detach().double().pow(2).mean().sqrt().item()
-    assert abs(rms / std - 1) < tol, f"rms {rms:.5g} vs std {std:.5g} (n={n}, tol {tol:.3g})"
-
-
-def fan_sum(view: torch.Tensor) -> int:
-    # Xavier is symmetric in the fans: fan_in + fan_out = rows + columns of the logical matrix
-    return view.numel() // view.shape[-1] + view.shape[-1]
 
 
 SCHEME_FAMILIES = [("deepnet", f) for f in POST_LN] + [("t-fixup", f) for f in zoo.FAMILIES]

@@ -12,6 +12,7 @@ from torch import nn
 
 from initwatch.anatomy.embeddings import find_embeddings
 from initwatch.anatomy.families import Family, family_of
+from initwatch.anatomy.identical import identical_blocks
 from initwatch.anatomy.model import ROLES, Anatomy, Block, Norm, Slot, Stack, Sublayer
 from initwatch.errors import AnatomyError, ArgumentError
 
@@ -458,6 +459,7 @@ def inspect(
 
     scheme = applied_scheme(model)
     anatomy.applied_scheme = None if scheme in (None, "none") else scheme
+    anatomy.identical = identical_blocks(model, anatomy.stacks)
     return anatomy
 
 

@@ -238,6 +238,8 @@ class Anatomy:
         model_class: class name of the model.
         applied_scheme: the scheme initwatch already applied to (or restored into) the model,
             or None.
+        identical: groups of block names whose weights are identical (the copies
+            ``nn.TransformerEncoder`` makes of one layer); empty when every block differs.
 
     Example::
 
@@ -258,6 +260,7 @@ class Anatomy:
     tied: list[list[str]] = field(default_factory=list)
     model_class: str = ""
     applied_scheme: str | None = None
+    identical: list[list[str]] = field(default_factory=list)
 
     @property
     def blocks(self) -> list[Block]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from initwatch.anatomy.identical import describe
 from initwatch.anatomy.model import Anatomy, Slot
 
 
@@ -65,6 +66,7 @@ def render(anatomy: Anatomy) -> str:
     lines = [head, table(["block", "role", "module", "shape"], rows)]
     if anatomy.tied:
         lines.append("tied: " + "; ".join(" = ".join(g) for g in anatomy.tied))
+    lines += [line for line in [describe(anatomy.identical)] if line]
     lines.append("schemes: " + "; ".join(f"{k}: {v}" for k, v in applicability(anatomy).items()))
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from initwatch.context import RunContext
 from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes import ReinitReport, decide_pretrained, reinit, scheme_name
 from initwatch.schemes.base import applied_scheme
+from initwatch.schemes.registry import key_scheme
 
 STATE_VERSION = 1
 OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
@@ -196,7 +197,7 @@ def check_checkpoint(model: nn.Module, keys: Iterable[str], present: str, callba
     if len(own & keys) < len(own) / 2:
         return
     found = scheme_of_state(model, keys)
-    if found == present:
+    if found == key_scheme(present):  # a weights-only scheme's checkpoint is a plain one
         return
     carries = "no scheme" if present == "none" else f"scheme {present!r}"
     if found == "none":

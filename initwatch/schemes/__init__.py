@@ -1,4 +1,5 @@
-"""Re-initialization schemes: DeepNet, T-Fixup, ReZero."""
+"""Re-initialization schemes: DeepNet, T-Fixup, ReZero, Xavier / Kaiming (every scheme is listed
+in :mod:`initwatch.schemes.registry`)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
     Args:
         model: the model (any ``nn.Module`` holding a recognised family, or one described by
             ``anatomy=initwatch.inspect(model, blocks=..., roles=...)``).
-        scheme: ``"deepnet"``, ``"t-fixup"`` or ``"rezero"``.
+        scheme: a registered scheme (:data:`SCHEMES`): ``"deepnet"``, ``"t-fixup"``,
+            ``"rezero"``, ``"xavier"``, ``"kaiming"``.
         **options: common to all schemes:
 
             * ``pretrained`` (None): whether the weights are trained. None: decide from the
@@ -65,6 +67,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
             ``"normal"``).
             ReZero: ``per`` (``"block"``, default, or ``"sublayer"``), ``norms`` (``"all"``
             default, ``"blocks"``, ``"none"``).
+            Xavier / Kaiming: ``distribution`` (``"uniform"`` / ``"normal"``), ``activation``
+            (default: read from the model; its gain goes on the matrix it follows).
 
     Returns:
         A :class:`ReinitReport`: print it for a table, ``.to_dict()`` for plain data.

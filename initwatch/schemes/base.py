@@ -40,7 +40,7 @@ class Init:
 
     role: str
     block: str
-    action: str  # "xavier_normal" | "xavier_uniform" | "normal"
+    action: str  # "xavier_normal" | "xavier_uniform" | "kaiming_normal" | ... | "normal" | "zeros"
     std: float
     gain: float | None = None
     slot: Slot | None = None
@@ -138,8 +138,10 @@ def slot_inits(
     action: str,
     notes: Mapping[str, str],
     q_correction: bool = True,
+    std: Callable[[Slot, float], float] | None = None,
 ) -> list[Init]:
-    """Xavier inits for every slot of ``blocks`` whose role has a gain in ``gains``.
+    """Inits for every slot of ``blocks`` whose role has a gain in ``gains``: Xavier's std
+    with that gain, or ``std(slot, gain)`` when given (Kaiming's ``gain / sqrt(fan_in)``).
 
     Where attention logits are not scaled by 1/sqrt(d_head) (T5, GPT-Neo) the q gain is
     multiplied by d_head^(-1/2), so the logits have the scale Xavier assumes.
@@ -162,7 +164,7 @@ def slot_inits(
                     slot.role,
                     block.name,
                     action,
-                    xavier_std(slot.fan_in, slot.fan_out, gain),
+                    xavier_std(slot.fan_in, slot.fan_out, gain) if std is None else std(slot, gain),
                     gain,
                     slot=slot,
                     note=note,
@@ -310,7 +312,9 @@ def _names(todo: list[tuple[Init, nn.Parameter]]) -> list[str]:
 @torch.no_grad()
 def _apply_init(model: nn.Module, init: Init, param: nn.Parameter) -> list[Change]:
     view = init.slot.weight_view(model) if init.slot is not None else param
-    if init.action == "xavier_uniform":
+    if init.action == "zeros":
+        view.zero_()
+    elif init.action.endswith("_uniform"):
         bound = init.std * math.sqrt(3.0)
         view.uniform_(-bound, bound)
     else:

@@ -8,10 +8,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.schemes import deepnet, rezero, tfixup
+from initwatch.schemes import deepnet, rezero, standard, tfixup
 from initwatch.schemes.spec import Constants, Scheme, stack_kind
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (deepnet.SCHEME, tfixup.SCHEME, rezero.SCHEME)}
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        deepnet.SCHEME,
+        tfixup.SCHEME,
+        rezero.SCHEME,
+        standard.XAVIER,
+        standard.KAIMING,
+    )
+}
 ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}
 
 
@@ -55,6 +64,19 @@ def constants(name: str, depth: Mapping[str, int], cross: bool = False) -> Const
     if not depth:
         return {}
     return get(name).constants(stack_kind(depth), depth, cross)
+
+
+def key_scheme(name: str) -> str:
+    """The scheme a checkpoint's keys can show for a model carrying ``name``: ``name`` itself,
+    or ``"none"`` for a scheme that only draws weights (its checkpoints are plain ones).
+
+    Example::
+
+        >>> key_scheme("rezero"), key_scheme("xavier"), key_scheme("none")
+        ('rezero', 'none', 'none')
+    """
+    spec = SCHEMES.get(name)
+    return "none" if spec is None or spec.weights_only else spec.name
 
 
 def grace_schemes() -> tuple[str, ...]:

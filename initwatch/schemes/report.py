@@ -117,5 +117,12 @@ class ReinitReport:
         )
 
 
-_INIT_ACTIONS = {"xavier_normal", "xavier_uniform", "normal", "zeros"}
+_INIT_ACTIONS = {
+    "xavier_normal",
+    "xavier_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "normal",
+    "zeros",
+}
 _STRUCT_ACTIONS = {"remove_norm", "deepnorm_residual", "rezero_gate", "keep_eager"}

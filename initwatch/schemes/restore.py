@@ -13,7 +13,7 @@ from torch import nn
 from initwatch.anatomy import Anatomy, inspect
 from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes.base import MARKER
-from initwatch.schemes.registry import SCHEMES
+from initwatch.schemes.registry import SCHEMES, key_scheme
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import quiet_load, record, recorded_scheme
 from initwatch.schemes.structure import (
@@ -170,6 +170,8 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
     _load_strict(model, state)
     scheme = _identify(schemes, any(c.action == "remove_norm" for c in changes))
     saved = recorded_scheme(model)
+    if saved is not None and scheme == "none" and key_scheme(saved) == "none":
+        scheme = saved  # a weights-only scheme: its checkpoint is plain, the config names it
     if saved is not None and saved != scheme:
         raise InitWatchError(
             f"the saved config records scheme {saved!r} (config.initwatch), but the checkpoint's "

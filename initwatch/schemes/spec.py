@@ -42,6 +42,12 @@ class Scheme:
             block structure on a fresh model from a checkpoint's keys (None when the scheme
             has no structure of its own beyond removed norms).
         removes_norms: True when the scheme removes residual-path norms.
+        keys: leaf-name prefixes of the ``state_dict`` entries its structure adds
+            (``"deepnorm_alpha"``): how ``restore`` and the resume check recognise a checkpoint
+            of the scheme. A scheme with no keys and no removed norms only draws weights, so
+            its checkpoints are plain ones.
+        read: ``read(model, options) -> Anatomy`` for schemes that read models
+            :func:`initwatch.inspect` does not (residual networks); None: ``inspect``.
 
     Example::
 
@@ -60,6 +66,20 @@ class Scheme:
     rebuild: Callable[[nn.Module, Block, Mapping[str, Any]], Change | None] | None = None
     removes_norms: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    keys: tuple[str, ...] = field(default_factory=tuple)
+    read: Callable[[nn.Module, Mapping[str, Any]], Anatomy] | None = None
+
+    @property
+    def weights_only(self) -> bool:
+        """True when the scheme only draws weights (no structure, no key of its own).
+
+        Example::
+
+            >>> from initwatch.schemes.registry import SCHEMES
+            >>> SCHEMES["xavier"].weights_only, SCHEMES["rezero"].weights_only
+            (True, False)
+        """
+        return not self.keys and not self.removes_norms
 
 
 def stack_kind(depth: Mapping[str, int]) -> str:
