@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.schemes import deepnet, rezero, standard, tfixup
+from initwatch.schemes import deepnet, dsinit, rezero, scaled, standard, tfixup
 from initwatch.schemes.spec import Constants, Scheme, stack_kind
 
 SCHEMES: dict[str, Scheme] = {
@@ -19,6 +19,8 @@ SCHEMES: dict[str, Scheme] = {
         rezero.SCHEME,
         standard.XAVIER,
         standard.KAIMING,
+        scaled.SCHEME,
+        dsinit.SCHEME,
     )
 }
 ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}
