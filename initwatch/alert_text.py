@@ -114,10 +114,10 @@ def still_line(alert: Alert) -> str:
         >>> a = Alert(30, "dead_units", "relu1", 0.99, 0.95, "warning", "m", "r",
         ...           first_step=10, repeat=2, extra={"layers": ["relu1", "relu2"]})
         >>> still_line(a)
-        'initwatch: still dead_units at relu1 (step 30, since step 10): zero fraction 99% (alert above 95%); 2 layers'
+        'initwatch: still dead_units at relu1 (step 30, since step 10): zero fraction 99% (alert above 95%); 2 layers affected'
     """
     layers = alert.extra.get("layers") if isinstance(alert.extra, dict) else None
-    more = f"; {len(layers)} layers" if isinstance(layers, list) and len(layers) > 1 else ""
+    more = f"; {len(layers)} layers affected" if isinstance(layers, list) and len(layers) > 1 else ""
     return f"initwatch: {headline(alert)}: {value_text(alert)}{more}"
 
 
@@ -157,4 +157,68 @@ def console_text(alert: Alert, width: int = WIDTH) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["console_text", "headline", "remedy_items", "still_line", "value_text"]
+def markdown(alert: Alert) -> str:
+    """The alert as Markdown for the TensorBoard Text tab: a bold headline with the labelled
+    value, the evidence, and the remedy's alternatives as a list. An update is one line.
+
+    Example::
+
+        >>> a = Alert(3, "dead_units", "relu1", 0.99, 0.95, "warning", "99% zeros",
+        ...           "Use GELU; or lower the lr.")
+        >>> print(markdown(a))
+        **warning · dead_units** at `relu1` (step 3): zero fraction 99% (alert above 95%)
+        <BLANKLINE>
+        99% zeros
+        <BLANKLINE>
+        **What to do:**
+        <BLANKLINE>
+        - Use GELU
+        - lower the lr.
+    """
+    still = f", still since step {alert.first_step}" if alert.repeat else ""
+    head = (
+        f"**{alert.severity} · {alert.kind}** at `{alert.layer}` (step {alert.step}{still}): "
+        f"{value_text(alert)}"
+    )
+    if alert.repeat:
+        layers = alert.extra.get("layers") if isinstance(alert.extra, dict) else None
+        n = len(layers) if isinstance(layers, list) else 0
+        return head + (f"; {n} layers affected" if n > 1 else "")
+    parts = [head, alert.message]
+    items = remedy_items(alert.remedy)
+    if items:
+        parts += ["**What to do:**", "\n".join(f"- {i}" for i in items)]
+    return "\n\n".join(parts)
+
+
+def verdict(alerts: list[Alert]) -> str:
+    """A run's verdict from its alerts: ``healthy`` or ``UNHEALTHY`` with what was found.
+
+    Example::
+
+        >>> verdict([])
+        'healthy: no alerts'
+        >>> verdict([Alert(3, "dead_units", "relu1", 0.99, 0.95, "warning", "m", "r")])
+        'UNHEALTHY: 1 alert (dead_units at relu1 since step 3)'
+    """
+    new = [a for a in alerts if not a.repeat]
+    if not new:
+        return "healthy: no alerts"
+    errors = sum(a.severity == "error" for a in new)
+    head = f"{len(new)} alert{'s' if len(new) != 1 else ''}"
+    if errors:
+        head += f", {errors} error{'s' if errors != 1 else ''}"
+    what = "; ".join(f"{a.kind} at {a.layer} since step {a.step}" for a in new[:5])
+    more = f"; +{len(new) - 5} more" if len(new) > 5 else ""
+    return f"UNHEALTHY: {head} ({what}{more})"
+
+
+__all__ = [
+    "console_text",
+    "headline",
+    "markdown",
+    "remedy_items",
+    "still_line",
+    "value_text",
+    "verdict",
+]

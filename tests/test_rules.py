@@ -567,3 +567,32 @@ def test_one_block_spiking_is_reported_even_when_the_global_norm_hides_it() -> N
     small = [transformer(s, grad=lambda i: 1e-4 if i == 7 else 0.1) for s in range(5)]
     risen = [transformer(5, grad=lambda i: 2e-3 if i == 7 else 0.1)]
     assert all(a == [] for a in feed(quiet, small + risen))
+
+
+def test_still_updates_keep_the_worst_layer_while_values_are_within_noise() -> None:
+    # The lowest blocks' backward signal jitters (encoder.2 vs encoder.3 swap places, well
+    # within 2x): every update names the layer of the original alert. Once another block is
+    # far (> 2x) worse, the update names it.
+    def jitter(step: int, far: bool = False):
+        low = {2: 1e-6 * (1.3 if step % 2 else 1.0), 3: 1e-6 * (1.0 if step % 2 else 1.3)}
+        if far:
+            low[0] = 1e-8
+        return transformer(step, out_grad=lambda i: low.get(i, 1e-3))
+
+    rules = Rules(persistence=1, still_every=1)
+    out = [a for s in range(6) for a in rules.update(jitter(s), RunContext())]
+    assert [a.repeat for a in out] == [0, 1, 2, 3, 4, 5]
+    assert {a.layer for a in out} == {out[0].layer} and out[0].layer in ("encoder.2", "encoder.3")
+    # the value quoted is the named layer's own ratio in that frame
+    frame = jitter(3)
+    ref = max(frame.values["out_grad_rms"][f"encoder.{i}"] for i in range(9, 12))
+    named = frame.values["out_grad_rms"][out[3].layer] / ref
+    assert out[3].value == pytest.approx(named)
+    assert out[3].extra["layers"][0] == out[3].layer
+    # far worse elsewhere: the update follows the evidence
+    (moved,) = rules.update(jitter(6, far=True), RunContext())
+    assert moved.layer == "encoder.0"
+    # survives a checkpoint
+    again = Rules(persistence=1, still_every=1)
+    again.load_state_dict(rules.state_dict())
+    assert again._layers == rules._layers

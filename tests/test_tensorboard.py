@@ -141,7 +141,8 @@ def test_heatmaps_and_summary_are_written(logged):
         img = ea.Images(f"initwatch/heatmap/{stat}")[-1]
         assert img.width > 100 and img.height > 100
     summary = ea.Tensors("initwatch/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert summary.startswith("## initwatch summary") and "No alerts." in summary
+    assert summary.startswith("## initwatch summary")
+    assert "**Verdict: healthy: no alerts**" in summary
     assert "lowest dL/d(output) RMS" in summary
 
 
@@ -158,10 +159,12 @@ def test_alerts_are_written_as_text_with_the_remedy(tmp_path):
     writer.close()
     ea = load(tmp_path)
     text = ea.Tensors("initwatch/alerts/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "nonfinite" in text and "→" in text and watch.alerts[0].remedy[:20] in text
+    assert "nonfinite" in text and "**What to do:**" in text
+    assert watch.alerts[0].remedy[:20] in text
     assert ea.Scalars("initwatch/alerts/count")[-1].value >= 1
     summary = ea.Tensors("initwatch/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert "| nonfinite |" in summary
+    assert "**Verdict: UNHEALTHY: 1 alert, 1 error (nonfinite at" in summary
+    assert "1. **nonfinite** at `" in summary
     assert ea.Scalars("initwatch/global/act_nonfinite")[0].value > 0
 
 
@@ -279,3 +282,52 @@ def test_heatmaps_render_without_matplotlib_and_memory_stays_flat(tmp_path):
 
     img = Image.open(io.BytesIO(ev.encoded_image_string)).convert("RGB")
     assert img.size == (ev.width, ev.height) and ev.width > 100  # labels and colour bar
+
+
+def test_text_tab_puts_the_original_alert_first_and_updates_in_one_line_each(tmp_path):
+    from initwatch.alerts import Alert
+
+    def alert(step, repeat, value):
+        return Alert(
+            step,
+            "vanishing_gradient",
+            "encoder.3",
+            value,
+            0.01,
+            "warning",
+            "backward signal of encoder.3 is small",
+            "Use DeepNet; or switch to Pre-LN",
+            first_step=8,
+            repeat=repeat,
+            extra={
+                "cause": "vanishing_gradient/encoder",
+                "layers": ["encoder.3", "encoder.2"],
+                "evidence": {"source": "depth"},
+            },
+        )
+
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer)
+    sink.write_alerts([alert(8, 0, 5.3e-4)], 8, 1)
+    sink.write_alerts([alert(18, 1, 4e-4)], 18, 1)
+    sink.write_alerts([alert(28, 2, 3e-4)], 28, 1)
+    sink.close(None, [alert(8, 0, 5.3e-4), alert(18, 1, 4e-4), alert(28, 2, 3e-4)])
+    writer.close()
+    ea = load(tmp_path)
+
+    def texts(tag):
+        return [(e.step, e.tensor_proto.string_val[0].decode()) for e in ea.Tensors(tag)]
+
+    (original,) = texts("initwatch/alerts/text_summary")  # only the alert itself
+    assert original[0] == 8
+    assert "ratio 5.3e-04 (encoder.3 / top blocks; alert below 0.01)" in original[1]
+    assert "value 0.00053" not in original[1] and "- Use DeepNet\n- switch to Pre-LN" in original[1]
+    updates = texts("initwatch/alerts/updates/text_summary")
+    assert [s for s, _ in updates] == [18, 28]
+    for _, text in updates:  # one short line, never the remedy again
+        assert "\n" not in text and "DeepNet" not in text and "still since step 8" in text
+    (summary,) = texts("initwatch/summary/text_summary")
+    body = summary[1]
+    assert "**Verdict: UNHEALTHY: 1 alert (vanishing_gradient at encoder.3 since step 8)**" in body
+    assert "1. **vanishing_gradient** at `encoder.3`, step 8: ratio 5.3e-04" in body
+    assert '2 "still" updates, the last at step 28: ratio 3.0e-04' in body

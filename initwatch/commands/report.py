@@ -35,6 +35,14 @@ _ALERT = re.compile(
     r"(?:, still since step (?P<first>\d+))?\): (?P<message>.*?)\n\n→ (?P<remedy>.*)",
     re.S,
 )
+# The current layout (initwatch.alert_text.markdown): a labelled value after the headline, the
+# evidence, the remedy's alternatives as a list; a "still" update is its headline alone.
+_ALERT_V2 = re.compile(
+    r"\*\*(?P<severity>\w+) · (?P<kind>\w+)\*\* at `(?P<layer>[^`]*)` "
+    r"\(step (?P<step>\d+)(?:, still since step (?P<first>\d+))?\): (?P<value>[^\n]*)"
+    r"(?:\n\n(?P<message>.*?))?(?:\n\n\*\*What to do:\*\*\n\n(?P<remedy>.*))?\Z",
+    re.S,
+)
 
 
 @dataclass
@@ -186,8 +194,13 @@ def parse_alerts(markdown: str) -> list[LoggedAlert]:
     out = []
     for part in markdown.split("\n\n---\n\n"):
         m = _ALERT.search(part)
+        remedy, threshold = (m["remedy"].strip(), m["threshold"]) if m else ("", "")
         if m is None:
-            continue
+            m = _ALERT_V2.search(part.strip())
+            if m is None:
+                continue
+            items = [ln[2:] for ln in (m["remedy"] or "").splitlines() if ln.startswith("- ")]
+            remedy = "; or ".join(items)
         first = int(m["first"]) if m["first"] else None
         out.append(
             LoggedAlert(
@@ -195,10 +208,10 @@ def parse_alerts(markdown: str) -> list[LoggedAlert]:
                 kind=m["kind"],
                 layer=m["layer"],
                 severity=m["severity"],
-                message=m["message"].strip(),
-                remedy=m["remedy"].strip(),
+                message=(m["message"] or "").strip(),
+                remedy=remedy,
                 value=m["value"],
-                threshold=m["threshold"],
+                threshold=threshold,
                 first_step=first,
             )
         )

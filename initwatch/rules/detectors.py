@@ -50,6 +50,9 @@ class Finding:
         score: how far past the threshold (log10 units); the worst finding of a cause wins.
         severity: ``"warning"`` or ``"error"``.
         immediate: raise without waiting for persistence (non-finite values).
+        layer_values: the value (in ``value``'s unit) of each affected layer where known, so
+            "still" updates can keep naming the same worst layer while the values are within
+            noise of each other.
 
     Example::
 
@@ -69,6 +72,7 @@ class Finding:
     score: float
     severity: str = Severity.WARNING.value
     immediate: bool = False
+    layer_values: dict[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -371,6 +375,7 @@ def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: st
             names,
             ev,
             _log_ratio(th.grad_depth_ratio, ratio),
+            layer_values={n: r for r, n in low},
         )
     ]
 
@@ -593,7 +598,10 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
             "precision": x.context.precision,
         }
         score = _log_ratio(r, thr) if kind is K.EXPLODING_ACTIVATION else _log_ratio(thr, r)
-        out.append(Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score))
+        values = {nm: v for v, nm in hits}
+        out.append(
+            Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score, layer_values=values)
+        )
     return out
 
 
@@ -643,7 +651,10 @@ def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> lis
             "precision": x.context.precision,
         }
         score = _log_ratio(r, thr) if kind is K.EXPLODING_ACTIVATION else _log_ratio(thr, r)
-        out.append(Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score))
+        values = {h[1]: h[0] for h in hits}
+        out.append(
+            Finding(kind.value, s.stack, name, r, thr, msg, names, ev, score, layer_values=values)
+        )
     return out
 
 
@@ -688,7 +699,9 @@ def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list
     if len(names) > 1:
         msg += f"; {len(names)} of {n_act} activation layers above it: {name_list(names)}"
     ev = {"fraction": v, "n_affected": len(names), "n_layers": n_act, "lr": x.lr}
-    return [Finding(kind.value, "model", name, v, thr, msg, names, ev, _log_ratio(v, thr))]
+    values = {h[2]: h[0] for h in hits}
+    score = _log_ratio(v, thr)
+    return [Finding(kind.value, "model", name, v, thr, msg, names, ev, score, layer_values=values)]
 
 
 # --------------------------------------------------------------------------- update ratio
@@ -799,7 +812,10 @@ def _ratio_findings(
         if scope == "lora":
             ev["lora"] = True
         score = _log_ratio(r, thr) if kind is K.UPDATE_RATIO_HIGH else _log_ratio(thr, r)
-        out.append(Finding(kind.value, scope, u.name, r, thr, msg, names, ev, score))
+        values = {h[1].name: h[0] for h in hits}
+        out.append(
+            Finding(kind.value, scope, u.name, r, thr, msg, names, ev, score, layer_values=values)
+        )
     return out
 
 

@@ -15,6 +15,9 @@ from initwatch.rules.thresholds import Thresholds
 
 STATE_VERSION = 1
 # kinds whose far-past-threshold findings alert on their first frame (Thresholds.far_factor)
+# Within this factor of each other, two layers' values are the same within noise: a "still"
+# update keeps naming the layer of the original alert instead of hopping between them.
+SAME_WITHIN = 2.0
 FAST_KINDS = frozenset(
     k.value
     for k in (
@@ -37,7 +40,7 @@ def _merge(findings: list[Finding]) -> dict[str, Finding]:
         best, other = (f, cur) if f.score > cur.score else (cur, f)
         best.layers = best.layers + [n for n in other.layers if n not in best.layers]
         best.evidence = {**other.evidence, **best.evidence}
-        out[f.key] = best
+        out[f.key] = best  # best.layer_values stay its own (the other's may be another unit)
     return out
 
 
@@ -116,6 +119,8 @@ class Rules:
         self._history: dict[str, list[float]] = {}
         # cause -> the remedy of the alert that raised it (repeated by its "still" updates)
         self._remedies: dict[str, str] = {}
+        # cause -> the layer the alert named (kept by its updates while within noise)
+        self._layers: dict[str, str] = {}
 
     # ------------------------------------------------------------------ main entry
     def update(self, frame: Frame, context: RunContext | None = None) -> list[Alert]:
@@ -158,6 +163,7 @@ class Rules:
                 if state["absent"] >= self.persistence:
                     del self._active[key]
                     self._remedies.pop(key, None)
+                    self._layers.pop(key, None)
 
         for key, f in found.items():
             streak = self._streak.setdefault(key, {"count": 0, "since": frame.step})
@@ -180,6 +186,21 @@ class Rules:
         """A finding of a one-step-damage kind ``far_factor`` times past its threshold."""
         far = self.thresholds.far_factor
         return f.kind in FAST_KINDS and 1 < far < math.inf and f.score >= math.log10(far)
+
+    def _stable_layer(self, f: Finding) -> tuple[str, float]:
+        """The layer (and its value) an update names: the original alert's while it is still
+        affected and its value is within :data:`SAME_WITHIN` of the worst one's, else the
+        worst layer of this frame."""
+        first = self._layers.get(f.key)
+        if first is None or first == f.layer or first not in f.layers:
+            return f.layer, float(f.value)
+        mine = f.layer_values.get(first)
+        if mine is None:  # no per-layer value: one cause, one name
+            return first, float(f.value)
+        worst = float(f.value)
+        if mine > 0 and worst > 0 and abs(math.log10(mine / worst)) <= math.log10(SAME_WITHIN):
+            return first, float(mine)
+        return f.layer, worst
 
     def _alert(
         self,
@@ -204,11 +225,17 @@ class Rules:
         remedy = self._remedies.get(f.key) if state["repeat"] else None
         if remedy is None:
             remedy = self._remedies[f.key] = suggest(f.kind, f.layer, evidence, ctx)
+        if state["repeat"]:
+            layer, value = self._stable_layer(f)
+        else:
+            layer, value = f.layer, float(f.value)
+            self._layers[f.key] = f.layer
+        layers = [layer] + [n for n in f.layers if n != layer]
         return Alert(
             step=frame.step,
             kind=f.kind,
-            layer=f.layer,
-            value=float(f.value),
+            layer=layer,
+            value=value,
             threshold=float(f.threshold),
             severity=f.severity,
             message=f.message + note,
@@ -217,7 +244,7 @@ class Rules:
             repeat=state["repeat"],
             extra={
                 "cause": f.key,
-                "layers": list(f.layers),
+                "layers": layers,
                 "since_step": streak["since"],
                 "frames": frames,
                 "evidence": _plain(evidence),
@@ -242,6 +269,7 @@ class Rules:
             "active": copy.deepcopy(self._active),
             "history": {k: [float(v) for v in vs] for k, vs in self._history.items()},
             "remedies": dict(self._remedies),
+            "layers": dict(self._layers),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,6 +288,7 @@ class Rules:
         self._active = {k: {a: int(b) for a, b in v.items()} for k, v in state["active"].items()}
         self._history = {k: [float(v) for v in vs] for k, vs in state["history"].items()}
         self._remedies = {str(k): str(v) for k, v in state.get("remedies", {}).items()}
+        self._layers = {str(k): str(v) for k, v in state.get("layers", {}).items()}
 
     @property
     def active(self) -> list[str]:

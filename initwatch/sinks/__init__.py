@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,25 +127,41 @@ def _extreme(table: dict[str, float], highest: bool) -> str | None:
 
 
 def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
-    """A Markdown summary of a run: alert counts by kind and the worst layers at the last frame.
+    """A Markdown summary of a run: a verdict, every alert (oldest first, with its labelled
+    value, how many "still" updates followed and the last one), and the worst layers at the
+    last frame.
 
     Example::
 
-        >>> print(summary_markdown(None, []).splitlines()[0])
+        >>> print("\\n".join(summary_markdown(None, []).splitlines()[:3]))
         ## initwatch summary
+        <BLANKLINE>
+        **Verdict: healthy: no alerts**
     """
-    lines = ["## initwatch summary", ""]
+    from initwatch.alert_text import value_text, verdict
+
+    lines = ["## initwatch summary", "", f"**Verdict: {verdict(list(alerts))}**"]
     new = [a for a in alerts if not a.repeat]
     if new:
-        counts = Counter(a.kind for a in new)
-        lines += [f"**{len(new)} alerts**", "", "| kind | count | first step | layers |"]
-        lines.append("|---|---|---|---|")
-        for kind, n in counts.most_common():
-            these = [a for a in new if a.kind == kind]
-            layers = ", ".join(sorted({f"`{a.layer}`" for a in these})[:5])
-            lines.append(f"| {kind} | {n} | {min(a.step for a in these)} | {layers} |")
-    else:
-        lines.append("No alerts.")
+        lines += ["", "Alerts, oldest first:", ""]
+        for i, a in enumerate(new, 1):
+            cause = a.extra.get("cause") if isinstance(a.extra, dict) else None
+            later = [
+                u
+                for u in alerts
+                if u.repeat
+                and u.first_step == a.step
+                and u.kind == a.kind
+                and (cause is None or u.extra.get("cause") == cause)
+            ]
+            entry = f"{i}. **{a.kind}** at `{a.layer}`, step {a.step}: {value_text(a)}"
+            if later:
+                u = later[-1]
+                entry += (
+                    f'; {len(later)} "still" update{"s" if len(later) > 1 else ""}, the last '
+                    f"at step {u.step}: {value_text(u)}"
+                )
+            lines.append(entry)
     if last is not None:
         lines += ["", f"Worst layers at step {last.step}:", ""]
         params = aggregate_params(last)
@@ -161,6 +176,8 @@ def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
             ("smallest update ratio", params["update_ratio"], False),
         ]
         for label, table, highest in checks:
+            if label.startswith("most non-finite"):
+                table = {k: v for k, v in table.items() if v > 0}  # none: nothing to name
             found = _extreme(table, highest)
             if found:
                 lines.append(f"- {label}: {found}")

@@ -60,24 +60,24 @@ def layout(stats: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
 
 
 def alert_markdown(alerts: Sequence[Alert]) -> str:
-    """Alerts as Markdown, one paragraph each, with the remedy.
+    """Alerts as Markdown (:func:`initwatch.alert_text.markdown`): a new alert with its
+    evidence and remedy, a "still" update as one line; separated by rules.
 
     Example::
 
         >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
         >>> print(alert_markdown([a]))
-        **error · nonfinite** at `encoder.1` (step 3, value nan, threshold 0): NaN
+        **error · nonfinite** at `encoder.1` (step 3): non-finite values: some
         <BLANKLINE>
-        → lower lr
+        NaN
+        <BLANKLINE>
+        **What to do:**
+        <BLANKLINE>
+        - lower lr
     """
-    parts = []
-    for a in alerts:
-        still = f", still since step {a.first_step}" if a.repeat else ""
-        parts.append(
-            f"**{a.severity} · {a.kind}** at `{a.layer}` (step {a.step}, value {a.value:.3g}, "
-            f"threshold {a.threshold:.3g}{still}): {a.message}\n\n→ {a.remedy}"
-        )
-    return "\n\n---\n\n".join(parts)
+    from initwatch.alert_text import markdown
+
+    return "\n\n---\n\n".join(markdown(a) for a in alerts)
 
 
 class TensorBoardSink(Sink):
@@ -267,14 +267,22 @@ class TensorBoardSink(Sink):
         file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
-        """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text."""
+        """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text: new
+        alerts under ``initwatch/alerts``, "still" updates (one line each) under
+        ``initwatch/alerts/updates``."""
         if self._pending is None or self._pending[0] != step:
             self._flush()
             self._pending = (step, {})
         self._pending[1]["alerts/count"] = total
         self._flush()
-        if alerts:
-            self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(alerts), step)
+        # New alerts and their "still" updates go to two tags, so the Text tab shows the
+        # original alert (with its remedy) first, not under a pile of one-line updates.
+        new = [a for a in alerts if not a.repeat]
+        updates = [a for a in alerts if a.repeat]
+        if new:
+            self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(new), step)
+        if updates:
+            self.writer.add_text(f"{PREFIX}/alerts/updates", alert_markdown(updates), step)
 
     def close(self, last: Frame | None, alerts: Sequence[Alert]) -> None:
         """Final heatmaps and the ``initwatch/summary`` text; flushes (idempotent)."""
