@@ -117,7 +117,9 @@ def still_line(alert: Alert) -> str:
         'initwatch: still dead_units at relu1 (step 30, since step 10): zero fraction 99% (alert above 95%); 2 layers affected'
     """
     layers = alert.extra.get("layers") if isinstance(alert.extra, dict) else None
-    more = f"; {len(layers)} layers affected" if isinstance(layers, list) and len(layers) > 1 else ""
+    more = (
+        f"; {len(layers)} layers affected" if isinstance(layers, list) and len(layers) > 1 else ""
+    )
     return f"initwatch: {headline(alert)}: {value_text(alert)}{more}"
 
 
