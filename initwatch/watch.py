@@ -10,10 +10,10 @@ import traceback
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -31,7 +31,9 @@ from initwatch.attention import (
 from initwatch.context import RunContext
 from initwatch.errors import ShardingError
 from initwatch.frame import Frame, LayerInfo
+from initwatch.plain import to_plain
 from initwatch.probes import ParamProbe, ProbeSet
+from initwatch.schedule import schedule_facts, steps_done, torch_optimizer
 from initwatch.selection import select_layers, select_parameters, unwrap
 from initwatch.sharding import refuse_replaced
 from initwatch.sinks import Sink
@@ -113,7 +115,10 @@ def _make_policy(on_alert: Any) -> Any:
         from initwatch.policy import AlertPolicy
     except ImportError:
         return None
-    return AlertPolicy(on_alert)
+    policy = AlertPolicy(on_alert)
+    if policy.mode == "warn" and _rank() != 0:
+        return AlertPolicy("ignore")  # every rank sees the same alerts: rank 0 warns for all
+    return policy
 
 
 def _make_sink(writer: Any, logdir: str | None) -> tuple[Sink | None, Any]:
@@ -153,11 +158,6 @@ def _guarded(default: Any) -> Callable:
         return run
 
     return wrap
-
-
-def _inner_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside Lightning's / accelerate's wrappers."""
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _is_sharded(model: nn.Module) -> bool:
@@ -262,6 +262,17 @@ class Watch:
             remedies). None: ``context.pretrained`` if True, else decided from the weights and
             loading markers (:func:`initwatch.decide_pretrained`); kept in :meth:`state_dict`
             so a resumed run keeps the decision made on its first start.
+        micro_batch_loss: how the losses handed to :meth:`add_loss` within one step make the
+            step's loss: ``"mean"`` (default; each micro-batch's own loss) or ``"sum"`` (losses
+            already divided by the number of micro-batches, as the Hugging Face Trainer's
+            ``training_step`` returns them).
+        state: a :meth:`state_dict` to resume from (a checkpoint's, or an earlier fit's).
+
+    The step's learning-rate facts come from the optimizer and, when
+    :meth:`before_optimizer_step` (or :meth:`step`) is given one, the per-step ``scheduler``:
+    ``context.base_lr`` is the peak the schedule rises to, ``context.warmup_steps`` its warmup
+    and ``context.in_warmup`` whether this step is in it, so the rules judge an update ratio
+    during warmup at the peak it is heading to.
 
     Example::
 
@@ -302,6 +313,8 @@ class Watch:
         dense_start: int = 0,
         max_interval: int | None = None,
         pretrained: bool | None = None,
+        micro_batch_loss: Literal["mean", "sum"] = "mean",
+        state: Mapping[str, Any] | None = None,
     ) -> None:
         from initwatch import validate as v
 
@@ -324,6 +337,13 @@ class Watch:
             else None
         )
         v.pretrained_or_none(pretrained, "initwatch.Watch(model, pretrained=True)")
+        v.choice(
+            "micro_batch_loss",
+            micro_batch_loss,
+            ("mean", "sum"),
+            'initwatch.Watch(model, micro_batch_loss="mean")',
+        )
+        self.micro_batch_loss = micro_batch_loss
         self.model = model
         inner = unwrap(model)
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
@@ -368,6 +388,7 @@ class Watch:
         self._optimizer_hooks: list[tuple[weakref.ref, list]] = []
         self._stepped = False
         self._in_step = False
+        self._step_scheduler: Any = None
         self._dense_left = self.dense_start
         self._last_measured: int | None = None
         self._groups: Any = None  # param_groups of the optimizer seen last (for the lr)
@@ -375,6 +396,12 @@ class Watch:
         self._preclip: Any = None
         self._optimizers: dict[int, set[int]] = {}  # id(optimizer) -> ids of its parameters
         self._read_ids: set[int] = set()
+        self._step_open = False  # between begin_step and end_step
+        self._micro_loss: torch.Tensor | None = None  # add_loss's sum on a measured step
+        self._micro_n = 0
+        self._schedule: tuple[Any, dict[str, Any]] | None = None  # (scheduler ref, its facts)
+        if state:
+            self.load_state_dict(state)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -392,6 +419,16 @@ class Watch:
     def is_logging(self) -> bool:
         """True between :meth:`begin_step` and :meth:`end_step` of a logging step."""
         return self._logging
+
+    @property
+    def in_step(self) -> bool:
+        """True between :meth:`begin_step` and :meth:`end_step` (measured or not)."""
+        return self._step_open
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (hooks removed; ``alerts`` and ``frames`` stay)."""
+        return self._closed
 
     # ---- the step protocol ----------------------------------------------------------------
 
@@ -412,6 +449,8 @@ class Watch:
             return False
         if self._logging:  # the previous logging step was never ended
             self.end_step()
+        self._step_open = True
+        self._micro_loss, self._micro_n = None, 0
         self.step_index = int(step)
         self.context.step = self.step_index
         cadence = self.step_index % self.every == 0 if measure is None else bool(measure)
@@ -428,7 +467,41 @@ class Watch:
         return self._logging
 
     @_guarded(None)
-    def before_optimizer_step(self, optimizer: Any, grad_norm_preclip: Any = None) -> None:
+    def add_loss(self, loss: Any) -> None:
+        """Add one micro-batch's loss on a measured step (kept on the device; nothing happens
+        on other steps). :meth:`end_step` without a ``loss`` uses their mean (their sum with
+        ``micro_batch_loss="sum"``).
+
+        Example::
+
+            >>> import torch, torch.nn as nn, initwatch
+            >>> watch = initwatch.Watch(nn.Linear(2, 1), every=1, rules=False)
+            >>> watch.begin_step(0)
+            True
+            >>> watch.add_loss(torch.tensor(1.0)); watch.add_loss(3.0)
+            >>> _ = watch.end_step()
+            >>> watch.last_frame.globals["loss"]
+            2.0
+            >>> watch.close()
+        """
+        if not self._logging or loss is None:
+            return
+        if torch.is_tensor(loss):
+            value = loss.detach().float().reshape(-1)[:1]
+        else:
+            try:
+                value = torch.tensor([float(loss)])
+            except (TypeError, ValueError):
+                return
+        if self._micro_loss is not None:
+            value = self._micro_loss + value.to(self._micro_loss.device)
+        self._micro_loss = value
+        self._micro_n += 1
+
+    @_guarded(None)
+    def before_optimizer_step(
+        self, optimizer: Any, grad_norm_preclip: Any = None, scheduler: Any = None
+    ) -> None:
         """Read the final gradients (accumulated, unscaled, all-reduced) and snapshot the
         sampled weight coordinates; call it right before ``optimizer.step()``.
 
@@ -439,6 +512,11 @@ class Watch:
                 frame's ``grad_norm_global`` and per-tensor ``grad_norm`` are then the pre-clip
                 values (clipping scales every gradient by one factor), and the clipped global
                 norm is kept as ``grad_norm_clipped``.
+            scheduler: the per-step learning-rate scheduler, if any: ``context.base_lr``
+                (its peak), ``context.warmup_steps``, ``context.in_warmup`` (its
+                ``last_epoch`` below the warmup) and ``context.extra["lr_restarts"]`` follow it
+                (:func:`initwatch.schedule.schedule_facts`, read once per scheduler). Without
+                one these context fields are left as they are.
 
         Called again within the same step (several optimizers stepping on one batch, e.g. a
         GAN under manual optimization), each optimizer's gradients are read at its own step
@@ -448,7 +526,7 @@ class Watch:
         The optimizers of the first step are checked for trainable parameters they miss
         (:meth:`check_optimizer`) when it ends.
         """
-        opt = _inner_optimizer(optimizer)
+        opt = torch_optimizer(optimizer)
         if not self._optimizer_checked and all(o is not opt for o in self._first_optimizers):
             self._first_optimizers.append(opt)
         self._groups = getattr(opt, "param_groups", None) or self._groups
@@ -460,6 +538,8 @@ class Watch:
             self.context.lr = lr
         if grad_norm_preclip is not None:
             self._preclip = grad_norm_preclip
+        if scheduler is not None:
+            self._context_from_schedule(scheduler, opt)
         if not self._grads_read:
             self._lora.snapshot()
         try:
@@ -512,7 +592,7 @@ class Watch:
         self._optimizer_checked = True
         self._first_optimizers = []
         many = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
-        groups = [g for o in many for g in getattr(_inner_optimizer(o), "param_groups", [])]
+        groups = [g for o in many for g in getattr(torch_optimizer(o), "param_groups", [])]
         inner = unwrap(self.model)
         if not groups or _is_sharded(inner):  # sharded: optimizers hold other tensor objects
             return []
@@ -540,9 +620,16 @@ class Watch:
         the user's decision to stop the run.
 
         Args:
-            loss: the step's loss (a tensor stays on the device until the one host copy).
+            loss: the step's loss (a tensor stays on the device until the one host copy);
+                None: the losses :meth:`add_loss` collected, if any.
             skipped: True when an AMP scaler skipped the optimizer step: no update ratio.
         """
+        self._step_open = False
+        if loss is None and self._micro_n:
+            loss = self._micro_loss
+            if self.micro_batch_loss == "mean":
+                loss = loss / self._micro_n
+        self._micro_loss, self._micro_n = None, 0
         if not self._optimizer_checked and self._first_optimizers:
             self.check_optimizer(self._first_optimizers)
         alerts = self._measure_step(loss, skipped)
@@ -593,12 +680,16 @@ class Watch:
         return alerts
 
     @contextmanager
-    def step(self, step: int, optimizer: torch.optim.Optimizer) -> Iterator[StepScope]:
+    def step(
+        self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None
+    ) -> Iterator[StepScope]:
         """One optimizer step of a plain loop, as a ``with`` block.
 
         Calls :meth:`begin_step` on entry, :meth:`before_optimizer_step` from a step pre-hook
-        of ``optimizer`` and :meth:`end_step` on exit (``skipped`` when ``optimizer.step()``
-        did not run, e.g. a ``GradScaler`` skipped it). Set ``scope.loss`` inside the block.
+        of ``optimizer`` (with ``scheduler``: the warmup and peak lr follow it) and
+        :meth:`end_step` on exit (``skipped`` when ``optimizer.step()`` did not run, e.g. a
+        ``GradScaler`` skipped it). Set ``scope.loss`` inside the block (or call
+        :meth:`add_loss` per micro-batch).
 
         Example::
 
@@ -615,6 +706,7 @@ class Watch:
         """
         scope = StepScope()
         self._hook_optimizer(optimizer)
+        self._step_scheduler = scheduler
         self._stepped = False
         self.begin_step(step)
         self._in_step = True
@@ -635,7 +727,7 @@ class Watch:
 
         def pre(opt: Any, args: Any, kwargs: Any) -> None:
             if self._in_step:
-                self.before_optimizer_step(opt)
+                self.before_optimizer_step(opt, scheduler=self._step_scheduler)
 
         def post(opt: Any, args: Any, kwargs: Any) -> None:
             if self._in_step:
@@ -675,7 +767,20 @@ class Watch:
     # ---- state ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data (weights-only-loadable): step, alert history and rule state."""
+        """Plain data (weights-only-loadable): step, alert history and rule state.
+
+        Pass it as ``Watch(..., state=...)`` (or to :meth:`load_state_dict`) to resume.
+
+        Example::
+
+            >>> import torch.nn as nn, initwatch
+            >>> watch = initwatch.Watch(nn.Linear(2, 1), rules=False)
+            >>> watch.begin_step(7)
+            True
+            >>> _ = watch.end_step(); watch.close()
+            >>> initwatch.Watch(nn.Linear(2, 1), rules=False, state=watch.state_dict()).step_index
+            7
+        """
         state: dict[str, Any] = {
             "step": self.step_index,
             "alerts": [a.to_dict() for a in self.alerts],
@@ -684,9 +789,9 @@ class Watch:
         }
         if self._rules is not None and hasattr(self._rules, "state_dict"):
             state["rules"] = self._rules.state_dict()
-        return state
+        return to_plain(state)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.step_index = state.get("step")
         self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]
@@ -710,6 +815,44 @@ class Watch:
         ctx.residual = ctx.residual or a.residual
         ctx.depth = ctx.depth or dict(a.depth)
         ctx.cross_attention = ctx.cross_attention or has_cross(a)
+
+    def _context_from_schedule(self, scheduler: Any, optimizer: Any) -> None:
+        """``base_lr``, ``warmup_steps``, ``in_warmup`` and ``lr_restarts`` from a per-step
+        scheduler (its facts are read once; ``in_warmup`` at every measured step). A fact the
+        scheduler does not tell (None) leaves what the context holds (an adapter's fallback)."""
+        ctx = self.context
+        cached = self._schedule
+        if cached is None or cached[0]() is not scheduler:
+            facts = schedule_facts(scheduler, optimizer, ctx.max_steps)
+            with suppress(TypeError):
+                self._schedule = (weakref.ref(scheduler), facts)
+        else:
+            facts = cached[1]
+        if facts["base_lr"] is not None:
+            ctx.base_lr = facts["base_lr"]
+        if facts["warmup_steps"] is not None:
+            ctx.warmup_steps = facts["warmup_steps"]
+        ctx.extra["lr_restarts"] = facts["lr_restarts"]
+        done = steps_done(scheduler)
+        if ctx.warmup_steps is not None and done is not None:
+            ctx.in_warmup = done < ctx.warmup_steps
+
+    def check_scheme_live(self, scheme: str | None, caller: str) -> None:
+        """Raise :class:`~initwatch.InitWatchError` once the first measured step showed that
+        no forward hook ran while ``scheme`` is on the model: the run would train without the
+        scheme (``caller`` names the callback in the message).
+
+        Example::
+
+            >>> import torch.nn as nn, initwatch
+            >>> watch = initwatch.Watch(nn.Linear(2, 1), rules=False)
+            >>> watch.check_scheme_live("rezero", "InitWatch")  # not known yet: no error
+            >>> watch.close()
+        """
+        from initwatch.errors import InitWatchError
+
+        if scheme is not None and self.hooks_live is False:
+            raise InitWatchError(f"{caller}: {hooks_not_run_message(scheme)}.")
 
     def _context_from_model(self, model: nn.Module) -> None:
         """The scheme initwatch applied and whether the weights are pretrained (a fine-tune):

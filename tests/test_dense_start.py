@@ -14,14 +14,10 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from initwatch import Watch, zoo
-from initwatch.integrations._common import (
-    DENSE_START,
-    MAX_INTERVAL,
-    peak_lr_of,
-    warmup_steps_of,
-)
+from initwatch.integrations._common import DENSE_START, MAX_INTERVAL
 from initwatch.integrations.lightning import InitWatch
 from initwatch.integrations.transformers import InitWatchCallback
+from initwatch.schedule import peak_lr_of, warmup_steps_of
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 QUIET = lambda alert: None  # noqa: E731
@@ -234,7 +230,7 @@ def test_lightning_two_optimizers_are_measured_per_batch_that_stepped(tmp_path):
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            frame = cb._driver.watch.last_frame if cb._driver.watch else None
+            frame = cb.watch.last_frame if cb.watch else None
             if frame is not None and (not spy_frames or spy_frames[-1] is not frame):
                 spy_frames.append(frame)
 
@@ -307,7 +303,7 @@ def test_lightning_lr_jump_mid_run_is_measured_and_alerted_at_once(tmp_path):
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            frame = cb._driver.watch.last_frame
+            frame = cb.watch.last_frame
             if frame is not None and (not spy_steps or spy_steps[-1] != frame.step):
                 spy_steps.append(frame.step)
 

@@ -69,7 +69,7 @@ class Spy(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.weights_at_train_begin = {k: v.clone() for k, v in model.state_dict().items()}
-        watch = self.cb._driver.watch
+        watch = self.cb.watch
         for name in ("begin_step", "before_optimizer_step", "end_step"):
             self._wrap(watch, name)
 
@@ -88,7 +88,7 @@ class Spy(TrainerCallback):
         setattr(watch, name, wrapped)
 
     def on_step_end(self, args, state, control, **kwargs):
-        frame = self.cb._driver.watch.last_frame
+        frame = self.cb.watch.last_frame
         if frame is not None and (not self.frames or self.frames[-1] is not frame):
             self.frames.append(frame)
 

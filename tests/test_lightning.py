@@ -88,7 +88,7 @@ class Spy(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.weights_at_fit_start = {k: v.clone() for k, v in pl_module.state_dict().items()}
-        watch = self.cb._driver.watch
+        watch = self.cb.watch
         for name in ("begin_step", "before_optimizer_step", "end_step"):
             self._wrap(watch, name)
 
@@ -107,7 +107,7 @@ class Spy(Callback):
         setattr(watch, name, wrapped)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        frame = self.cb._driver.watch.last_frame
+        frame = self.cb.watch.last_frame
         if frame is not None and (not self.frames or self.frames[-1] is not frame):
             self.frames.append(frame)
 
@@ -155,7 +155,7 @@ def test_scheme_once_at_fit_setup_new_params_trained_and_hooks_removed(tmp_path)
     assert all(float(p) != 0.0 for p in gates.values()), "and they were trained"
     scheme_hooks = hook_count(module)
     assert scheme_hooks > before_hooks  # the ReZero gates are forward hooks
-    assert cb._driver.watch is None  # closed at teardown
+    assert cb.watch is None  # closed and released at teardown
     trained = {k: v.clone() for k, v in module.state_dict().items()}
 
     t1.validate(module, loader(8))  # setup("validate"): nothing applied
@@ -447,7 +447,7 @@ def test_torch_compiled_module_is_watched(tmp_path):
 def test_warmup_is_read_from_common_schedulers():
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    from initwatch.integrations._common import warmup_steps_of
+    from initwatch.schedule import warmup_steps_of
 
     def opt():
         return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)

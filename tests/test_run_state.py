@@ -65,8 +65,8 @@ class LossSpy(TrainerCallback):
         self.pairs: list[tuple[int, float, int, float]] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and self.cb._driver.started:
-            frame = self.cb._driver.watch.last_frame
+        if logs and "loss" in logs and self.cb.watch is not None:
+            frame = self.cb.watch.last_frame
             self.pairs.append((state.global_step, logs["loss"], frame.step, frame.globals["loss"]))
 
 
@@ -233,7 +233,7 @@ class FrameSpy(Callback):
         self.cb, self.frames = cb, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        frame = self.cb._driver.watch.last_frame
+        frame = self.cb.watch.last_frame
         if frame is not None and (not self.frames or self.frames[-1] is not frame):
             self.frames.append(frame)
 

@@ -135,16 +135,15 @@ def test_hf_callback_raises_when_its_scheme_is_not_live() -> None:
 
     callback = InitWatchCallback(scheme="rezero")
     model = encoder()
-    callback._driver.start(model, context=initwatch.RunContext(), every=1)
-    watch = callback._driver.watch
-    callback._driver.begin(0)
+    watch = callback._start_watch(model, context=initwatch.RunContext(), every=1)
+    watch.begin_step(0)
     # a forward the hooks did not see: what a graph compiled before they were attached does
     for probe in watch._probes.probes:
         probe.target.module._forward_hooks.clear()
     model(torch.randn(2, 5, D)).pow(2).mean().backward()
-    callback._driver.add_loss(torch.tensor(1.0))
+    watch.add_loss(torch.tensor(1.0))
     args = TrainingArguments(output_dir="unused", report_to=[])
     with pytest.raises(InitWatchError, match=r"'rezero' is not live"):
         callback.on_step_end(args, TrainerState(), TrainerControl(), model=model)
     assert watch.hooks_live is False
-    callback._driver.close()
+    callback.close()

@@ -334,4 +334,4 @@ def test_lightning_watches_a_model_it_cannot_read_by_module_path(tmp_path) -> No
         callbacks=[callback],
     )  # fmt: skip
     trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
-    assert callback._driver.state_dict()["watch"]["step"] == 1
+    assert callback.state_dict()["watch"]["step"] == 1

@@ -456,3 +456,54 @@ def test_context_knows_the_scheme_and_a_fine_tune_from_the_model(tmp_path, train
     assert tuned.context.pretrained and tuned.context.scheme is None
     assert tuned.context.extra["pretrained_source"] == "weights"
     tuned.close()
+
+
+def _warming_run(with_scheduler: bool) -> Watch:
+    """Three Adam steps of a 200-step linear warmup towards a destructive peak lr 0.5."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 201))
+    watch = Watch(model, every=1, on_alert="ignore")
+    for step in range(3):
+        with watch.step(step, opt, scheduler=sched if with_scheduler else None) as scope:
+            scope.loss = model(torch.randn(8, 6)).pow(2).mean()
+            scope.loss.backward()
+            opt.step()
+        opt.zero_grad()
+        sched.step()
+    watch.close()
+    return watch
+
+
+def test_plain_loop_gets_the_warmup_and_peak_lr_from_its_scheduler():
+    watch = _warming_run(with_scheduler=True)
+    ctx = watch.context
+    assert ctx.base_lr == pytest.approx(0.5) and ctx.warmup_steps == 200 and ctx.in_warmup
+    assert ctx.lr == pytest.approx(0.5 * 3 / 201)  # the lr of the last measured step
+    highs = [a for a in watch.alerts if a.kind == "update_ratio_high"]
+    # Adam's first update is lr per element: ratio lr / rms(W) ~ 0.0025 / 0.14 now, but at the
+    # peak 0.5 / 0.14 ~ 3.5 >> 0.1: judged at the peak from step 0
+    assert highs and highs[0].step == 0 and "peak lr 0.5" in highs[0].message
+    # without the scheduler the same loop is judged at today's lr: no alert in these 3 steps
+    blind = _warming_run(with_scheduler=False)
+    assert blind.context.base_lr is None and not blind.context.in_warmup
+    assert not [a for a in blind.alerts if a.kind == "update_ratio_high"]
+
+
+@pytest.mark.filterwarnings("ignore:initwatch. no forward hook ran")
+def test_micro_batch_losses_are_averaged_or_summed():
+    # (no forward: the losses alone)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for reduction, expected in (("mean", 2.0), ("sum", 4.0)):
+        watch = Watch(model, every=1, rules=False, micro_batch_loss=reduction)
+        watch.begin_step(0)
+        for loss in (1.0, 3.0):
+            watch.add_loss(torch.tensor(loss))
+        watch.before_optimizer_step(opt)
+        watch.end_step()
+        assert watch.last_frame.globals["loss"] == pytest.approx(expected)
+        watch.close()
+    with pytest.raises(ValueError, match="micro_batch_loss"):
+        Watch(model, micro_batch_loss="max")

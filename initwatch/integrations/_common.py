@@ -7,7 +7,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -20,9 +20,11 @@ from initwatch.schemes import ReinitReport, decide_pretrained, reinit, scheme_na
 from initwatch.schemes.base import applied_scheme
 from initwatch.schemes.registry import key_scheme
 
+if TYPE_CHECKING:
+    from initwatch.watch import Watch
+
 STATE_VERSION = 1
 OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
-_WARMUP_PROBE_LIMIT = 100_000
 # The start of a fit is measured densely, whatever the framework's logging interval: every
 # optimizer step for the first DENSE_START steps of each fit (a resumed fit included) and after
 # an lr jump, then at least every MAX_INTERVAL steps. The framework's own logging steps are
@@ -286,170 +288,6 @@ def base_context(
     )
 
 
-def torch_optimizer(optimizer: Any) -> Any:
-    """The ``torch.optim.Optimizer`` inside Lightning's / accelerate's wrappers.
-
-    Example::
-
-        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> torch_optimizer(opt) is opt
-        True
-    """
-    for attr in ("optimizer", "_optimizer"):
-        inner = getattr(optimizer, attr, None)
-        if inner is not None and hasattr(inner, "param_groups"):
-            return torch_optimizer(inner)
-    return optimizer
-
-
-def _lambda_warmup(fn: Any, limit: int, whole_run: bool = False) -> int | None:
-    """Steps a multiplicative LR lambda keeps rising from step 0 (0: no warmup); a lambda
-    still rising at ``limit`` gives ``limit`` when ``whole_run`` (the limit is the run's
-    ``max_steps``: the warmup lasts the whole run), else None (unknown)."""
-    try:
-        prev = float(fn(0))
-        for i in range(1, limit + 1):
-            cur = float(fn(i))
-            if cur <= prev:
-                return i - 1
-            prev = cur
-    except Exception:
-        return None
-    return limit if whole_run else None
-
-
-def warmup_steps_of(scheduler: Any, max_steps: int | None = None) -> int | None:
-    """Number of warmup steps of a per-step LR scheduler, 0 for none, None when unknown.
-
-    Recognises ``LinearLR`` (rising), ``OneCycleLR``, ``SequentialLR`` starting with a warmup,
-    and ``LambdaLR`` / ``MultiplicativeLR``-free lambdas (the Hugging Face schedules), whose
-    multiplier is probed step by step until it stops rising.
-
-    Example::
-
-        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
-        >>> warmup_steps_of(sched)
-        9
-        >>> warmup_steps_of(sched, max_steps=5)  # still rising when the run ends
-        5
-    """
-    sched = torch.optim.lr_scheduler
-    if scheduler is None:
-        return None
-    if isinstance(scheduler, sched.LinearLR):
-        rising = scheduler.start_factor < scheduler.end_factor
-        return int(scheduler.total_iters) if rising else 0
-    if isinstance(scheduler, sched.OneCycleLR):
-        phases = getattr(scheduler, "_schedule_phases", None)
-        return int(phases[0]["end_step"]) if phases else None
-    if isinstance(scheduler, sched.SequentialLR):
-        inner = getattr(scheduler, "_schedulers", [])
-        milestones = getattr(scheduler, "_milestones", [])
-        if inner and milestones and warmup_steps_of(inner[0], max_steps):
-            return int(milestones[0])
-        return 0 if inner else None
-    if isinstance(scheduler, sched.LambdaLR) and len(scheduler.lr_lambdas) >= 1:
-        limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
-        return _lambda_warmup(scheduler.lr_lambdas[0], limit, whole_run=limit == max_steps)
-    if isinstance(scheduler, (sched.ConstantLR, sched.StepLR, sched.ExponentialLR)):
-        return 0
-    return None
-
-
-def base_lr_of(scheduler: Any, optimizer: Any) -> float | None:
-    """The configured (peak) learning rate: the scheduler's ``base_lrs[0]``, else the
-    optimizer's ``initial_lr`` / ``lr``.
-
-    Example::
-
-        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> base_lr_of(None, opt)
-        0.1
-    """
-    base = getattr(scheduler, "base_lrs", None)
-    if base:
-        return float(base[0])
-    opt = torch_optimizer(optimizer)
-    groups = getattr(opt, "param_groups", None)
-    if not groups:
-        return None
-    lr = groups[0].get("initial_lr", groups[0].get("lr"))
-    return float(lr) if isinstance(lr, (int, float)) else None
-
-
-def restarts_of(scheduler: Any) -> bool:
-    """True for a schedule that returns to ~0 and restarts on purpose (SGDR): PyTorch's
-    ``CosineAnnealingWarmRestarts`` and Hugging Face's cosine with hard restarts
-    (``lr_scheduler_type="cosine_with_restarts"``). ``lr_schedule_collapse`` exempts them.
-
-    Example::
-
-        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> restarts_of(torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10))
-        True
-        >>> restarts_of(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10))
-        False
-    """
-    sched = torch.optim.lr_scheduler
-    if isinstance(scheduler, sched.CosineAnnealingWarmRestarts):
-        return True
-    if isinstance(scheduler, sched.SequentialLR):
-        return any(restarts_of(s) for s in getattr(scheduler, "_schedulers", []))
-    if isinstance(scheduler, sched.LambdaLR) and scheduler.lr_lambdas:
-        fn = scheduler.lr_lambdas[0]
-        name = getattr(getattr(fn, "func", fn), "__name__", "")
-        return "restarts" in name
-    return False
-
-
-def peak_lr_of(scheduler: Any, optimizer: Any, max_steps: int | None = None) -> float | None:
-    """The learning rate a per-step schedule rises to (its warmup's end), else
-    :func:`base_lr_of`: a ``LambdaLR`` (the Hugging Face schedules) at the step its multiplier
-    stops rising, ``OneCycleLR``'s ``max_lr``, a rising ``LinearLR``'s end factor.
-
-    Example::
-
-        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(2.0, (s + 1) / 5))
-        >>> peak_lr_of(sched, opt)
-        0.2
-    """
-    sched = torch.optim.lr_scheduler
-    base = base_lr_of(scheduler, optimizer)
-    try:
-        if isinstance(scheduler, sched.OneCycleLR):
-            return float(torch_optimizer(optimizer).param_groups[0]["max_lr"])
-        if base is None:
-            return None
-        if isinstance(scheduler, sched.LinearLR):
-            return base * max(float(scheduler.start_factor), float(scheduler.end_factor))
-        if isinstance(scheduler, sched.LambdaLR) and scheduler.lr_lambdas:
-            limit = min(max_steps or _WARMUP_PROBE_LIMIT, _WARMUP_PROBE_LIMIT)
-            fn = scheduler.lr_lambdas[0]
-            top = _lambda_warmup(fn, limit, whole_run=limit == max_steps)
-            return base * float(fn(top)) if top is not None else base
-    except Exception:
-        return base
-    return base
-
-
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True when ``flag`` is True on any rank (one collective under ``torch.distributed``).
-
-    Example::
-
-        >>> any_rank(True)
-        True
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def is_summary_writer(obj: Any) -> bool:
     """True for a TensorBoard ``SummaryWriter`` (torch's or tensorboardX's); False for
     Lightning's ``_DummyExperiment`` on ranks > 0, a CSV writer, or None.
@@ -460,24 +298,6 @@ def is_summary_writer(obj: Any) -> bool:
         False
     """
     return any(c.__name__ == "SummaryWriter" for c in type(obj).__mro__)
-
-
-def _plain(obj: Any) -> Any:
-    """Plain data for a weights-only checkpoint (tuples and sets become lists)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [_plain(v) for v in items]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def step_hook(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -536,18 +356,27 @@ def is_rank_zero() -> bool:
 
 
 class AdapterSettings:
-    """The settings and alert state both adapters share, validated once at construction.
+    """The settings, the :class:`~initwatch.Watch` and the resume state both adapters share,
+    validated once at construction.
 
     Each adapter calls :meth:`_configure` from its ``__init__``; ``interval_name`` is what the
-    framework calls the logging interval (``log_every_n_steps`` / ``logging_steps``).
+    framework calls the logging interval (``log_every_n_steps`` / ``logging_steps``). The
+    adapter creates one Watch per fit with :meth:`_start_watch` and maps its framework's
+    events onto it; everything else (micro-batch losses, the schedule's facts, the alert
+    history, the state a resume restores) is the Watch's.
+
+    Attributes:
+        watch: the :class:`~initwatch.Watch` while a fit runs (its ``frames``, ``last_frame``,
+            ``context``), None outside one: it is closed and released when the fit ends (so
+            it keeps no model alive); ``alerts``, ``context`` and the state stay.
 
     Example::
 
         >>> s = AdapterSettings()
         >>> s._configure("rezero", None, "logging_steps", "warn", None, "default", None, None,
         ...              1024, None, pretrained=False)
-        >>> s.scheme, s.alerts
-        ('rezero', [])
+        >>> s.scheme, s.alerts, s.watch
+        ('rezero', [], None)
     """
 
     def _configure(
@@ -586,253 +415,106 @@ class AdapterSettings:
         v.positive_int("update_sample", update_sample, f"{name}(update_sample=1024)")
         self.anatomy = v.anatomy_or_none(anatomy, f"{name}(anatomy=anatomy)")
         self.report: ReinitReport | None = None
-        self._driver = StepDriver(
-            every=interval,
-            layers=layers,
-            on_alert=on_alert,
-            rules=rules,
-            update_sample=update_sample,
-            dense_start=int(dense_start),
-            max_interval=int(max_interval) if max_interval is not None else None,
-            pretrained=pretrained,
+        self.watch: Watch | None = None
+        self._resume: dict[str, Any] | None = None  # a checkpoint's Watch state, until it starts
+        self._last: dict[str, Any] | None = None  # the state of the last fit's Watch
+        self._history: list[Alert] = []  # and its alerts
+        self._last_context: RunContext | None = None
+        self._watch_settings: dict[str, Any] = {
+            "layers": layers,
+            "on_alert": on_alert,
+            "rules": rules,
+            "update_sample": update_sample,
+            "dense_start": int(dense_start),
+            "max_interval": int(max_interval) if max_interval is not None else None,
+            "pretrained": pretrained,
+        }
+
+    def _start_watch(
+        self,
+        model: nn.Module,
+        *,
+        context: RunContext,
+        every: int,
+        writer: Any = None,
+        logdir: str | None = None,
+        anatomy: Anatomy | None = None,
+        micro_batch_loss: Literal["mean", "sum"] = "mean",
+    ) -> Watch:
+        """Close the last fit's Watch and create this fit's (hooks attached now: before any
+        compiled forward), resuming the state :meth:`_restore_state` was given, if any."""
+        from initwatch.watch import Watch
+
+        self._close_watch()
+        state, self._resume = self._resume, None
+        self.watch = Watch(
+            model,
+            writer=writer,
+            every=int(every),
+            context=context,
+            anatomy=anatomy,
+            logdir=logdir,
+            micro_batch_loss=micro_batch_loss,
+            state=state,
+            **self._watch_settings,
         )
+        return self.watch
+
+    @property
+    def _open(self) -> Watch | None:
+        """The Watch while it watches, else None (also after the policy closed it)."""
+        watch = self.watch
+        return watch if watch is not None and not watch.closed else None
+
+    def _close_watch(self) -> None:
+        """Write the summary, remove every hook and release the Watch (idempotent); its
+        alerts, context and state stay."""
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return
+        try:
+            watch.close()
+        finally:
+            self._last = watch.state_dict()
+            self._history = list(watch.alerts)
+            self._last_context = watch.context
+
+    def _fresh_state(self) -> None:
+        """A new fit that resumes nothing: the next Watch starts with an empty history."""
+        self._resume = None
+
+    def _restore_state(self, state: Mapping[str, Any] | None) -> None:
+        """Resume :meth:`_saved_state`: into the open Watch now, else into the next one."""
+        watch = state.get("watch") if state else None
+        if not watch:
+            return
+        if self.watch is not None:
+            self.watch.load_state_dict(watch)
+        else:
+            self._resume = dict(watch)
+
+    def _saved_state(self) -> dict[str, Any]:
+        """Plain data for a checkpoint: the Watch's state (step, alert history, rule state)."""
+        if self.watch is not None:
+            watch: dict[str, Any] | None = self.watch.state_dict()
+        else:
+            watch = self._resume if self._resume is not None else self._last
+        return {"version": STATE_VERSION, "watch": watch} if watch else {}
 
     @property
     def alerts(self) -> list[Alert]:
         """The alerts raised so far (and those of the run this one resumed), oldest first."""
-        return self._driver.alerts
+        if self.watch is not None:
+            return list(self.watch.alerts)
+        if self._resume is not None:
+            return [Alert.from_dict(a) for a in self._resume.get("alerts", [])]
+        return list(self._history)
 
     @property
     def context(self) -> RunContext | None:
         """The :class:`~initwatch.RunContext` the rules and remedies see (of the current or
         last run; None before the first)."""
-        return self._driver.context
-
-
-class StepDriver:
-    """Maps a framework's step events onto one :class:`~initwatch.Watch` and keeps the alert
-    history of the last fit (adapters :meth:`reset` it when a new fit starts that does not
-    resume a checkpoint). Each adapter owns one; all the statistics, rules and
-    writing stay in the Watch.
-
-    Protocol per optimizer step: :meth:`begin` before the first micro-batch, :meth:`add_loss`
-    per micro-batch (optional), :meth:`before_optimizer_step` once with the final gradients,
-    :meth:`end` after the optimizer step. The step's loss is the mean of the micro-batch losses,
-    or their sum when ``sum_losses`` is set (losses already divided by the number of
-    micro-batches, as the Hugging Face Trainer's ``training_step`` returns them).
-
-    Args:
-        every: measure every this many optimizer steps (None: set by :meth:`start`).
-        layers, on_alert, rules, update_sample, dense_start, max_interval,
-            pretrained: passed to
-            the Watch (the driver's defaults: off; the adapters pass ``DENSE_START`` and
-            ``MAX_INTERVAL``).
-
-    Example::
-
-        >>> import torch, torch.nn as nn
-        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> driver = StepDriver(every=1, rules=False)
-        >>> driver.start(model, context=RunContext())
-        >>> driver.begin(0)
-        True
-        >>> loss = model(torch.randn(8, 4)).pow(2).mean(); loss.backward()
-        >>> driver.add_loss(loss); driver.before_optimizer_step(opt); opt.step()
-        >>> driver.end()
-        []
-        >>> driver.close(); driver.alerts
-        []
-    """
-
-    def __init__(
-        self,
-        every: int | None = None,
-        layers: str | Sequence[str] = "default",
-        on_alert: Any = "warn",
-        rules: Any = None,
-        update_sample: int = 1024,
-        dense_start: int = 0,
-        max_interval: int | None = None,
-        pretrained: bool | None = None,
-    ) -> None:
-        self.every = every
-        self.dense_start = dense_start
-        self.max_interval = max_interval
-        self.pretrained = pretrained
-        self.layers = layers
-        self.on_alert = on_alert
-        self.rules = rules
-        self.update_sample = update_sample
-        self.watch: Any = None
-        self.step: int | None = None
-        self.logging = False
-        self.context: RunContext | None = None
-        self._state: dict[str, Any] | None = None
-        self._history: list[Alert] = []
-        self._loss: torch.Tensor | None = None
-        self._loss_n = 0
-        self.sum_losses = False
-
-    # ---- lifecycle ----------------------------------------------------------------------
-
-    def start(
-        self,
-        model: nn.Module,
-        *,
-        context: RunContext,
-        every: int | None = None,
-        writer: Any = None,
-        logdir: str | None = None,
-        anatomy: Anatomy | None = None,
-        rank: int = 0,
-    ) -> None:
-        """Create the Watch (hooks attached now: before any compiled forward) and load the
-        state saved by an earlier fit or a checkpoint."""
-        from initwatch.watch import Watch
-
-        self.close()
-        on_alert = self.on_alert
-        if rank != 0 and on_alert == "warn":
-            on_alert = _silent  # the alert policy warns on rank 0 only
-        self.watch = Watch(
-            model,
-            writer=writer if rank == 0 else None,
-            every=int(every or self.every or 50),
-            layers=self.layers,
-            on_alert=on_alert,
-            context=context,
-            anatomy=anatomy,
-            rules=self.rules,
-            update_sample=self.update_sample,
-            logdir=logdir if rank == 0 else None,
-            dense_start=self.dense_start,
-            max_interval=self.max_interval,
-            pretrained=self.pretrained,
-        )
-        if self._state is not None:
-            self.watch.load_state_dict(self._state)
-        self.context = self.watch.context
-        self.step = None
-        self.logging = False
-
-    def close(self) -> None:
-        """Write the summary and remove every hook (idempotent); the history is kept."""
-        if self.watch is None:
-            return
-        watch, self.watch = self.watch, None
-        try:
-            watch.close()
-        finally:
-            self._state = _plain(watch.state_dict())
-            self._history = list(watch.alerts)
-            self.logging = False
-
-    @property
-    def started(self) -> bool:
-        """True while a Watch is attached."""
-        return self.watch is not None
-
-    # ---- steps --------------------------------------------------------------------------
-
-    def begin(self, step: int, measure: bool | None = None) -> bool:
-        """Begin optimizer step ``step``; True when it is measured (``measure``: the
-        framework's own cadence, None for the Watch's ``step % every``)."""
-        self.step = int(step)
-        self._loss, self._loss_n = None, 0
-        watch = self.watch
-        self.logging = bool(watch.begin_step(self.step, measure)) if watch is not None else False
-        return self.logging
-
-    def add_loss(self, loss: Any) -> None:
-        """Add one micro-batch's loss (kept on the device) on a measured step."""
-        if not self.logging or loss is None:
-            return
-        value = loss.detach().float().reshape(-1)[:1] if torch.is_tensor(loss) else None
-        if value is None:
-            try:
-                value = torch.tensor([float(loss)])
-            except (TypeError, ValueError):
-                return
-        self._loss = value if self._loss is None else self._loss + value.to(self._loss.device)
-        self._loss_n += 1
-
-    def before_optimizer_step(
-        self, optimizer: Any, grad_norm_preclip: Any = None, **context: Any
-    ) -> None:
-        """Read the final gradients; ``context`` fields (lr, in_warmup, ...) are set first.
-        ``grad_norm_preclip``: the global norm before clipping, when the gradients already are
-        (see :meth:`initwatch.Watch.before_optimizer_step`)."""
-        if self.watch is None:
-            return
-        if not self.logging:
-            self.watch.before_optimizer_step(optimizer)  # only remembers the optimizer (its lr)
-            return
-        ctx = self.watch.context
-        for key, value in context.items():
-            if hasattr(ctx, key) and key != "extra":
-                setattr(ctx, key, value)
-            else:
-                ctx.extra[key] = value
-        self.watch.before_optimizer_step(optimizer, grad_norm_preclip=grad_norm_preclip)
-
-    def end(self, skipped: bool = False) -> list[Alert]:
-        """End the step; returns its new alerts (empty on steps that are not measured)."""
-        if self.watch is None:
-            return []
-        loss = self._loss if self.sum_losses or not self._loss_n else self._loss / self._loss_n
-        self._loss, self._loss_n = None, 0
-        self.logging = False
-        return list(self.watch.end_step(loss=loss, skipped=skipped))
-
-    def check_scheme_live(self, scheme: str | None, framework: str) -> None:
-        """Raise once the first measured step showed that no forward hook ran while the
-        callback's ``scheme`` is on the model: the run would train without the scheme."""
-        from initwatch.watch import hooks_not_run_message
-
-        watch = self.watch
-        if scheme is None or watch is None or watch.hooks_live is not False:
-            return
-        raise InitWatchError(f"{framework}: {hooks_not_run_message(scheme)}.")
-
-    @property
-    def should_stop(self) -> bool:
-        """True once ``on_alert="stop"`` asked to stop."""
-        return bool(self.watch is not None and self.watch.should_stop)
-
-    # ---- history and state --------------------------------------------------------------
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """All alerts so far (earlier fits and resumed runs included), oldest first."""
-        return list(self.watch.alerts) if self.watch is not None else list(self._history)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain data: the Watch's state (step, alert history, rule state)."""
-        watch = _plain(self.watch.state_dict()) if self.watch is not None else self._state
-        return {"version": STATE_VERSION, "watch": watch} if watch is not None else {}
-
-    def reset(self, state: Mapping[str, Any] | None = None) -> None:
-        """Forget the alert history and rule state of earlier fits (a new ``train()`` or trial
-        starts clean), then restore ``state`` (a resumed checkpoint's) if given."""
-        self._state = None
-        self._history = []
-        if state:
-            self.load_state_dict(state)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; applied to the Watch now or when it starts."""
-        watch = state.get("watch") if state else None
-        if watch is None:
-            return
-        self._state = dict(watch)
-        self._history = [Alert.from_dict(a) for a in watch.get("alerts", [])]
-        if self.watch is not None:
-            self.watch.load_state_dict(self._state)
-
-
-def _silent(alert: Alert) -> None:
-    """The alert policy of ranks > 0 under ``on_alert="warn"``: rank 0 warns for all."""
+        return self.watch.context if self.watch is not None else self._last_context
 
 
 def describe_report(report: ReinitReport | None) -> str:

@@ -22,21 +22,16 @@ from initwatch.integrations._common import (
     MAX_INTERVAL,
     AdapterSettings,
     UnsupportedStrategyError,
-    any_rank,
     apply_scheme,
     base_context,
-    base_lr_of,
     check_checkpoint,
     describe_report,
     guard_resume,
     is_summary_writer,
     own_run_dir,
-    peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
-    restarts_of,
     step_hook,
-    warmup_steps_of,
 )
 from initwatch.schemes.base import applied_scheme
 from initwatch.sharding import broadcast_from_rank0
@@ -134,6 +129,8 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             ``log_every_n_steps`` is (default 10; None: ``log_every_n_steps`` only).
 
     Attributes:
+        watch: the :class:`~initwatch.Watch` of the current (or last) fit, None before the
+            first: its ``frames``, ``last_frame`` and ``context``.
         alerts: the alerts of the current (or last) fit, oldest first; each ``fit`` starts
             with a fresh history, and ``fit(ckpt_path=...)`` restores the checkpoint's.
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
@@ -217,6 +214,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self._restored = False  # load_state_dict ran since the last fit (a resume)
         self._resume_guard: Any = None
         self._scale_before: float | None = None
+        self._begun: int | None = None  # the step begun at its first micro-batch
         self._global_step_at_begin: int | None = None
 
     # ---- public state -------------------------------------------------------------------
@@ -245,11 +243,11 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     @override
     def state_dict(self) -> dict[str, Any]:
         """Plain data (weights-only-loadable): the alert history and the rules' state."""
-        return self._driver.state_dict()
+        return self._saved_state()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._driver.load_state_dict(state_dict)
+        self._restore_state(state_dict)
         self._restored = True
 
     # ---- setup: the scheme ----------------------------------------------------------------
@@ -334,13 +332,13 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._driver.started and trainer.optimizers:
-            self._driver.watch.check_optimizer(trainer.optimizers)  # parameters they miss
+        if self._open is not None and trainer.optimizers:
+            self._open.check_optimizer(trainer.optimizers)  # parameters they miss
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)
         if not self._restored:  # a new fit, not a resume: a fresh alert history
-            self._driver.reset()
+            self._fresh_state()
         self._restored = False
         writer, logdir = self._output(trainer)
         context = base_context(
@@ -351,14 +349,17 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             max_steps=_planned_steps(trainer),
             pretrained=self.pretrained,
         )
-        self._driver.start(
+        clip = trainer.gradient_clip_val
+        context.grad_clip = float(clip) if clip is not None and float(clip) > 0 else None
+        context.grad_clip_algorithm = _clip_algorithm(trainer) if context.grad_clip else None
+        self._begun = None
+        self._start_watch(
             pl_module,
             context=context,
-            every=self.log_every_n_steps or trainer.log_every_n_steps,
+            every=self.log_every_n_steps or trainer.log_every_n_steps or 50,
             writer=writer,
             logdir=logdir,
             anatomy=anatomy,
-            rank=trainer.global_rank,
         )
 
     def _output(self, trainer: pl.Trainer) -> tuple[Any, str | None]:
@@ -385,40 +386,25 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # The first micro-batch of an optimizer step: the step count has moved on since the last.
-        step = _logged_step(trainer)
-        if self._driver.started and self._driver.step != step:
+        watch, step = self._open, _logged_step(trainer)
+        if watch is not None and self._begun != step:
             # Lightning writes its own scalars where (step + 1) % log_every_n_steps == 0; measure
             # those steps (same x-axis values), and step 0: the model as initialized.
-            every = self._driver.watch.every
-            self._driver.begin(step, measure=step == 0 or (step + 1) % every == 0)
-            self._global_step_at_begin = trainer.global_step
+            watch.begin_step(step, measure=step == 0 or (step + 1) % watch.every == 0)
+            self._begun, self._global_step_at_begin = step, trainer.global_step
 
     @override
     @step_hook
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if not self._driver.logging:
-            self._driver.before_optimizer_step(optimizer)  # the lr, for the dense window
+        watch = self._open
+        if watch is None:
             return
-        scaler = _scaler(trainer)
-        if self._scale_before is None:
+        if watch.is_logging and self._scale_before is None:
+            scaler = _scaler(trainer)
             self._scale_before = float(scaler.get_scale()) if scaler is not None else None
-        config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
-        scheduler = config.scheduler if config is not None and config.interval == "step" else None
-        max_steps = _max_steps(trainer)
-        warmup = warmup_steps_of(scheduler, max_steps)
-        clip = trainer.gradient_clip_val
-        clip = float(clip) if clip is not None and float(clip) > 0 else None
-        self._driver.before_optimizer_step(
-            optimizer,
-            base_lr=peak_lr_of(scheduler, optimizer, max_steps) or base_lr_of(scheduler, optimizer),
-            warmup_steps=warmup,
-            in_warmup=warmup is not None and _logged_step(trainer) < warmup,
-            grad_clip=clip,
-            grad_clip_algorithm=_clip_algorithm(trainer) if clip else None,
-            lr_restarts=restarts_of(scheduler),
-        )
+        watch.before_optimizer_step(optimizer, scheduler=_step_scheduler(trainer))
 
     @override
     @step_hook
@@ -430,22 +416,22 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self._driver.started:
+        watch = self._open
+        if watch is None:
             return
-        measured = self._driver.logging
+        measured = watch.is_logging
         if measured:
-            self._driver.add_loss(_step_loss(trainer, pl_module, outputs))
-        if self._driver.step is None or trainer.global_step == self._global_step_at_begin:
+            watch.add_loss(_step_loss(trainer, pl_module, outputs))
+        if self._begun is None or trainer.global_step == self._global_step_at_begin:
             return  # accumulating: the optimizer has not stepped yet
-        self._driver.end(skipped=measured and self._step_was_skipped(trainer))
-        if measured and self._driver.watch is not None and self._driver.watch.hooks_live is False:
-            if self.scheme is not None:
-                self.scheme_outcome = SchemeOutcome.NOT_LIVE
-            self._driver.check_scheme_live(self.scheme, "InitWatch")
+        watch.end_step(skipped=measured and self._step_was_skipped(trainer))
+        if measured and watch.hooks_live is False and self.scheme is not None:
+            self.scheme_outcome = SchemeOutcome.NOT_LIVE
+            watch.check_scheme_live(self.scheme, "InitWatch")
+        # Every rank makes this call on the same steps: one collective per logging step.
         if measured and self.on_alert == "stop":
-            # Every rank makes this call on the same steps: one collective per logging step.
-            device = pl_module.device
-            if any_rank(self._driver.should_stop, device) and not trainer.should_stop:
+            stop = trainer.strategy.reduce_boolean_decision(watch.should_stop, all=False)
+            if stop and not trainer.should_stop:
                 trainer.should_stop = True
                 self.stopping_reason = InitWatchStoppingReason.ALERT
                 last = self.alerts[-1] if self.alerts else None
@@ -464,14 +450,14 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._guard_resume(None)
-            self._driver.close()
+            self._close_watch()
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._guard_resume(None)
-        self._driver.close()
+        self._close_watch()
 
 
 def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> Any:
@@ -535,6 +521,13 @@ def _logged_step(trainer: pl.Trainer) -> int:
 def _clip_algorithm(trainer: pl.Trainer) -> str:
     algorithm = trainer.gradient_clip_algorithm
     return str(getattr(algorithm, "value", algorithm) or "norm")
+
+
+def _step_scheduler(trainer: pl.Trainer) -> Any:
+    """The first per-step (``interval="step"``) lr scheduler, None without one: the Watch
+    reads the warmup and the peak lr from it."""
+    config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
+    return config.scheduler if config is not None and config.interval == "step" else None
 
 
 def _scaler(trainer: pl.Trainer) -> Any:

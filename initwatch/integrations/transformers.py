@@ -8,7 +8,7 @@ import os
 import sys
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -22,21 +22,19 @@ from initwatch.integrations._common import (
     MAX_INTERVAL,
     AdapterSettings,
     UnsupportedStrategyError,
-    any_rank,
     apply_scheme,
     base_context,
-    base_lr_of,
     describe_report,
     guard_resume,
     own_run_dir,
-    peak_lr_of,
     read_anatomy,
     refuse_second_watcher,
-    restarts_of,
     step_hook,
-    warmup_steps_of,
 )
 from initwatch.sharding import broadcast_from_rank0
+
+if TYPE_CHECKING:
+    from initwatch.watch import Watch
 
 log = logging.getLogger("initwatch")
 
@@ -96,6 +94,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             ``logging_steps`` is (default 10; None: ``logging_steps`` only).
 
     Attributes:
+        watch: the :class:`~initwatch.Watch` of the current (or last) ``train()``, None before
+            the first: its ``frames``, ``last_frame`` and ``context``.
         alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
             (each trial of ``hyperparameter_search``, each ``model_init`` model) starts with a
             fresh history; ``train(resume_from_checkpoint=...)`` restores the checkpoint's,
@@ -235,7 +235,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         _refuse_strategy(args, trainer)
         rank0 = state.is_world_process_zero
         self._writer = _open_writer(self._logdir(args, trainer)) if rank0 else None
-        self._driver.reset(_load_state(args, state))  # fresh unless this train() resumes
+        self._fresh_state()
+        self._restore_state(_load_state(args, state))  # fresh unless this train() resumes
         anatomy = self._anatomy if seen is model else None
         context = base_context(
             model,
@@ -245,24 +246,30 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             max_steps=state.max_steps,
             pretrained=self.pretrained,
         )
-        self._driver.start(
+        # What the lr scheduler does not tell (an unknown schedule) comes from the arguments.
+        context.base_lr = args.learning_rate
+        context.warmup_steps = args.get_warmup_steps(state.max_steps)
+        clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
+        context.grad_clip = clip
+        context.grad_clip_algorithm = "norm" if clip is not None else None
+        self._release_loss()
+        watch = self._start_watch(
             model,
             context=context,
             every=self.logging_steps or state.logging_steps,
             writer=self._writer,
             anatomy=anatomy or read_anatomy(model, self.anatomy),
-            rank=0 if rank0 else 1,
+            # the loss the Trainer logs: the sum of what training_step returns; without the
+            # Trainer, the model's own loss averaged over micro-batches
+            micro_batch_loss="sum" if trainer is not None else "mean",
         )
-        self._release_loss()
-        if trainer is not None:  # the loss the Trainer logs: what training_step returns
-            self._loss_hook = _TrainingStepCapture(trainer, self._driver)
-            self._driver.sum_losses = True
-        else:  # no Trainer found: the model's own loss, averaged over micro-batches
+        if trainer is not None:
+            self._loss_hook = _TrainingStepCapture(trainer, watch)
+        else:
             self._loss_hook = model.register_forward_hook(self._capture_loss)
-            self._driver.sum_losses = False
         self._watch_clipping(trainer)
-        if self._driver.started and kwargs.get("optimizer") is not None:
-            self._driver.watch.check_optimizer(kwargs["optimizer"])  # parameters it misses
+        if kwargs.get("optimizer") is not None:
+            watch.check_optimizer(kwargs["optimizer"])  # parameters it misses
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Capture the pre-clip global norm the Trainer computes right before
@@ -276,7 +283,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
 
         def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
             norm = original(*args, **kwargs)
-            if self._driver.logging:
+            if self.watch is not None and self.watch.is_logging:
                 self._preclip = norm
             return norm
 
@@ -314,10 +321,11 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         return own_run_dir(args.output_dir)
 
     def _capture_loss(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._driver.logging or not module.training:
+        watch = self.watch
+        if watch is None or not watch.is_logging or not module.training:
             return
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-        self._driver.add_loss(loss)
+        watch.add_loss(loss)
 
     def _release_loss(self) -> None:
         if self._loss_hook is not None:
@@ -331,8 +339,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        # Numbered as the Trainer logs: the step count after this step's increment.
-        self._driver.begin(state.global_step + 1)
+        if self._open is not None:  # numbered as the Trainer logs: the count after this step
+            self._open.begin_step(state.global_step + 1)
         self._skipped = False
         self._preclip = None
 
@@ -341,26 +349,14 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
-        if not self._driver.logging:
-            self._driver.before_optimizer_step(optimizer)  # the lr, for the dense window
+        watch = self._open
+        if watch is None:
             return
-        warmup = warmup_steps_of(scheduler, state.max_steps)
-        if warmup is None:
-            warmup = args.get_warmup_steps(state.max_steps)
-        clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
-        preclip, self._preclip = self._preclip, None
-        self._driver.before_optimizer_step(
-            optimizer,
-            grad_norm_preclip=preclip if clip is not None else None,
-            base_lr=peak_lr_of(scheduler, optimizer, state.max_steps)
-            or base_lr_of(scheduler, optimizer)
-            or args.learning_rate,
-            warmup_steps=warmup,
-            in_warmup=state.global_step < warmup,
-            grad_clip=clip,
-            grad_clip_algorithm="norm" if clip is not None else None,
-            lr_restarts=restarts_of(scheduler),
+        preclip, self._preclip = self._preclip, None  # the Trainer clipped already
+        watch.before_optimizer_step(
+            kwargs.get("optimizer"),
+            grad_norm_preclip=preclip if watch.context.clipping else None,
+            scheduler=kwargs.get("lr_scheduler"),
         )
 
     @override
@@ -376,19 +372,20 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        measured = self._driver.logging
+        watch = self._open
+        if watch is None:
+            return
+        measured = watch.is_logging
         try:
-            self._driver.end(skipped=measured and self._skipped)
+            watch.end_step(skipped=measured and self._skipped)
         except BaseException:  # on_alert="raise" or the user's function: stop, hooks removed
             self.close()
             raise
         if measured:
-            self._driver.check_scheme_live(self.scheme, "InitWatchCallback")
-        if measured and self.on_alert == "stop":
-            # Every rank makes this call on the same steps: one collective per logging step.
-            device = next(kwargs["model"].parameters()).device
-            if any_rank(self._driver.should_stop, device):
-                control.should_training_stop = True
+            watch.check_scheme_live(self.scheme, "InitWatchCallback")
+        # Every rank makes this call on the same steps: one collective per logging step.
+        if measured and self.on_alert == "stop" and _any_process(watch.should_stop):
+            control.should_training_stop = True
 
     @override
     @step_hook
@@ -401,9 +398,9 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         **kwargs: Any,
     ) -> None:
         norm = (logs or {}).get("grad_norm")
-        if norm is None or not self._driver.started:
+        if norm is None or self._open is None:
             return
-        self._driver.watch.context.extra["grad_norm_preclip"] = float(norm)
+        self._open.context.extra["grad_norm_preclip"] = float(norm)
         if self._writer is not None:
             self._writer.add_scalar(PRECLIP_TAG, float(norm), state.global_step)
 
@@ -416,7 +413,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(folder):
             with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump(self._driver.state_dict(), f)
+                json.dump(self._saved_state(), f)
 
     def state(self) -> dict[str, Any]:
         """The Trainer's ``ExportableState`` hook: the alert state, saved into each checkpoint's
@@ -431,7 +428,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             args["on_alert"] = self.on_alert
         if isinstance(self.layers, str) or all(isinstance(x, str) for x in self.layers):
             args["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
-        return {"args": args, "attributes": {"_resume_state": self._driver.state_dict()}}
+        return {"args": args, "attributes": {"_resume_state": self._saved_state()}}
 
     @override
     def on_train_end(
@@ -446,7 +443,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._release_loss()
         self._unwatch_clipping()
         try:
-            self._driver.close()
+            self._close_watch()
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -474,7 +471,7 @@ _MODEL_INIT_HELP = (
 
 class _TrainingStepCapture:
     """Wraps ``trainer.training_step`` (an instance attribute, removed by :meth:`remove`) to hand
-    each micro-batch's returned loss to the driver.
+    each micro-batch's returned loss to the Watch.
 
     The Trainer logs the sum of what ``training_step`` returns over an optimizer step's
     micro-batches: the loss its ``compute_loss`` computed (a subclass's own, e.g. TRL's
@@ -482,13 +479,13 @@ class _TrainingStepCapture:
     ``num_items_in_batch``. The model's own forward loss is neither under gradient accumulation.
     """
 
-    def __init__(self, trainer: Trainer, driver: Any) -> None:
+    def __init__(self, trainer: Trainer, watch: Watch) -> None:
         self._trainer = weakref.ref(trainer)
         original = trainer.training_step
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
             loss = original(*args, **kwargs)
-            driver.add_loss(loss)
+            watch.add_loss(loss)
             return loss
 
         self._wrapper = training_step
@@ -511,6 +508,17 @@ def _find_trainer() -> Trainer | None:
             return candidate
         frame = frame.f_back
     return None
+
+
+def _any_process(flag: bool) -> bool:
+    """True when ``flag`` is True on any process (accelerate's reduce: one collective when
+    distributed, none otherwise)."""
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils import reduce
+
+    device = PartialState().device
+    return bool(reduce(torch.tensor([float(flag)], device=device), reduction="max").item() > 0)
 
 
 def _fsdp_version(args: TrainingArguments, trainer: Trainer | None) -> int | None:

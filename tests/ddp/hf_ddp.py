@@ -31,7 +31,7 @@ class Probe(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.rec.hashes["train_begin"] = weights_hash(model)
-        self.rec.attach(self.cb._driver.watch, model.transformer.h[-1])
+        self.rec.attach(self.cb.watch, model.transformer.h[-1])
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.rec.hashes["end"] = weights_hash(model)

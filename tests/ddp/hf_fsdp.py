@@ -45,7 +45,7 @@ class Grab(TrainerCallback):
         from torch.distributed.tensor import DTensor
 
         self.sharded = all(isinstance(p, DTensor) for p in model.parameters())
-        watch = self.cb._driver.watch
+        watch = self.cb.watch
         before, end = watch.before_optimizer_step, watch.end_step
 
         def counted_before(*a, **k):

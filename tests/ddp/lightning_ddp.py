@@ -56,7 +56,7 @@ class Probe(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.rec.hashes["fit_start"] = weights_hash(pl_module)
-        self.rec.attach(self.cb._driver.watch, pl_module.net.layers[-1])
+        self.rec.attach(self.cb.watch, pl_module.net.layers[-1])
 
     def on_fit_end(self, trainer, pl_module):
         self.rec.hashes["end"] = weights_hash(pl_module)

@@ -63,7 +63,7 @@ class Grab(L.Callback):
         self.cb, self.frames, self.counts = cb, [], []
 
     def on_train_start(self, trainer, pl_module):
-        watch = self.cb._driver.watch
+        watch = self.cb.watch
         before, end = watch.before_optimizer_step, watch.end_step
 
         def counted_before(*a, **k):

@@ -1,0 +1,41 @@
+"""Plain data (str, int, float, bool, None, list, dict; tensors moved to the CPU) for
+weights-only checkpoints and JSON.
+
+Example::
+
+    >>> to_plain({"a": (1, 2), 3: {"b"}})
+    {'a': [1, 2], '3': ['b']}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` as plain data: mappings get string keys, tuples and sets become lists (sets
+    sorted), tensors are detached onto the CPU, NumPy scalars become Python numbers, anything
+    else its ``str``.
+
+    Example::
+
+        >>> to_plain([torch.tensor(1.5).item(), None, "x"])
+        [1.5, None, 'x']
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [to_plain(v) for v in items]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
