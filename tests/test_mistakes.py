@@ -639,7 +639,7 @@ def test_an_internal_failure_in_an_adapter_hook_never_stops_the_fit(tmp_path, mo
     def broken(*args, **kwargs):
         raise ZeroDivisionError("adapter bug")
 
-    monkeypatch.setattr(iw_lightning, "warmup_steps_of", broken)  # used in on_before_optimizer_step
+    monkeypatch.setattr(iw_lightning, "_step_scheduler", broken)  # used in on_before_optimizer_step
     cb = InitWatch(log_every_n_steps=1, rules=False)
     trainer = lit_trainer(tmp_path, [cb], max_steps=4)
     with warnings.catch_warnings(record=True) as seen:
