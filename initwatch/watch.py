@@ -366,6 +366,8 @@ class Watch:
             self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
             self._rules = _make_rules(rules)
             self._sink, self._own_writer = _make_sink(writer, logdir)
+            if callable(getattr(self._sink, "bind", None)):  # threshold lines on dashboards
+                self._sink.bind(getattr(self._rules, "thresholds", None), self.context)
         except BaseException:
             self._probes.remove()
             remove_all(self._attention)

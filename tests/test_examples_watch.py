@@ -23,5 +23,5 @@ def test_plain_pytorch_example_fast(tmp_path):
     assert "done: 2 frames, last at step 2" in res.stdout
     ea = EventAccumulator(str(logdir))
     ea.Reload()
-    assert "initwatch/act_rms/decoder.3" in ea.Tags()["scalars"]
+    assert "initwatch/act_rms/decoder.03" in ea.Tags()["scalars"]
     assert "initwatch/summary/text_summary" in ea.Tags()["tensors"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -13,7 +14,6 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from initwatch.frame import ACT_STATS, PARAM_STATS
 from initwatch.sinks import heatmap_image
 from initwatch.sinks.tensorboard import HEATMAPS, TensorBoardSink
 from initwatch.watch import Watch
@@ -48,7 +48,7 @@ def load(logdir) -> EventAccumulator:
 def logged(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("logged")
     torch.manual_seed(0)
-    model = encoder()
+    model = encoder(3)  # the depth rules need 3 blocks
     outputs = []
     model.layers[1].register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
     grads: dict[str, torch.Tensor] = {}
@@ -64,12 +64,14 @@ def test_scalars_have_the_documented_tags_and_the_right_values(logged):
     ea, outputs, grads = logged
     tags = set(ea.Tags()["scalars"])
     for tag in (
-        "initwatch/act_rms/encoder.1",
-        "initwatch/act_absmax/encoder.0",
-        "initwatch/out_grad_rms/encoder.0",
-        "initwatch/act_rms/encoder.0.attn",
-        "initwatch/grad_norm/encoder.1",
-        "initwatch/update_ratio/encoder.0",
+        "initwatch/act_rms/encoder.01",  # block indices zero-padded: TensorBoard sorts by name
+        "initwatch/act_absmax/encoder.00",
+        "initwatch/out_grad_rms/encoder.00",
+        "initwatch/act_rms/encoder.00.attn",
+        "initwatch/grad_norm/encoder.01",
+        "initwatch/update_ratio/encoder.00",
+        "initwatch/log10_out_grad_rms/encoder.00",
+        "initwatch/log10_grad_norm/encoder.01",
         "initwatch/global/grad_norm_global",
         "initwatch/global/loss",
         "initwatch/global/lr",
@@ -78,16 +80,19 @@ def test_scalars_have_the_documented_tags_and_the_right_values(logged):
         assert tag in tags, tag
     # GELU outputs are exactly zero at one point only: no zero fraction is measured for them
     assert not any(t.startswith("initwatch/act_zero_frac/") for t in tags)
-    rms = ea.Scalars("initwatch/act_rms/encoder.1")
+    assert not any(t.endswith("/encoder.1") for t in tags)  # one name per layer
+    rms = ea.Scalars("initwatch/act_rms/encoder.01")
     assert [e.step for e in rms] == [0, 2, 4]
     assert rms[0].value == pytest.approx(outputs[0].double().pow(2).mean().sqrt().item(), rel=1e-5)
     block1 = [g for n, g in grads.items() if n.startswith("layers.1.")]
     norm = math.sqrt(sum(g.double().pow(2).sum().item() for g in block1))
-    assert ea.Scalars("initwatch/grad_norm/encoder.1")[0].value == pytest.approx(norm, rel=1e-5)
+    assert ea.Scalars("initwatch/grad_norm/encoder.01")[0].value == pytest.approx(norm, rel=1e-5)
+    log_norm = ea.Scalars("initwatch/log10_grad_norm/encoder.01")[0].value
+    assert log_norm == pytest.approx(math.log10(norm), abs=1e-5)
     assert [e.value for e in ea.Scalars("initwatch/alerts/count")] == [0, 0, 0]
 
 
-def test_default_tag_budget_is_nine_per_gelu_block(tmp_path):
+def test_default_tag_budget_is_thirteen_per_gelu_block(tmp_path):
     layers = 4
     model = encoder(layers)
     writer = SummaryWriter(str(tmp_path))
@@ -96,9 +101,20 @@ def test_default_tag_budget_is_nine_per_gelu_block(tmp_path):
     watch.close()
     writer.close()
     tags = load(tmp_path).Tags()["scalars"]
-    per_layer = [t for t in tags if not t.startswith(("initwatch/global/", "initwatch/alerts/"))]
-    assert len(per_layer) == 9 * layers  # 10 with a ReLU: + act_zero_frac
-    assert len(tags) - len(per_layer) <= 8
+    run_wide = ("global/", "alerts/", "log10_depth_ratio/", "threshold/")
+    per_layer = [t for t in tags if not t.startswith(tuple(f"initwatch/{p}" for p in run_wide))]
+    log10 = [t for t in per_layer if t.startswith("initwatch/log10_")]
+    # 9 linear (10 with a ReLU: + act_zero_frac) and 4 log10 (act_rms, out_grad_rms,
+    # grad_norm, update_ratio of the block)
+    assert len(per_layer) - len(log10) == 9 * layers and len(log10) == 4 * layers
+    depth = sorted(t for t in tags if t.startswith("initwatch/log10_depth_ratio/"))
+    assert depth == [
+        f"initwatch/log10_depth_ratio/{s}/encoder"
+        for s in ("act_rms_decay", "act_rms_growth", "grad_norm", "out_grad_rms")
+    ]
+    thresholds = [t for t in tags if t.startswith("initwatch/threshold/")]
+    assert len(thresholds) == 4 + 3  # one per depth ratio, the update-ratio target and band
+    assert len([t for t in tags if t.startswith(("initwatch/global/", "initwatch/alerts/"))]) <= 8
 
 
 def test_detail_all_writes_every_statistic_and_parameter(tmp_path):
@@ -110,27 +126,74 @@ def test_detail_all_writes_every_statistic_and_parameter(tmp_path):
     writer.close()
     tags = set(load(tmp_path).Tags()["scalars"])
     assert "initwatch/grad_norm/layers.0.linear1.weight" in tags
-    assert "initwatch/act_std/encoder.0.attn" in tags
+    assert "initwatch/act_std/encoder.00.attn" in tags
     with pytest.raises(ValueError, match="detail"):
         TensorBoardSink(writer, detail="everything")
 
 
-def test_custom_scalars_layout_round_trip(logged):
-    ea = logged[0]
+def _layout(ea) -> dict[str, dict[str, list[str]]]:
     events = ea.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout()
-    layout.ParseFromString(events[0].tensor_proto.string_val[0])
-    assert [c.title for c in layout.category] == ["initwatch"]
-    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
-    written = {t.split("/")[1] for t in ea.Tags()["scalars"]} - {"global", "alerts"}
-    # one chart per statistic the run wrote, none for statistics it did not (no empty charts)
-    assert set(charts) - {"global", "alerts"} == written
-    assert {"act_rms", "out_grad_rms", "grad_norm", "update_ratio"} <= written
-    assert written < set(ACT_STATS + PARAM_STATS + ("out_grad_rms",))
-    for stat in written:
-        assert charts[stat] == [f"initwatch/{stat}/.*"]
-    assert charts["global"] == ["initwatch/global/.*"]
-    assert charts["alerts"] == ["initwatch/alerts/count"]
+    layout.ParseFromString(events[-1].tensor_proto.string_val[0])  # the last one counts
+    return {c.title: {ch.title: list(ch.multiline.tag) for ch in c.chart} for c in layout.category}
+
+
+def _matching(regexes: list[str], tags: set[str]) -> set[str]:
+    return {t for t in tags if any(re.match(r, t) for r in regexes)}  # as TensorBoard matches
+
+
+def test_custom_scalars_layout_round_trip(logged):
+    ea = logged[0]
+    cats = _layout(ea)
+    assert list(cats) == [
+        "initwatch",
+        "initwatch: blocks, log10",
+        "initwatch: branches and activation functions",
+        "initwatch: every statistic, linear",
+    ]
+    tags = set(ea.Tags()["scalars"])
+    over = {title: _matching(regexes, tags) for title, regexes in cats["initwatch"].items()}
+    charts = list(over.values())
+    # run-wide signals in charts of their own
+    assert {"initwatch/alerts/count"} in charts and {"initwatch/global/loss"} in charts
+    assert {"initwatch/global/lr"} in charts
+    assert {"initwatch/global/grad_norm_global"} in charts
+    assert {"initwatch/global/skipped_step", "initwatch/global/act_nonfinite",
+            "initwatch/global/grad_nonfinite"} in charts  # fmt: skip
+    # a depth ratio with its threshold line; titles say what the statistic is
+    depth = next(t for t in over if t.startswith("Depth ratio of the gradient norm"))
+    assert over[depth] == {
+        "initwatch/log10_depth_ratio/grad_norm/encoder",
+        "initwatch/threshold/log10_depth_ratio/grad_norm",
+    }
+    ratio = next(t for t in over if t.startswith("Update/weight ratio"))
+    assert "initwatch/threshold/log10_update_ratio/target" in over[ratio]
+    assert "initwatch/log10_update_ratio/encoder.00" in over[ratio]
+    # blocks apart from branches
+    blocks = cats["initwatch: blocks, log10"]
+    rms = _matching(blocks["Block output RMS, log10, one line per block"], tags)
+    assert rms == {f"initwatch/log10_act_rms/encoder.0{i}" for i in range(3)}
+    branches = {
+        t: _matching(r, tags)
+        for t, r in cats["initwatch: branches and activation functions"].items()
+    }
+    assert any(m and all(t.endswith((".attn", ".ffn")) for t in m) for m in branches.values())
+    linear = {t: _matching(r, tags) for t, r in cats["initwatch: every statistic, linear"].items()}
+    block_rms = next(m for t, m in linear.items() if t.startswith("output RMS per block"))
+    assert block_rms == {f"initwatch/act_rms/encoder.0{i}" for i in range(3)}
+    # every per-layer tag is drawn somewhere, and no chart is empty
+    drawn = set().union(*(m for c in (over, branches, linear) for m in c.values()))
+    drawn |= rms
+    assert all(m for c in (branches, linear) for m in c.values())
+    layer_tags = {t for t in tags if not t.startswith("initwatch/log10_")}
+    assert layer_tags <= drawn | {"initwatch/alerts/count"}
+
+
+def test_layout_collapses_the_linear_category(logged):
+    events = logged[0].Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events[-1].tensor_proto.string_val[0])
+    assert [c.closed for c in layout.category] == [False, False, False, True]
 
 
 def test_heatmaps_and_summary_are_written(logged):

@@ -15,6 +15,7 @@ from typing import Any
 from initwatch.alerts import AlertKind, Severity
 from initwatch.context import RunContext
 from initwatch.frame import Frame, LayerInfo
+from initwatch.rules.depth import act_depth_series, decay_ratio, grad_depth_series, growth_ratios
 from initwatch.rules.thresholds import Thresholds
 from initwatch.rules.view import (
     Stream,
@@ -24,7 +25,6 @@ from initwatch.rules.view import (
     median,
     name_list,
     param_units,
-    stream_groups,
 )
 from initwatch.schemes.registry import grace_schemes
 
@@ -193,12 +193,6 @@ def _log_ratio(a: float, b: float) -> float:
     return math.log10(a / b)
 
 
-def _top_reference(values: list[float]) -> float:
-    """The largest value among the top quarter (at least one) of a depth-ordered list."""
-    n = max(1, len(values) // 4)
-    return max(values[-n:])
-
-
 # --------------------------------------------------------------------------- nonfinite
 def nonfinite(x: Inputs) -> list[Finding]:
     """Any NaN/Inf in activations, gradients (unless the step was skipped) or the loss.
@@ -298,12 +292,13 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
     """
     th, f = x.th, x.frame
     out: list[Finding] = []
-    units = param_units(f)
-    for stack, us in units.items():
+    # the depth comparisons (initwatch.rules.depth, which the dashboards draw too)
+    for stat, stack, items in grad_depth_series(f, grace=x.grace):
+        if len(items) >= th.min_layers:
+            out += _depth_decay(x, stack, items, _DEPTH_WHAT[stat])
+    for stack, us in param_units(f).items():
         norms = [(u, u.grad_norm(f, skip_blocks=x.grace)) for u in us]
         norms = [(u, g) for u, g in norms if finite(g)]
-        if len(norms) >= th.min_layers:
-            out += _depth_decay(x, stack, [(u.name, g) for u, g in norms], "gradient norm")
         low = sorted(((g, u.name) for u, g in norms if g < th.grad_floor), key=lambda t: t[0])
         if low:
             g, name = low[0]
@@ -326,13 +321,11 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
                     _log_ratio(th.grad_floor, g),
                 )
             )
-    # dL/d(output) per element is only comparable between outputs of one shape: blocks.
-    for s in stream_groups(f, "out_grad_rms"):
-        if s.blocks and len(s.items) >= th.min_layers:
-            out += _depth_decay(
-                x, s.stack, [(i.name, v) for i, v in s.items], "backward signal (out_grad_rms)"
-            )
     return out
+
+
+# what vanishing_gradient's message calls each depth series
+_DEPTH_WHAT = {"grad_norm": "gradient norm", "out_grad_rms": "backward signal (out_grad_rms)"}
 
 
 def _grad_evidence(x: Inputs, stack: str, ev: dict[str, Any]) -> dict[str, Any]:
@@ -343,15 +336,13 @@ def _grad_evidence(x: Inputs, stack: str, ev: dict[str, Any]) -> dict[str, Any]:
 
 def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: str) -> list[Finding]:
     th = x.th
-    ref = _top_reference([v for _, v in items])
-    if ref <= 0:
+    found = decay_ratio(items)
+    if found is None or not found[0] < th.grad_depth_ratio:
         return []
+    ratio, name, ref = found
     low = sorted(
         ((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio), key=lambda t: t[0]
     )
-    if not low:
-        return []
-    ratio, name = low[0]
     names = [n for _, n in low]
     value = dict(items)[name]
     msg = (
@@ -521,11 +512,7 @@ def activations(x: Inputs) -> list[Finding]:
     """
     th, f = x.th, x.frame
     out: list[Finding] = []
-    sources = [i.name for i in f.layers if i.kind != "param"]
-    head = sources[-1] if sources else None
-    for s in stream_groups(f, "act_rms"):
-        # the output head's scale is set by the loss (and often shrunk on purpose), not by depth
-        items = s.items if s.blocks else [(i, v) for i, v in s.items if i.name != head]
+    for s, items in act_depth_series(f):  # the output head is left out of module streams
         out += _act_depth(x, s, items)
         out += _act_time(x, s, items)
     if x.fp16:
@@ -567,7 +554,7 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
     if len(items) < th.min_layers or items[0][1] <= 0:
         return []
     first_name, ref = items[0][0].name, items[0][1]
-    growth = [(v / ref, i.name) for i, v in items[1:]]
+    growth = growth_ratios(items)
     n = len(items)
     per_layer = (items[-1][1] / ref) ** (1.0 / (n - 1)) if items[-1][1] > 0 else 0.0
     out = []

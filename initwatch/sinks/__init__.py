@@ -34,6 +34,15 @@ class Sink:
         3
     """
 
+    thresholds: object = None  # the rules' Thresholds (set by bind)
+    context: object = None  # the run's RunContext (set by bind)
+
+    def bind(self, thresholds: object = None, context: object = None) -> None:
+        """Called once by the :class:`~initwatch.Watch`: the thresholds its rules use and the
+        run context, for sinks that draw threshold lines (None: the default thresholds)."""
+        self.thresholds = thresholds
+        self.context = context
+
     def write_frame(self, frame: Frame) -> None:
         """One logging step's statistics."""
 
@@ -77,8 +86,9 @@ def aggregate_params(frame: Frame) -> dict[str, dict[str, float]]:
     """Parameter statistics aggregated by :func:`param_group`, in depth order.
 
     ``grad_norm`` and ``weight_norm`` are the L2 norms over the group's tensors, the ratios are
-    taken between those (``update_ratio`` from the per-tensor estimates of ``||ΔW||``), and
-    ``grad_nonfinite`` is summed.
+    taken between those (``update_ratio`` from the per-tensor estimates of ``||ΔW||``; a tensor
+    whose ratio is NaN, a zero-initialised bias whose ``||W||`` was 0, is left out of it, as the
+    rules leave it out), and ``grad_nonfinite`` is summed.
 
     Example::
 
@@ -97,7 +107,8 @@ def aggregate_params(frame: Frame) -> dict[str, dict[str, float]]:
         w = frame.get("weight_norm", info.name, 0.0)
         g.w += w * w
         g.g += frame.get("grad_norm", info.name, 0.0) ** 2
-        g.u += (frame.get("update_ratio", info.name, 0.0) * w) ** 2
+        u = frame.get("update_ratio", info.name, 0.0)
+        g.u += (u * w) ** 2 if math.isfinite(u) else 0.0  # NaN: ||W|| = 0, ||ΔW|| unknown
         g.bad += frame.get("grad_nonfinite", info.name, 0.0)
         g.has_g |= info.name in measured["grad_norm"]
         g.has_u |= info.name in measured["update_ratio"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from initwatch.alerts import Alert
-from initwatch.frame import ACT_STATS, BACKWARD_STATS, PARAM_STATS, Frame
+from initwatch.frame import PARAM_STATS, Frame
 from initwatch.sinks import (
     Sink,
     aggregate_params,
@@ -19,8 +19,8 @@ from initwatch.sinks import (
     summary_markdown,
     warm_renderer,
 )
+from initwatch.sinks.layout import LOG10_STATS, PREFIX, TagNames, layer_class, layout, layout_proto
 
-PREFIX = "initwatch"
 DETAILS = ("default", "all")
 # The default tag budget: which statistics get a tag for which kind of layer.
 DEFAULT_TAGS = {
@@ -34,29 +34,6 @@ DEFAULT_TAGS = {
 }
 PARAM_TAGS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio")
 HEATMAPS = ("grad_norm", "act_rms", "out_grad_rms")
-
-
-def layout(stats: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
-    """The custom-scalars layout: category ``initwatch``, one multiline chart per statistic
-    across depth (regex ``initwatch/<stat>/.*``), one for global signals, one for alerts.
-
-    Args:
-        stats: the statistics that get a chart (default: all); the sink passes those it writes,
-            so the dashboard shows no empty charts.
-
-    Example::
-
-        >>> layout()["initwatch"]["act_rms"]
-        ['Multiline', ['initwatch/act_rms/.*']]
-        >>> list(layout(["act_rms", "grad_norm"])["initwatch"])
-        ['act_rms', 'grad_norm', 'global', 'alerts']
-    """
-    every = ACT_STATS + BACKWARD_STATS + PARAM_STATS
-    chosen = every if stats is None else [s for s in every if s in set(stats)]
-    charts = {s: ["Multiline", [f"{PREFIX}/{s}/.*"]] for s in chosen}
-    charts["global"] = ["Multiline", [f"{PREFIX}/global/.*"]]
-    charts["alerts"] = ["Multiline", [f"{PREFIX}/alerts/count"]]
-    return {PREFIX: charts}
 
 
 def alert_markdown(alerts: Sequence[Alert]) -> str:
@@ -130,18 +107,60 @@ class TensorBoardSink(Sink):
         self._frames = 0
         self._closed = False
         self._pending: tuple[int, dict[str, float]] | None = None
-        self._layout_written = False
         self._due: list[str] = []  # heatmaps due, rendered one per logging step
+        self._names: TagNames | None = None
+        self._classes: dict[str, dict[str, list[str]]] = {}  # stat -> class -> tag layer names
+        self._depth: set[str] = set()  # depth-ratio series written
+        self._layout_due = False
         warm_renderer()  # Pillow's imports and font now, not at the first image (~20 ms)
 
     def _flush(self) -> None:
         if self._pending is not None:
             step, values = self._pending
             self._pending = None
-            if not self._layout_written:  # charts for the statistics this run writes
-                self.writer.add_custom_scalars(layout({t.split("/", 1)[0] for t in values}))
-                self._layout_written = True
+            if self._layout_due:  # charts for what this run writes (again if it grew)
+                self._write_layout()
+                self._layout_due = False
             self._scalars(values, step)
+
+    def _write_layout(self) -> None:
+        stats = [s for s in self._classes if not s.startswith("log10_")]
+        lay = layout(stats, self._classes, self._depth)
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if file_writer is None:  # a duck-typed writer: the dict form (no collapsed category)
+            self.writer.add_custom_scalars({k: v for k, v in lay.items() if v})
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=[layout_proto(lay).SerializeToString()],
+            tensor_shape=TensorShapeProto(),
+        )
+        value = Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=meta)
+        file_writer().add_summary(Summary(value=[value]))
+
+    def _classify(self, frame: Frame, tables: dict[str, dict[str, float]], params: dict) -> None:
+        """Record the layer class of every tag written (the layout splits charts by it)."""
+        infos = {i.name: i for i in frame.layers}
+        names = self._names
+        for stat, table in tables.items():
+            for layer in table:
+                if stat.startswith("log10_"):
+                    cls = "blocks"
+                elif stat in PARAM_STATS:
+                    cls = "groups" if layer in params.get(stat, {}) else "tensors"
+                else:
+                    info = infos.get(layer)
+                    cls = layer_class(info) if info is not None else "other"
+                known = self._classes.setdefault(stat, {}).setdefault(cls, [])
+                tag = names(layer)
+                if tag not in known:
+                    known.append(tag)
+                    self._layout_due = True
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         """Write many scalars as one event (10x faster than one ``add_scalar`` each)."""
@@ -163,12 +182,19 @@ class TensorBoardSink(Sink):
     def write_frame(self, frame: Frame) -> None:
         """Scalars of one frame (within the tag budget), and the heatmaps every N frames."""
         step = frame.step
+        if self._names is None:
+            self._names = TagNames(frame.layers)
+        names = self._names
         params = aggregate_params(frame)
+        tables = self._layer_tables(frame, params)
+        tables.update(self._log10_tables(frame, params))
+        self._classify(frame, tables, params)
         values = {
-            f"{stat}/{layer}": value
-            for stat, table in self._layer_tables(frame, params).items()
+            f"{stat}/{names(layer)}": value
+            for stat, table in tables.items()
             for layer, value in table.items()
         }
+        values.update(self._depth_values(frame, params))
         values.update({f"global/{k}": v for k, v in self._globals(frame, params).items()})
         self._flush()
         self._pending = (step, values)  # written with the alert count: one event per step
@@ -198,6 +224,53 @@ class TensorBoardSink(Sink):
             for stat, table in frame.values.items():
                 out.setdefault(stat, {}).update(table)
             out.setdefault("grad_nonfinite", {}).update(params["grad_nonfinite"])
+        return out
+
+    def _log10_tables(
+        self, frame: Frame, params: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        """log10 of the statistics that span decades (:data:`LOG10_STATS`), for the blocks
+        (modules and parameter groups of models without blocks); zero and non-finite values
+        have no log10 and are left out (the linear tag still has them)."""
+        names = self._names
+        out: dict[str, dict[str, float]] = {}
+        for stat in LOG10_STATS:
+            if stat in params:
+                table = params[stat]
+                if any(names.is_block(k) for k in table):
+                    table = {k: v for k, v in table.items() if names.is_block(k)}
+            else:
+                table = {
+                    i.name: frame.values[stat][i.name]
+                    for i in frame.layers
+                    if i.kind in ("block", "module") and i.name in frame.values.get(stat, {})
+                }
+            logs = {k: math.log10(v) for k, v in table.items() if math.isfinite(v) and v > 0}
+            if logs:
+                out[f"log10_{stat}"] = logs
+        return out
+
+    def _depth_values(self, frame: Frame, params: dict[str, dict[str, float]]) -> dict:
+        """log10 of the depth ratios the depth rules test (:mod:`initwatch.rules.depth`), and
+        the thresholds they are tested against, as lines of their own; the update ratio band."""
+        from initwatch.rules.depth import depth_ratios
+        from initwatch.rules.thresholds import Thresholds
+
+        th = self.thresholds if self.thresholds is not None else Thresholds()
+        out: dict[str, float] = {}
+        for d in depth_ratios(frame, th):
+            if math.isfinite(d.ratio) and d.ratio > 0:
+                out[f"log10_depth_ratio/{d.stat}/{d.stack}"] = math.log10(d.ratio)
+                out[f"threshold/log10_depth_ratio/{d.stat}"] = math.log10(d.threshold)
+                if d.stat not in self._depth:
+                    self._depth.add(d.stat)
+                    self._layout_due = True
+        if params.get("update_ratio"):
+            tuned = bool(getattr(self.context, "pretrained", False))
+            high = th.update_ratio_high_pretrained if tuned else th.update_ratio_high
+            low = th.update_ratio_low_pretrained if tuned else th.update_ratio_low
+            for name, v in (("target", th.update_ratio_target), ("high", high), ("low", low)):
+                out[f"threshold/log10_update_ratio/{name}"] = math.log10(v)
         return out
 
     @staticmethod
