@@ -11,6 +11,8 @@ import numpy as np
 
 from initwatch.alerts import Alert
 from initwatch.frame import PARAM_STATS, Frame
+from initwatch.rules.depth import depth_ratios
+from initwatch.rules.thresholds import Thresholds
 from initwatch.sinks import (
     Sink,
     aggregate_params,
@@ -253,9 +255,6 @@ class TensorBoardSink(Sink):
     def _depth_values(self, frame: Frame, params: dict[str, dict[str, float]]) -> dict:
         """log10 of the depth ratios the depth rules test (:mod:`initwatch.rules.depth`), and
         the thresholds they are tested against, as lines of their own; the update ratio band."""
-        from initwatch.rules.depth import depth_ratios
-        from initwatch.rules.thresholds import Thresholds
-
         th = self.thresholds if self.thresholds is not None else Thresholds()
         out: dict[str, float] = {}
         for d in depth_ratios(frame, th):
