@@ -121,18 +121,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             "would only grow the residual stream geometrically with depth. Use "
             "scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
         )
-    containers = [
-        b.path
-        for b in anatomy.blocks
-        if isinstance(model.get_submodule(b.path), (nn.ModuleList, nn.ModuleDict))
-    ]
-    if containers:
-        raise SchemeNotApplicableError(
-            f"DeepNet cannot see the input of block {containers[0]!r}: it is an "
-            f"{type(model.get_submodule(containers[0])).__name__}, which the model iterates but "
-            "never calls, so DeepNorm's skip hook would never run (an x-transformers-style list "
-            "described with group=...). Use scheme='t-fixup' or scheme='rezero'."
-        )
+    refuse_uncalled_blocks(model, anatomy, "DeepNet")
     consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy))
     for stack, vals in consts.items():
         vals["alpha"] = per_stack(options.get("alpha"), stack, vals["alpha"], "alpha")
@@ -160,6 +149,23 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             )
             p.structure.append((change, _deepnorm_step(model, block.path, norms, alpha)))
     return p
+
+
+def refuse_uncalled_blocks(model: nn.Module, anatomy: Anatomy, title: str) -> None:
+    """Refuse a skip-scaling scheme (DeepNet, Admin) on blocks the model never calls (an
+    x-transformers-style list described with ``group=``): the block hook would never run."""
+    containers = [
+        b.path
+        for b in anatomy.blocks
+        if isinstance(model.get_submodule(b.path), (nn.ModuleList, nn.ModuleDict))
+    ]
+    if containers:
+        raise SchemeNotApplicableError(
+            f"{title} cannot see the input of block {containers[0]!r}: it is an "
+            f"{type(model.get_submodule(containers[0])).__name__}, which the model iterates but "
+            "never calls, so the skip hook would never run (an x-transformers-style list "
+            "described with group=...). Use scheme='t-fixup' or scheme='rezero'."
+        )
 
 
 _ENTRY_ROLES = {"attn": "q", "cross": "xq", "ffn": "ffn_in"}
@@ -208,4 +214,5 @@ SCHEME = Scheme(
     plan=plan,
     rebuild=rebuild,
     aliases=("deepnorm",),
+    keys=(DEEPNORM_BUFFER,),
 )

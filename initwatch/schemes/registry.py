@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.schemes import deepnet, dsinit, rezero, scaled, standard, tfixup
+from initwatch.schemes import admin, deepnet, dsinit, rezero, scaled, standard, tfixup
 from initwatch.schemes.spec import Constants, Scheme, stack_kind
 
 SCHEMES: dict[str, Scheme] = {
@@ -21,6 +21,7 @@ SCHEMES: dict[str, Scheme] = {
         standard.KAIMING,
         scaled.SCHEME,
         dsinit.SCHEME,
+        admin.SCHEME,
     )
 }
 ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}

@@ -125,4 +125,10 @@ _INIT_ACTIONS = {
     "normal",
     "zeros",
 }
-_STRUCT_ACTIONS = {"remove_norm", "deepnorm_residual", "rezero_gate", "keep_eager"}
+_STRUCT_ACTIONS = {
+    "remove_norm",
+    "deepnorm_residual",
+    "admin_residual",
+    "rezero_gate",
+    "keep_eager",
+}

@@ -17,7 +17,6 @@ from initwatch.schemes.registry import SCHEMES, key_scheme
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import quiet_load, record, recorded_scheme
 from initwatch.schemes.structure import (
-    DEEPNORM_BUFFER,
     REZERO_PARAM,
     RemovedNorm,
     applied_structure,
@@ -227,8 +226,20 @@ def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     missing = set(info.get("missing_keys", ()))
     state = {k: v for k, v in loaded.state_dict().items() if k not in missing}
     raw = _load_dir(path)
-    state.update({k: v for k, v in raw.items() if DEEPNORM_BUFFER in k or REZERO_PARAM in k})
+    state.update({k: v for k, v in raw.items() if _scheme_of_key(k) is not None})
     return state
+
+
+def _scheme_of_key(key: str) -> str | None:
+    """The registered scheme whose structure adds the state_dict entry ``key``, or None.
+
+    Example::
+
+        >>> _scheme_of_key("encoder.layer.0.deepnorm_alpha"), _scheme_of_key("h.0.attn.weight")
+        ('deepnet', None)
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    return next((s.name for s in SCHEMES.values() if any(map(leaf.startswith, s.keys))), None)
 
 
 def _gate_shapes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -260,8 +271,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def scheme_of_state(model: nn.Module, keys: Iterable[str]) -> str:
-    """The scheme whose structure a checkpoint's keys show for ``model``'s architecture: ReZero
-    gates, DeepNorm's ``deepnorm_alpha``, or norms of ``model`` whose weights the checkpoint
+    """The scheme whose structure a checkpoint's keys show for ``model``'s architecture: the
+    keys a registered scheme adds (ReZero gates, DeepNorm's ``deepnorm_alpha``...), or norms of ``model`` whose weights the checkpoint
     lacks; ``"none"`` for a plain checkpoint. Keys are matched to ``model``'s own names.
 
     Example::
@@ -276,13 +287,7 @@ def scheme_of_state(model: nn.Module, keys: Iterable[str]) -> str:
     """
     own = dict(model.state_dict())
     state = _align_prefix({k: None for k in keys}, set(own))  # type: ignore[misc]
-    found = set()
-    for key in state:
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf.startswith(REZERO_PARAM):
-            found.add("rezero")
-        elif leaf == DEEPNORM_BUFFER:
-            found.add("deepnet")
+    found = {_scheme_of_key(key) for key in state} - {None}
     removed = False
     for path, module in model.named_modules():
         if "norm" not in type(module).__name__.lower() or isinstance(module, RemovedNorm):

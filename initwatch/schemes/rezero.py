@@ -117,4 +117,5 @@ SCHEME = Scheme(
     starts_from_zero=True,
     rebuild=rebuild,
     removes_norms=True,
+    keys=(REZERO_PARAM,),
 )

@@ -12,6 +12,7 @@ from torch import nn
 from initwatch.errors import InitWatchError
 
 DEEPNORM_BUFFER = "deepnorm_alpha"
+ADMIN_OMEGA = "admin_omega"  # Admin's omega: admin_omega_<kind> (buffer), ..._param_<kind>
 REZERO_PARAM = "rezero_alpha"
 # Shape of a ReZero gate: (1,), not a 0-dim scalar, which FSDP1, FSDP2 and DeepSpeed refuse to
 # shard. restore() accepts checkpoints of either shape (initwatch <= 0.1 saved 0-dim gates).
@@ -172,11 +173,13 @@ class DeepNormEntry:
 
 
 class DeepNormNormInput:
-    """Norm forward pre-hook: turns the norm input ``x + G(x)`` into ``alpha * x + G(x)``."""
+    """Norm forward pre-hook: turns the norm input ``x + G(x)`` into ``scale * x + G(x)``, with
+    ``scale`` the block's tensor ``name``: DeepNorm's scalar alpha, or Admin's per-unit omega."""
 
-    def __init__(self, block: nn.Module, index: int = 0) -> None:
+    def __init__(self, block: nn.Module, index: int = 0, name: str = DEEPNORM_BUFFER) -> None:
         self.block = block
         self.index = index
+        self.name = name
 
     def __call__(self, norm: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args or not isinstance(args[0], torch.Tensor):
@@ -202,8 +205,8 @@ class DeepNormNormInput:
         # forget the skip now: a checkpoint's recomputation may stop inside this norm (early
         # stop), before its forward hook, and must not leave an activation held by the block
         _put(self.block, self.index, None)
-        alpha = getattr(self.block, DEEPNORM_BUFFER)
-        return (x + (alpha - 1.0).to(x.dtype) * skip, *args[1:])
+        scale = getattr(self.block, getattr(self, "name", DEEPNORM_BUFFER))  # pickles of <= 0.2
+        return (x + (scale - 1.0).to(x.dtype) * skip, *args[1:])
 
 
 class DeepNormNormOutput:
@@ -247,6 +250,46 @@ def add_deepnorm(
         DEEPNORM_BUFFER,
         torch.tensor(float(alpha), device=ref.device if ref is not None else None),
     )
+    hook_skip_scale(model, block_path, sublayers, [DEEPNORM_BUFFER] * len(sublayers))
+
+
+def add_admin(
+    model: nn.Module,
+    block_path: str,
+    sublayers: list[tuple[str | None, str]],
+    omegas: list[tuple[str, torch.Tensor]],
+    learnable: bool,
+) -> None:
+    """Make every Post-LN sublayer of a block compute Admin's ``LN(x * omega + G(x))`` exactly,
+    with the same hooks as :func:`add_deepnorm`.
+
+    Args:
+        model: the model.
+        block_path: the block.
+        sublayers: as for :func:`add_deepnorm`.
+        omegas: per sublayer, in the same order, the name of its omega on the block and its
+            value (a vector over the hidden units).
+        learnable: omega as ``nn.Parameter`` (the paper) or as a persistent buffer (the
+            constant of ``admin-torch``'s default); checkpoints carry either.
+    """
+    block = model.get_submodule(block_path)
+    ref = next(iter(block.parameters()), None)
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    for name, value in dict(omegas).items():
+        value = value.detach().to(**kw).clone()
+        if learnable:
+            block.register_parameter(name, nn.Parameter(value))
+        else:
+            block.register_buffer(name, value)
+    hook_skip_scale(model, block_path, sublayers, [name for name, _ in omegas])
+
+
+def hook_skip_scale(
+    model: nn.Module, block_path: str, sublayers: list[tuple[str | None, str]], names: list[str]
+) -> None:
+    """Attach the skip-scaling hooks: sublayer i's norm input becomes ``scale_i * x + G(x)``,
+    ``scale_i`` the block's tensor ``names[i]`` (DeepNorm's alpha, Admin's omega)."""
+    block = model.get_submodule(block_path)
     entries = [entry for entry, _ in sublayers]
     block.register_forward_pre_hook(
         DeepNormBlockInput(own_first=bool(entries) and entries[0] is None), with_kwargs=True
@@ -259,7 +302,7 @@ def add_deepnorm(
             )
         norm = model.get_submodule(norm_path)
         feeds_next = i + 1 < len(sublayers) and entries[i + 1] is None
-        norm.register_forward_pre_hook(DeepNormNormInput(block, i))
+        norm.register_forward_pre_hook(DeepNormNormInput(block, i, names[i]))
         norm.register_forward_hook(DeepNormNormOutput(block, i, feeds_next))
 
 
@@ -358,6 +401,8 @@ def applied_structure(model: nn.Module) -> list[str]:
             found.append(f"{path}: norm removed")
         if DEEPNORM_BUFFER in mod._buffers:
             found.append(f"{path}: DeepNorm residual")
+        if any(n.startswith(ADMIN_OMEGA) for n in [*mod._buffers, *mod._parameters]):
+            found.append(f"{path}: Admin residual")
         if any(n.startswith(REZERO_PARAM) for n in mod._parameters):
             found.append(f"{path}: ReZero gate")
         hooks = list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
