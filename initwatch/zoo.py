@@ -324,3 +324,111 @@ def pretrain(
             opt.step()
             opt.zero_grad()
     return model
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock`` (same attribute names and forward): conv3x3-BN-ReLU-conv3x3-BN,
+    plus the skip (a 1x1 conv + BN ``downsample`` when the shape changes), then ReLU."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(inplanes, planes, stride)
+
+    def forward(self, x: Any) -> Any:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ``Bottleneck``: 1x1-BN-ReLU, 3x3-BN-ReLU, 1x1 (x4 channels)-BN, skip, ReLU."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(inplanes, planes * 4, stride)
+
+    def forward(self, x: Any) -> Any:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _downsample(inplanes: int, planes: int, stride: int) -> nn.Module | None:
+    if stride == 1 and inplanes == planes:
+        return None
+    return nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+
+class ResNet(nn.Module):
+    """A small torchvision-shaped ResNet (``conv1``, ``bn1``, ``layer1``..., ``fc``; torchvision
+    itself is not a dependency), initialized as torchvision does (Kaiming-normal fan_out convs,
+    BN weight 1, bias 0)."""
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2),
+        width: int = 16,
+        bottleneck: bool = False,
+        classes: int = 10,
+    ) -> None:
+        super().__init__()
+        block = Bottleneck if bottleneck else BasicBlock
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = width
+        for i, n in enumerate(layers):
+            planes = width * 2**i
+            blocks = []
+            for j in range(n):
+                blocks.append(block(inplanes, planes, 2 if (j == 0 and i > 0) else 1))
+                inplanes = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Any) -> Any:
+        x = self.relu(self.bn1(self.conv1(x)))
+        i = 1
+        while hasattr(self, f"layer{i}"):
+            x = getattr(self, f"layer{i}")(x)
+            i += 1
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def resnet(
+    layers: tuple[int, ...] = (2, 2), width: int = 16, bottleneck: bool = False, classes: int = 10
+) -> ResNet:
+    """A small torchvision-shaped ResNet for the residual-network schemes (SkipInit, Fixup).
+
+    Example::
+
+        >>> import torch
+        >>> from initwatch import zoo
+        >>> model = zoo.resnet((2, 2), width=8)
+        >>> model(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    return ResNet(tuple(layers), width, bottleneck, classes)

@@ -62,17 +62,17 @@ def test_inspect_schemes_line_and_grace_read_the_registry() -> None:
     assert set(detectors.GRACE_SCHEMES) == {
         n for n, s in registry.SCHEMES.items() if s.starts_from_zero
     }
-    assert set(detectors.GRACE_SCHEMES) == {"t-fixup", "rezero"}
+    assert set(detectors.GRACE_SCHEMES) == {"t-fixup", "rezero", "skipinit", "fixup"}
 
 
 def test_registry_resolves_aliases_and_refuses_unknown_names() -> None:
     assert registry.get(" DeepNorm ").name == "deepnet"
     assert registry.get("tfixup").name == "t-fixup"
     with pytest.raises(ValueError, match="valid schemes: 'deepnet', 't-fixup', 'rezero'"):
-        registry.get("fixup")
+        registry.get("fixupp")
 
 
-@pytest.mark.parametrize("scheme", ["deepnet", "t-fixup", "rezero"])
+@pytest.mark.parametrize("scheme", ["deepnet", "t-fixup", "rezero", "admin"])
 def test_restore_names_the_scheme_through_the_registry(scheme: str) -> None:
     trained = zoo.build("bart", layers=2)
     initwatch.reinit(trained, scheme)

@@ -483,7 +483,7 @@ def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None
 
 def test_unknown_scheme_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="valid schemes: 'deepnet', 't-fixup', 'rezero'"):
-        initwatch.reinit(zoo.build("gpt2"), "fixup")
+        initwatch.reinit(zoo.build("gpt2"), "fixupp")
 
 
 @pytest.mark.parametrize(

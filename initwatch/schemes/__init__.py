@@ -100,10 +100,11 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
     validate.reinit_options(options)
     refuse_sharded_reinit(model)
     refuse_peft(model, name)
+    spec = SCHEMES[name]
     anatomy = options.get("anatomy")
-    if anatomy is None:
-        anatomy = inspect(model)
-    plan = SCHEMES[name].plan(model, anatomy, options)
+    if anatomy is None:  # residual-network schemes read what inspect (transformers) does not
+        anatomy = spec.read(model, options) if spec.read is not None else inspect(model)
+    plan = spec.plan(model, anatomy, options)
     return execute(model, anatomy, plan, options)
 
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.schemes import admin, deepnet, dsinit, rezero, scaled, standard, tfixup
+from initwatch.schemes import (
+    admin,
+    deepnet,
+    dsinit,
+    fixup,
+    rezero,
+    scaled,
+    skipinit,
+    standard,
+    tfixup,
+)
 from initwatch.schemes.spec import Constants, Scheme, stack_kind
 
 SCHEMES: dict[str, Scheme] = {
@@ -22,6 +32,8 @@ SCHEMES: dict[str, Scheme] = {
         scaled.SCHEME,
         dsinit.SCHEME,
         admin.SCHEME,
+        skipinit.SCHEME,
+        fixup.SCHEME,
     )
 }
 ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}
@@ -88,7 +100,7 @@ def grace_schemes() -> tuple[str, ...]:
     Example::
 
         >>> grace_schemes()
-        ('t-fixup', 'rezero')
+        ('t-fixup', 'rezero', 'skipinit', 'fixup')
     """
     return tuple(s.name for s in SCHEMES.values() if s.starts_from_zero)
 

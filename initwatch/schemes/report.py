@@ -130,5 +130,7 @@ _STRUCT_ACTIONS = {
     "deepnorm_residual",
     "admin_residual",
     "rezero_gate",
+    "skipinit_gate",
+    "fixup_scalars",
     "keep_eager",
 }

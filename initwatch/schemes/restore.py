@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from initwatch.anatomy import Anatomy, inspect
-from initwatch.errors import AlreadyAppliedError, InitWatchError
+from initwatch.errors import AlreadyAppliedError, AnatomyError, InitWatchError
 from initwatch.schemes.base import MARKER
 from initwatch.schemes.registry import SCHEMES, key_scheme
 from initwatch.schemes.report import Change, ReinitReport
@@ -141,7 +141,7 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
             "restore() needs a freshly built model; this one already carries initwatch "
             "structure. Build a new instance (e.g. Model(config)) and restore into it."
         )
-    anatomy = anatomy or inspect(model)
+    anatomy = anatomy or _read(model)
     state = _align_prefix(state, set(model.state_dict()))
     changes: list[Change] = []
     schemes: set[str] = set()
@@ -183,6 +183,21 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         model, MARKER, {"scheme": scheme, "constants": {}, "params": set(), "restored": True}
     )
     return ReinitReport(scheme, {}, changes, anatomy.model_class, anatomy.family)
+
+
+def _read(model: nn.Module) -> Anatomy:
+    """``inspect(model)``; for a model it does not read, the residual-network reading of the
+    schemes that declare one (a ResNet restored after SkipInit or Fixup)."""
+    try:
+        return inspect(model)
+    except AnatomyError:
+        for spec in SCHEMES.values():
+            if spec.read is not None:
+                try:
+                    return spec.read(model, {})
+                except AnatomyError:
+                    continue
+        raise
 
 
 def _identify(found: set[str], removed_norms: bool) -> str:

@@ -376,7 +376,52 @@ def hook_rezero(model: nn.Module, block_path: str, gate: str, output_path: str) 
     follow.outputs.append((rel, gate))
 
 
+SKIPINIT_PARAM = "skipinit_alpha"
+FIXUP_PREFIX = "fixup_"
+
+
+class FixupInput:
+    """Forward pre-hook: adds the block's scalar ``name`` to the module's input (Fixup's bias
+    before each layer of the branch, and before the projection shortcut)."""
+
+    def __init__(self, block: nn.Module, name: str) -> None:
+        self.block = block
+        self.name = name
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return None
+        bias = getattr(self.block, self.name)
+        return (args[0] + bias.to(args[0].dtype), *args[1:])
+
+
+class FixupOutput:
+    """Forward hook: ``output * scale + bias`` with the block's scalars (``scale`` None: 1):
+    Fixup's bias after each layer (before its activation) and the multiplier of the branch."""
+
+    def __init__(self, block: nn.Module, bias: str, scale: str | None = None) -> None:
+        self.block = block
+        self.bias = bias
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if self.scale is not None:
+            output = output * getattr(self.block, self.scale).to(output.dtype)
+        return output + getattr(self.block, self.bias).to(output.dtype)
+
+
+def add_scalars(model: nn.Module, block_path: str, values: dict[str, float]) -> None:
+    """Register trainable scalars (shape :data:`REZERO_SHAPE`) on a block."""
+    block = model.get_submodule(block_path)
+    ref = next(iter(block.parameters()), None)
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    for name, value in values.items():
+        block.register_parameter(name, nn.Parameter(torch.full(REZERO_SHAPE, float(value), **kw)))
+
+
 _OUR_HOOKS = (
+    FixupInput,
+    FixupOutput,
     DeepNormBlockInput,
     DeepNormEntry,
     DeepNormBlockOutput,
@@ -405,6 +450,8 @@ def applied_structure(model: nn.Module) -> list[str]:
             found.append(f"{path}: Admin residual")
         if any(n.startswith(REZERO_PARAM) for n in mod._parameters):
             found.append(f"{path}: ReZero gate")
+        if any(n.startswith((SKIPINIT_PARAM, FIXUP_PREFIX)) for n in mod._parameters):
+            found.append(f"{path}: SkipInit/Fixup scalars")
         hooks = list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
         if any(isinstance(h, _OUR_HOOKS) for h in hooks) and not found:
             found.append(f"{path}: initwatch hook")
