@@ -100,6 +100,35 @@ def _layout(t: int, s: int, causal: bool, rows: int, device: torch.device) -> _L
     return found
 
 
+def _reduce_rows(
+    qs: torch.Tensor, ks: torch.Tensor, heads: int, lay: _Layout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reduction of ``L`` sequences at once: ``qs`` (L, rows, heads * d) holds the sampled
+    query rows, ``ks`` (L, S, k_heads * d) the keys, both float32. Returns per sequence the
+    one-hot row count, the sum of the rows' largest probabilities, the sum of their entropies
+    (as a fraction of log(number of keys)) and the largest |logit|: four (L,) tensors."""
+    n_seq, n, _ = qs.shape
+    s = ks.shape[1]
+    d = qs.shape[-1] // heads
+    groups = ks.shape[-1] // d  # fewer key heads under grouped-query attention
+    qh = qs.reshape(n_seq, n, heads, d).transpose(1, 2).reshape(-1, n, d)  # L * heads, rows, d
+    kh = ks.reshape(n_seq, s, groups, d).transpose(1, 2)  # L, groups, S, d
+    if groups != heads:
+        kh = kh.repeat_interleave(heads // groups, dim=1)
+    # q k^T with k as a transposed contiguous matrix: the BLAS layout (a permuted k is ~2x slower)
+    logits = torch.bmm(qh, kh.reshape(-1, s, d).transpose(1, 2)).mul_(1.0 / math.sqrt(d))
+    logits = logits.view(n_seq, heads, n, s)
+    absmax = logits.reshape(n_seq, -1).abs().amax(dim=1)  # an inf-norm is ~10x slower on CPU
+    if lay.mask is not None:
+        logits = logits.add_(lay.mask)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1)  # exp(logp) is ~5x slower where the mask underflows
+    pmax = p.amax(dim=-1)  # L, heads, rows
+    onehot = (pmax > ONEHOT_PROB).sum(dim=(1, 2), dtype=torch.float32)
+    entropy = (p * logp).sum(dim=-1).mul_(lay.neg_inv_log_keys).sum(dim=(1, 2))
+    return onehot, pmax.sum(dim=(1, 2)), entropy, absmax
+
+
 @torch.no_grad()
 def attention_rows(
     q: torch.Tensor, k: torch.Tensor, heads: int, causal: bool, rows: int = SAMPLE_ROWS
@@ -109,8 +138,9 @@ def attention_rows(
     Returns ``(sums, maxs)`` in the order of :data:`ATTENTION_FIELDS`, on ``q``'s device.
     ``k`` may have fewer heads (grouped-query attention): each serves ``heads / k_heads`` q heads.
     Causal rows sample the second half of the sequence (row i sees keys 0..i), so that a row
-    never has fewer than ``T / 2`` keys to choose from. About 20 device ops, no sync (with
-    the q/k slices and the buffer update, ~35 per sublayer and logging step).
+    never has fewer than ``T / 2`` keys to choose from. About 20 device ops, no sync. Eager
+    probes batch every sublayer's rows of a logging step into one such reduction
+    (:class:`AttentionBatch`); this is the one used inside ``torch.compile`` graphs.
 
     Example::
 
@@ -119,31 +149,96 @@ def attention_rows(
         >>> sums.tolist()[:2], round(sums[3].item(), 4)  # zero logits: uniform rows
         ([4.0, 0.0], 4.0)
     """
-    t, s = q.shape[0], k.shape[0]
-    d = q.shape[-1] // heads
-    groups = k.shape[-1] // d  # fewer key heads under grouped-query attention
-    lay = _layout(t, s, causal, rows, q.device)
-    qh = _f32(q[lay.idx]).view(-1, heads, d).transpose(0, 1)  # heads, rows, d
-    kh = _f32(k).reshape(s, groups, d).permute(1, 2, 0)  # groups, d, S
-    if groups != heads:
-        kh = kh.repeat_interleave(heads // groups, dim=0)
-    logits = torch.matmul(qh, kh).mul_(1.0 / math.sqrt(d))  # heads, rows, S
-    absmax = torch.linalg.vector_norm(logits, ord=math.inf).reshape(1)
-    if lay.mask is not None:
-        logits = logits.add_(lay.mask)
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    pmax = p.amax(dim=-1)
-    entropy = (p * logp).sum(dim=-1).mul_(lay.neg_inv_log_keys)
-    sums = torch.stack(
-        [
-            torch.full((), float(pmax.numel()), device=q.device),
-            (pmax > ONEHOT_PROB).sum(dtype=torch.float32),
-            pmax.sum(),
-            entropy.sum(),
-        ]
-    )
-    return sums, absmax
+    lay = _layout(q.shape[0], k.shape[0], causal, rows, q.device)
+    onehot, pmax, entropy, absmax = _reduce_rows(_f32(q[lay.idx])[None], _f32(k)[None], heads, lay)
+    count = torch.full((1,), float(lay.n_rows * heads), device=q.device)
+    return torch.cat([count, onehot, pmax, entropy]), absmax
+
+
+BATCH_BYTES = 16 * 2**20  # q/k samples kept for one batched reduction; beyond, reduce now
+
+
+class AttentionBatch:
+    """The q/k samples of a logging step's attention probes, reduced together when the stats
+    buffer is flushed: one set of ~20 device ops for all self-attention sublayers of the same
+    shape, instead of ~20 per sublayer.
+
+    A sample is a copy (the sampled query rows and the keys of the first sequence, float32), so
+    no activation is kept alive; samples are reduced early when they exceed
+    :data:`BATCH_BYTES` or when a probe fires again (the next micro-batch).
+
+    Args:
+        buffer: the stats buffer (registers itself with :meth:`StatBuffer.defer`).
+
+    Example::
+
+        >>> buf = StatBuffer(); batch = AttentionBatch(buf)
+        >>> batch.pending
+        0
+    """
+
+    def __init__(self, buffer: StatBuffer) -> None:
+        self.buffer = buffer
+        self._items: list[tuple[AttentionProbe, torch.Tensor, torch.Tensor, _Layout]] = []
+        self._seen: set[int] = set()
+        self._bytes = 0
+        self._plans: dict[tuple[int, ...], int] = {}
+        buffer.defer(self)
+
+    @property
+    def pending(self) -> int:
+        """Samples kept, not yet reduced."""
+        return len(self._items)
+
+    @torch.no_grad()
+    def add(self, probe: AttentionProbe, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Keep a copy of the sampled rows of ``q`` (T, heads * d) and of ``k`` (S, ...)."""
+        if id(probe) in self._seen or self._bytes > BATCH_BYTES:
+            self.flush()
+        lay = _layout(q.shape[0], k.shape[0], probe.causal, SAMPLE_ROWS, q.device)
+        qs = _f32(q[lay.idx])
+        ks = k.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        self._items.append((probe, qs, ks, lay))
+        self._seen.add(id(probe))
+        self._bytes += 4 * (qs.numel() + ks.numel())
+
+    def _plan(self, probes: tuple[AttentionProbe, ...]) -> int:
+        key = tuple(id(p) for p in probes)
+        found = self._plans.get(key)
+        if found is None:
+            entries = [
+                (p.group, "sum", name, 0) for name in ("onehot", "pmax", "entropy") for p in probes
+            ]
+            entries += [(p.group, "max", "logit_absmax", 0) for p in probes]
+            found = self._plans[key] = self.buffer.plan_across(entries)
+        return found
+
+    def flush(self) -> None:
+        """Reduce every kept sample and stage the results (one reduction per shape)."""
+        items = self._items
+        self.discard()
+        by_shape: dict[tuple, list] = {}
+        for item in items:
+            probe, qs, ks, lay = item
+            key = (probe.heads, tuple(qs.shape), tuple(ks.shape), id(lay), qs.device)
+            by_shape.setdefault(key, []).append(item)
+        for (heads, *_), group in by_shape.items():
+            probes = tuple(it[0] for it in group)
+            try:
+                with torch.no_grad():
+                    qs = torch.stack([it[1] for it in group])
+                    ks = torch.stack([it[2] for it in group])
+                    values = torch.cat(_reduce_rows(qs, ks, heads, group[0][3]))
+                self.buffer.stage(self._plan(probes), values)
+                for probe, q, _, _ in group:
+                    self.buffer.stage_host(probe.group, "rows", q.shape[0] * heads)
+            except Exception as exc:  # a probe must never break the step
+                for probe in probes:
+                    probe.error = repr(exc)
+
+    def discard(self) -> None:
+        """Drop the kept samples."""
+        self._items, self._seen, self._bytes = [], set(), 0
 
 
 def _sequence(x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
@@ -203,6 +298,8 @@ class AttentionProbe:
         model: the model the slot paths are relative to.
         buffer: the stats buffer (the group is declared here; allocate afterwards).
         gate: the switch read at each call.
+        batch: where eager calls keep their samples (:class:`AttentionBatch`); None: each
+            call reduces its own.
 
     Example::
 
@@ -227,8 +324,10 @@ class AttentionProbe:
         model: nn.Module,
         buffer: StatBuffer,
         gate: Gate,
+        batch: AttentionBatch | None = None,
     ) -> None:
         self.name = name
+        self.batch = batch
         self.slots = {"q": q, "k": k}
         self.heads = heads
         self.causal = causal
@@ -262,7 +361,8 @@ class AttentionProbe:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             if not self.gate.on:
                 return None
-            if torch.compiler.is_compiling():
+            compiling = torch.compiler.is_compiling()
+            if compiling:
                 self.gate.compiled = True
             else:
                 self.gate.eager = True
@@ -276,7 +376,10 @@ class AttentionProbe:
                     q, k = self._pending.pop("q"), self._pending.pop("k")
                     d = q.shape[-1] // self.heads
                     kv = k.shape[-1] // d if d else 0
-                    if q.shape[-1] == d * self.heads and kv and self.heads % kv == 0:
+                    fits = q.shape[-1] == d * self.heads and kv and self.heads % kv == 0
+                    if fits and self.batch is not None and not compiling:
+                        self.batch.add(self, q, k)  # reduced with the others at the flush
+                    elif fits:
                         sums, maxs = attention_rows(q, k, self.heads, self.causal)
                         self.buffer.accumulate(self.group, sums, maxs)
             except Exception as exc:  # a probe must never break the forward pass
@@ -306,6 +409,7 @@ def attention_probes(
     if anatomy is None or anatomy.heads <= 0:
         return []
     out: list[AttentionProbe] = []
+    batch: AttentionBatch | None = None
     for stack in anatomy.stacks:
         for block in stack.blocks:
             for sub in block.sublayers:
@@ -314,6 +418,7 @@ def attention_probes(
                 roles = {s.role: s for s in sub.slots}
                 if "q" not in roles or "k" not in roles:
                     continue
+                batch = batch or AttentionBatch(buffer)
                 out.append(
                     AttentionProbe(
                         f"{block.name}.attn",
@@ -324,6 +429,7 @@ def attention_probes(
                         model,
                         buffer,
                         gate,
+                        batch,
                     )
                 )
     return out
@@ -366,6 +472,8 @@ def remove_all(probes: Sequence[AttentionProbe]) -> None:
 
 __all__ = [
     "ATTENTION_FIELDS",
+    "AttentionBatch",
+    "BATCH_BYTES",
     "ATTENTION_STATS",
     "AttentionProbe",
     "attach_all",

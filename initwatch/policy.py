@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
 
+from initwatch.alert_text import console_text
 from initwatch.alerts import Alert
 from initwatch.errors import AlertError
 
@@ -188,8 +189,6 @@ class AlertPolicy:
             >>> p.should_stop
             True
         """
-        from initwatch.alert_text import console_text
-
         level = logging.ERROR if alert.severity == "error" else logging.WARNING
         if alert.is_update:
             level = logging.INFO

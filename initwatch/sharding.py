@@ -20,6 +20,7 @@ Nothing here issues a collective.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,11 +43,19 @@ def is_dtensor(t: torch.Tensor) -> bool:
         >>> is_dtensor(torch.zeros(2))
         False
     """
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+@functools.cache
+def _dtensor_class() -> type | None:
+    """``DTensor``, imported once (an import statement per call costs ~1 µs, and a logging
+    step asks for every parameter and gradient several times)."""
     try:
         from torch.distributed.tensor import DTensor
     except Exception:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
+        return None
+    return DTensor
 
 
 @dataclass(frozen=True)

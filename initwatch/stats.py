@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import torch
 
@@ -172,6 +173,32 @@ _STAGE_REDUCE.update(absmax=Reduce.MAX, flag=Reduce.MAX)
 _PLAN_CACHE = 8  # staged sequences whose index tensors are kept (one per distinct step shape)
 
 
+class Deferred(Protocol):
+    """What :meth:`StatBuffer.defer` takes: ``flush()`` stages the values kept so far into the
+    buffer, ``discard()`` drops them.
+
+    Example::
+
+        >>> class Later:
+        ...     def __init__(self, buf, group):
+        ...         self.buf, self.plan, self.kept = buf, buf.plan(group, [("sum", "sumsq", 0)]), []
+        ...     def flush(self):
+        ...         if self.kept:
+        ...             self.buf.stage(self.plan, torch.stack(self.kept).sum().reshape(1))
+        ...         self.kept = []
+        ...     def discard(self):
+        ...         self.kept = []
+        >>> buf = StatBuffer(); g = buf.add("g", GRAD_SIGNAL_FIELDS); buf.allocate()
+        >>> later = Later(buf, g); buf.defer(later); later.kept += [torch.tensor(2.0)] * 3
+        >>> buf.read().row(g)["sumsq"]
+        6.0
+    """
+
+    def flush(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
 def to_host(tensor: torch.Tensor) -> list[float]:
     """The one device-to-host transfer of a logging step.
 
@@ -221,6 +248,7 @@ class StatBuffer:
         self._staged_counts: dict[int, float] = {}  # offset -> host-known sums (element counts)
         self._staged_host_max: dict[int, float] = {}  # offset -> host-known maxima (flags)
         self._index_cache: dict[tuple, object] = {}
+        self._deferred: list[Deferred] = []
 
     def add(self, name: str, fields: Sequence[Field], size: int = 1) -> Group:
         """Declare a group of ``size`` rows of ``fields``; returns its handle."""
@@ -278,8 +306,23 @@ class StatBuffer:
             >>> buf.plan(g, [("sumsq", "sumsq", 0)]) == buf.plan(g, [("sumsq", "sumsq", 0)])
             True
         """
+        return self.plan_across([(group, op, name, row) for op, name, row in entries])
+
+    def plan_across(self, entries: Sequence[tuple[Group, str, str, int]]) -> int:
+        """:meth:`plan` for values that fold into several groups: ``(group, op, field, row)``
+        quadruples, one per staged value (one staged vector for many layers).
+
+        Example::
+
+            >>> buf = StatBuffer(); a = buf.add("a", GRAD_SIGNAL_FIELDS)
+            >>> b = buf.add("b", GRAD_SIGNAL_FIELDS); buf.allocate()
+            >>> buf.stage(buf.plan_across([(a, "sum", "sumsq", 0), (b, "sum", "sumsq", 0)]),
+            ...           torch.tensor([1.0, 2.0]))
+            >>> buf.read().row(b)["sumsq"]
+            2.0
+        """
         resolved = []
-        for op, name, row in entries:
+        for group, op, name, row in entries:
             kind = _STAGE_REDUCE.get(op)
             if kind is None:
                 raise ValueError(f"stage op {op!r}: expected one of {STAGE_OPS}")
@@ -295,6 +338,12 @@ class StatBuffer:
             self._plan_ids[key] = len(self._plans)
             self._plans.append(key)
         return self._plan_ids[key]
+
+    def defer(self, reducer: Deferred) -> None:
+        """Register a reducer that stages its values at :meth:`flush` (work batched over a
+        logging step, e.g. every attention probe's in one set of ops) and drops them at
+        :meth:`reset` (see :class:`Deferred`)."""
+        self._deferred.append(reducer)
 
     def stage(self, plan: int, values: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Keep partial values for :meth:`flush`: a 1-d tensor or a sequence of 0-d tensors,
@@ -314,6 +363,28 @@ class StatBuffer:
             self._staged_counts[off] = self._staged_counts.get(off, 0.0) + float(value)
         else:
             self._staged_host_max[off] = max(self._staged_host_max.get(off, -math.inf), value)
+
+    def stage_host_rows(self, group: Group, name: str, rows: Sequence[int], value: float) -> None:
+        """:meth:`stage_host` of one value into several rows of a field (one call, not one per
+        row: a flag for every parameter tensor).
+
+        Example::
+
+            >>> buf = StatBuffer(); g = buf.add("p", PARAM_FIELDS, size=3); buf.allocate()
+            >>> buf.stage_host_rows(g, "grad_present", [0, 2], 1.0)
+            >>> buf.read().column(g, "grad_present")
+            [1.0, 0.0, 1.0]
+        """
+        start = group.offset(name)
+        value = float(value)
+        if name in group.sum_fields:
+            counts = self._staged_counts
+            for r in rows:
+                counts[start + r] = counts.get(start + r, 0.0) + value
+        else:
+            maxima = self._staged_host_max
+            for r in rows:
+                maxima[start + r] = max(maxima.get(start + r, -math.inf), value)
 
     def _host_tensors(
         self, offs: tuple[int, ...], vals: tuple[float, ...]
@@ -358,6 +429,8 @@ class StatBuffer:
         staged (the same every logging step). Called by :meth:`reduce_across_ranks` and
         :meth:`read`; never syncs.
         """
+        for reducer in self._deferred:
+            reducer.flush()
         data = self.data
         for kind, host in (("sum", self._staged_counts), ("max", self._staged_host_max)):
             if not host:
@@ -421,6 +494,8 @@ class StatBuffer:
 
     def reset(self) -> None:
         """Write every field's default back, on the device, and drop anything staged."""
+        for reducer in self._deferred:
+            reducer.discard()
         self._staged, self._staged_vectors, self._staged_plans = [], [], []
         self._staged_counts, self._staged_host_max = {}, {}
         self.data.copy_(self._defaults)

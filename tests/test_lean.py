@@ -239,3 +239,34 @@ def test_nothing_is_imported_on_the_training_thread_after_setup(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "True []", out.stdout + out.stderr
+
+
+def test_attention_probes_batched_at_the_flush_equal_the_per_sublayer_reduction():
+    from initwatch.attention import attention_rows, derive_attention
+
+    torch.manual_seed(0)
+    model = gpt2(layers=3, d=32)
+    watch = Watch(model, every=1, rules=False)
+    assert len(watch._attention) == 3
+    seen = {i: [] for i in range(3)}
+    for i, block in enumerate(model.transformer.h):
+        block.attn.c_attn.register_forward_hook(
+            lambda m, a, o, i=i: seen[i].append(o[0].detach().clone())
+        )
+    watch.begin_step(0)
+    for _ in range(2):  # micro-batches accumulate (the batch is reduced when a probe fires again)
+        x = torch.randint(0, 100, (2, 16))
+        model(x, labels=x).loss.backward()
+    watch.end_step()
+    for i in range(3):
+        sums, absmax = torch.zeros(4), torch.tensor(0.0)
+        for out in seen[i]:
+            s, m = attention_rows(out[:, :32], out[:, 32:64], heads=4, causal=True)
+            sums, absmax = sums + s, torch.maximum(absmax, m[0])
+        ref = derive_attention(
+            dict(zip(("rows", "onehot", "pmax", "entropy"), sums.tolist(), strict=True))
+            | {"logit_absmax": absmax.item()}
+        )
+        for stat, value in ref.items():
+            assert watch.last_frame.get(stat, f"decoder.{i}.attn") == pytest.approx(value, rel=1e-5)
+    watch.close()
