@@ -14,11 +14,19 @@ issue #72253); by default each layer is re-drawn with PyTorch's own default init
 anything else (``--baseline copied`` keeps the identical copies). The schemes are then applied
 to that model with ``initwatch.reinit(model, scheme, seed=seed)``.
 
+Two more suites (``--arch``): ``pre``, the same task on a **Pre-LN** ``nn.TransformerEncoder``
+(``norm_first=True`` and a final LayerNorm) trained from scratch, for the scaled init of GPT-2 /
+Megatron; ``resnet``, a small deep residual network (``zoo.resnet``, torchvision-shaped
+``BasicBlock`` s on 8x8 images) classifying a synthetic task, with BatchNorm ("bn"), with every
+BatchNorm removed ("no-norm") and with SkipInit and Fixup (which remove it themselves).
+
 Usage::
 
     python bench/schemes.py                      # depth 24, 300 steps, lr 1e-3, seed 0
     python bench/schemes.py --seeds 3            # seeds 0, 1, 2 and a table of medians
     python bench/schemes.py --fast               # tiny smoke run (a few seconds)
+    python bench/schemes.py --arch pre           # Pre-LN from scratch: vanilla vs scaled ...
+    python bench/schemes.py --arch resnet        # 16-block ResNet: bn, no-norm, skipinit, fixup
 
 Output: a Markdown table per seed (and one of medians over seeds) with, for each variant, the
 final loss (mean of the last k steps), the first step at which the trailing mean loss reached
@@ -48,11 +56,17 @@ from initwatch.demo_task import (
     TaskConfig,
     build_model,
     make_batch,
+    redraw_default,
     steps_to,
     targets,
 )
 
-VARIANTS = ("vanilla", "deepnet", "t-fixup", "rezero")
+ARCHS = {
+    "post": ("vanilla", "deepnet", "t-fixup", "rezero", "xavier", "ds-init", "admin"),
+    "pre": ("vanilla", "scaled", "t-fixup", "rezero"),
+    "resnet": ("bn", "no-norm", "skipinit", "fixup"),
+}
+VARIANTS = ARCHS["post"]
 
 
 @dataclass
@@ -75,6 +89,7 @@ class Config:
     embedding: str = "untouched"
     threads: int = 2
     schemes: tuple[str, ...] = VARIANTS
+    arch: str = "post"
 
 
 @dataclass
@@ -104,8 +119,65 @@ def task(cfg: Config) -> TaskConfig:
     )
 
 
+class PreLNModel(PostLNModel):
+    """The same model with Pre-LN blocks (``norm_first=True``) and a final LayerNorm."""
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        super().__init__(cfg)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width, cfg.heads, cfg.ffn, dropout=0.0, norm_first=True, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, cfg.depth, norm=nn.LayerNorm(cfg.width), enable_nested_tensor=False
+        )
+
+
+def build_resnet(cfg: Config, scheme: str, seed: int) -> nn.Module:
+    """A torchvision-shaped ResNet of ``cfg.depth`` BasicBlocks in two stages (width 16, 32)."""
+    from initwatch import zoo
+    from initwatch.schemes.structure import remove_norm
+
+    torch.manual_seed(seed)
+    half = max(1, cfg.depth // 2)
+    model = zoo.resnet((half, max(1, cfg.depth - half)), width=16, classes=cfg.vocab)
+    if scheme == "no-norm":
+        for name, m in list(model.named_modules()):
+            if isinstance(m, nn.BatchNorm2d):
+                remove_norm(model, name)
+    elif scheme != "bn":
+        initwatch.reinit(model, scheme, seed=seed)
+    return model
+
+
+def image_batch(cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random 3x8x8 images labelled by a fixed random linear map of their channel means and
+    mean squares (the teacher is the same for every seed and variant)."""
+    x = torch.randn(cfg.batch, 3, 8, 8, generator=gen)
+    x = x + torch.randn(cfg.batch, 3, 1, 1, generator=gen)  # a per-image offset to detect
+    teacher = torch.randn(cfg.vocab, 6, generator=torch.Generator().manual_seed(12345))
+    feats = torch.cat([x.mean((2, 3)), x.pow(2).mean((2, 3)) - 2.0], dim=1)
+    return x, (feats @ teacher.T).argmax(1)
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The residual blocks, lowest first."""
+    if hasattr(model, "encoder"):
+        return list(model.encoder.layers)
+    return [b for name in ("layer1", "layer2") for b in getattr(model, name)]
+
+
 def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
     """The model for one variant: same weights for every variant of a seed, then the scheme."""
+    if cfg.arch == "resnet":
+        return build_resnet(cfg, scheme, seed)
+    if cfg.arch == "pre":
+        torch.manual_seed(seed)
+        model = PreLNModel(task(cfg))
+        for layer in model.encoder.layers:
+            redraw_default(layer)
+        if scheme != "vanilla":
+            initwatch.reinit(model, scheme, seed=seed)
+        return model
     if cfg.baseline == "redrawn":
         model = build_model(task(cfg), seed)
     else:  # keep nn.TransformerEncoder's identical copies
@@ -136,8 +208,13 @@ def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
 
 
 def position_only_loss(cfg: Config, samples: int = 20000) -> float:
-    """Cross-entropy of the best input-independent predictor (each position's marginal)."""
+    """Cross-entropy of the best input-independent predictor (each position's marginal; for
+    the image task, the class marginal)."""
     gen = torch.Generator().manual_seed(12345)
+    if cfg.arch == "resnet":
+        y = torch.cat([image_batch(cfg, gen)[1] for _ in range(max(1, samples // cfg.batch))])
+        p = torch.bincount(y, minlength=cfg.vocab).double() / y.numel()
+        return float(-(p[p > 0] * p[p > 0].log()).sum())
     x = torch.randint(0, cfg.vocab, (samples, cfg.length), generator=gen)
     y = targets(task(cfg), x)
     total = 0.0
@@ -156,8 +233,8 @@ def train(cfg: Config, scheme: str, seed: int) -> Result:
     model = build(cfg, scheme, seed)
     model.train()
     params = list(model.parameters())
-    low = list(model.encoder.layers[0].parameters())
-    top = list(model.encoder.layers[-1].parameters())
+    low = list(blocks_of(model)[0].parameters())
+    top = list(blocks_of(model)[-1].parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)  # fixed lr, no clipping
     # Linear warmup over cfg.warmup steps (0, the default: none), for control runs only.
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -171,7 +248,7 @@ def train(cfg: Config, scheme: str, seed: int) -> Result:
     max_gn, note = 0.0, ""
     start = time.perf_counter()
     for step in range(cfg.steps):
-        x, y = make_batch(shape, gen)
+        x, y = image_batch(cfg, gen) if cfg.arch == "resnet" else make_batch(shape, gen)
         loss = nn.functional.cross_entropy(model(x).reshape(-1, cfg.vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,17 +366,26 @@ def parse(argv: list[str] | None = None) -> Config:
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument(
+        "--arch",
+        choices=tuple(ARCHS),
+        default="post",
+        help="post: the Post-LN replication (default); pre: Pre-LN from scratch; resnet: a "
+        "deep residual convnet (--depth blocks)",
+    )
+    p.add_argument(
         "--schemes",
-        default=",".join(VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)}",
+        default=None,
+        help="comma-separated subset of the suite's variants: "
+        + "; ".join(f"{k}: {','.join(v)}" for k, v in ARCHS.items()),
     )
     p.add_argument("--json", help="also write the results (with loss curves) to this file")
     p.add_argument("--fast", action="store_true", help="tiny run for smoke tests")
     a = p.parse_args(argv)
-    schemes = tuple(s.strip() for s in a.schemes.split(",") if s.strip())
-    bad = [s for s in schemes if s not in VARIANTS]
+    valid = ARCHS[a.arch]
+    schemes = tuple(s.strip() for s in (a.schemes or ",".join(valid)).split(",") if s.strip())
+    bad = [s for s in schemes if s not in valid]
     if bad or not schemes:
-        p.error(f"--schemes: unknown {bad}; choose from {','.join(VARIANTS)}")
+        p.error(f"--schemes: unknown {bad} for --arch {a.arch}; choose from {','.join(valid)}")
     cfg = Config(
         depth=a.depth,
         width=a.width,
@@ -316,10 +402,14 @@ def parse(argv: list[str] | None = None) -> Config:
         embedding=a.tfixup_embedding,
         threads=a.threads,
         schemes=schemes,
+        arch=a.arch,
     )
+    if a.arch == "resnet":
+        cfg.vocab = 4  # classes
     if a.fast:
         cfg.depth, cfg.width, cfg.ffn, cfg.heads = 2, 16, 32, 2
-        cfg.batch, cfg.length, cfg.steps, cfg.vocab = 8, 6, 6, 8
+        cfg.batch, cfg.length, cfg.steps = 8, 6, 6
+        cfg.vocab = 4 if a.arch == "resnet" else 8
     cfg.json = a.json  # type: ignore[attr-defined]
     return cfg
 
@@ -328,13 +418,22 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv)
     torch.set_num_threads(cfg.threads)
     print(f"# machine: {machine()}")
+    if cfg.arch == "resnet":
+        print(
+            f"# model: torchvision-shaped ResNet, {cfg.depth} BasicBlocks (widths 16, 32), "
+            f"8x8 inputs, {cfg.vocab} classes"
+        )
+        what = f"teacher classes of 3x8x8 images, batch {cfg.batch}"
+    else:
+        layout = "Post-LN" if cfg.arch == "post" else "Pre-LN (final LayerNorm)"
+        print(
+            f"# model: {layout} nn.TransformerEncoder, {cfg.depth} layers, d={cfg.width}, "
+            f"{cfg.heads} heads, ffn {cfg.ffn}, dropout 0, vanilla baseline: {cfg.baseline}, "
+            f"T-Fixup embedding: {cfg.embedding}"
+        )
+        what = f"{cfg.task} {cfg.length} tokens of vocab {cfg.vocab}, batch {cfg.batch}"
     print(
-        f"# model: Post-LN nn.TransformerEncoder, {cfg.depth} layers, d={cfg.width}, "
-        f"{cfg.heads} heads, ffn {cfg.ffn}, dropout 0, vanilla baseline: {cfg.baseline}, "
-        f"T-Fixup embedding: {cfg.embedding}"
-    )
-    print(
-        f"# task: {cfg.task} {cfg.length} tokens of vocab {cfg.vocab}, batch {cfg.batch}; "
+        f"# task: {what}; "
         f"Adam lr {cfg.lr:g}, "
         + (f"linear warmup {cfg.warmup} steps" if cfg.warmup else "fixed (no warmup)")
         + f", no clipping, {cfg.steps} steps"

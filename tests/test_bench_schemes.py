@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "schemes.py"
-VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero"]
+VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero", "xavier", "ds-init", "admin"]
 
 
 def _load():
@@ -157,3 +157,36 @@ def test_tfixup_embedding_option() -> None:
     cfg.embedding = "effective"
     std = b.build(cfg, "t-fixup", 0).embed.weight.std().item()
     assert std == pytest.approx((9 * 4) ** -0.25, rel=0.1)
+
+
+def test_pre_ln_and_resnet_suites_build_what_they_say() -> None:
+    from torch import nn
+
+    from initwatch.schemes.structure import RemovedNorm
+
+    b = _load()
+    cfg = b.Config(depth=3, width=16, heads=2, ffn=32, vocab=8, length=6, arch="pre")
+    pre = b.build(cfg, "vanilla", 0)
+    assert all(lay.norm_first for lay in pre.encoder.layers)
+    assert isinstance(pre.encoder.norm, nn.LayerNorm)
+    scaled = b.build(cfg, "scaled", 0)
+    assert scaled.encoder.layers[0].linear2.weight.std().item() < 0.02  # 0.02/sqrt(6)
+    cfg = b.Config(depth=4, vocab=4, arch="resnet")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in b.build(cfg, "bn", 0).modules())
+    bare = b.build(cfg, "no-norm", 0)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bare.modules())
+    assert any(isinstance(m, RemovedNorm) for m in bare.modules())
+    fixup = b.build(cfg, "fixup", 0)
+    assert len(b.blocks_of(fixup)) == 4 and hasattr(b.blocks_of(fixup)[0], "fixup_scale")
+    x, y = b.image_batch(cfg, torch.Generator().manual_seed(0))
+    assert x.shape == (cfg.batch, 3, 8, 8) and set(y.tolist()) <= set(range(4))
+
+
+def test_a_scheme_of_another_suite_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--fast", "--arch", "resnet", "--schemes", "deepnet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "for --arch resnet" in proc.stderr

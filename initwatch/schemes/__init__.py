@@ -1,5 +1,4 @@
-"""Re-initialization schemes: DeepNet, T-Fixup, ReZero, Xavier / Kaiming (every scheme is listed
-in :mod:`initwatch.schemes.registry`)."""
+"""Re-initialization schemes (every scheme is listed in :mod:`initwatch.schemes.registry`)."""
 
 from __future__ import annotations
 
@@ -41,7 +40,8 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
         model: the model (any ``nn.Module`` holding a recognised family, or one described by
             ``anatomy=initwatch.inspect(model, blocks=..., roles=...)``).
         scheme: a registered scheme (:data:`SCHEMES`): ``"deepnet"``, ``"t-fixup"``,
-            ``"rezero"``, ``"xavier"``, ``"kaiming"``.
+            ``"rezero"``, ``"xavier"``, ``"kaiming"``, ``"scaled"``, ``"ds-init"``, ``"admin"``,
+            ``"skipinit"``, ``"fixup"`` (the last two for residual networks such as ResNets).
         **options: common to all schemes:
 
             * ``pretrained`` (None): whether the weights are trained. None: decide from the
@@ -69,6 +69,10 @@ def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:
             default, ``"blocks"``, ``"none"``).
             Xavier / Kaiming: ``distribution`` (``"uniform"`` / ``"normal"``), ``activation``
             (default: read from the model; its gain goes on the matrix it follows).
+            Scaled: ``std`` (sigma, 0.02). DS-Init: ``exponent`` (``"code"``, default, or
+            ``"paper"``), ``alpha``. Admin: ``omega``, ``output_change`` (``"log"``),
+            ``learnable`` (False), ``profile_batch``. SkipInit: ``blocks``, ``layers``,
+            ``norms``, ``alpha_init``. Fixup: ``blocks``, ``layers``, ``head``.
 
     Returns:
         A :class:`ReinitReport`: print it for a table, ``.to_dict()`` for plain data.
