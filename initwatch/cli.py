@@ -1,60 +1,29 @@
 """The ``initwatch`` command line: ``demo``, ``check`` and ``report``.
 
+The commands are the modules of :mod:`initwatch.commands` (listed in its ``COMMANDS``); this
+module only builds the parser from what each exports and maps errors to exit codes. ``initwatch
+--help`` and ``--version`` import no torch.
+
 Example::
 
-    $ initwatch demo                       # vanilla vs DeepNet / T-Fixup / ReZero, ~3 min on a CPU
-    $ initwatch check bert --layers 24     # which init should this model use?
-    $ initwatch report runs/initwatch-demo # alerts, worst layers and a verdict from event files
+    $ initwatch demo                       # vanilla vs every scheme, about a minute on a CPU
+    $ initwatch check bert --depth 24      # which init should this model use?
+    $ initwatch report runs/initwatch-demo # unhealthy runs first, with alerts and a verdict
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
+from initwatch.commands import COMMANDS, load
+from initwatch.commands.args import UsageError, suggest
+
+__all__ = ["PROG", "UsageError", "build_parser", "main"]
+
 PROG = "initwatch"
-COMMANDS = ("demo", "check", "report")
-
-DEMO_EXAMPLE = """\
-examples:
-  initwatch demo                                  # 4 runs, about 3 minutes on 2 CPU cores
-  initwatch demo --schemes vanilla,deepnet --steps 150
-  initwatch demo --fast                           # 100 steps per run, well under a minute
-  tensorboard --logdir runs/initwatch-demo        # then open the "initwatch" dashboard
-"""
-
-CHECK_EXAMPLE = """\
-examples:
-  initwatch check bert --layers 24 --hidden 128   # a family name with size options
-  initwatch check path/to/config.json --lr 3e-4   # a Hugging Face config (JSON file)
-  initwatch check path/to/saved_model_dir         # a save_pretrained directory (config only)
-  initwatch check gpt2 --optimizer sgd --lr 0.1 --plot profile.png
-
-families: {families}
-"""
-
-REPORT_EXAMPLE = """\
-examples:
-  initwatch report runs/initwatch-demo            # every initwatch run under a directory
-  initwatch report lightning_logs/version_3 --plot heatmap.png
-"""
-
-
-class UsageError(Exception):
-    """A bad command line or a bad input: printed as one line, exit code 2.
-
-    Example::
-
-        >>> str(UsageError("missing file 'x.json'"))
-        "missing file 'x.json'"
-    """
-
-    def __init__(self, message: str, command: str | None = None) -> None:
-        super().__init__(message)
-        self.command = command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,14 +34,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, command)
 
 
-def _families() -> str:
-    from initwatch.zoo import FAMILIES
-
-    return textwrap.fill(", ".join(FAMILIES), width=78, subsequent_indent="  ")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``initwatch`` command.
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser of the ``initwatch`` command, with the options of ``commands``
+    (the others are listed, without their options).
 
     Example::
 
@@ -80,34 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.command, args.steps
         ('demo', 50)
     """
-    from initwatch.commands import check, demo, report
+    from initwatch import __version__
 
     parser = _Parser(
         prog=PROG,
-        description="Re-initialize deep transformers (DeepNet, T-Fixup, ReZero) and watch "
+        description="Re-initialize deep transformers (DeepNet, T-Fixup, ReZero, ...) and watch "
         "their layers train.",
-        epilog="examples:\n  initwatch demo\n  initwatch check bert --layers 24\n"
+        epilog="examples:\n  initwatch demo\n  initwatch check bert --depth 24\n"
         "  initwatch report runs/initwatch-demo\n\nRun 'initwatch COMMAND --help' for more.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from initwatch import __version__
-
-    parser.add_argument("--version", action="version", version=f"initwatch {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] = [
-        ("demo", demo.HELP, DEMO_EXAMPLE, demo.add_arguments),
-        ("check", check.HELP, CHECK_EXAMPLE.format(families=_families()), check.add_arguments),
-        ("report", report.HELP, REPORT_EXAMPLE, report.add_arguments),
-    ]
-    for name, help_text, example, add in commands:
+    for name in COMMANDS:
+        module = load(name)
         p = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=example,
+            module.NAME,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=module.EXAMPLES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        add(p)
+        if name in commands:
+            module.add_arguments(p)
     return parser
 
 
@@ -120,6 +79,12 @@ def _fail(message: str, command: str | None) -> int:
     print(f"{PROG}: error: {first}", file=sys.stderr)
     print(_hint(command), file=sys.stderr)
     return 2
+
+
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option)."""
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,21 +101,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["demo", "--schemes", "nonsense"])  # doctest: +SKIP
         2
     """
-    from initwatch.errors import InitWatchError
-
     args_list = list(sys.argv[1:] if argv is None else argv)
-    command = args_list[0] if args_list and args_list[0] in COMMANDS else None
+    command = _command(args_list)
     try:
-        parser = build_parser()
-        args = parser.parse_args(args_list)
-        command = args.command
-        if command is None:
+        parser = build_parser(commands=(command,) if command else ())
+        try:
+            args = parser.parse_args(args_list)
+        except UsageError as exc:
+            first = next((a for a in args_list if not a.startswith("-")), None)
+            if command is None and first is not None and "invalid choice" in str(exc):
+                raise UsageError(f"{exc}{suggest(first, COMMANDS)}") from None
+            raise
+        if args.command is None:
             parser.print_help()
             return 2
-        from initwatch.commands import check, demo, report
+        from initwatch.errors import InitWatchError
 
-        run = {"demo": demo.run, "check": check.run, "report": report.run}[command]
-        return int(run(args) or 0)
+        try:
+            return int(load(args.command).run(args) or 0)
+        except InitWatchError as exc:
+            return _fail(str(exc), command)
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:
@@ -158,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         name = exc.filename if exc.filename is not None else str(exc)
         return _fail(f"no such file or directory: {name}", command)
-    except (InitWatchError, ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         return _fail(str(exc), command)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
+
 
 class InitWatchError(Exception):
     """Base class of every initwatch error.
@@ -51,3 +54,27 @@ class AlertError(InitWatchError):
     def __init__(self, alert: object) -> None:
         super().__init__(str(alert))
         self.alert = alert
+
+
+def suggest(name: str, valid: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``" (did you mean 'x'?)"`` for the valid name closest to a misspelt one, else ``""``.
+
+    Args:
+        name: what was given.
+        valid: the valid names.
+        aliases: other accepted spellings and the valid name each stands for (a close alias
+            suggests its valid name).
+
+    Example::
+
+        >>> suggest("reezro", ["deepnet", "t-fixup", "rezero"])
+        " (did you mean 'rezero'?)"
+        >>> suggest("tfixpu", ["t-fixup"], {"tfixup": "t-fixup"})
+        " (did you mean 't-fixup'?)"
+        >>> suggest("xyz", ["deepnet"])
+        ''
+    """
+    target = {v.lower(): v for v in valid}
+    target.update({a.lower(): v for a, v in (aliases or {}).items()})
+    close = difflib.get_close_matches(name.lower(), list(target), n=1, cutoff=0.6)
+    return f" (did you mean {target[close[0]]!r}?)" if close else ""

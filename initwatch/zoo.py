@@ -1,7 +1,12 @@
-"""Tiny random-weight models of every recognised family, built from configs (no download)."""
+"""Tiny random-weight models of every recognised family, built from configs (no download), and
+any model by family name, config file or ``save_pretrained`` directory (:func:`model_source`)."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -432,3 +437,299 @@ def resnet(
         torch.Size([2, 10])
     """
     return ResNet(tuple(layers), width, bottleneck, classes)
+
+
+# ------------------------------------------------------------------ any model, by name or config
+
+_DEPTH_KEYS = (
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
+    "encoder_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+)
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+_FFN_KEYS = (
+    "intermediate_size",
+    "ffn_dim",
+    "d_ff",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "n_inner",
+    "hidden_dim",
+)
+_HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads", "n_heads")
+
+
+@dataclass
+class ModelSource:
+    """How to build one model any number of times, identically, with random weights.
+
+    Args:
+        build: a function returning a fresh model with random weights.
+        inputs: a function ``(model, batch, seq, generator) -> dict`` of random inputs.
+        description: what the model is.
+
+    Example::
+
+        >>> src = model_source("gpt2", depth=2, hidden=32)
+        >>> type(src.build()).__name__
+        'GPT2LMHeadModel'
+    """
+
+    build: Callable[[], Any]
+    inputs: Callable[[Any, int, int, Any], dict[str, Any]]
+    description: str
+
+
+def load_config(path: str) -> Any:
+    """A Hugging Face config from a JSON file or a ``save_pretrained`` directory (only its
+    ``config.json`` is read: nothing is downloaded, no weights are loaded).
+
+    Raises:
+        FileNotFoundError: no such file or directory.
+        ValueError: a directory without ``config.json``, a file that is not JSON, a config
+            without ``model_type``, or a ``model_type`` transformers cannot build.
+
+    Example::
+
+        >>> import json, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.json")
+        >>> _ = open(path, "w").write(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+        >>> load_config(path).n_layer
+        2
+    """
+    from transformers import AutoConfig
+
+    if os.path.isdir(path):
+        file = os.path.join(path, "config.json")
+        if not os.path.isfile(file):
+            raise ValueError(
+                f"{path!r} is a directory without config.json; pass a save_pretrained "
+                "directory, a config JSON file or a family name"
+            )
+    else:
+        file = path
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {file!r} as a JSON config: {exc}") from None
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise ValueError(
+            f'{file!r} is not a Hugging Face model config: it has no "model_type" '
+            '(e.g. {"model_type": "bert", "num_hidden_layers": 12, ...})'
+        )
+    model_type = data.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ValueError(
+            f"{file!r}: model_type {model_type!r} is not one transformers can build ({first})"
+        ) from None
+
+
+def resize_config(config: Any, depth: int | None = None, hidden: int | None = None) -> None:
+    """Set a config's blocks per stack and width in place (its FFN width scales with the width,
+    its head size follows).
+
+    Raises:
+        ValueError: the config has no depth or width field, or the width is not divisible by
+            its attention heads.
+
+    Example::
+
+        >>> from transformers import BertConfig
+        >>> cfg = BertConfig()
+        >>> resize_config(cfg, depth=2, hidden=48)
+        >>> cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+        (2, 48, 192)
+    """
+    keys = config.to_dict()
+    if depth is not None:
+        found = [k for k in _DEPTH_KEYS if isinstance(keys.get(k), int)]
+        if not found:
+            raise ValueError(
+                f"depth: this {config.model_type} config has no depth field "
+                f"({', '.join(_DEPTH_KEYS)})"
+            )
+        for k in found:
+            setattr(config, k, depth)
+    if hidden is not None:
+        found = [k for k in _WIDTH_KEYS if isinstance(keys.get(k), int)]
+        if not found:
+            raise ValueError(
+                f"hidden: this {config.model_type} config has no width field "
+                f"({', '.join(_WIDTH_KEYS)})"
+            )
+        old = keys[found[0]]
+        for k in _FFN_KEYS:
+            if isinstance(keys.get(k), int):
+                setattr(config, k, max(1, keys[k] * hidden // old))
+        heads = next((keys[k] for k in _HEAD_KEYS if isinstance(keys.get(k), int)), None)
+        if heads and hidden % heads:
+            raise ValueError(
+                f"hidden {hidden} is not divisible by the config's {heads} attention heads"
+            )
+        for k in ("head_dim", "d_kv"):
+            if isinstance(keys.get(k), int) and heads:
+                setattr(config, k, hidden // heads)
+        for k in found:
+            setattr(config, k, hidden)
+
+
+def from_config(config: Any) -> nn.Module:
+    """A model with random weights for a Hugging Face config: the seq2seq, causal-LM, masked-LM
+    or image-classification head model, whichever transformers has, else the bare model.
+
+    Example::
+
+        >>> from transformers import GPT2Config
+        >>> type(from_config(GPT2Config(n_layer=1, n_embd=32, n_head=4))).__name__
+        'GPT2LMHeadModel'
+    """
+    import transformers as tf
+
+    order = (["AutoModelForSeq2SeqLM"] if getattr(config, "is_encoder_decoder", False) else []) + [
+        "AutoModelForCausalLM",
+        "AutoModelForMaskedLM",
+        "AutoModelForImageClassification",
+        "AutoModel",
+    ]
+    last: Exception | None = None
+    for name in order:
+        try:
+            return getattr(tf, name).from_config(config)
+        except (ValueError, KeyError) as exc:
+            last = exc
+    raise ValueError(f"transformers has no model class for this config ({last})")
+
+
+def random_inputs(model: nn.Module, batch: int, seq: int, gen: Any = None) -> dict[str, Any]:
+    """Random inputs for a Hugging Face model (token ids, or pixels for an image model).
+
+    Example::
+
+        >>> sorted(random_inputs(build("t5"), batch=2, seq=4))
+        ['decoder_input_ids', 'input_ids']
+    """
+    import torch
+
+    config = model.config
+    name = getattr(model, "main_input_name", "input_ids")
+    if name == "pixel_values":
+        size = getattr(config, "image_size", 32)
+        size = size if isinstance(size, int) else size[0]
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(batch, channels, size, size, generator=gen)}
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab < 4:
+        raise ValueError(f"cannot make random inputs for {type(model).__name__} (no vocab_size)")
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0:
+        seq = min(seq, limit)
+    ids = torch.randint(3, vocab - 1, (batch, seq), generator=gen)
+    out = {"input_ids": ids}
+    if getattr(config, "is_encoder_decoder", False):
+        out["decoder_input_ids"] = torch.randint(3, vocab - 1, (batch, seq), generator=gen)
+    return out
+
+
+def count_params(build: Callable[[], nn.Module]) -> int | None:
+    """Parameters of the model ``build`` makes, counted on the meta device (no memory); None
+    when it cannot be built there.
+
+    Example::
+
+        >>> count_params(lambda: nn.Linear(3, 2))
+        8
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build()
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - only an estimate: None means "unknown"
+        return None
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a model argument was meant as a file (so "no such file" beats "unknown family").
+
+    Example::
+
+        >>> looks_like_path("cfg/config.json"), looks_like_path("bret")
+        (True, False)
+    """
+    return os.sep in spec or spec.endswith(".json") or spec.startswith(".")
+
+
+def model_source(
+    spec: str,
+    depth: int | None = None,
+    hidden: int | None = None,
+    max_params: int | None = None,
+) -> ModelSource:
+    """Resolve a family name, a config JSON file or a ``save_pretrained`` directory into a
+    :class:`ModelSource` (random weights: only a config is ever read).
+
+    Args:
+        spec: a family of :data:`FAMILIES`, a config file or a directory.
+        depth: blocks per stack (family default 12; for a config, overrides its depth).
+        hidden: width (family default 64; for a config, overrides its width).
+        max_params: refuse a model larger than this (None: any size).
+
+    Raises:
+        FileNotFoundError: ``spec`` looks like a path that does not exist.
+        ValueError: an unknown family (with the closest name), an unreadable config, or a model
+            over ``max_params``.
+
+    Example::
+
+        >>> model_source("bert", depth=2, hidden=32).description
+        'bert (family), 2 blocks per stack, hidden 32'
+    """
+    from initwatch.errors import suggest
+
+    if os.path.exists(spec):
+        config = load_config(spec)
+        resize_config(config, depth, hidden)
+
+        def build_it() -> nn.Module:
+            return from_config(config)
+
+        desc = f"{spec} ({config.model_type} config; random weights)"
+        inputs: Callable[[Any, int, int, Any], dict[str, Any]] = random_inputs
+    elif spec in FAMILIES:
+        layers = depth or 12
+        width = hidden or 64
+        heads = 4 if width % 4 == 0 else 1
+
+        def build_it() -> nn.Module:
+            return build(spec, layers=layers, hidden=width, heads=heads, vocab=256)
+
+        def inputs(model: Any, batch: int, seq: int, gen: Any) -> dict[str, Any]:
+            if spec.startswith("torch_"):
+                return example_inputs(spec, model, batch=batch, seq=seq)
+            return random_inputs(model, batch, seq, gen)
+
+        desc = f"{spec} (family), {layers} blocks per stack, hidden {width}"
+    elif looks_like_path(spec):
+        raise FileNotFoundError(2, "No such file or directory", spec)
+    else:
+        raise ValueError(
+            f"unknown model {spec!r}{suggest(spec, FAMILIES)}: expected a Hugging Face config "
+            f"(JSON file or save_pretrained directory) or a family name ({', '.join(FAMILIES)})"
+        )
+    n = count_params(build_it) if max_params is not None else None
+    if n is not None and max_params is not None and n > max_params:
+        raise ValueError(
+            f"{spec}: {n / 1e6:,.0f}M parameters is too large to check on the CPU "
+            f"(max_params {max_params:,}); shrink it, e.g. a width of 256 (--hidden 256): "
+            "depth matters more than width here"
+        )
+    return ModelSource(build=build_it, inputs=inputs, description=desc)

@@ -142,3 +142,83 @@ def test_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("initwatch: error: no such file or directory")
     assert proc.stdout == ""
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_import_no_torch(flag: str) -> None:
+    proc = _python(
+        "import sys\n"
+        "from initwatch.cli import main\n"
+        f"code = main([{flag!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'numpy', 'transformers', 'lightning', 'tensorboard'))\n"
+        "print('HEAVY', code, heavy)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY 0 []" in proc.stdout, proc.stdout
+    assert (
+        ("usage: initwatch" in proc.stdout) if flag == "--help" else ("initwatch 0." in proc.stdout)
+    )
+
+
+def test_command_modules_do_not_import_the_cli() -> None:
+    """No cycle: the commands share :mod:`initwatch.commands.args`, never ``initwatch.cli``."""
+    proc = _python(
+        "import sys\n"
+        "from initwatch.commands import COMMANDS, load\n"
+        "mods = [load(n) for n in COMMANDS]\n"
+        "print('CLI', 'initwatch.cli' in sys.modules, 'torch' in sys.modules)\n"
+        "print('API', [all(hasattr(m, a) for a in ('NAME', 'HELP', 'EXAMPLES', 'add_arguments',"
+        " 'run')) for m in mods])\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "CLI False False" in proc.stdout and "API [True, True, True]" in proc.stdout
+
+
+def test_version_matches_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    import initwatch
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"initwatch {initwatch.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "needle"),
+    [
+        (["chek", "bert"], None, "did you mean 'check'?"),
+        (["check", "bret"], "check", "unknown model 'bret' (did you mean 'bert'?)"),
+        (["check", "gtp2"], "check", "(did you mean 'gpt2'?)"),
+        (["check", "bert", "--schemes", "reezro"], "check", "(did you mean 'rezero'?)"),
+        (["demo", "--schemes", "vanilla,deepnte"], "demo", "(did you mean 'deepnet'?)"),
+        (["demo", "--schemes", "tfixpu"], "demo", "(did you mean 't-fixup'?)"),
+    ],
+)
+def test_typos_get_a_suggestion(
+    argv: list[str], command: str | None, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, command, needle)
+
+
+def test_no_suggestion_for_a_name_far_from_every_valid_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(["check", "zzzzzz"], capsys)
+    assert_one_line_error(code, err, "check", "unknown model 'zzzzzz'")
+    assert "did you mean" not in err
+
+
+def test_depth_is_the_flag_everywhere_and_layers_its_alias() -> None:
+    from initwatch.cli import build_parser
+
+    parser = build_parser()
+    for command in ("demo", "check"):
+        extra = ["bert"] if command == "check" else []
+        assert parser.parse_args([command, *extra, "--depth", "6"]).depth == 6
+        assert parser.parse_args([command, *extra, "--layers", "5"]).depth == 5

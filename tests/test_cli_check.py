@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from initwatch.cli import main
-from initwatch.commands.check import OWN, CheckSettings, Variant, recommend
+from initwatch.preflight import OWN, CheckSettings, Variant, recommend
 
 FAST = ["--passes", "1", "--batch", "4", "--seq", "8"]
 
@@ -45,8 +45,13 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
     # The three side-by-side tables, one column per init, one row per block.
     for title in ("activation RMS per block", "backward-signal RMS per block", "gradient norm"):
         assert title in out
+    # one column per registered scheme that applies (the others are skipped with the reason)
+    from initwatch.schemes.registry import SCHEMES
+
     header = next(line for line in out.splitlines() if line.startswith("block "))
-    assert header.split() == ["block", "own", "init", "deepnet", "t-fixup", "rezero"]
+    tried = [s for s in SCHEMES if f"{s}: skipped" not in out]
+    assert {"deepnet", "t-fixup", "rezero"} <= set(tried)
+    assert header.split() == ["block", "own", "init", *tried]
     assert re.search(r"^encoder\.23 +\S+ -> \S+", out, re.M)
     # The own init's collapse is flagged with a remedy that names a scheme...
     flagged = out.split("What would alert:")[1]
@@ -54,7 +59,7 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
     assert 'scheme="deepnet"' in flagged
     # ... and a scheme is recommended, with the reason.
     rec = re.search(r"^Recommendation: (\S+)", out, re.M)
-    assert rec and rec.group(1) in ("deepnet", "t-fixup", "rezero"), out
+    assert rec and rec.group(1) in SCHEMES, out
     assert "the own init raised vanishing_gradient" in out
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -63,7 +68,8 @@ def test_pre_ln_family_skips_deepnet_with_the_reason(capsys: pytest.CaptureFixtu
     out = check(["gpt2", "--layers", "3", "--hidden", "32", "--steps", "4"], capsys)
     assert "deepnet: skipped: DeepNet does not apply" in out and "Pre-LN" in out
     header = next(line for line in out.splitlines() if line.startswith("block "))
-    assert header.split() == ["block", "own", "init", "t-fixup", "rezero"]
+    assert header.split()[:5] == ["block", "own", "init", "t-fixup", "rezero"]
+    assert "deepnet" not in header.split()
     assert "decoder.2" in out
     assert "Recommendation:" in out
 
@@ -133,3 +139,91 @@ def test_recommendation_rules() -> None:
     everyone = [bad_own, Variant("deepnet", losses=[3.0, float("nan")], alerts=[alert])]
     choice, reason = recommend(everyone, settings)
     assert choice == OWN and "every init alerted" in reason and "use deepnet" in reason
+
+
+def test_header_comes_before_the_measurement_and_the_recommendation_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The header is on stdout before anything is measured; the recommendation leads the
+    result (streaming order, not timing)."""
+    import io
+
+    from initwatch import preflight
+    from initwatch.cli import build_parser
+    from initwatch.commands import check as command
+
+    out = io.StringIO()
+    seen: list[str] = []
+    real = preflight.measure
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(out.getvalue())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preflight, "measure", spy)
+    argv = ["check", "gpt2", "--depth", "2", "--hidden", "16", "--fast", "--schemes", "rezero"]
+    assert command.run(build_parser().parse_args([*argv, "--no-progress"]), out=out) == 0
+    assert len(seen) == 2  # own init, rezero
+    first = seen[0].splitlines()
+    assert first[0].startswith("initwatch check gpt2: own init and rezero")
+    assert "model: gpt2 (family), 2 blocks per stack, hidden 16" in seen[0]
+    result = out.getvalue()[len(seen[0]) :].lstrip("\n").splitlines()
+    assert result[0].startswith("Recommendation: ")
+    assert result[1].startswith("  why: ")
+
+
+def test_progress_lines_on_stderr_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["check", "gpt2", "--depth", "2", "--hidden", "16", "--fast", "--schemes", "rezero"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip().startswith("measured ")]
+    assert [ln.split("(")[0].split("measured ")[1].strip() for ln in lines] == [
+        "own init",
+        "rezero",
+    ]
+    assert "measured" not in out  # stdout stays the result only
+
+
+def test_new_registry_schemes_are_tried_without_an_edit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from initwatch import preflight
+    from initwatch.commands import demo
+    from initwatch.commands.args import scheme_list
+    from initwatch.schemes import registry
+
+    twin = dataclasses.replace(registry.SCHEMES["rezero"], name="rezero-twin", aliases=())
+    monkeypatch.setitem(registry.SCHEMES, "rezero-twin", twin)
+    assert preflight.default_schemes()[-1] == "rezero-twin"
+    assert demo.variants(depth=2, width=16)[-1] == "rezero-twin"
+    assert scheme_list("rezero-twin", "check") == ("rezero-twin",)
+    result = preflight.run_check(
+        CheckSettings("torch_encoder_pre", depth=2, hidden=16, steps=2, passes=1, batch=2, seq=4)
+    )
+    assert [v.name for v in result.variants][-1] == "rezero-twin"
+    assert result.variants[-1].measured
+
+
+def test_the_recommendation_weighs_noise_and_gradient_balance() -> None:
+    """Two clean schemes whose losses are within noise: the one with the more even gradient
+    across depth wins, although its last loss is a little higher."""
+    from initwatch.preflight import rank
+
+    blocks = ["encoder.0", "encoder.1", "encoder.2", "encoder.3"]
+    even = {"grad_norm": dict(zip(blocks, [0.9, 1.0, 1.0, 1.0], strict=True))}
+    skewed = {"grad_norm": dict(zip(blocks, [0.01, 0.5, 1.0, 1.0], strict=True))}
+    noisy = [3.0, 3.1, 1.3, 1.0, 1.2, 0.9, 1.25, 0.95]  # end 1.075 ± 0.06
+    a = Variant("a", blocks, after=skewed, losses=[*noisy[:-1], 0.90], batches=2)
+    b = Variant("b", blocks, after=even, losses=noisy, batches=2)
+    assert a.end_loss()[0] < b.end_loss()[0]
+    assert [v.name for v in rank([a, b])] == ["b", "a"]
+    # a loss lower by far more than the noise wins whatever the balance
+    c = Variant(
+        "c", blocks, after=skewed, losses=[3.0, 3.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], batches=2
+    )
+    assert [v.name for v in rank([b, c])] == ["c", "b"]
+    # a loss that did not fall beyond its noise is not clean
+    flat = Variant("flat", blocks, after=even, losses=[3.0, 1.0, 3.0, 1.0], batches=2)
+    assert not flat.fell and rank([flat]) == []

@@ -12,10 +12,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import initwatch
-from initwatch.alerts import Alert
 from initwatch.cli import main
 from initwatch.commands.report import depth_key, load, parse_alerts, verdict
-from initwatch.sinks.tensorboard import alert_markdown
 
 
 def dead_relu_model() -> nn.Module:
@@ -104,15 +102,13 @@ def test_healthy_run_verdict(tmp_path: Path) -> None:
     assert v.healthy and v.reason.startswith("no alerts") and "loss" in v.reason
 
 
-def test_alert_text_round_trip_and_still_updates() -> None:
-    new = Alert(10, "vanishing_gradient", "encoder.0", 1e-5, 1e-2, "warning", "grad tiny", "use X")
-    still = Alert(20, "vanishing_gradient", "encoder.0", 1e-6, 1e-2, "warning", "m", "r", 10, 1)
-    parsed = parse_alerts(alert_markdown([new, still]))
+def test_markdown_parser_of_older_runs_round_trip_and_still_updates() -> None:
+    parsed = parse_alerts(OLD_MARKDOWN)
     assert [(a.step, a.layer, a.is_update) for a in parsed] == [
         (10, "encoder.0", False),
         (20, "encoder.0", True),
     ]
-    assert parsed[0].remedy == "use X" and parsed[0].message == "grad tiny"
+    assert parsed[0].remedy == "use DeepNet" and parsed[0].message == "grad tiny"
 
 
 def test_depth_order() -> None:
@@ -134,3 +130,75 @@ def test_copied_run_directory_is_found_recursively(
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "run a/b:" in out and "run c/b:" in out
+
+
+def test_report_reads_the_alert_data_not_the_markdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wording change of the Markdown cannot break the report: it reads the plain data."""
+    from initwatch.sinks import tensorboard
+
+    monkeypatch.setattr(tensorboard, "alert_markdown", lambda alerts: "reworded entirely")
+    watch = write_run(tmp_path / "run", steps=6, close=True)
+    dead = next(a for a in watch.alerts if a.kind == "dead_units")
+    (run,) = load(str(tmp_path))
+    assert [(a.step, a.kind, a.layer, a.repeat) for a in run.alerts] == [
+        (a.step, a.kind, a.layer, a.repeat) for a in watch.alerts
+    ]
+    assert run.alerts[0].remedy == dead.remedy and run.alerts[0].value == dead.value
+    assert main(["report", str(tmp_path)]) == 0
+    assert "dead_units at 1" in capsys.readouterr().out
+
+
+# The alert Markdown initwatch wrote before it wrote alerts as data (a run of an older version).
+OLD_MARKDOWN = (
+    "**warning · vanishing_gradient** at `encoder.0` (step 10, value 1e-05, threshold 0.01): "
+    "grad tiny\n\n→ use DeepNet\n\n---\n\n"
+    "**warning · vanishing_gradient** at `encoder.0` (step 20, value 1e-06, threshold 0.01, "
+    "still since step 10): still tiny\n\n→ use DeepNet"
+)
+
+
+def test_runs_of_older_versions_are_read_from_their_markdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with SummaryWriter(str(tmp_path / "old")) as writer:
+        for step in (10, 20):
+            writer.add_scalar("initwatch/grad_norm/encoder.0", 1e-5, step)
+            writer.add_scalar("initwatch/grad_norm/encoder.1", 1.0, step)
+        writer.add_text("initwatch/alerts", OLD_MARKDOWN, 20)
+    (run,) = load(str(tmp_path))
+    assert [(a.step, a.layer, a.is_update, a.first_step) for a in run.alerts] == [
+        (10, "encoder.0", False, 10),
+        (20, "encoder.0", True, 10),
+    ]
+    assert run.alerts[0].value == 1e-05 and run.alerts[0].remedy == "use DeepNet"
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vanishing_gradient" in out and "verdict: UNHEALTHY" in out
+
+
+def test_unhealthy_runs_and_the_summary_come_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "a-healthy" sorts first on disk; the report leads with the summary, then "b-sick"."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with SummaryWriter(str(tmp_path / "a-healthy")) as writer:
+        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
+        for step in range(4):
+            with watch.step(step, opt) as scope:
+                scope.loss = model(torch.randn(16, 8)).pow(2).mean()
+                scope.loss.backward()
+                opt.step()
+            opt.zero_grad()
+        watch.close()
+    write_run(tmp_path / "b-sick", steps=6, close=True)
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "1 of 2 runs UNHEALTHY: b-sick"
+    table_rows = [ln.split()[0] for ln in lines[2:6] if ln and not ln.startswith(("run ", "-"))]
+    assert table_rows == ["b-sick", "a-healthy"]
+    runs = [ln.split(":")[0] for ln in lines if re.match(r"run \S+:", ln)]
+    assert runs == ["run b-sick", "run a-healthy"]

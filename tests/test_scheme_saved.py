@@ -14,7 +14,8 @@ import transformers as tf
 
 import initwatch
 from initwatch import zoo
-from initwatch.schemes.saved import PatchOnImport, SchemeNotRestoredWarning
+from initwatch.loadhook import PatchOnImport
+from initwatch.schemes.saved import SchemeNotRestoredWarning
 
 CASES = [("deepnet", "bert"), ("t-fixup", "gpt2"), ("rezero", "gpt2"), ("deepnet", "bart")]
 

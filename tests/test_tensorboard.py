@@ -394,3 +394,36 @@ def test_text_tab_puts_the_original_alert_first_and_updates_in_one_line_each(tmp
     assert "**Verdict: UNHEALTHY: 1 alert (vanishing_gradient at encoder.3 since step 8)**" in body
     assert "1. **vanishing_gradient** at `encoder.3`, step 8: ratio 5.3e-04" in body
     assert '2 "still" updates, the last at step 28: ratio 3.0e-04' in body
+
+
+def test_each_alert_is_also_written_as_plain_data(tmp_path):
+    """Next to the Markdown, every alert's fields (``Alert.to_dict()``) as one JSON object."""
+    import json
+
+    from initwatch.alerts import Alert
+    from initwatch.sinks.tensorboard import ALERT_DATA_PLUGIN, ALERT_DATA_TAG
+
+    model = encoder()
+    with torch.no_grad():
+        model.layers[0].linear2.weight[0, 0] = float("nan")
+    writer = SummaryWriter(str(tmp_path))
+    watch = Watch(model, writer=writer, every=1, on_alert="ignore")
+    run(model, watch, 3)
+    watch.close()
+    writer.close()
+    ea = load(tmp_path)
+    events = ea.Tensors(ALERT_DATA_TAG)
+    assert ea.SummaryMetadata(ALERT_DATA_TAG).plugin_data.plugin_name == ALERT_DATA_PLUGIN
+    records = [(e.step, json.loads(raw)) for e in events for raw in e.tensor_proto.string_val]
+    assert len(records) == len(watch.alerts) >= 1
+    for (step, record), alert in zip(records, watch.alerts, strict=True):
+        assert step == alert.step
+        assert set(record) == set(alert.to_dict())
+        back = Alert.from_dict(record)
+        assert (back.kind, back.layer, back.step, back.repeat) == (
+            alert.kind,
+            alert.layer,
+            alert.step,
+            alert.repeat,
+        )
+        assert back.message == alert.message and back.remedy == alert.remedy

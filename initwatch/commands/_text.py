@@ -1,4 +1,6 @@
-"""Plain-text helpers shared by the subcommands: number formats, wrapping, a progress bar."""
+"""Plain-text helpers shared by the subcommands: number formats, tables, wrapping, a progress bar.
+
+Nothing here imports torch at import time (``initwatch --help`` stays fast)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from initwatch.anatomy.render import table
-
 __all__ = ["Progress", "fmt", "table", "threads", "wrap"]
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table (:func:`initwatch.anatomy.render.table`).
+
+    Example::
+
+        >>> print(table(["a", "b"], [["1", "22"]]))
+        a  b
+        -  --
+        1  22
+    """
+    from initwatch.anatomy.render import table as render_table
+
+    return render_table(head, rows)
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -154,43 +169,6 @@ class Progress:
             self.stream.write("\r" + " " * self._drawn + "\r")
             self.stream.flush()
             self._drawn = 0
-
-
-def parse_scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str, ...]:
-    """Canonical scheme names from a comma-separated ``--schemes`` value, without repeats.
-
-    Args:
-        text: e.g. ``"deepnet, T-Fixup"``.
-        command: the command whose usage hint an error shows.
-        vanilla: accept ``vanilla`` (also ``none`` / ``default``) for the model's own init.
-
-    Raises:
-        UsageError: an unknown name (the message lists the valid ones).
-
-    Example::
-
-        >>> parse_scheme_list("vanilla, T-Fixup, t_fixup", "demo", vanilla=True)
-        ('vanilla', 't-fixup')
-    """
-    from initwatch.cli import UsageError
-    from initwatch.schemes import SCHEMES, scheme_name
-
-    valid = ", ".join((("vanilla",) if vanilla else ()) + tuple(SCHEMES))
-    out: list[str] = []
-    for name in (s.strip() for s in text.split(",") if s.strip()):
-        if vanilla and name.lower() in ("vanilla", "none", "default"):
-            key = "vanilla"
-        else:
-            try:
-                key = scheme_name(name)
-            except ValueError:
-                extra = "" if vanilla else " or 'none'"
-                raise UsageError(
-                    f"--schemes: unknown scheme {name!r}; choose from {valid}{extra}", command
-                ) from None
-        if key not in out:
-            out.append(key)
-    return tuple(out)
 
 
 def alert_lines(run: str, alerts: Sequence[Any]) -> list[str]:

@@ -1,6 +1,7 @@
-"""``initwatch demo``: one deep Post-LN transformer trained four times with Lightning, each run
+"""``initwatch demo``: one deep Post-LN transformer trained with Lightning once per init, each run
 under :class:`~initwatch.integrations.lightning.InitWatch`: PyTorch's default ("vanilla") init,
-then DeepNet, T-Fixup and ReZero. Built-in synthetic data (:mod:`initwatch.demo_task`).
+then every registered scheme that applies (DeepNet, T-Fixup, ReZero, ...). Built-in synthetic
+data (:mod:`initwatch.demo_task`).
 
 Example::
 
@@ -21,19 +22,47 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import Progress, alert_lines, parse_scheme_list, table, threads
-from initwatch.demo_task import TaskConfig
+from initwatch.commands._text import Progress, alert_lines, table, threads
+from initwatch.commands.args import UsageError, positive, positive_float, scheme_list
 
+if TYPE_CHECKING:
+    from initwatch.demo_task import TaskConfig
+
+NAME = "demo"
 HELP = (
-    "Train a deep Post-LN transformer four times: PyTorch's default init (vanilla), DeepNet, "
-    "T-Fixup and ReZero, each watched by InitWatch; print final loss, steps to a target loss "
-    "and the alerts with their remedies."
+    "Train a deep Post-LN transformer with PyTorch's default init (vanilla) and under each "
+    "scheme (DeepNet, T-Fixup, ReZero, ...), each run watched by InitWatch; print final loss, "
+    "steps to a target loss and the alerts with their remedies."
 )
-VARIANTS = ("vanilla", "deepnet", "t-fixup", "rezero")
 DEFAULT_LOGDIR = os.path.join("runs", "initwatch-demo")
+EXAMPLES = """\
+examples:
+  initwatch demo                                  # vanilla + every scheme: ~1 min on a CPU
+  initwatch demo --schemes vanilla,deepnet --steps 150
+  initwatch demo --fast                           # 100 steps per run
+  tensorboard --logdir runs/initwatch-demo        # then open the "initwatch" dashboard
+"""
+
+
+def variants(depth: int = 24, width: int = 64) -> tuple[str, ...]:
+    """The default runs: ``"vanilla"`` (PyTorch's own init), then every scheme of the registry
+    (:mod:`initwatch.schemes.registry`) that applies to the demo model, in registry order.
+
+    Example::
+
+        >>> variants()[:4]
+        ('vanilla', 'deepnet', 't-fixup', 'rezero')
+    """
+    from initwatch.anatomy import inspect
+    from initwatch.demo_task import TaskConfig, build_model
+    from initwatch.schemes.registry import SCHEMES
+
+    cfg = TaskConfig(depth=depth, width=width, heads=4, ffn=2 * width)
+    anatomy = inspect(build_model(cfg, seed=0))
+    return ("vanilla", *(n for n, s in SCHEMES.items() if s.applies(anatomy) is None))
 
 
 @dataclass
@@ -60,7 +89,7 @@ class DemoSettings:
 
     steps: int = 300
     depth: int = 24
-    schemes: tuple[str, ...] = VARIANTS
+    schemes: tuple[str, ...] = field(default_factory=variants)
     logdir: str = DEFAULT_LOGDIR
     seed: int = 0
     lr: float = 1e-3
@@ -71,6 +100,8 @@ class DemoSettings:
 
     def task_config(self) -> TaskConfig:
         """The model and task size (:class:`~initwatch.demo_task.TaskConfig`)."""
+        from initwatch.demo_task import TaskConfig
+
         return TaskConfig(depth=self.depth, width=self.width, heads=4, ffn=2 * self.width)
 
     @property
@@ -155,13 +186,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         10
     """
     parser.add_argument(
-        "--steps", type=_positive, default=None, help="optimizer steps per run (default 300)"
+        "--steps", type=positive, default=None, help="optimizer steps per run (default 300)"
     )
-    parser.add_argument("--depth", type=_positive, default=None, help="Post-LN blocks (default 24)")
+    parser.add_argument(
+        "--depth",
+        "--layers",
+        dest="depth",
+        metavar="N",
+        type=positive,
+        default=None,
+        help="Post-LN blocks (default 24)",
+    )
     parser.add_argument(
         "--schemes",
-        default=",".join(VARIANTS),
-        help=f"comma-separated runs, in order (default {','.join(VARIANTS)})",
+        default=None,
+        help="comma-separated runs, in order ('vanilla' = PyTorch's own init; default: vanilla "
+        "and every registered scheme that applies to the demo model)",
     )
     parser.add_argument(
         "--logdir",
@@ -171,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="weights and data seed (default 0)")
     parser.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=1e-3,
         help="Adam learning rate, fixed, no warmup (default 1e-3)",
     )
@@ -183,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_positive,
+        type=positive,
         default=1,
         help="torch threads (default 1: the demo's matrices are too small to gain from more)",
     )
@@ -199,26 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def parse_schemes(text: str) -> tuple[str, ...]:
     """``"vanilla,deepnet"`` -> ``("vanilla", "deepnet")``, with aliases resolved.
 
@@ -230,11 +250,9 @@ def parse_schemes(text: str) -> tuple[str, ...]:
         >>> parse_schemes("vanilla, T-Fixup")
         ('vanilla', 't-fixup')
     """
-    from initwatch.cli import UsageError
-
     if not any(s.strip() for s in text.split(",")):
-        raise UsageError(f"--schemes {text!r}: expected e.g. {','.join(VARIANTS)}", "demo")
-    return parse_scheme_list(text, "demo", vanilla=True)
+        raise UsageError(f"--schemes {text!r}: expected e.g. vanilla,deepnet", NAME)
+    return scheme_list(text, NAME, vanilla=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -252,8 +270,11 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         base["steps"] = args.steps
     if args.depth is not None:
         base["depth"] = args.depth
+    if args.schemes is not None:
+        base["schemes"] = parse_schemes(args.schemes)
+    else:
+        base["schemes"] = variants(depth=base.get("depth", 24))
     return DemoSettings(
-        schemes=parse_schemes(args.schemes),
         logdir=args.logdir,
         seed=args.seed,
         lr=args.lr,

@@ -19,56 +19,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from initwatch.alerts import Alert
 from initwatch.commands._text import fmt, table, wrap
+from initwatch.commands.args import UsageError
 
+NAME = "report"
 HELP = (
     "Read the TensorBoard event files initwatch wrote under LOGDIR (a finished run or one still "
     "being written) and print the alerts, the worst layers and a short verdict."
 )
+EXAMPLES = """\
+examples:
+  initwatch report runs/initwatch-demo            # every initwatch run under a directory
+  initwatch report lightning_logs/version_3 --plot heatmap.png
+"""
 PREFIX = "initwatch/"
 HEATMAP_STATS = ("grad_norm", "act_rms", "out_grad_rms", "update_ratio")
 _EVENTS = "events.out.tfevents."
 _BLOCK = re.compile(r"^(encoder|decoder)\.(\d+)$")
+# The alert Markdown as initwatch wrote it before each alert was also written as plain data
+# (``initwatch/alert_data``): kept only to read runs of those versions.
 _ALERT = re.compile(
     r"\*\*(?P<severity>\w+) · (?P<kind>\w+)\*\* at `(?P<layer>[^`]*)` "
     r"\(step (?P<step>\d+), value (?P<value>[^,]+), threshold (?P<threshold>[^,)]+)"
     r"(?:, still since step (?P<first>\d+))?\): (?P<message>.*?)\n\n→ (?P<remedy>.*)",
     re.S,
 )
-# The current layout (initwatch.alert_text.markdown): a labelled value after the headline, the
-# evidence, the remedy's alternatives as a list; a "still" update is its headline alone.
+# The layout of initwatch.alert_text.markdown before alert_data (a labelled value after the
+# headline, the evidence, the remedy's alternatives as a list; a "still" update is its headline).
 _ALERT_V2 = re.compile(
     r"\*\*(?P<severity>\w+) · (?P<kind>\w+)\*\* at `(?P<layer>[^`]*)` "
     r"\(step (?P<step>\d+)(?:, still since step (?P<first>\d+))?\): (?P<value>[^\n]*)"
     r"(?:\n\n(?P<message>.*?))?(?:\n\n\*\*What to do:\*\*\n\n(?P<remedy>.*))?\Z",
     re.S,
 )
-
-
-@dataclass
-class LoggedAlert:
-    """An alert as read back from the ``initwatch/alerts`` text of an event file.
-
-    Example::
-
-        >>> LoggedAlert(3, "nonfinite", "encoder.1", "error", "NaN", "lower lr").is_update
-        False
-    """
-
-    step: int
-    kind: str
-    layer: str
-    severity: str
-    message: str
-    remedy: str
-    value: str = ""
-    threshold: str = ""
-    first_step: int | None = None
-
-    @property
-    def is_update(self) -> bool:
-        """True for a "still" update of an earlier alert."""
-        return self.first_step is not None and self.first_step != self.step
 
 
 @dataclass
@@ -79,7 +63,9 @@ class Run:
         name: the run's path relative to LOGDIR (``"."`` for LOGDIR itself).
         path: the run directory.
         scalars: ``{tag: [(step, value), ...]}`` of every scalar in the run.
-        alerts: the alerts read from the text events, oldest first.
+        alerts: the alerts, oldest first: read from the plain-data records
+            (``initwatch/alert_data``), or parsed from the Markdown text for runs written by
+            initwatch versions before those records.
         finished: True when the run wrote its ``initwatch/summary`` (it was closed).
         images: the heatmap image tags.
 
@@ -92,9 +78,10 @@ class Run:
     name: str
     path: str
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    alerts: list[LoggedAlert] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     finished: bool = False
     images: list[str] = field(default_factory=list)
+    unreadable: int = 0
 
     @property
     def steps(self) -> list[int]:
@@ -123,7 +110,7 @@ class Run:
         return out
 
     @property
-    def new_alerts(self) -> list[LoggedAlert]:
+    def new_alerts(self) -> list[Alert]:
         """Alerts without their "still" updates."""
         return [a for a in self.alerts if not a.is_update]
 
@@ -180,15 +167,17 @@ def find_runs(logdir: str) -> list[str]:
     return runs
 
 
-def parse_alerts(markdown: str) -> list[LoggedAlert]:
-    """Alerts from the Markdown that :func:`initwatch.sinks.tensorboard.alert_markdown` wrote.
+def parse_alerts(markdown: str) -> list[Alert]:
+    """Alerts from the Markdown text of runs written before initwatch wrote each alert as plain
+    data (``initwatch/alert_data``); newer runs are read from that data, not from this text.
+
+    The pattern is the Markdown those versions wrote; unparsable paragraphs are skipped.
 
     Example::
 
-        >>> from initwatch.alerts import Alert
-        >>> from initwatch.sinks.tensorboard import alert_markdown
-        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
-        >>> [(x.step, x.kind, x.layer, x.remedy) for x in parse_alerts(alert_markdown([a]))]
+        >>> text = ("**error · nonfinite** at `encoder.1` (step 3, value nan, threshold 0): NaN"
+        ...         "\\n\\n→ lower lr")
+        >>> [(a.step, a.kind, a.layer, a.remedy) for a in parse_alerts(text)]
         [(3, 'nonfinite', 'encoder.1', 'lower lr')]
     """
     out = []
@@ -202,20 +191,58 @@ def parse_alerts(markdown: str) -> list[LoggedAlert]:
             items = [ln[2:] for ln in (m["remedy"] or "").splitlines() if ln.startswith("- ")]
             remedy = "; or ".join(items)
         first = int(m["first"]) if m["first"] else None
-        out.append(
-            LoggedAlert(
-                step=int(m["step"]),
-                kind=m["kind"],
-                layer=m["layer"],
-                severity=m["severity"],
-                message=(m["message"] or "").strip(),
-                remedy=remedy,
-                value=m["value"],
-                threshold=threshold,
-                first_step=first,
+        try:
+            out.append(
+                Alert(
+                    step=int(m["step"]),
+                    kind=m["kind"],
+                    layer=m["layer"],
+                    value=_number(m["value"]),
+                    threshold=_number(threshold),
+                    severity=m["severity"],
+                    message=(m["message"] or "").strip(),
+                    remedy=remedy,
+                    first_step=first,
+                    repeat=int(first is not None and first != int(m["step"])),
+                )
             )
-        )
+        except ValueError:  # a kind or severity this version does not know
+            continue
     return out
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def read_records(records: Sequence[bytes | str]) -> tuple[list[Alert], int]:
+    """Alerts from their plain-data records (one JSON object each, as
+    :func:`initwatch.sinks.tensorboard.alert_records` writes them), and how many records could
+    not be read (e.g. a kind added by a newer initwatch).
+
+    Example::
+
+        >>> from initwatch.sinks.tensorboard import alert_records
+        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
+        >>> alerts, bad = read_records(alert_records([a]) + ['{"kind": "new_kind"}'])
+        >>> [(x.step, x.kind, x.remedy) for x in alerts], bad
+        ([(3, 'nonfinite', 'lower lr')], 1)
+    """
+    import dataclasses
+    import json
+
+    known = {f.name for f in dataclasses.fields(Alert)}
+    out, bad = [], 0
+    for raw in records:
+        try:
+            data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+            out.append(Alert.from_dict({k: v for k, v in data.items() if k in known}))
+        except (ValueError, TypeError, AttributeError):
+            bad += 1
+    return out, bad
 
 
 def _text(event: Any) -> str:
@@ -248,12 +275,22 @@ def load_run(path: str, logdir: str) -> Run | None:
     run = Run(name=rel, path=path)
     for tag in scalar_tags:
         run.scalars[tag] = [(int(e.step), float(e.value)) for e in acc.Scalars(tag)]
-    for tag in text_tags:
-        if tag.startswith(f"{PREFIX}alerts"):
-            for event in sorted(acc.Tensors(tag), key=lambda e: e.step):
-                run.alerts += parse_alerts(_text(event))
-        elif tag.startswith(f"{PREFIX}summary"):
-            run.finished = True
+    data = f"{PREFIX}alert_data"
+    by_step: dict[int, list[Alert]] = {}
+    if data in text_tags:
+        for event in acc.Tensors(data):
+            alerts, bad = read_records(list(event.tensor_proto.string_val))
+            by_step.setdefault(int(event.step), []).extend(alerts)
+            run.unreadable += bad
+    legacy: dict[int, list[Alert]] = {}
+    for tag in (t for t in text_tags if t.startswith(f"{PREFIX}alerts")):
+        for event in acc.Tensors(tag):  # runs of older versions: parse the Markdown
+            if int(event.step) not in by_step:
+                legacy.setdefault(int(event.step), []).extend(parse_alerts(_text(event)))
+    for step, alerts in legacy.items():
+        by_step[step] = sorted(alerts, key=lambda a: a.repeat > 0)
+    run.alerts = [a for step in sorted(by_step) for a in by_step[step]]
+    run.finished = any(t.startswith(f"{PREFIX}summary") for t in text_tags)
     run.images = [t for t in tags.get("images", []) if t.startswith(PREFIX)]
     return run
 
@@ -271,8 +308,6 @@ def load(logdir: str) -> list[Run]:
         Traceback (most recent call last):
         FileNotFoundError: ...
     """
-    from initwatch.cli import UsageError
-
     paths = find_runs(logdir)
     if not paths:
         raise UsageError(f"no TensorBoard event files under {logdir}", "report")
@@ -370,7 +405,7 @@ def verdict(run: Run) -> Verdict:
     if len(loss) >= 2:
         trend = f"loss {fmt(loss[0][1])} -> {fmt(loss[-1][1])}"
     if new:
-        kinds: dict[str, LoggedAlert] = {}
+        kinds: dict[str, Alert] = {}
         for a in new:
             kinds.setdefault(a.kind, a)
         parts = [f"{k} since step {a.step} at {a.layer}" for k, a in kinds.items()]
@@ -451,6 +486,11 @@ def format_run(run: Run, top: int = 3) -> str:
             lines.append(wrap("remedy: " + a.remedy, indent="      "))
     else:
         lines.append("  alerts: none")
+    if run.unreadable:
+        lines.append(
+            f"  ({run.unreadable} alert record{'s' if run.unreadable > 1 else ''} could not be "
+            "read: written by a newer initwatch?)"
+        )
     worst = worst_layers(run, top)
     if worst:
         lines.append(f"  worst layers at step {steps[-1]}:")
@@ -464,20 +504,40 @@ def format_run(run: Run, top: int = 3) -> str:
     return "\n".join(lines)
 
 
+def order(runs: Sequence[Run]) -> list[tuple[Run, Verdict]]:
+    """The runs with their verdicts, unhealthy first (then in their order on disk).
+
+    Example::
+
+        >>> from initwatch.alerts import Alert
+        >>> bad = Run("b", "b", alerts=[Alert(1, "nonfinite", "x", 0.0, 0.0, "error", "m", "r")])
+        >>> [r.name for r, _ in order([Run("a", "a"), bad])]
+        ['b', 'a']
+    """
+    judged = [(r, verdict(r)) for r in runs]
+    return sorted(judged, key=lambda rv: rv[1].healthy)
+
+
 def format_report(runs: Sequence[Run], top: int = 3) -> str:
-    """The report of every run, then a one-line overview when there are several.
+    """The report: with several runs, a summary first (how many are unhealthy, and a table),
+    then each run, unhealthy runs first.
 
     Example::
 
         >>> print(format_report([Run("a", "a")]))
         run a: no initwatch steps yet (still being written)
     """
-    parts = [format_run(r, top) for r in runs]
+    ranked = order(runs)
+    parts = []
     if len(runs) > 1:
-        rows = [
-            [r.name, str(len(r.new_alerts)), verdict(r).label, fmt(grad_ratio(r))] for r in runs
-        ]
-        parts.append(table(["run", "alerts", "verdict", "low/top grad"], rows))
+        sick = [r.name for r, v in ranked if not v.healthy]
+        if sick:
+            head = f"{len(sick)} of {len(runs)} runs UNHEALTHY: {', '.join(sick)}"
+        else:
+            head = f"all {len(runs)} runs healthy"
+        rows = [[r.name, str(len(r.new_alerts)), v.label, fmt(grad_ratio(r))] for r, v in ranked]
+        parts.append(head + "\n\n" + table(["run", "alerts", "verdict", "low/top grad"], rows))
+    parts += [format_run(r, top) for r, _ in ranked]
     return "\n\n".join(parts)
 
 
@@ -493,8 +553,6 @@ def heatmap(runs: Sequence[Run], stat: str, path: str) -> str:
         >>> heatmap([r], "grad_norm", out) == out
         True
     """
-    from initwatch.cli import UsageError
-
     try:
         import matplotlib
 
@@ -547,8 +605,6 @@ def heatmap(runs: Sequence[Run], stat: str, path: str) -> str:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``initwatch report``: read, print, optionally plot."""
-    from initwatch.cli import UsageError
-
     out = out or sys.stdout
     if args.plot:
         folder = os.path.dirname(os.path.abspath(args.plot))

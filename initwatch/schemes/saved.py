@@ -5,16 +5,13 @@ every Hugging Face config in the model, so ``save_pretrained`` stores it in ``co
 A plain ``from_pretrained`` of such a directory builds the model without the scheme's structure
 (T-Fixup's norms come back, DeepNet's alpha and ReZero's gates are dropped): it computes a
 different function. Once initwatch is imported, ``from_pretrained`` warns about that and names
-the fix, ``initwatch.restore(fresh_model, path)``.
+the fix, ``initwatch.restore(fresh_model, path)`` (the import hook is
+:mod:`initwatch.loadhook`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.abc
-import importlib.util
-import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -24,7 +21,6 @@ from torch import nn
 
 CONFIG_KEY = "initwatch"
 _QUIET: ContextVar[bool] = ContextVar("initwatch_quiet_load", default=False)
-_TARGET = "transformers.modeling_utils"
 
 
 class SchemeNotRestoredWarning(UserWarning):
@@ -121,55 +117,3 @@ def check_loaded(model: Any) -> None:
         SchemeNotRestoredWarning,
         stacklevel=3,
     )
-
-
-def _patch(pretrained_model: type) -> None:
-    original = pretrained_model.__dict__.get("from_pretrained")
-    func = getattr(original, "__func__", None)
-    if func is None or getattr(func, "_initwatch_wrapped", False):
-        return
-
-    @functools.wraps(func)
-    def from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:
-        out = func(cls, *args, **kwargs)
-        check_loaded(out[0] if isinstance(out, tuple) else out)
-        return out
-
-    from_pretrained._initwatch_wrapped = True  # type: ignore[attr-defined]
-    pretrained_model.from_pretrained = classmethod(from_pretrained)  # type: ignore[attr-defined]
-
-
-class PatchOnImport(importlib.abc.MetaPathFinder):
-    """Wraps ``PreTrainedModel.from_pretrained`` once transformers loads its modeling code
-    (the module ``target``), so importing initwatch does not import transformers."""
-
-    def __init__(self, target: str = _TARGET) -> None:
-        self.target = target
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != self.target:
-            return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            run(module)
-            with contextlib.suppress(Exception):
-                _patch(module.PreTrainedModel)
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-def install() -> None:
-    """Make ``from_pretrained`` warn about models saved with a scheme (idempotent; called when
-    initwatch is imported)."""
-    module = sys.modules.get(_TARGET)
-    if module is not None and hasattr(module, "PreTrainedModel"):
-        _patch(module.PreTrainedModel)
-    elif not any(isinstance(f, PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, PatchOnImport())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import deque
@@ -36,6 +37,12 @@ DEFAULT_TAGS = {
 }
 PARAM_TAGS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio")
 HEATMAPS = ("grad_norm", "act_rms", "out_grad_rms")
+# Each alert is also written as plain data: one JSON object (``Alert.to_dict()``) per string of a
+# tensor event under this tag, with this plugin name (TensorBoard shows no dashboard for it;
+# ``initwatch report`` reads it, so the Markdown's wording can change freely).
+ALERT_DATA_TAG = f"{PREFIX}/alert_data"
+ALERT_DATA_PLUGIN = "initwatch_alerts"
+ALERT_DATA_VERSION = 1
 
 
 def alert_markdown(alerts: Sequence[Alert]) -> str:
@@ -59,12 +66,28 @@ def alert_markdown(alerts: Sequence[Alert]) -> str:
     return "\n\n---\n\n".join(markdown(a) for a in alerts)
 
 
+def alert_records(alerts: Sequence[Alert]) -> list[str]:
+    """Each alert as one line of JSON: the fields of :class:`~initwatch.alerts.Alert`
+    (``Alert.to_dict()``; a non-finite value is written as ``NaN`` / ``Infinity``, as Python's
+    ``json`` reads it).
+
+    Example::
+
+        >>> a = Alert(3, "nonfinite", "encoder.1", float("nan"), 0.0, "error", "NaN", "lower lr")
+        >>> record = json.loads(alert_records([a])[0])
+        >>> record["kind"], record["layer"], record["step"], Alert.from_dict(record).remedy
+        ('nonfinite', 'encoder.1', 3, 'lower lr')
+    """
+    return [json.dumps(a.to_dict(), sort_keys=True, default=str) for a in alerts]
+
+
 class TensorBoardSink(Sink):
     """Writes frames and alerts to a ``SummaryWriter``.
 
     Tags: ``initwatch/<stat>/<layer>`` per layer, ``initwatch/global/<stat>`` for run-wide
     values, ``initwatch/alerts/count`` (new alerts so far), text ``initwatch/alerts`` and
-    ``initwatch/summary``, images ``initwatch/heatmap/<stat>``. The default tag budget is about
+    ``initwatch/summary``, images ``initwatch/heatmap/<stat>``; each alert also as plain data
+    (one JSON object per alert, :func:`alert_records`) under ``initwatch/alert_data``. The default tag budget is about
     10 tags per block (see docs/dashboards.md): block outputs get RMS, abs-max and output-gradient
     RMS; sublayer outputs RMS; activation functions their zero / saturation fractions; parameter
     statistics are aggregated per block (or per module outside blocks). ``detail="all"`` also
@@ -355,6 +378,32 @@ class TensorBoardSink(Sink):
             self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(new), step)
         if updates:
             self.writer.add_text(f"{PREFIX}/alerts/updates", alert_markdown(updates), step)
+        if alerts:
+            self._alert_data(alerts, step)
+
+    def _alert_data(self, alerts: Sequence[Alert], step: int) -> None:
+        """The alerts as plain data (:data:`ALERT_DATA_TAG`), next to their Markdown."""
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if file_writer is None:  # a duck-typed writer: the Markdown only
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+        records = [r.encode("utf-8") for r in alert_records(alerts)]
+        meta = SummaryMetadata(
+            plugin_data=SummaryMetadata.PluginData(
+                plugin_name=ALERT_DATA_PLUGIN,
+                content=json.dumps({"version": ALERT_DATA_VERSION}).encode(),
+            )
+        )
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=records,
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(records))]),
+        )
+        value = Summary.Value(tag=ALERT_DATA_TAG, metadata=meta, tensor=tensor)
+        file_writer().add_summary(Summary(value=[value]), step)
 
     def close(self, last: Frame | None, alerts: Sequence[Alert]) -> None:
         """Final heatmaps and the ``initwatch/summary`` text; flushes (idempotent)."""

@@ -1,0 +1,117 @@
+"""What every subcommand shares: :class:`UsageError` and the argument types (positive numbers,
+names with "did you mean" suggestions, scheme lists read from the scheme registry).
+
+Nothing here imports torch, so building the parser (``initwatch --help``) stays fast.
+
+Example::
+
+    >>> from initwatch.commands.args import positive, suggest
+    >>> positive("3"), suggest("bret", ["bert", "gpt2", "t5"])
+    (3, " (did you mean 'bert'?)")
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from initwatch.errors import suggest
+
+__all__ = ["UsageError", "positive", "positive_float", "scheme_list", "suggest"]
+
+
+class UsageError(Exception):
+    """A bad command line or a bad input: printed as one line, exit code 2.
+
+    Args:
+        message: what was wrong and how to fix it.
+        command: the subcommand whose usage hint the error shows (None: the top level).
+
+    Example::
+
+        >>> str(UsageError("missing file 'x.json'"))
+        "missing file 'x.json'"
+    """
+
+    def __init__(self, message: str, command: str | None = None) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: a positive integer.
+
+    Example::
+
+        >>> positive("12")
+        12
+        >>> positive("0")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: expected a positive integer, got '0'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a positive, finite number.
+
+    Example::
+
+        >>> positive_float("3e-4")
+        0.0003
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str, ...]:
+    """Canonical scheme names from a comma-separated ``--schemes`` value, without repeats.
+
+    The valid names are those of the scheme registry (:mod:`initwatch.schemes.registry`), so a
+    newly registered scheme is accepted without a change here.
+
+    Args:
+        text: e.g. ``"deepnet, T-Fixup"``.
+        command: the command whose usage hint an error shows.
+        vanilla: accept ``vanilla`` (also ``none`` / ``default``) for the model's own init.
+
+    Raises:
+        UsageError: an unknown name (the message suggests the closest and lists the valid ones).
+
+    Example::
+
+        >>> scheme_list("vanilla, T-Fixup, t_fixup", "demo", vanilla=True)
+        ('vanilla', 't-fixup')
+    """
+    from initwatch.schemes.registry import ALIASES, SCHEMES, get
+
+    names = (("vanilla",) if vanilla else ()) + tuple(SCHEMES)
+    valid = ", ".join(names)
+    out: list[str] = []
+    for name in (s.strip() for s in text.split(",") if s.strip()):
+        if vanilla and name.lower() in ("vanilla", "none", "default"):
+            key = "vanilla"
+        else:
+            try:
+                key = get(name).name
+            except ValueError:
+                extra = "" if vanilla else " or 'none'"
+                hint = suggest(name, names, ALIASES)
+                raise UsageError(
+                    f"--schemes: unknown scheme {name!r}{hint}; choose from {valid}{extra}",
+                    command,
+                ) from None
+        if key not in out:
+            out.append(key)
+    return tuple(out)
