@@ -54,7 +54,7 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
-        (["demo", "--schemes", "vanilla,fixup"], ["unknown scheme 'fixup'", "deepnet"]),
+        (["demo", "--schemes", "vanilla,magic"], ["unknown scheme 'magic'", "deepnet"]),
         (["demo", "--schemes", ","], ["--schemes"]),
         (["demo", "--steps", "0"], ["--steps", "positive integer"]),
         (["demo", "--steps", "many"], ["--steps", "'many'"]),
