@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from initwatch import catalogue
 from initwatch.anatomy.model import Anatomy, Slot
 from initwatch.probes import Gate, first_tensor
 from initwatch.stats import Field, Reduce, StatBuffer
@@ -34,7 +35,7 @@ ATTENTION_FIELDS = (
     Field("entropy", Reduce.SUM),  # sum of each row's entropy / log(number of keys)
     Field("logit_absmax", Reduce.MAX),  # largest |q.k / sqrt(d)|
 )
-ATTENTION_STATS = ("attn_onehot_frac", "attn_pmax", "attn_entropy", "attn_logit_absmax")
+ATTENTION_STATS = catalogue.names("attention")
 
 
 def derive_attention(v: dict[str, float]) -> dict[str, float]:
@@ -46,15 +47,7 @@ def derive_attention(v: dict[str, float]) -> dict[str, float]:
         ...                   "logit_absmax": 9.0})["attn_onehot_frac"]
         0.25
     """
-    n = v["rows"]
-    if n <= 0:
-        return {}
-    return {
-        "attn_onehot_frac": v["onehot"] / n,
-        "attn_pmax": v["pmax"] / n,
-        "attn_entropy": v["entropy"] / n,
-        "attn_logit_absmax": v["logit_absmax"],
-    }
+    return catalogue.derive_one("attention", v)
 
 
 _MASKED = -1e30  # additive mask: finite, so p * log p is an exact 0 on masked keys

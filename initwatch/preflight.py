@@ -27,15 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from initwatch import catalogue
 from initwatch.alerts import Alert
 
 OWN = "own init"
 OPTIMIZERS = ("adam", "adamw", "sgd")
-STATS = (
-    ("act_rms", "activation RMS per block (output of each block)"),
-    ("out_grad_rms", "backward-signal RMS per block (dL/d block output)"),
-    ("grad_norm", "gradient norm per block (all its parameters)"),
-)
+# the per-block depth profiles it measures: the statistics TensorBoard draws as heatmaps
+STATS = tuple((s.name, f"{s.title} per block") for s in catalogue.CATALOGUE if s.heatmap)
 DEFAULT_MAX_PARAMS = 200_000_000
 # Two losses differ only when their gap exceeds this many standard errors (about 95 %).
 NOISE_SE = 2.0
@@ -296,7 +294,7 @@ def _profile(frame: Any, blocks: list[str]) -> dict[str, dict[str, float]]:
     params = aggregate_params(frame)
     out: dict[str, dict[str, float]] = {}
     for stat, _ in STATS:
-        table_ = params[stat] if stat == "grad_norm" else frame.values.get(stat, {})
+        table_ = params[stat] if stat in params else frame.values.get(stat, {})
         out[stat] = {b: float(table_[b]) for b in blocks if b in table_}
     return out
 

@@ -526,17 +526,8 @@ class HostValues:
 
 
 # ---- derived statistics (host side) -------------------------------------------------------
-
-
-def _div(a: float, b: float) -> float:
-    try:
-        return a / b
-    except ZeroDivisionError:
-        return math.nan
-
-
-def _sqrt(x: float) -> float:
-    return math.sqrt(x) if x >= 0 else math.nan
+# The formulas live in the statistics catalogue (initwatch.catalogue), vectorized over every
+# layer of a source; these are their one-row forms.
 
 
 def derive_activation(
@@ -562,26 +553,9 @@ def derive_activation(
         ...                   counted=False)["act_nonfinite"]
         inf
     """
-    n = v["count"]
-    if n <= 0:
-        return {}
-    mean = v["sum"] / n
-    meansq = v["sumsq"] / n
-    var = meansq - mean * mean
-    present = 0.0 if math.isfinite(v["sum"]) else math.inf  # when not counted
-    nonfinite = v["nonfinite"] if counted else present
-    out = {
-        "act_rms": _sqrt(meansq),
-        "act_mean": mean,
-        "act_std": math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan,
-        "act_absmax": v["absmax"],
-        "act_nonfinite": nonfinite,
-    }
-    if zeros:
-        out["act_zero_frac"] = v["zeros"] / n
-    if bounded:
-        out["act_sat_frac"] = v["saturated"] / n
-    return out
+    from initwatch.catalogue import derive_one
+
+    return derive_one("activation", v, bounded=bounded, zeros_counted=zeros, counted=counted)
 
 
 def derive_grad_signal(v: dict[str, float]) -> dict[str, float]:
@@ -592,9 +566,9 @@ def derive_grad_signal(v: dict[str, float]) -> dict[str, float]:
         >>> derive_grad_signal({"sumsq": 8.0, "count": 2.0})
         {'out_grad_rms': 2.0}
     """
-    if v["count"] <= 0:
-        return {}
-    return {"out_grad_rms": _sqrt(v["sumsq"] / v["count"])}
+    from initwatch.catalogue import derive_one
+
+    return derive_one("output_grad", v)
 
 
 def derive_param(
@@ -613,14 +587,10 @@ def derive_param(
         >>> d["grad_weight_ratio"], d["update_ratio"]
         (0.1, 0.01)
     """
-    w = _sqrt(v["weight_sumsq"])
-    out = {"weight_norm": w}
-    if has_grad:
-        g = _sqrt(v["grad_sumsq"])
-        out.update(grad_norm=g, grad_weight_ratio=_div(g, w), grad_nonfinite=v["grad_nonfinite"])
-    if updated and sampled > 0:
-        out["update_ratio"] = _div(_sqrt(v["update_sumsq"] * numel / sampled), w)
-    return out
+    from initwatch.catalogue import derive_one
+
+    flags = dict(numel=numel, sampled=sampled, has_grad=has_grad)
+    return derive_one("param", v, updated=updated and sampled > 0, **flags)
 
 
 def derive_loss(v: dict[str, float]) -> dict[str, float]:
@@ -631,4 +601,6 @@ def derive_loss(v: dict[str, float]) -> dict[str, float]:
         >>> derive_loss({"sum": 3.0, "count": 2.0})
         {'loss': 1.5}
     """
-    return {"loss": v["sum"] / v["count"]} if v["count"] > 0 else {}
+    from initwatch.catalogue import derive_one
+
+    return derive_one("run", v)

@@ -12,7 +12,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -24,28 +24,19 @@ from initwatch.anatomy.model import Anatomy
 from initwatch.attention import (
     attach_all,
     attention_probes,
-    derive_attention,
     idle_all,
     remove_all,
 )
 from initwatch.context import RunContext
 from initwatch.errors import ShardingError
-from initwatch.frame import Frame, LayerInfo
+from initwatch.frame import Frame, FrameBuilder
 from initwatch.plain import to_plain
 from initwatch.probes import ParamProbe, ProbeSet
 from initwatch.schedule import schedule_facts, steps_done, torch_optimizer
 from initwatch.selection import select_layers, select_parameters, unwrap
 from initwatch.sharding import refuse_replaced
 from initwatch.sinks import Sink
-from initwatch.stats import (
-    LOSS_FIELDS,
-    HostValues,
-    StatBuffer,
-    derive_activation,
-    derive_grad_signal,
-    derive_loss,
-    derive_param,
-)
+from initwatch.stats import LOSS_FIELDS, HostValues, StatBuffer
 
 log = logging.getLogger("initwatch")
 
@@ -364,6 +355,9 @@ class Watch:
         try:  # all or nothing: a failure from here on leaves no hook behind
             self._buffer.allocate()
             self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
+            self._framer = FrameBuilder(
+                self._probes.probes, self._attention, self._params, self._param_infos, self._loss
+            )
             self._rules = _make_rules(rules)
             self._sink, self._own_writer = _make_sink(writer, logdir)
             if callable(getattr(self._sink, "bind", None)):  # threshold lines on dashboards
@@ -875,55 +869,11 @@ class Watch:
             ctx.extra.update(pretrained_source=decision.source, pretrained_why=decision.describe())
 
     def _frame(self, host: HostValues, skipped: bool) -> Frame:
-        values: dict[str, dict[str, float]] = {}
-
-        def put(name: str, stats: dict[str, float]) -> None:
-            for stat, value in stats.items():
-                values.setdefault(stat, {})[name] = value
-
-        layers: list[LayerInfo] = []
-        for probe in self._probes.probes:
-            info = probe.target.info
-            layers.append(info)
-            row = host.row(probe.group)
-            put(
-                info.name,
-                derive_activation(row, probe.band is not None, probe.zeros, probe.counted),
-            )
-            if probe.grad_group is not None:
-                put(info.name, derive_grad_signal(host.row(probe.grad_group)))
-        for att in self._attention:
-            put(att.name, derive_attention(host.row(att.group)))
-        p = self._params
-        measured = {id(t): i for i, t in enumerate(p.targets)}
-        grad_sq = 0.0
-        any_grad = False
-        for t in self._param_infos:
-            i = measured.get(id(t))
-            info = t.info
-            if i is not None and self._grads_read:
-                row = host.row(p.group, i)
-                has = row["grad_present"] > 0  # on some rank (FSDP1: not on every rank)
-                updated = has and not skipped
-                put(info.name, derive_param(row, p.numel[i], p.sampled[i], has, updated))
-                if has:
-                    grad_sq += row["grad_sumsq"]
-                    any_grad = True
-                else:  # no gradient this step: unused, rules skip it
-                    info = replace(info, zero_by_construction=True)
-            layers.append(info)
-        for name, stats in self._lora_values.items():  # judged in place of lora_A / lora_B
-            info = LayerInfo(f"{name}.lora", "param", len(layers), f"{name}.lora", role="lora")
-            layers.append(info)
-            put(info.name, stats)
-        glob: dict[str, float] = {"skipped_step": 1.0 if skipped else 0.0}
-        if any_grad:
-            glob["grad_norm_global"] = math.sqrt(grad_sq) if grad_sq >= 0 else math.nan
-        self._unclip(values, glob)
-        if self.context.lr is not None:
-            glob["lr"] = float(self.context.lr)
-        glob.update(derive_loss(host.row(self._loss)))
-        return Frame(step=self.step_index or 0, layers=layers, values=values, globals=glob)
+        pre, self._preclip = self._preclip, None
+        lr = float(self.context.lr) if self.context.lr is not None else None
+        return self._framer.build(
+            host, self.step_index or 0, skipped, self._grads_read, self._lora_values, lr, pre
+        )
 
     def _count_nonfinite_where_flagged(self, frame: Frame) -> None:
         """Layers whose sum was non-finite count their non-finite elements from now on."""
@@ -951,21 +901,6 @@ class Watch:
         if isinstance(lr, torch.Tensor):
             lr = float(lr) if lr.device.type == "cpu" else None
         return float(lr) if isinstance(lr, (int, float)) else None
-
-    def _unclip(self, values: dict[str, dict[str, float]], glob: dict[str, float]) -> None:
-        """Gradient norms as they were before clipping (see :meth:`before_optimizer_step`)."""
-        pre, self._preclip = self._preclip, None
-        clipped = glob.get("grad_norm_global")
-        if pre is None or clipped is None:
-            return
-        pre = float(pre)
-        if not math.isfinite(pre) or not math.isfinite(clipped):
-            return
-        glob["grad_norm_global"], glob["grad_norm_clipped"] = pre, clipped
-        if clipped > 0 and pre > clipped:
-            scale = pre / clipped
-            for stat in ("grad_norm", "grad_weight_ratio"):
-                values[stat] = {k: v * scale for k, v in values.get(stat, {}).items()}
 
     def _check_hooks_ran(self, host: HostValues, ran: bool) -> None:
         """At the first measured step that ran a forward (a loss or gradients came back):

@@ -206,7 +206,7 @@ def test_heatmaps_and_summary_are_written(logged):
     summary = ea.Tensors("initwatch/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert summary.startswith("## initwatch summary")
     assert "**Verdict: healthy: no alerts**" in summary
-    assert "lowest dL/d(output) RMS" in summary
+    assert "smallest backward-signal RMS" in summary
 
 
 def test_alerts_are_written_as_text_with_the_remedy(tmp_path):

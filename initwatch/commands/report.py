@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.commands._text import fmt, table, wrap
 from initwatch.commands.args import UsageError
@@ -34,7 +35,7 @@ examples:
   initwatch report lightning_logs/version_3 --plot heatmap.png
 """
 PREFIX = "initwatch/"
-HEATMAP_STATS = ("grad_norm", "act_rms", "out_grad_rms", "update_ratio")
+HEATMAP_STATS = tuple(s.name for s in catalogue.CATALOGUE if s.depth_profile)
 _EVENTS = "events.out.tfevents."
 _BLOCK = re.compile(r"^(encoder|decoder)\.(\d+)$")
 # The alert Markdown as initwatch wrote it before each alert was also written as plain data
@@ -426,16 +427,6 @@ def verdict(run: Run) -> Verdict:
     return Verdict(True, ", ".join(bits))
 
 
-_WORST = (
-    ("grad_norm", "smallest gradient norm", False),
-    ("out_grad_rms", "smallest backward signal (dL/d output RMS)", False),
-    ("act_rms", "largest activation RMS", True),
-    ("act_absmax", "largest activation |max|", True),
-    ("update_ratio", "largest update/weight ratio", True),
-    ("update_ratio", "smallest update/weight ratio", False),
-)
-
-
 def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
     """For each statistic, the ``top`` worst layers at the last step: ``[(label, [(layer,
     value), ...]), ...]``.
@@ -449,7 +440,7 @@ def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, floa
     """
     step = run.last_step
     out = []
-    for stat, label, highest in _WORST:
+    for stat, label, highest in catalogue.worst_checks():
         values = run.at(stat, step)
         values = {k: v for k, v in values.items() if math.isfinite(v)}
         if not values:

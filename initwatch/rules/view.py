@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from initwatch.blocks import Blocks, aggregate, combine
 from initwatch.frame import Frame, LayerInfo
 
 # Activation sources that carry the residual stream (or, in models without blocks, the
@@ -73,11 +74,16 @@ def name_list(names: list[str], limit: int = 6) -> str:
 class Unit:
     """A group of parameters judged together: one block, or one module outside blocks.
 
+    Its values come from the one per-block aggregation (:mod:`initwatch.blocks`), the same
+    numbers TensorBoard's per-block tags show.
+
     Args:
         name: the block's layer name (``"encoder.3"``) or the module path (``"net.2"``).
         stack: the stack, ``"model"`` when none.
         params: the parameters in the unit.
         is_block: True for a transformer block.
+        blocks: the frame's aggregation and the unit's position in it (set by
+            :func:`param_units`; a unit built by hand is aggregated on its own).
 
     Example::
 
@@ -89,9 +95,18 @@ class Unit:
     stack: str
     params: list[LayerInfo] = field(default_factory=list)
     is_block: bool = False
+    blocks: tuple[Blocks, int] | None = field(default=None, repr=False, compare=False)
+
+    def _value(self, frame: Frame, stat: str) -> float:
+        if self.blocks is not None:
+            table, i = self.blocks
+            return float(table.values[stat][i]) if table.given[stat][i] else math.nan
+        values, given = combine(self.params, frame)
+        return float(values[stat][0]) if given[stat][0] else math.nan
 
     def grad_norm(self, frame: Frame, skip_blocks: bool = False) -> float:
-        """sqrt(sum of squared gradient norms) of its usable parameters (NaN when none).
+        """The unit's gradient norm (:mod:`initwatch.blocks`); NaN when it has none, or when
+        ``skip_blocks`` and the unit is a block (the grace of a zero-started scheme).
 
         Example::
 
@@ -100,22 +115,17 @@ class Unit:
             >>> Unit("m", "model", ps).grad_norm(f)
             5.0
         """
-        total, seen = 0.0, False
-        for p in self.params:
-            g = frame.get("grad_norm", p.name)
-            if not usable(p) or not finite(g) or (skip_blocks and p.block is not None):
-                continue
-            total += g * g
-            seen = True
-        return math.sqrt(total) if seen else math.nan
+        if skip_blocks and self.is_block:
+            return math.nan
+        return self._value(frame, "grad_norm")
 
     def update_ratio(self, frame: Frame) -> float:
-        """The unit's ||update|| / ||weight||, weighting each parameter by its weight norm.
+        """The unit's ||update|| / ||weight|| (:mod:`initwatch.blocks`: usable tensors, each
+        weighted by its weight norm).
 
-        A unit none of whose parameters moved (not in the optimizer, or frozen by hand) is left
-        out (NaN); a parameter that did not move while others did counts as zero. Falls back to
-        the median of the parameters' ratios when weight norms are missing. NaN when nothing is
-        usable.
+        A unit none of whose parameters moved (a ratio of exactly 0: not in the optimizer, or
+        frozen by hand) is left out (NaN); a parameter that did not move while others did
+        counts as zero. NaN when nothing is usable.
 
         Example::
 
@@ -125,49 +135,14 @@ class Unit:
             >>> round(Unit("m", "model", ps).update_ratio(f), 6)  # the tiny bias barely counts
             0.001
         """
-        num, den, plain, moved = 0.0, 0.0, [], False
-        for p in self.params:
-            r = frame.get("update_ratio", p.name)
-            if not usable(p) or not finite(r):
-                continue
-            moved = moved or r > 0
-            w = frame.get("weight_norm", p.name)
-            if finite(w) and w > 0:
-                num += (r * w) ** 2
-                den += w * w
-            else:
-                plain.append(r)
-        if not moved:
-            return math.nan
-        if den > 0:
-            return math.sqrt(num / den)
-        return median(plain)
-
-
-def usable(p: LayerInfo) -> bool:
-    """A parameter rules may judge: trainable and not zero by construction.
-
-    Example::
-
-        >>> usable(LayerInfo("k.bias", "param", 0, "k.bias", zero_by_construction=True))
-        False
-    """
-    return p.trainable and not p.zero_by_construction
-
-
-def _unit_of(p: LayerInfo, block_names: dict[tuple[str | None, int], str]) -> tuple[str, str, bool]:
-    stack = p.stack or "model"
-    if p.block is not None:
-        name = block_names.get((p.stack, p.block))
-        if name is None:
-            name = f"{p.stack}.{p.block}" if p.stack else f"block.{p.block}"
-        return name, stack, True
-    module = p.name.rsplit(".", 1)[0] if "." in p.name else p.name
-    return module, stack, False
+        r = self._value(frame, "update_ratio")
+        return math.nan if r == 0 else r
 
 
 def param_units(frame: Frame, blocks_only: bool = True) -> dict[str, list[Unit]]:
-    """Parameters grouped into units, per stack, in forward order.
+    """Parameters grouped into units (:func:`initwatch.blocks.aggregate`), per stack, in
+    forward order; units without a usable parameter (all frozen, or zero by construction)
+    are left out.
 
     When the frame has parameters inside blocks and ``blocks_only`` is True, only block units
     are returned (embeddings, final norms and heads are not part of the depth comparison);
@@ -181,25 +156,16 @@ def param_units(frame: Frame, blocks_only: bool = True) -> dict[str, list[Unit]]
         >>> [u.name for u in param_units(Frame(0, ps, {}))["model"]]
         ['l1']
     """
-    block_names = {
-        (i.stack, i.block): i.name
-        for i in frame.layers
-        if i.kind == "block" and i.block is not None
-    }
-    params = [i for i in frame.layers if i.kind == "param"]
-    has_blocks = any(p.block is not None for p in params)
-    units: dict[str, Unit] = {}
-    for p in params:
-        name, stack, is_block = _unit_of(p, block_names)
-        if blocks_only and has_blocks and not is_block:
-            continue
-        u = units.get(name)
-        if u is None:
-            u = units[name] = Unit(name, stack, [], is_block)
-        u.params.append(p)
+    table = aggregate(frame)
+    has_blocks = any(table.is_block)
+    usable_counts = table.values["usable"].tolist()
     out: dict[str, list[Unit]] = {}
-    for u in units.values():
-        out.setdefault(u.stack, []).append(u)
+    for i, name in enumerate(table.names):
+        is_block = table.is_block[i]
+        if (blocks_only and has_blocks and not is_block) or usable_counts[i] <= 0:
+            continue
+        unit = Unit(name, table.stacks[i], table.members[i], is_block, (table, i))
+        out.setdefault(unit.stack, []).append(unit)
     return out
 
 

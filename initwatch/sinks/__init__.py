@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from initwatch.alerts import Alert
-from initwatch.frame import Frame, LayerInfo
+from initwatch.blocks import STATS as BLOCK_STATS
+from initwatch.blocks import aggregate, param_group
+from initwatch.catalogue import STATISTICS, worst_checks
+from initwatch.frame import Frame, LayerInfo  # noqa: F401 (the doctests use LayerInfo)
 
 __all__ = [
     "Sink",
@@ -53,42 +55,10 @@ class Sink:
         """End of the run: write a summary, flush."""
 
 
-def param_group(info: LayerInfo) -> str:
-    """The group a parameter is aggregated into: its block (``"encoder.3"``) or its module path.
-
-    Example::
-
-        >>> param_group(LayerInfo("h.0.attn.c_attn.weight", "param", 0, "h.0.attn.c_attn.weight",
-        ...                       stack="decoder", block=0))
-        'decoder.0'
-        >>> param_group(LayerInfo("wte.weight", "param", 1, "wte.weight"))
-        'wte'
-    """
-    if info.stack is not None and info.block is not None:
-        return f"{info.stack}.{info.block}"
-    return info.name.rsplit(".", 1)[0] if "." in info.name else "root"
-
-
-_PARAM_AGG = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio", "grad_nonfinite")
-
-
-@dataclass
-class _Sums:
-    g: float = 0.0
-    w: float = 0.0
-    u: float = 0.0
-    bad: float = 0.0
-    has_g: bool = False
-    has_u: bool = False
-
-
 def aggregate_params(frame: Frame) -> dict[str, dict[str, float]]:
-    """Parameter statistics aggregated by :func:`param_group`, in depth order.
-
-    ``grad_norm`` and ``weight_norm`` are the L2 norms over the group's tensors, the ratios are
-    taken between those (``update_ratio`` from the per-tensor estimates of ``||ΔW||``; a tensor
-    whose ratio is NaN, a zero-initialised bias whose ``||W||`` was 0, is left out of it, as the
-    rules leave it out), and ``grad_nonfinite`` is summed.
+    """Parameter statistics per block (or module outside blocks), in depth order:
+    ``{stat: {unit: value}}`` from the one aggregation the rules read too
+    (:func:`initwatch.blocks.aggregate`, which says how each statistic combines).
 
     Example::
 
@@ -98,31 +68,8 @@ def aggregate_params(frame: Frame) -> dict[str, dict[str, float]]:
         >>> aggregate_params(f)["grad_norm"]
         {'a': 5.0}
     """
-    acc: dict[str, _Sums] = {}
-    measured = {s: frame.values.get(s, {}) for s in ("grad_norm", "update_ratio")}
-    for info in frame.layers:
-        if info.kind != "param":
-            continue
-        g = acc.setdefault(param_group(info), _Sums())
-        w = frame.get("weight_norm", info.name, 0.0)
-        g.w += w * w
-        g.g += frame.get("grad_norm", info.name, 0.0) ** 2
-        u = frame.get("update_ratio", info.name, 0.0)
-        g.u += (u * w) ** 2 if math.isfinite(u) else 0.0  # NaN: ||W|| = 0, ||ΔW|| unknown
-        g.bad += frame.get("grad_nonfinite", info.name, 0.0)
-        g.has_g |= info.name in measured["grad_norm"]
-        g.has_u |= info.name in measured["update_ratio"]
-    out: dict[str, dict[str, float]] = {s: {} for s in _PARAM_AGG}
-    for name, g in acc.items():
-        w = math.sqrt(g.w)
-        out["weight_norm"][name] = w
-        if g.has_g:
-            out["grad_norm"][name] = math.sqrt(g.g)
-            out["grad_weight_ratio"][name] = math.sqrt(g.g) / w if w > 0 else math.nan
-            out["grad_nonfinite"][name] = g.bad
-        if g.has_u:
-            out["update_ratio"][name] = math.sqrt(g.u) / w if w > 0 else math.nan
-    return out
+    table = aggregate(frame)
+    return {stat: table.table(stat) for stat in BLOCK_STATS}
 
 
 def _fmt(x: float) -> str:
@@ -176,18 +123,9 @@ def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
     if last is not None:
         lines += ["", f"Worst layers at step {last.step}:", ""]
         params = aggregate_params(last)
-        checks = [
-            ("lowest dL/d(output) RMS", last.values.get("out_grad_rms", {}), False),
-            ("largest activation |max|", last.values.get("act_absmax", {}), True),
-            ("largest activation RMS", last.values.get("act_rms", {}), True),
-            ("most non-finite activations", last.values.get("act_nonfinite", {}), True),
-            ("largest grad norm", params["grad_norm"], True),
-            ("smallest grad norm", params["grad_norm"], False),
-            ("largest update ratio", params["update_ratio"], True),
-            ("smallest update ratio", params["update_ratio"], False),
-        ]
-        for label, table, highest in checks:
-            if label.startswith("most non-finite"):
+        for stat, label, highest in worst_checks():
+            table = params[stat] if stat in params else last.values.get(stat, {})
+            if STATISTICS[stat].unit == "count":
                 table = {k: v for k, v in table.items() if v > 0}  # none: nothing to name
             found = _extreme(table, highest)
             if found:

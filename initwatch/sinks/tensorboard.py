@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.frame import PARAM_STATS, Frame
 from initwatch.rules.depth import depth_ratios
@@ -25,18 +26,12 @@ from initwatch.sinks import (
 from initwatch.sinks.layout import LOG10_STATS, PREFIX, TagNames, layer_class, layout, layout_proto
 
 DETAILS = ("default", "all")
-# The default tag budget: which statistics get a tag for which kind of layer.
-DEFAULT_TAGS = {
-    "block": ("act_rms", "act_absmax", "out_grad_rms"),
-    "module": ("act_rms", "act_absmax", "out_grad_rms"),
-    "attn": ("act_rms",),
-    "cross": ("act_rms",),
-    "ffn": ("act_rms",),
-    "linear": ("act_rms",),
-    "act": ("act_zero_frac", "act_sat_frac"),
-}
-PARAM_TAGS = ("grad_norm", "weight_norm", "grad_weight_ratio", "update_ratio")
-HEATMAPS = ("grad_norm", "act_rms", "out_grad_rms")
+# The default tag budget, read from the catalogue: which statistics get a tag for which kind
+# of layer; parameter statistics get one per block (or module), aggregated.
+LAYER_KINDS = ("block", "module", "attn", "cross", "ffn", "linear", "act")
+DEFAULT_TAGS = {kind: catalogue.names(tags=kind) for kind in LAYER_KINDS}
+PARAM_TAGS = catalogue.names(tags="param")
+HEATMAPS = catalogue.HEATMAPS
 # Each alert is also written as plain data: one JSON object (``Alert.to_dict()``) per string of a
 # tensor event under this tag, with this plugin name (TensorBoard shows no dashboard for it;
 # ``initwatch report`` reads it, so the Markdown's wording can change freely).
@@ -303,17 +298,12 @@ class TensorBoardSink(Sink):
         return out
 
     def _remember(self, frame: Frame, params: dict[str, dict[str, float]]) -> None:
-        depth_kinds = {"block", "module"}
+        depth_kinds = {"block", "module"}  # heatmap rows: blocks (or top-level modules)
         rows = {
-            "grad_norm": params["grad_norm"],
-            "act_rms": {
-                i.name: frame.get("act_rms", i.name) for i in frame.layers if i.kind in depth_kinds
-            },
-            "out_grad_rms": {
-                i.name: frame.get("out_grad_rms", i.name)
-                for i in frame.layers
-                if i.kind in depth_kinds
-            },
+            stat: params[stat]
+            if stat in params
+            else {i.name: frame.get(stat, i.name) for i in frame.layers if i.kind in depth_kinds}
+            for stat in HEATMAPS
         }
         for stat, table in rows.items():
             known = self._rows[stat]
