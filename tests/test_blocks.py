@@ -14,6 +14,7 @@ from initwatch.blocks import aggregate, param_group
 from initwatch.frame import Frame, LayerInfo
 from initwatch.rules.view import param_units
 from initwatch.sinks import aggregate_params
+from initwatch.sinks.layout import TagNames
 from initwatch.watch import Watch
 
 
@@ -44,7 +45,8 @@ def test_tensorboard_block_update_ratio_equals_the_alerts_with_a_frozen_paramete
     assert frozen in frame.values["weight_norm"] and frozen not in frame.values["update_ratio"]
     ea = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     ea.Reload()
-    (point,) = ea.Scalars(f"initwatch/update_ratio/{alert.layer}")
+    tag = TagNames(frame.layers)(alert.layer)  # block indices zero-padded in tags
+    (point,) = ea.Scalars(f"initwatch/update_ratio/{tag}")
     # ... and TensorBoard's value for the block is the alert's (float32 on disk)
     assert point.step == alert.step == 0
     assert point.value == pytest.approx(alert.value, rel=1e-6)
