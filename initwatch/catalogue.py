@@ -106,7 +106,7 @@ class Statistic:
             ``initwatch report --heatmap`` can draw).
         worst: the run summary and ``initwatch report`` list its worst layers (smallest and / or
             largest, from ``bad``).
-        doc: one line on what it measures.
+        doc: one line on what it measures (the dashboard's chart title).
 
     Example::
 
@@ -181,7 +181,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         heatmap=2,
         depth_profile=True,
         worst=True,
-        doc="root mean square of the module output",
+        doc="output RMS",
     ),
     Statistic(
         "act_mean",
@@ -189,7 +189,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         "activation mean",
         fields=("sum", "count"),
         formula=lambda v: v["sum"] / v["count"],
-        doc="mean of the module output",
+        doc="output mean",
     ),
     Statistic(
         "act_std",
@@ -197,7 +197,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         "activation std",
         fields=("sum", "sumsq", "count"),
         formula=_std,
-        doc="population standard deviation of the module output",
+        doc="output standard deviation",
     ),
     Statistic(
         "act_absmax",
@@ -208,7 +208,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         bad="high",
         tags=_DEPTH,
         worst=True,
-        doc="largest |x| of the module output (fp16 overflows above 65504)",
+        doc="output |max|",
     ),
     Statistic(
         "act_zero_frac",
@@ -220,7 +220,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         only="zeros_counted",
         bad="high",
         tags=("act",),
-        doc="fraction of exact zeros (ReLU-family outputs: dead units)",
+        doc="fraction of exact zeros in the output (dead ReLU units)",
     ),
     Statistic(
         "act_sat_frac",
@@ -232,7 +232,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         only="bounded",
         bad="high",
         tags=("act",),
-        doc="fraction within the saturation band of tanh / sigmoid",
+        doc="fraction of the output in the saturation band",
     ),
     Statistic(
         "act_nonfinite",
@@ -243,7 +243,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         formula=_nonfinite,
         bad="high",
         worst=True,
-        doc="count of NaN / Inf entries (inf: present, counted from the next logging step)",
+        doc="NaN / Inf elements in the output",
     ),
     # ---- the backward signal of the residual stream ----------------------------------------
     Statistic(
@@ -257,7 +257,45 @@ CATALOGUE: tuple[Statistic, ...] = (
         heatmap=3,
         depth_profile=True,
         worst=True,
-        doc="RMS of dL/d(output) of each block",
+        doc="backward signal: RMS of dL/d(output)",
+    ),
+    # ---- attention probabilities rebuilt from q and k (initwatch.attention) ----------------
+    Statistic(
+        "attn_onehot_frac",
+        "attention",
+        "one-hot attention rows",
+        "fraction",
+        fields=("onehot", "rows"),
+        formula=lambda v: v["onehot"] / v["rows"],
+        bad="high",
+        doc="attention rows with a probability above 0.99",
+    ),
+    Statistic(
+        "attn_pmax",
+        "attention",
+        "largest attention probability",
+        fields=("pmax", "rows"),
+        formula=lambda v: v["pmax"] / v["rows"],
+        doc="mean largest attention probability",
+    ),
+    Statistic(
+        "attn_entropy",
+        "attention",
+        "attention entropy",
+        "fraction",
+        fields=("entropy", "rows"),
+        formula=lambda v: v["entropy"] / v["rows"],
+        bad="low",
+        doc="attention entropy / a uniform row's",
+    ),
+    Statistic(
+        "attn_logit_absmax",
+        "attention",
+        "attention logit |max|",
+        fields=("logit_absmax",),
+        formula=lambda v: v["logit_absmax"],
+        bad="high",
+        doc="largest |q·k/sqrt(d)|",
     ),
     # ---- parameters: per tensor, aggregated per block for tags and rules -------------------
     Statistic(
@@ -273,7 +311,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         heatmap=1,
         depth_profile=True,
         worst=True,
-        doc="L2 norm of the gradient (of a block: over its trainable tensors)",
+        doc="gradient L2 norm",
     ),
     Statistic(
         "weight_norm",
@@ -283,7 +321,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         formula=lambda v: _sqrt(v["weight_sumsq"]),
         tags=("param",),
         block="norm",
-        doc="L2 norm of the weights before the optimizer step",
+        doc="weight L2 norm",
     ),
     Statistic(
         "grad_weight_ratio",
@@ -294,7 +332,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         only="has_grad",
         tags=("param",),
         block="ratio",
-        doc="||grad|| / ||W||",
+        doc="gradient norm / weight norm",
     ),
     Statistic(
         "update_ratio",
@@ -308,7 +346,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         block="ratio",
         depth_profile=True,
         worst=True,
-        doc="||delta W|| / ||W|| of the optimizer step (exact, or estimated on a fixed sample)",
+        doc="update/weight ratio ||ΔW|| / ||W|| of the optimizer step",
     ),
     Statistic(
         "grad_nonfinite",
@@ -320,45 +358,7 @@ CATALOGUE: tuple[Statistic, ...] = (
         only="has_grad",
         bad="high",
         block="sum",
-        doc="1 when the gradient holds a NaN / Inf (of a block: how many tensors do)",
-    ),
-    # ---- attention probabilities rebuilt from q and k (initwatch.attention) ----------------
-    Statistic(
-        "attn_onehot_frac",
-        "attention",
-        "one-hot attention rows",
-        "fraction",
-        fields=("onehot", "rows"),
-        formula=lambda v: v["onehot"] / v["rows"],
-        bad="high",
-        doc="fraction of sampled rows whose largest probability exceeds 0.99",
-    ),
-    Statistic(
-        "attn_pmax",
-        "attention",
-        "largest attention probability",
-        fields=("pmax", "rows"),
-        formula=lambda v: v["pmax"] / v["rows"],
-        doc="mean over sampled rows of the largest probability",
-    ),
-    Statistic(
-        "attn_entropy",
-        "attention",
-        "attention entropy",
-        "fraction",
-        fields=("entropy", "rows"),
-        formula=lambda v: v["entropy"] / v["rows"],
-        bad="low",
-        doc="mean row entropy as a fraction of a uniform row's",
-    ),
-    Statistic(
-        "attn_logit_absmax",
-        "attention",
-        "attention logit |max|",
-        fields=("logit_absmax",),
-        formula=lambda v: v["logit_absmax"],
-        bad="high",
-        doc="largest |q.k / sqrt(d_head)|",
+        doc="tensors whose gradient holds NaN / Inf",
     ),
     # ---- a LoRA-adapted weight (initwatch.adapters): judged in place of lora_A / lora_B ----
     Statistic(

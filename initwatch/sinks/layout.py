@@ -12,31 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from initwatch.catalogue import CATALOGUE, names
 from initwatch.frame import LayerInfo
 
 PREFIX = "initwatch"
 PAD = 2  # block indices are written with at least this many digits: encoder.03
 
-# What each statistic is, as a chart title says it.
-TITLES = {
-    "act_rms": "output RMS",
-    "act_mean": "output mean",
-    "act_std": "output standard deviation",
-    "act_absmax": "output |max|",
-    "act_zero_frac": "fraction of exact zeros in the output (dead ReLU units)",
-    "act_sat_frac": "fraction of the output in the saturation band",
-    "act_nonfinite": "NaN / Inf elements in the output",
-    "out_grad_rms": "backward signal: RMS of dL/d(output)",
-    "attn_onehot_frac": "attention rows with a probability above 0.99",
-    "attn_pmax": "mean largest attention probability",
-    "attn_entropy": "attention entropy / a uniform row's",
-    "attn_logit_absmax": "largest |q·k/sqrt(d)|",
-    "grad_norm": "gradient L2 norm",
-    "weight_norm": "weight L2 norm",
-    "grad_weight_ratio": "gradient norm / weight norm",
-    "update_ratio": "update/weight ratio ||ΔW|| / ||W|| of the optimizer step",
-    "grad_nonfinite": "tensors whose gradient holds NaN / Inf",
-}
+# What each per-layer statistic is, as a chart title says it (the catalogue's one-line doc).
+TITLES = {s.name: s.doc for s in CATALOGUE if s.name in names() and s.source != "adapter"}
 # The layer classes a statistic's lines are split into, with the noun a chart title uses.
 CLASSES = {
     "blocks": "per block",
@@ -49,7 +32,7 @@ CLASSES = {
 _KIND_CLASS = {"block": "blocks", "module": "blocks", "act": "activations"}
 _KIND_CLASS.update(attn="branches", cross="branches", ffn="branches", linear="branches")
 # Log10 copies of the statistics that span decades, for the block lines.
-LOG10_STATS = ("act_rms", "out_grad_rms", "grad_norm", "update_ratio")
+LOG10_STATS = tuple(s.name for s in CATALOGUE if s.depth_profile)
 # The depth ratios of initwatch.rules.depth, grouped into charts.
 DEPTH_CHARTS = {
     "grad_norm": (
