@@ -123,3 +123,78 @@ def test_tag_names_pad_to_the_deepest_block_of_each_stack():
     assert sorted(names(f"encoder.{i}") for i in range(120)) == [
         names(f"encoder.{i}") for i in range(120)
     ]
+
+
+def _pixels(png: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_heatmap_colours_are_fixed_so_runs_compare_and_small_changes_stay_small():
+    import numpy as np
+
+    from initwatch.sinks.heatmap import _levels, heatmap_image
+
+    rows, steps = [f"encoder.{i}" for i in range(4)], list(range(8))
+    wobble = np.log10(1 + 0.02 * np.sin(np.arange(32.0))).reshape(4, 8)  # +-2 %
+    a = heatmap_image(wobble - 3.0, rows, steps, "t", scale=(-7.0, 1.0))
+    b = heatmap_image(np.full((4, 8), -3.0), rows, steps, "t", scale=(-7.0, 1.0))
+    assert a.shape == b.shape
+    # +-2 % over an 8-decade scale is at most one palette level apart: the same picture
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 8 and np.median(diff) == 0
+    # the data's own range (the old picture) paints the same +-2 % as the whole colour map
+    assert np.ptp(_levels(wobble - 3.0, (-7.0, 1.0))[0]) <= 1
+    assert np.ptp(_levels(wobble - 3.0)[0]) == 249
+
+
+def test_heatmap_fits_a_tensorboard_card_with_a_label_per_row():
+    import numpy as np
+
+    from initwatch.sinks.heatmap import _ticks, heatmap_png
+
+    rows = [f"encoder.{i}" for i in range(24)]
+    png, h, w = heatmap_png(np.zeros((24, 256)), rows, list(range(256)), "t", scale=(-7, 1))
+    assert w <= 400 and h <= 360  # shown unscaled in a TensorBoard image card
+    assert [t for _, t in _ticks(-7.0, 1.0, 288)] == [
+        "10", "1", "1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7"
+    ]  # fmt: skip
+
+
+def test_vs_top_heatmap_is_the_ratio_vanishing_gradient_tests(tmp_path):
+    import numpy as np
+
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer, heatmap_every=1000)
+    frame = vanishing_frame()
+    sink.write_frame(frame)
+    m = np.array([[frame.values["out_grad_rms"][f"encoder.{i}"]] for i in range(12)])
+    ratio = sink._vs_top(m, [f"encoder.{i}" for i in range(12)])[:, 0]
+    found = {d.stat: d for d in depth_ratios(frame)}["out_grad_rms"]
+    assert ratio.min() == pytest.approx(found.ratio) and ratio.argmin() == 0
+    assert ratio[-3:].max() == pytest.approx(1.0)  # the top quarter's largest is the reference
+    writer.close()
+
+
+def test_an_alert_writes_its_heatmaps_at_the_step_it_is_raised(tmp_path):
+    from initwatch.alerts import Alert
+
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer, heatmap_every=1000)  # no turn comes during the run
+    for step in range(3):
+        sink.write_frame(vanishing_frame(step))
+        alerts = []
+        if step == 2:
+            alerts = [Alert(2, "vanishing_gradient", "encoder.0", 1e-11, 1e-2, "warning", "m", "r")]
+        sink.write_alerts(alerts, step, len(alerts))
+    writer.close()
+    ea = load(tmp_path)
+    images = {t: [e.step for e in ea.Images(t)] for t in ea.Tags()["images"]}
+    assert images == {
+        f"initwatch/heatmap/{h}": [2]
+        for h in ("grad_norm", "grad_norm_vs_top", "out_grad_rms", "out_grad_rms_vs_top")
+    }

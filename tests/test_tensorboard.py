@@ -243,7 +243,10 @@ def _frame(step: int):
     from initwatch.frame import Frame, LayerInfo
 
     layers = [LayerInfo(f"encoder.{i}", "block", i, f"layers.{i}", "encoder", i) for i in range(3)]
-    values = {"act_rms": {f"encoder.{i}": 1.0 + i + step for i in range(3)}}
+    values = {
+        "act_rms": {f"encoder.{i}": 1.0 + i + step for i in range(3)},
+        "out_grad_rms": {f"encoder.{i}": 1e-3 * (1.0 + i) for i in range(3)},
+    }
     return Frame(step, layers, values, {"loss": 1.0})
 
 
@@ -256,15 +259,16 @@ def test_heatmaps_during_the_run_respect_the_time_budget(tmp_path, budget, durin
     sink.close(_frame(6), [])
     writer.close()
     ea = load(tmp_path)
-    tags = ["initwatch/heatmap/act_rms", "initwatch/heatmap/out_grad_rms"]
-    assert sorted(ea.Tags()["images"]) == tags  # no parameters: no grad_norm image
+    tags = [f"initwatch/heatmap/{t}" for t in ("act_rms", "out_grad_rms", "out_grad_rms_vs_top")]
+    assert sorted(ea.Tags()["images"]) == tags  # no parameters: no grad_norm images
     events = [e for t in tags for e in ea.Images(t)]
-    # the images take turns: act_rms at frames 2, 4, 6, out_grad_rms at 1, 3, 5, when the
-    # budget allows; each once more at close (step 6)
+    # the images take turns, one a logging step when the budget allows (out_grad_rms and
+    # out_grad_rms_vs_top due at frames 1, 3, 5, act_rms at 2, 4, 6, queued); each once more
+    # at close (step 6)
     assert sum(e.step < 6 for e in events) == during_run
-    assert sum(e.step == 6 for e in events) == 2
+    assert sum(e.step == 6 for e in events) == 3
     if budget > 1:
-        assert [e.step for e in ea.Images(tags[0])] == [1, 3, 5, 6]
+        assert [e.step for e in ea.Images(tags[0])] == [2, 5, 6]
 
 
 def test_a_logging_step_renders_at_most_one_heatmap(tmp_path):
@@ -281,13 +285,13 @@ def test_a_logging_step_renders_at_most_one_heatmap(tmp_path):
     for step in range(6):
         sink.write_frame(_frame(step))
     writer.close()
-    # heatmap_every=1 makes both images (no parameters: no grad_norm rows) due at every frame:
+    # heatmap_every=1 makes every image (no parameters: no grad_norm rows) due at every frame:
     # they take turns, one render per logging step (the stall of a step is one image)
-    assert rendered == [["act_rms"], ["out_grad_rms"]] * 3
+    assert rendered == [["act_rms"], ["out_grad_rms"], ["out_grad_rms_vs_top"]] * 2
 
 
 def test_the_renderer_is_ready_before_the_first_image():
-    import initwatch.sinks as sinks
+    import initwatch.sinks.heatmap as sinks
 
     sinks._FONT.clear()
     TensorBoardSink(object())
@@ -337,7 +341,7 @@ def test_heatmaps_render_without_matplotlib_and_memory_stays_flat(tmp_path):
     assert imported == "False"  # the old sink rendered with matplotlib on the training thread
     assert int(grown) < 200_000  # 30 more renders (90 images) hold no more memory
     ea = load(tmp_path)
-    assert len(ea.Tags()["images"]) == 3
+    assert len(ea.Tags()["images"]) == 5  # 3 statistics, 2 of them also relative to the top
     ev = ea.Images("initwatch/heatmap/act_rms")[-1]
     import io
 

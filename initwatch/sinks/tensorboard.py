@@ -13,7 +13,7 @@ import numpy as np
 from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.frame import PARAM_STATS, Frame
-from initwatch.rules.depth import depth_ratios
+from initwatch.rules.depth import depth_ratios, top_reference
 from initwatch.rules.thresholds import Thresholds
 from initwatch.sinks import (
     Sink,
@@ -23,6 +23,7 @@ from initwatch.sinks import (
     summary_markdown,
     warm_renderer,
 )
+from initwatch.sinks.heatmap import decade
 from initwatch.sinks.layout import LOG10_STATS, PREFIX, TagNames, layer_class, layout, layout_proto
 
 DETAILS = ("default", "all")
@@ -31,13 +32,51 @@ DETAILS = ("default", "all")
 LAYER_KINDS = ("block", "module", "attn", "cross", "ffn", "linear", "act")
 DEFAULT_TAGS = {kind: catalogue.names(tags=kind) for kind in LAYER_KINDS}
 PARAM_TAGS = catalogue.names(tags="param")
-HEATMAPS = catalogue.HEATMAPS
+# The heatmap images, in the order they take turns: the catalogue's heatmap statistics, each
+# followed by its "_vs_top" variant when vanishing_gradient compares it across depth: the same
+# divided by the top blocks' (initwatch.rules.depth.top_reference, per stack and step: the ratio
+# the rule tests).
+VS_TOP = ("grad_norm", "out_grad_rms")
+HEATMAPS = tuple(
+    image
+    for stat in catalogue.HEATMAPS
+    for image in ((stat, f"{stat}_vs_top") if stat in VS_TOP else (stat,))
+)
+# Fixed log10 colour scales, the same for every run (values beyond take the end colours).
+HEATMAP_SCALES = {
+    "grad_norm": (-7.0, 1.0),
+    "grad_norm_vs_top": (-6.0, 1.0),
+    "out_grad_rms": (-9.0, -1.0),
+    "out_grad_rms_vs_top": (-6.0, 1.0),
+    "act_rms": (-3.0, 3.0),
+}
+_HEATMAP_TITLES = {
+    "grad_norm": "grad_norm: gradient L2 norm per block",
+    "grad_norm_vs_top": "grad_norm / the top blocks' (vanishing_gradient's ratio)",
+    "out_grad_rms": "out_grad_rms: RMS of dL/d(block output)",
+    "out_grad_rms_vs_top": "out_grad_rms / the top blocks' (vanishing_gradient's ratio)",
+    "act_rms": "act_rms: RMS of each block's output",
+}
+# The images an alert of a kind writes at once (nonfinite: all of them).
+ALERT_HEATMAPS = {
+    "vanishing_gradient": ("grad_norm_vs_top", "out_grad_rms_vs_top", "grad_norm", "out_grad_rms"),
+    "exploding_gradient": ("grad_norm", "grad_norm_vs_top"),
+    "vanishing_activation": ("act_rms",),
+    "exploding_activation": ("act_rms",),
+    "nonfinite": HEATMAPS,
+}
+
+
 # Each alert is also written as plain data: one JSON object (``Alert.to_dict()``) per string of a
 # tensor event under this tag, with this plugin name (TensorBoard shows no dashboard for it;
 # ``initwatch report`` reads it, so the Markdown's wording can change freely).
 ALERT_DATA_TAG = f"{PREFIX}/alert_data"
 ALERT_DATA_PLUGIN = "initwatch_alerts"
 ALERT_DATA_VERSION = 1
+
+
+def _base(image: str) -> str:
+    return image.removesuffix("_vs_top")
 
 
 def alert_markdown(alerts: Sequence[Alert]) -> str:
@@ -97,6 +136,8 @@ class TensorBoardSink(Sink):
         heatmap_budget: the largest fraction of wall time heatmap rendering may take: a due
             heatmap is skipped until ``last render time / heatmap_budget`` seconds have passed
             since the last one (a numpy / Pillow render takes a few ms per image).
+        heatmap_scales: ``{image: (lo, hi)}`` log10 colour scales replacing those of
+            :data:`HEATMAP_SCALES` (fixed, so that runs are comparable).
 
     Example::
 
@@ -114,6 +155,7 @@ class TensorBoardSink(Sink):
         heatmap_every: int = 10,
         heatmap_steps: int = 256,
         heatmap_budget: float = 0.01,
+        heatmap_scales: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         if detail not in DETAILS:
             raise ValueError(f"detail={detail!r}: expected one of {DETAILS}")
@@ -121,8 +163,10 @@ class TensorBoardSink(Sink):
         self.detail = detail
         self.heatmap_every = max(1, int(heatmap_every))
         self._history: deque[tuple[int, dict[str, dict[str, float]]]] = deque(maxlen=heatmap_steps)
-        self._rows: dict[str, list[str]] = {s: [] for s in HEATMAPS}
+        self._rows: dict[str, list[str]] = {s: [] for s in catalogue.HEATMAPS}
         self.heatmap_budget = float(heatmap_budget)
+        self.heatmap_scales = {**HEATMAP_SCALES, **(heatmap_scales or {})}
+        self._stacks: dict[str, str] = {}  # block row -> its stack (the _vs_top reference)
         self._next_heatmap = 0.0  # time.monotonic() before which a due heatmap is skipped
         self._frames = 0
         self._closed = False
@@ -225,7 +269,7 @@ class TensorBoardSink(Sink):
         # a queue and a logging step renders at most one (heatmap_every < 3 makes several due)
         for i, st in enumerate(HEATMAPS):
             due = (self._frames - i * every // n) % every == 0
-            if due and self._rows[st] and st not in self._due:
+            if due and self._rows[_base(st)] and st not in self._due:
                 self._due.append(st)
         if self._due and time.monotonic() >= self._next_heatmap:
             self.write_heatmaps(step, [self._due.pop(0)])
@@ -303,53 +347,94 @@ class TensorBoardSink(Sink):
             stat: params[stat]
             if stat in params
             else {i.name: frame.get(stat, i.name) for i in frame.layers if i.kind in depth_kinds}
-            for stat in HEATMAPS
+            for stat in catalogue.HEATMAPS
         }
-        for stat, table in rows.items():
+        for stat, table in rows.items():  # rows once measured (no all-grey images)
             known = self._rows[stat]
-            known.extend(k for k in table if k not in known)
+            known.extend(k for k, v in table.items() if k not in known and math.isfinite(v))
+        if not self._stacks:
+            self._stacks = {
+                f"{i.stack}.{i.block}": i.stack
+                for i in frame.layers
+                if i.kind == "block" and i.stack is not None and i.block is not None
+            }
         self._history.append((frame.step, rows))
 
     def write_heatmaps(self, step: int, stats: Sequence[str] = HEATMAPS) -> None:
-        """Depth × step images of log10 grad norm (per block / module group), and log10
-        activation RMS and output-gradient RMS per block (those of ``stats``)."""
+        """Depth × step images (those of ``stats``, of :data:`HEATMAPS`): log10 grad norm per
+        block / module group, log10 output-gradient RMS and activation RMS per block, and the
+        ``_vs_top`` ratios to the top blocks, on the fixed colour scales of ``heatmap_scales``."""
         if not self._history:
             return
         start = time.monotonic()
         steps = [s for s, _ in self._history]
-        for stat in stats:
-            rows = self._rows[stat]
+        for image in stats:
+            stat = _base(image)
+            rows = self._rows.get(stat, [])
+            if image != stat:  # the ratio the rule tests: blocks only, per stack
+                rows = [r for r in rows if r in self._stacks] or rows
             if not rows:
                 continue
             m = np.array(
                 [[table[stat].get(r, math.nan) for _, table in self._history] for r in rows],
                 dtype=np.float64,
             )
+            if image != stat:
+                m = self._vs_top(m, rows)
             with np.errstate(divide="ignore", invalid="ignore"):
                 m = np.where(m > 0, np.log10(np.where(m > 0, m, 1.0)), np.nan)
-            self._image(f"{PREFIX}/heatmap/{stat}", m, rows, steps, step)
+            self._image(image, m, rows, steps, step)
         took = time.monotonic() - start
         self._next_heatmap = time.monotonic() + took / max(self.heatmap_budget, 1e-9)
 
+    def _vs_top(self, m: np.ndarray, rows: list[str]) -> np.ndarray:
+        """Each column divided by its stack's :func:`~initwatch.rules.depth.top_reference`
+        over the finite values in depth order (the reference vanishing_gradient uses)."""
+        out = np.full_like(m, np.nan)
+        stacks: dict[str, list[int]] = {}
+        for k, r in enumerate(rows):
+            stacks.setdefault(self._stacks.get(r, "model"), []).append(k)
+        for idx in stacks.values():
+            sub = m[idx]
+            for j in range(sub.shape[1]):
+                col = sub[:, j]
+                ok = np.isfinite(col)
+                if ok.any():
+                    ref = top_reference(col[ok].tolist())
+                    if ref > 0:
+                        out[idx, j] = col / ref
+        return out
+
     def _image(
-        self, tag: str, values: np.ndarray, rows: list[str], steps: list[int], step: int
+        self, image: str, values: np.ndarray, rows: list[str], steps: list[int], step: int
     ) -> None:
         """One heatmap image event: a palette PNG from :func:`heatmap_png` written as is
         (``add_image`` would take an RGB array and re-encode it at a slower level)."""
-        title = f"log10 {tag.rsplit('/', 1)[-1]}"
+        tag = f"{PREFIX}/heatmap/{image}"
+        title = _HEATMAP_TITLES.get(image, f"log10 {image}")
+        scale = self.heatmap_scales.get(image)
+        marks: list[tuple[float, str]] = []
+        th = self.thresholds if self.thresholds is not None else Thresholds()
+        if image.endswith("_vs_top"):
+            marks.append((math.log10(th.grad_depth_ratio), "alert"))
+        elif image == "grad_norm":
+            marks.append((math.log10(th.grad_floor), "floor"))
+        span = f"{decade(scale[0])} to {decade(scale[1])}" if scale else "the data's range"
+        note = f"colour: log10, {span} for every run; grey: not measured"
+        kwargs = {"scale": scale, "marks": marks, "note": note}
         file_writer = getattr(self.writer, "_get_file_writer", None)
         try:
             if file_writer is None:
                 raise ImportError  # a duck-typed writer gets the RGB array
-            png, h, w = heatmap_png(values, rows, steps, title)
+            png, h, w = heatmap_png(values, rows, steps, title, **kwargs)
         except ImportError:  # no Pillow
-            img = heatmap_image(values, rows, steps, title)
+            img = heatmap_image(values, rows, steps, title, **kwargs)
             self.writer.add_image(tag, img, step, dataformats="HWC")
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=png)
-        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        encoded = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=png)
+        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
     def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
         """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text: new
@@ -366,6 +451,11 @@ class TensorBoardSink(Sink):
         updates = [a for a in alerts if a.repeat]
         if new:
             self.writer.add_text(f"{PREFIX}/alerts", alert_markdown(new), step)
+            # the pictures of the cause, at the step it was raised (not only at the next turn)
+            shown = [h for h in HEATMAPS if any(h in ALERT_HEATMAPS.get(a.kind, ()) for a in new)]
+            if shown:
+                self.write_heatmaps(step, shown)
+                self._due = [h for h in self._due if h not in shown]
         if updates:
             self.writer.add_text(f"{PREFIX}/alerts/updates", alert_markdown(updates), step)
         if alerts:
