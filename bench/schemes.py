@@ -17,7 +17,7 @@ to that model with ``initwatch.reinit(model, scheme, seed=seed)``.
 Two more suites (``--arch``): ``pre``, the same task on a **Pre-LN** ``nn.TransformerEncoder``
 (``norm_first=True`` and a final LayerNorm) trained from scratch, for the scaled init of GPT-2 /
 Megatron; ``resnet``, a small deep residual network (``zoo.resnet``, torchvision-shaped
-``BasicBlock`` s on 8x8 images) classifying a synthetic task, with BatchNorm ("bn"), with every
+``BasicBlock`` s on 8x8 images, widths 8 and 16, batch 32) classifying a synthetic task, with BatchNorm ("bn"), with every
 BatchNorm removed ("no-norm") and with SkipInit and Fixup (which remove it themselves).
 
 Usage::
@@ -132,14 +132,17 @@ class PreLNModel(PostLNModel):
         )
 
 
+RESNET_WIDTH = 8  # channels of the first stage (the second has twice as many)
+
+
 def build_resnet(cfg: Config, scheme: str, seed: int) -> nn.Module:
-    """A torchvision-shaped ResNet of ``cfg.depth`` BasicBlocks in two stages (width 16, 32)."""
+    """A torchvision-shaped ResNet of ``cfg.depth`` BasicBlocks in two stages (width 8, 16)."""
     from initwatch import zoo
     from initwatch.schemes.structure import remove_norm
 
     torch.manual_seed(seed)
     half = max(1, cfg.depth // 2)
-    model = zoo.resnet((half, max(1, cfg.depth - half)), width=16, classes=cfg.vocab)
+    model = zoo.resnet((half, max(1, cfg.depth - half)), width=RESNET_WIDTH, classes=cfg.vocab)
     if scheme == "no-norm":
         for name, m in list(model.named_modules()):
             if isinstance(m, nn.BatchNorm2d):
@@ -347,7 +350,7 @@ def parse(argv: list[str] | None = None) -> Config:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
     p.add_argument("--target", type=float, default=0.5, help="target loss (nats)")
     p.add_argument("--width", type=int, default=64, help="model width d")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="default 64 (resnet: 32)")
     p.add_argument("--task", choices=("sort", "reverse"), default="sort")
     p.add_argument(
         "--baseline",
@@ -390,7 +393,7 @@ def parse(argv: list[str] | None = None) -> Config:
         depth=a.depth,
         width=a.width,
         ffn=4 * a.width,
-        batch=a.batch,
+        batch=a.batch or (32 if a.arch == "resnet" else 64),
         steps=a.steps,
         lr=a.lr,
         warmup=a.warmup,
@@ -420,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# machine: {machine()}")
     if cfg.arch == "resnet":
         print(
-            f"# model: torchvision-shaped ResNet, {cfg.depth} BasicBlocks (widths 16, 32), "
+            f"# model: torchvision-shaped ResNet, {cfg.depth} BasicBlocks (widths "
+            f"{RESNET_WIDTH}, {2 * RESNET_WIDTH}), "
             f"8x8 inputs, {cfg.vocab} classes"
         )
         what = f"teacher classes of 3x8x8 images, batch {cfg.batch}"

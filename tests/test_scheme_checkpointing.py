@@ -20,7 +20,7 @@ import initwatch
 from initwatch import zoo
 
 HF_POST_LN = ["bert", "bart", "opt_post"]
-SCHEMES = ["deepnet", "t-fixup", "rezero"]
+SCHEMES = ["deepnet", "t-fixup", "rezero", "admin"]
 
 
 def _loss(model: nn.Module, family: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 import initwatch
 from initwatch import zoo
 
-SCHEMES = ["deepnet", "t-fixup", "rezero"]
+SCHEMES = ["deepnet", "t-fixup", "rezero", "admin"]
 HERE = Path(__file__).parent / "ddp"
 
 
