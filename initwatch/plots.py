@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from initwatch.preflight import CheckResult
 
 OWN_COLOUR = "#444444"
-# matplotlib's tab10 without its grey: scheme i of the registry gets PALETTE[i % len(PALETTE)].
+# matplotlib's tab10 without its grey, then tab20's light shades: scheme i of the registry gets
+# PALETTE[i % len(PALETTE)] (distinct for up to 18 schemes).
 PALETTE = (
     "#1f77b4",
     "#ff7f0e",
@@ -31,6 +32,15 @@ PALETTE = (
     "#e377c2",
     "#bcbd22",
     "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
 )
 _OWN_NAMES = ("own init", "vanilla", "none", "default")
 
@@ -78,19 +88,18 @@ def _save(fig: Any, path: str) -> str:
     return path
 
 
-def check_profiles(result: CheckResult, path: str) -> str:
-    """Draw a pre-flight check's depth profiles into ``path``: one panel per statistic, block
-    index on the x axis, a log scale, one colour per init (:func:`scheme_colour`), dashed at
-    init and solid after the burst.
+def check_figure(result: CheckResult) -> Any:
+    """The matplotlib ``Figure`` of a pre-flight check's depth profiles: one panel per
+    statistic, block index on the x axis, a log scale, one colour per init
+    (:func:`scheme_colour`), dashed at init and solid after the burst.
 
     Example::
 
-        >>> import tempfile, os
         >>> from initwatch.preflight import OWN, CheckResult, CheckSettings, Variant
-        >>> v = Variant(OWN, ["e.0", "e.1"], {"act_rms": {"e.0": 1.0, "e.1": 2.0}},
+        >>> v = Variant("rezero", ["e.0", "e.1"], {"act_rms": {"e.0": 1.0, "e.1": 2.0}},
         ...             {"act_rms": {"e.0": 1.0, "e.1": 3.0}}, [2.0, 1.0])
-        >>> out = os.path.join(tempfile.mkdtemp(), "p.png")
-        >>> check_profiles(CheckResult("m", [v], OWN, "", CheckSettings("bert")), out) == out
+        >>> fig = check_figure(CheckResult("m", [v], "rezero", "", CheckSettings("bert")))
+        >>> {line.get_color() for line in fig.axes[0].lines} == {scheme_colour("rezero")}
         True
     """
     from initwatch.preflight import STATS
@@ -117,4 +126,20 @@ def check_profiles(result: CheckResult, path: str) -> str:
         fontsize=10,
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def check_profiles(result: CheckResult, path: str) -> str:
+    """Draw :func:`check_figure` into ``path`` (PNG); returns ``path``.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> from initwatch.preflight import OWN, CheckResult, CheckSettings, Variant
+        >>> v = Variant(OWN, ["e.0", "e.1"], {"act_rms": {"e.0": 1.0, "e.1": 2.0}},
+        ...             {"act_rms": {"e.0": 1.0, "e.1": 3.0}}, [2.0, 1.0])
+        >>> out = os.path.join(tempfile.mkdtemp(), "p.png")
+        >>> check_profiles(CheckResult("m", [v], OWN, "", CheckSettings("bert")), out) == out
+        True
+    """
+    return _save(check_figure(result), path)

@@ -233,3 +233,59 @@ def test_the_recommendation_weighs_noise_and_gradient_balance() -> None:
     # a loss that did not fall beyond its noise is not clean
     flat = Variant("flat", blocks, after=even, losses=[3.0, 1.0, 3.0, 1.0], batches=2)
     assert not flat.fell and rank([flat]) == []
+
+
+def test_each_scheme_keeps_its_colour_whichever_others_are_plotted() -> None:
+    from initwatch.plots import OWN_COLOUR, check_figure, scheme_colour
+    from initwatch.schemes.registry import SCHEMES
+
+    colours = [scheme_colour(s) for s in SCHEMES]
+    assert len(set(colours)) == len(colours) and OWN_COLOUR not in colours
+
+    def variant(name: str) -> Variant:
+        return Variant(name, ["e.0"], {"act_rms": {"e.0": 1.0}}, {"act_rms": {"e.0": 2.0}}, [2, 1])
+
+    def drawn(names: list[str]) -> dict[str, str]:
+        from initwatch.preflight import CheckResult
+
+        result = CheckResult("m", [variant(n) for n in names], OWN, "", CheckSettings("bert"))
+        ax = check_figure(result).axes[0]
+        return {
+            ln.get_label(): ln.get_color() for ln in ax.lines if not ln.get_label().startswith("_")
+        }
+
+    one = drawn([OWN, "deepnet", "t-fixup", "rezero"])
+    two = drawn([OWN, "rezero"])  # deepnet and t-fixup skipped: rezero keeps its colour
+    assert one["rezero"] == two["rezero"] == scheme_colour("rezero")
+    assert one[OWN] == two[OWN] == OWN_COLOUR
+    assert len(set(one.values())) == 4
+
+
+def test_zero_started_schemes_get_the_rules_grace_in_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check hands the rules the scheme by name, so a scheme the registry marks
+    ``starts_from_zero`` (ReZero: gates grow from 0) gets their grace: no exploding_gradient."""
+    import initwatch.watch
+    from initwatch.frame import Frame
+    from initwatch.preflight import run_check
+    from initwatch.rules.detectors import Inputs
+    from initwatch.rules.thresholds import Thresholds
+    from initwatch.schemes.registry import SCHEMES
+
+    contexts = []
+
+    class Spy(initwatch.watch.Watch):
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+            contexts.append(kwargs.get("context"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(initwatch.watch, "Watch", Spy)
+    settings = CheckSettings(
+        "gpt2", depth=4, hidden=32, steps=12, passes=1, batch=4, seq=16, schemes=("rezero",)
+    )
+    result = run_check(settings)
+    burst = [c for c in contexts if c is not None]
+    assert [c.scheme for c in burst] == [None, "rezero"]
+    assert SCHEMES["rezero"].starts_from_zero
+    assert Inputs(Frame(0, [], {}), burst[1], Thresholds()).grace
+    rezero = result.variants[1]
+    assert rezero.measured and not [a for a in rezero.alerts if a.kind == "exploding_gradient"]
