@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Variant:
         alerts: what the rules raised during the burst.
         skipped: why the scheme was not applied (then nothing was measured).
         batches: the fixed batches the burst cycled through.
+        notes: the warnings applying the scheme gave (e.g. a part it could not find).
 
     Example::
 
@@ -136,6 +138,7 @@ class Variant:
     alerts: list[Alert] = field(default_factory=list)
     skipped: str | None = None
     batches: int = 1
+    notes: list[str] = field(default_factory=list)
 
     @property
     def measured(self) -> bool:
@@ -337,6 +340,7 @@ def measure(
     from initwatch.watch import Watch
 
     name = scheme or OWN
+    notes: list[str] = []
     report = progress or (lambda *_: None)
     torch.manual_seed(settings.seed)
     model = source.build()
@@ -346,9 +350,12 @@ def measure(
         if anatomy is None:
             return Variant(name, skipped="initwatch cannot read this model's blocks")
         try:
-            reinit(model, scheme, seed=settings.seed, anatomy=anatomy)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reinit(model, scheme, seed=settings.seed, anatomy=anatomy)
         except InitWatchError as exc:
             return Variant(name, skipped=" ".join(str(exc).split()))
+        notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     gen = torch.Generator().manual_seed(1000 + settings.seed)
     opt = _optimizer(settings.optimizer, model.parameters(), settings.lr)
     done = 0
@@ -418,6 +425,7 @@ def measure(
         losses=losses,
         alerts=list(watch.alerts),
         batches=len(data),
+        notes=notes,
     )
 
 
@@ -437,6 +445,11 @@ def _loss_text(v: Variant) -> str:
         f"(last {max(v.batches, len(v.losses) // 4, 1)} of {len(v.losses)} steps, "
         f"{v.batches} batch{'es' if v.batches != 1 else ''})"
     )
+
+
+def _short(v: Variant) -> str:
+    end, se = v.end_loss()
+    return f"{v.name} (loss {_fmt(end)} ± {_fmt(se)}, lowest/top gradient {_fmt(v.grad_ratio())})"
 
 
 def _ratio_text(v: Variant) -> str:
@@ -516,8 +529,8 @@ def recommend(variants: Sequence[Variant], settings: CheckSettings) -> tuple[str
         parts = [why_not_own, f"{best.name} raised no alert {at}: {_loss_text(best)}"]
         if _ratio_text(best):
             parts.append(_ratio_text(best))
-        for v in ranked[1:]:
-            parts.append(f"also clean: {v.name} ({_loss_text(v)}; {_ratio_text(v) or 'n/a'})")
+        if ranked[1:]:
+            parts.append("also clean: " + ", ".join(_short(v) for v in ranked[1:]))
         return best.name, "; ".join(p for p in parts if p)
     best = min(measured, key=lambda v: (v.diverged, v.errors, len(v.new_alerts), v.end_loss()[0]))
     advice = ""

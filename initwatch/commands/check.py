@@ -237,7 +237,9 @@ def format_result(result: CheckResult) -> str:
     for v in result.variants:
         if not v.measured:
             lines.append(wrap(f"{v.name}: skipped: {v.skipped}", indent="", width=100))
-    if len(measured) < len(result.variants):
+        for note in v.notes:
+            lines.append(wrap(f"{v.name}: note: {note}", indent="", width=100))
+    if len(measured) < len(result.variants) or any(v.notes for v in result.variants):
         lines.append("")
     blocks = measured[0].blocks if measured else []
     if not blocks and measured:
@@ -290,8 +292,9 @@ class _Reporter:
         label = f"{name} ({i + 1}/{len(self.inits)})"
         self.bar.update(i * self.units + done, f"measuring {label}: {done}/{total}")
         if self.lines and done == total:
-            took = time.perf_counter() - self.started
-            print(f"  measured {label} ({took:.0f} s)", file=self.stream, flush=True)
+            now = time.perf_counter()
+            took, self.started = now - self.started, now
+            print(f"  measured {label} in {took:.0f} s", file=self.stream, flush=True)
 
     def close(self) -> None:
         self.bar.close()
