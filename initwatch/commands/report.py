@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.commands._text import fmt, table, wrap
 from initwatch.commands.args import UsageError
@@ -35,7 +34,22 @@ examples:
   initwatch report lightning_logs/version_3 --plot heatmap.png
 """
 PREFIX = "initwatch/"
-HEATMAP_STATS = tuple(s.name for s in catalogue.CATALOGUE if s.depth_profile)
+
+
+def heatmap_stats() -> tuple[str, ...]:
+    """The statistics ``--plot`` can draw: the catalogue's depth profiles (imported when the
+    command's options are built, so ``initwatch --help`` loads no numpy or torch).
+
+    Example::
+
+        >>> "grad_norm" in heatmap_stats()
+        True
+    """
+    from initwatch import catalogue
+
+    return tuple(s.name for s in catalogue.CATALOGUE if s.depth_profile)
+
+
 _EVENTS = "events.out.tfevents."
 _BLOCK = re.compile(r"^(encoder|decoder)\.(\d+)$")
 # The alert Markdown as initwatch wrote it before each alert was also written as plain data
@@ -133,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="save the depth x step heatmap here")
     parser.add_argument(
         "--stat",
-        choices=HEATMAP_STATS,
+        choices=heatmap_stats(),
         default="grad_norm",
         help="the statistic of the heatmap (default grad_norm)",
     )
@@ -440,6 +454,8 @@ def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, floa
     """
     step = run.last_step
     out = []
+    from initwatch import catalogue
+
     for stat, label, highest in catalogue.worst_checks():
         values = run.at(stat, step)
         values = {k: v for k, v in values.items() if math.isfinite(v)}
