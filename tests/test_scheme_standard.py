@@ -99,6 +99,10 @@ def test_models_with_distinct_layers_report_none() -> None:
     model = zoo.build("gpt2", layers=3)
     model.transformer.h[2].load_state_dict(model.transformer.h[0].state_dict())
     assert initwatch.inspect(model).identical == [["decoder.0", "decoder.2"]]
+    shared = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), 1)
+    shared.layers.append(shared.layers[0])  # one layer used twice (ALBERT-style): not copies
+    shared.num_layers = 2
+    assert initwatch.inspect(shared).identical == []
 
 
 @pytest.mark.parametrize("scheme", ["xavier", "kaiming"])

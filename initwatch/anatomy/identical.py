@@ -21,10 +21,12 @@ def _fingerprint(block: nn.Module) -> tuple | None:
 
 
 def _equal(a: nn.Module, b: nn.Module) -> bool:
-    return all(
-        torch.equal(x.detach(), y.detach())
-        for x, y in zip(a.parameters(), b.parameters(), strict=True)
-    )
+    """Equal values in separate tensors (blocks sharing their parameters on purpose, like
+    ALBERT's, are one block used twice, not copies)."""
+    pairs = list(zip(a.parameters(), b.parameters(), strict=True))
+    if all(x is y for x, y in pairs):
+        return False
+    return all(torch.equal(x.detach(), y.detach()) for x, y in pairs)
 
 
 def identical_blocks(model: nn.Module, stacks: list[Stack]) -> list[list[str]]:
