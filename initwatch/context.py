@@ -34,6 +34,9 @@ class RunContext:
             element) when ``grad_clip`` is set.
         step: the current step.
         max_steps: planned number of optimizer steps, if known.
+        activations: the activation functions the model uses, as kinds (``"relu"``,
+            ``"gelu"``, ``"silu"``, ``"tanh"``, ``"sigmoid"``; see
+            :func:`initwatch.selection.activation_kinds`); empty when unknown.
         extra: anything else an integration wants to pass along.
 
     Example::
@@ -62,6 +65,7 @@ class RunContext:
     grad_clip_algorithm: str | None = None
     step: int = 0
     max_steps: int | None = None
+    activations: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -103,11 +103,69 @@ def _lower_lr(ctx: RunContext, ev: dict[str, Any], factor: float = 10.0) -> str:
     return f"lower the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr / factor)})"
 
 
+def _framework(ctx: RunContext) -> str | None:
+    """``"lightning"``, ``"transformers"``, ``"plain"`` (a :class:`~initwatch.Watch` in the
+    user's own loop) or None (unknown: every API is named)."""
+    fw = getattr(ctx, "framework", None) or ctx.extra.get("framework")
+    return str(fw) if fw else None
+
+
+def _api(ctx: RunContext, lightning: str, hf: str, plain: str) -> str:
+    """The framework's own way to say it; all three when the framework is unknown."""
+    fw = _framework(ctx)
+    if fw == "lightning":
+        return lightning
+    if fw == "transformers":
+        return hf
+    if fw == "plain":
+        return plain
+    return f"Lightning {lightning}, HF {hf}, or {plain}"
+
+
+def _use_scheme(ctx: RunContext, name: str) -> str:
+    """How this run applies a scheme: the callback of its framework, else ``reinit``."""
+    fw = _framework(ctx)
+    reinit = f'`initwatch.reinit(model, "{name}")` before training'
+    if fw == "lightning":
+        return f'`Trainer(callbacks=[InitWatch(scheme="{name}")])`'
+    if fw == "transformers":
+        return f'`Trainer(..., callbacks=[InitWatchCallback(scheme="{name}")])`'
+    if fw == "plain":
+        return reinit
+    return (
+        f'`InitWatch(scheme="{name}")` (Lightning), `InitWatchCallback(scheme="{name}")` '
+        f"(HF Trainer) or {reinit}"
+    )
+
+
 def _warmup(ctx: RunContext) -> str:
     if ctx.warmup_steps:
-        return f"lengthen the learning-rate warmup (now {ctx.warmup_steps} steps, try {2 * ctx.warmup_steps})"
+        n = 2 * ctx.warmup_steps
+        how = _api(
+            ctx,
+            f"(the warmup of the scheduler `configure_optimizers` returns: {n} steps)",
+            f"(`TrainingArguments(warmup_steps={n})`)",
+            f"(the warmup of your scheduler: {n} steps)",
+        )
+        return f"lengthen the learning-rate warmup (now {ctx.warmup_steps} steps, try {n}) {how}"
     steps = 1000 if not ctx.max_steps else int(min(4000, max(100, ctx.max_steps // 20)))
-    return f"add a learning-rate warmup (linear, ~{steps} steps)"
+    sched = f"`LinearLR(optimizer, start_factor=0.01, total_iters={steps})`"
+    how = _api(
+        ctx,
+        f'({sched} returned from `configure_optimizers` with `"interval": "step"`)',
+        f"(`TrainingArguments(warmup_steps={steps})`)",
+        f"({sched}, `scheduler.step()` after each `optimizer.step()`)",
+    )
+    return f"add a learning-rate warmup (linear, ~{steps} steps) {how}"
+
+
+def _bf16(ctx: RunContext) -> str:
+    return "train in bf16 " + _api(
+        ctx,
+        '(`Trainer(precision="bf16-mixed")`)',
+        "(`TrainingArguments(bf16=True)`)",
+        "(`torch.autocast(device_type, dtype=torch.bfloat16)`)",
+    )
 
 
 def _clip(ev: dict[str, Any], ctx: RunContext | None = None) -> str:
@@ -121,17 +179,19 @@ def _clip(ev: dict[str, Any], ctx: RunContext | None = None) -> str:
         why = f"twice the run's median gradient norm {_n(base)}"
     else:
         x, why = 1.0, "the common default"
-    return (
-        f"clip gradients at max_norm={_n(x)} ({why}): Lightning `Trainer(gradient_clip_val={_n(x)})`, "
-        f"HF `TrainingArguments(max_grad_norm={_n(x)})`, or "
-        f"`torch.nn.utils.clip_grad_norm_(model.parameters(), {_n(x)})`"
+    how = _api(
+        ctx or RunContext(),
+        f"`Trainer(gradient_clip_val={_n(x)})`",
+        f"`TrainingArguments(max_grad_norm={_n(x)})`",
+        f"`torch.nn.utils.clip_grad_norm_(model.parameters(), {_n(x)})` before `optimizer.step()`",
     )
+    return f"clip gradients at max_norm={_n(x)} ({why}): {how}"
 
 
 def _deepnet(ctx: RunContext, depth: dict[str, int]) -> str:
     consts = deepnet_constants(depth, ctx.cross_attention)
     if not consts:
-        return '`InitWatch(scheme="deepnet")` (DeepNet: skip x alpha inside the LayerNorm, v/o/FFN init x beta)'
+        return f"DeepNet (skip x alpha inside the LayerNorm, v/o/FFN init x beta): {_use_scheme(ctx, 'deepnet')}"
     if len(consts) == 1:
         (stack, (a, b)), n = next(iter(consts.items())), next(iter(depth.values()))
         f = deepnet.formulas(stack_kind(depth), ctx.cross_attention)[stack]
@@ -140,19 +200,59 @@ def _deepnet(ctx: RunContext, depth: dict[str, int]) -> str:
     else:
         vals = "; ".join(f"{s} alpha={a:.3f}, beta={b:.3f}" for s, (a, b) in consts.items())
         vals += f" for {depth.get('encoder')} encoder / {depth.get('decoder')} decoder blocks"
-    return (
-        f'DeepNet ({vals}): `InitWatch(scheme="deepnet")` or `initwatch.reinit(model, "deepnet")`'
-    )
+    return f"DeepNet ({vals}): {_use_scheme(ctx, 'deepnet')}"
 
 
-def _tfixup(depth: dict[str, int]) -> str:
+def _tfixup(ctx: RunContext, depth: dict[str, int]) -> str:
     scales = tfixup_scales(depth)
     vals = ", ".join(f"{s} x{v:.3f}" for s, v in scales.items())
-    return (
-        f'T-Fixup (`scheme="t-fixup"`: no LayerNorm, no warmup, v/o/FFN weights scaled {vals})'
-        if vals
-        else 'T-Fixup (`scheme="t-fixup"`)'
-    )
+    what = f"no LayerNorm, no warmup, v/o/FFN weights scaled {vals}" if vals else "no LayerNorm"
+    return f"T-Fixup ({what}): {_use_scheme(ctx, 't-fixup')}"
+
+
+def _to_pre_ln(ctx: RunContext) -> str:
+    """The family's own way to move its norms before the sublayers (Pre-LN), or that it has
+    none (read from :mod:`initwatch.anatomy.families`)."""
+    from initwatch.anatomy.families import layout_switch
+
+    family = ctx.family
+    switch = layout_switch(family) if family else None
+    if switch:
+        return f"switch to Pre-LN ({switch})"
+    if family:
+        return f"{family} has no Pre-LN switch (its norms sit after the sublayers by design): build a Pre-LN variant of the model only if you can retrain from scratch"
+    return "switch to Pre-LN (each norm before its sublayer)"
+
+
+# The variance-preserving init of each activation kind (initwatch.selection.activation_kinds).
+_INIT_BY_ACT = {
+    "relu": "Kaiming for ReLU (std sqrt(2/fan_in))",
+    "gelu": "Kaiming-style with GELU's own gain 1/sqrt(E[gelu(z)^2])",
+    "silu": "Kaiming-style with SiLU's own gain 1/sqrt(E[silu(z)^2])",
+    "tanh": "Xavier with gain 5/3 for tanh",
+    "sigmoid": "Xavier (gain 1) for sigmoid",
+}
+_SATURATING = ("sigmoid", "tanh")
+
+
+def _init_advice(ctx: RunContext) -> str:
+    """A variance-preserving init for the activations this model has (all when unknown)."""
+    acts = [a for a in ctx.activations if a in _INIT_BY_ACT]
+    if not ctx.activations:
+        return "use a variance-preserving init (Kaiming for ReLU, Xavier for tanh)"
+    if not acts:
+        return "use a variance-preserving init for its activations"
+    return "use a variance-preserving init (" + "; ".join(_INIT_BY_ACT[a] for a in acts) + ")"
+
+
+def _replace_saturating(ctx: RunContext) -> str | None:
+    """Replace sigmoid/tanh, when the model has them (or nothing is known); None otherwise."""
+    if not ctx.activations:
+        return "replace saturating activations (sigmoid, tanh) by ReLU or GELU"
+    present = [a for a in _SATURATING if a in ctx.activations]
+    if not present:
+        return None
+    return f"replace its {' and '.join(present)} by ReLU or GELU"
 
 
 def _join(items: list[str]) -> str:
@@ -169,13 +269,7 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     where = f"{layer} and the other lower layers" if ev.get("n_affected", 1) > 1 else layer
     if ev.get("source") == "floor" and not _is_transformer(ev, ctx):
         lead = f"The gradient reaching {layer} is almost zero: check that it is used in the loss (no detach, no frozen path)"
-        return _join(
-            [
-                lead,
-                "use a variance-preserving init (Kaiming for ReLU, Xavier for tanh)",
-                _warmup(ctx),
-            ]
-        )
+        return _join([lead, _init_advice(ctx), _warmup(ctx)])
     if ctx.pretrained:
         return _join(
             [
@@ -185,10 +279,13 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
         )
     if not _is_transformer(ev, ctx):
         n = ev.get("n_layers")
+        lead = f"Gradients shrink across {n or 'the'} layers before reaching {where}"
+        swap = _replace_saturating(ctx)
+        init = _init_advice(ctx)
         return _join(
             [
-                f"Gradients shrink across {n or 'the'} layers before reaching {where}: replace saturating activations (sigmoid, tanh) by ReLU or GELU",
-                "use a variance-preserving init (Kaiming for ReLU, Xavier for tanh)",
+                f"{lead}: {swap}" if swap else f"{lead}: {init}",
+                init if swap else "",
                 "add normalization (LayerNorm/BatchNorm) or residual connections",
             ]
         )
@@ -199,8 +296,8 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
         return _join(
             [
                 f"DeepNet is already applied{f' ({vals})' if vals else ''}: check with `initwatch.inspect(model)` that it reached every block, then {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
-                "switch to Pre-LN (norm_first=True)",
-                'try ReZero (`scheme="rezero"`)',
+                _to_pre_ln(ctx),
+                f"try ReZero on a fresh model: {_use_scheme(ctx, 'rezero')}",
             ]
         )
     if scheme in registry.grace_schemes():  # branches that start from zero (T-Fixup, ReZero)
@@ -210,14 +307,14 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
                 f"{name} is already applied and its grace period is over: {_lower_lr(ctx, ev, 3)} and {_warmup(ctx)}",
                 f"try DeepNet, which keeps LayerNorm: {_deepnet(ctx, depth)}"
                 if ctx.layout == "post"
-                else "switch to Pre-LN",
+                else _to_pre_ln(ctx),
             ]
         )
     if ctx.layout == "pre":
         return _join(
             [
                 f"Pre-LN should not starve its lower blocks; {_warmup(ctx)} and {_lower_lr(ctx, ev, 3)}",
-                'try ReZero (`scheme="rezero"`)',
+                f"try ReZero: {_use_scheme(ctx, 'rezero')}",
             ]
         )
     # Post-LN (or unknown layout) trained from scratch without a scheme: the deep-transformer case.
@@ -226,9 +323,9 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     return _join(
         [
             f"{lead} {n_text}model loses its gradient before {where}: use {_deepnet(ctx, depth)}",
-            _tfixup(depth),
-            "switch to Pre-LN (norm_first=True)",
-            _warmup(ctx) + (f" for {ctx.optimizer}" if ctx.optimizer else ""),
+            _tfixup(ctx, depth),
+            _to_pre_ln(ctx),
+            _warmup(ctx),
         ]
     )
 
@@ -271,8 +368,9 @@ def _vanishing_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
     gain = (
         f"multiply the init gain by ~{_n(1 / per)} " if isinstance(per, float) and per > 0 else ""
     )
+    init = _init_advice(ctx).removeprefix("use a ")
     items = [
-        f"The signal shrinks by ~{_n(per)}x per layer before {layer}: {gain}(variance-preserving init: Kaiming for ReLU, Xavier for tanh)",
+        f"The signal shrinks by ~{_n(per)}x per layer before {layer}: {gain}({init})",
         "add normalization (LayerNorm/BatchNorm)",
     ]
     if _is_transformer(ev, ctx) and not ctx.pretrained:
@@ -285,7 +383,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
     if src == "fp16":
         return _join(
             [
-                f"{layer} approaches fp16's limit 65504: train in bf16 (Lightning `precision='bf16-mixed'`, HF `bf16=True`)",
+                f"{layer} approaches fp16's limit 65504: {_bf16(ctx)}",
                 f"keep {layer} in fp32 (`torch.autocast(..., enabled=False)` around it)",
                 _lower_lr(ctx, ev, 3),
                 "add a normalization before it",
@@ -310,12 +408,14 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
         )
     if _is_transformer(ev, ctx) and ev.get("blocks", True):
         depth = _depth(ev, ctx)
+        if ctx.scheme:
+            return _grows_under_scheme(layer, ev, ctx, depth)
         n = sum(depth.values()) or ev.get("n_layers") or 1
         branch = 1 / math.sqrt(2 * n)
         items = [
             f"The residual stream grows ~{_n(per)}x per block up to {layer}: scale each residual branch's output projection by 1/sqrt(2N)={branch:.3f} (GPT-2) for N={n}",
             "LayerNorm scaling by 1/sqrt(depth) (Curse of Depth)",
-            'ReZero (`scheme="rezero"`), whose branches start at zero',
+            f"ReZero, whose branches start at zero: {_use_scheme(ctx, 'rezero')}",
         ]
         if ctx.layout == "post":
             items.append(_deepnet(ctx, depth))
@@ -325,10 +425,44 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
         if isinstance(per, float) and per > 0
         else "lower the init gain"
     )
+    init = _init_advice(ctx).removeprefix("use a ")
     return _join(
         [
-            f"Activations grow ~{_n(per)}x per layer up to {layer}: {gain} (Kaiming for ReLU: std sqrt(2/fan_in); Xavier for tanh)",
+            f"Activations grow ~{_n(per)}x per layer up to {layer}: {gain} ({init})",
             "add normalization (LayerNorm/BatchNorm)",
+        ]
+    )
+
+
+def _grows_under_scheme(
+    layer: str, ev: dict[str, Any], ctx: RunContext, depth: dict[str, int]
+) -> str:
+    """The residual stream grows although a scheme was applied: say what the scheme already
+    did (read from the registry) and never suggest it again (branch scaling, LayerNorm
+    changes, another scheme on this model)."""
+    per = ev.get("per_layer")
+    try:
+        scheme = registry.get(ctx.scheme or "")
+    except ValueError:
+        scheme = None
+    title = scheme.title if scheme is not None else str(ctx.scheme)
+    did = []
+    if scheme is not None:
+        consts = registry.constants(scheme.name, depth, ctx.cross_attention) if depth else {}
+        if any(consts.values()):
+            vals = "; ".join(
+                f"{s}: " + ", ".join(f"{k}={v:.3g}" for k, v in c.items())
+                for s, c in consts.items()
+            )
+            did.append(f"scales the residual branches ({vals})")
+        if scheme.removes_norms:
+            did.append("removed the residual-path LayerNorms")
+    what = f", which already {' and '.join(did)}" if did else ""
+    return _join(
+        [
+            f"The residual stream grows ~{_n(per)}x per block up to {layer} under {title}{what}: check with `initwatch.inspect(model)` that it reached every block, then {_lower_lr(ctx, ev, 3)}",
+            _warmup(ctx),
+            _clip(ev, ctx),
         ]
     )
 
@@ -339,7 +473,7 @@ def _nonfinite(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     if _fp16(ctx):
         return _join(
             [
-                f"{first}: fp16 overflows above 65504 — train in bf16 (Lightning `precision='bf16-mixed'`, HF `bf16=True`)",
+                f"{first}: fp16 overflows above 65504 — {_bf16(ctx)}",
                 "keep dynamic loss scaling on (`torch.amp.GradScaler`)",
                 f"keep {layer} in fp32",
                 _lower_lr(ctx, ev),
@@ -370,12 +504,17 @@ def _saturation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     frac = ev.get("fraction")
     return _join(
         [
-            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs sit in the flat tails: lower the init gain of the layer before it (Xavier with gain 5/3 for tanh, 1 for sigmoid; halve it if still saturated)",
+            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs sit in the flat tails: lower the init gain of the layer before it ({_saturating_gain(ctx)}; halve it if still saturated)",
             "add a normalization (LayerNorm/BatchNorm) before the activation",
             "use a ReLU-family activation (ReLU, GELU)",
             _lower_lr(ctx, ev, 3),
         ]
     )
+
+
+def _saturating_gain(ctx: RunContext) -> str:
+    present = [a for a in _SATURATING if a in ctx.activations] or list(_SATURATING)
+    return "; ".join(_INIT_BY_ACT[a] for a in present)
 
 
 def _update_ratio_high(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:

@@ -154,6 +154,50 @@ def counts_zeros(module: nn.Module) -> bool:
     return type(module).__module__.startswith("transformers.activations") and "relu" in name.lower()
 
 
+def _act_kind(name: str) -> str:
+    n = name.lower()
+    for kind, marks in (
+        ("gelu", ("gelu",)),
+        ("silu", ("silu", "swish", "swiglu")),
+        ("sigmoid", ("sigmoid",)),
+        ("tanh", ("tanh",)),
+        ("relu", ("relu", "elu", "threshold")),
+    ):
+        if any(m in n for m in marks):
+            return kind
+    return n
+
+
+def activation_kinds(model: nn.Module) -> list[str]:
+    """The activation functions a model uses, as kinds: ``"relu"`` (ReLU family, ELU),
+    ``"gelu"``, ``"silu"``, ``"tanh"``, ``"sigmoid"`` (else the lower-case class name).
+
+    Read from activation modules (torch's and Hugging Face's ``ACT2FN`` classes) and from the
+    ``activation`` attribute of ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` (a function,
+    ``F.relu`` by default). Remedies name only what is there: a GELU model is not told about
+    sigmoid or tanh.
+
+    Example::
+
+        >>> activation_kinds(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2), nn.Tanh()))
+        ['gelu', 'tanh']
+        >>> activation_kinds(nn.TransformerEncoderLayer(8, 2, 16))
+        ['relu']
+    """
+    kinds: set[str] = set()
+    for module in model.modules():
+        if is_activation(module):
+            kinds.add(_act_kind(type(module).__name__))
+        elif isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+            fn = getattr(module, "activation", None)
+            if isinstance(fn, nn.Module):
+                continue  # a module activation is counted on its own
+            name = getattr(fn, "__name__", None)
+            if name:
+                kinds.add(_act_kind(name))
+    return sorted(kinds)
+
+
 def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 

@@ -855,8 +855,11 @@ class Watch:
         rules exempt a scheme's zero-by-construction start, remedies never re-init a fine-tune."""
         from initwatch.schemes.base import applied_scheme
         from initwatch.schemes.pretrained import decide_pretrained
+        from initwatch.selection import activation_kinds
 
         ctx = self.context
+        ctx.activations = ctx.activations or activation_kinds(model)
+        ctx.extra.setdefault("framework", "plain")  # the adapters set their own
         if ctx.scheme is None:
             scheme = applied_scheme(model)
             ctx.scheme = None if scheme in (None, "none") else scheme

@@ -350,7 +350,8 @@ def test_deep_post_ln_transformer_without_warmup_vanishes() -> None:
     assert alert.layer in lower
     listed = alert.extra["layers"]
     assert sum(n in lower for n in listed) >= 0.75 * len(listed)
-    assert "alpha=(2N)^(1/4)=2.632" in alert.remedy and 'scheme="deepnet"' in alert.remedy
+    assert "alpha=(2N)^(1/4)=2.632" in alert.remedy
+    assert 'initwatch.reinit(model, "deepnet")' in alert.remedy  # a plain loop: reinit
 
 
 # ----------------------------------------------------------------------------- healthy

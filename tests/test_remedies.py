@@ -219,3 +219,149 @@ def test_update_ratio_low_never_suggests_an_lr_past_the_optimizers_range() -> No
         RunContext(lr=1e-3, optimizer="SGD"),
     )
     assert "~450x (from 0.001 to 0.45)" in sgd
+
+
+# ----------------------------------------------------------------------------- built from the context
+def fw(framework: str | None, **kw) -> RunContext:
+    ctx = post(24, **kw)
+    if framework:
+        ctx.extra["framework"] = framework
+    return ctx
+
+
+def test_scheme_remedy_names_the_frameworks_own_api() -> None:
+    hf = suggest("vanishing_gradient", "encoder.0", {}, fw("transformers"))
+    assert 'InitWatchCallback(scheme="deepnet")' in hf and "InitWatch(scheme" not in hf
+    assert "TrainingArguments(warmup_steps=" in hf and "configure_optimizers" not in hf
+    pl = suggest("vanishing_gradient", "encoder.0", {}, fw("lightning"))
+    assert 'Trainer(callbacks=[InitWatch(scheme="deepnet")])' in pl
+    assert "InitWatchCallback" not in pl and "TrainingArguments" not in pl
+    assert "configure_optimizers" in pl
+    plain = suggest("vanishing_gradient", "encoder.0", {}, fw("plain"))
+    assert 'initwatch.reinit(model, "deepnet")' in plain
+    assert "InitWatch" not in plain and "TrainingArguments" not in plain
+    assert "scheduler.step()" in plain
+
+
+@pytest.mark.parametrize(
+    ("framework", "wanted", "unwanted"),
+    [
+        ("lightning", "Trainer(gradient_clip_val=1.5)", ("max_grad_norm", "clip_grad_norm_")),
+        (
+            "transformers",
+            "TrainingArguments(max_grad_norm=1.5)",
+            ("gradient_clip_val", "clip_grad_norm_"),
+        ),
+        (
+            "plain",
+            "clip_grad_norm_(model.parameters(), 1.5)",
+            ("gradient_clip_val", "max_grad_norm"),
+        ),
+    ],
+)
+def test_clipping_and_bf16_in_the_frameworks_words(framework, wanted, unwanted) -> None:
+    ctx = fw(framework)
+    text = suggest("exploding_gradient", "*", {"grad_norm": 50.0, "baseline": 0.73}, ctx)
+    assert wanted in text and not any(u in text for u in unwanted)
+    ctx.precision = "16-mixed"
+    bf16 = suggest("nonfinite", "encoder.3", {"where": "activation"}, ctx)
+    words = {
+        "lightning": 'Trainer(precision="bf16-mixed")',
+        "transformers": "TrainingArguments(bf16=True)",
+        "plain": "torch.autocast(device_type, dtype=torch.bfloat16)",
+    }
+    assert words[framework] in bf16
+    assert not any(w in bf16 for k, w in words.items() if k != framework)
+
+
+@pytest.mark.parametrize(
+    ("family", "switch"),
+    [
+        ("torch", "norm_first=True"),
+        ("opt", "OPTConfig(do_layer_norm_before=True)"),
+        ("bert", None),
+    ],
+)
+def test_layout_switch_is_the_familys_own(family, switch) -> None:
+    text = suggest("vanishing_gradient", "encoder.0", {}, fw("transformers", family=family))
+    if switch is None:
+        assert "norm_first" not in text and "bert has no Pre-LN switch" in text
+    else:
+        assert f"switch to Pre-LN (`{switch}" in text
+    if family != "torch":
+        assert "norm_first" not in text
+
+
+@pytest.mark.parametrize("scheme", ["t-fixup", "rezero", "deepnet", "scaled", "ds-init"])
+def test_growth_after_a_scheme_never_suggests_what_it_already_did(scheme) -> None:
+    from initwatch.schemes import registry
+
+    ctx = fw("transformers", scheme=scheme)
+    text = suggest("exploding_activation", "encoder.20", {"per_layer": 1.3, "source": "depth"}, ctx)
+    title = registry.get(scheme).title
+    assert f"under {title}, which already scales the residual branches" in text
+    for redundant in ("1/sqrt(2N)", "Curse of Depth", "LayerNorm scaling", "ReZero, whose"):
+        assert redundant not in text, (scheme, text)
+    assert 'scheme="' not in text and "reinit(" not in text  # no second scheme on this model
+    if registry.get(scheme).removes_norms:
+        assert "removed the residual-path LayerNorms" in text
+    # the numbers quoted are the registry's, not re-written
+    for consts in registry.constants(scheme, {"encoder": 24}).values():
+        for k, v in consts.items():
+            if v:
+                assert f"{k}={v:.3g}" in text
+    fresh = suggest(
+        "exploding_activation", "encoder.20", {"per_layer": 1.3, "source": "depth"}, fw(None)
+    )
+    assert "1/sqrt(2N)" in fresh  # without a scheme, branch scaling is the advice
+
+
+def test_activation_advice_names_only_the_activations_present() -> None:
+    ev = {"n_layers": 12}
+    gelu = suggest("vanishing_gradient", "3", ev, RunContext(activations=["gelu"]))
+    assert "sigmoid" not in gelu and "tanh" not in gelu and "GELU's own gain" in gelu
+    sig = suggest("vanishing_gradient", "3", ev, RunContext(activations=["relu", "sigmoid"]))
+    assert "replace its sigmoid by ReLU or GELU" in sig and "tanh" not in sig
+    assert "Kaiming for ReLU" in sig and "Xavier (gain 1) for sigmoid" in sig
+    tanh_sat = suggest("saturation", "act", {"fraction": 0.8}, RunContext(activations=["tanh"]))
+    assert "gain 5/3 for tanh" in tanh_sat and "sigmoid" not in tanh_sat
+    grow = suggest(
+        "exploding_activation", "5", {"per_layer": 2.6}, RunContext(activations=["gelu"])
+    )
+    assert "tanh" not in grow and "ReLU:" not in grow
+
+
+def test_activation_kinds_are_read_from_the_model() -> None:
+    from torch import nn
+
+    from initwatch import Watch
+    from initwatch.selection import activation_kinds
+
+    assert activation_kinds(nn.Sequential(nn.Linear(2, 2), nn.SiLU())) == ["silu"]
+    layer = nn.TransformerEncoderLayer(8, 2, 16, activation="gelu")
+    assert activation_kinds(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)) == ["gelu"]
+    watch = Watch(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    assert watch.context.activations == ["tanh"] and watch.context.extra["framework"] == "plain"
+    watch.close()
+
+
+def test_per_layer_factor_comes_from_the_layers_that_grew() -> None:
+    # outputs grow x3 per layer up to layer 4, then the last layers shrink back below layer 0:
+    # last-vs-first would say "~0.75x per layer" (a shrink); the growth is 3x per layer.
+    from initwatch.frame import Frame, LayerInfo
+    from initwatch.rules.detectors import Inputs, activations
+    from initwatch.rules.thresholds import Thresholds
+
+    rms = [1.0, 3.0, 9.0, 27.0, 81.0 * 3, 0.5, 0.2, 0.1]
+    infos = [LayerInfo(f"b{i}", "block", i, f"b{i}", block=i) for i in range(len(rms))]
+    frame = Frame(0, infos, {"act_rms": {f"b{i}": v for i, v in enumerate(rms)}})
+    (grow,) = [
+        f
+        for f in activations(Inputs(frame, RunContext(), Thresholds()))
+        if f.kind == "exploding_activation"
+    ]
+    assert grow.layer == "b4"
+    assert grow.evidence["per_layer"] == pytest.approx(243**0.25)
+    assert "over the 4 layers up to it" in grow.message
+    text = suggest(grow.kind, grow.layer, grow.evidence, RunContext())
+    assert "grow ~3.9x per layer" in text and "divide the init gain by ~3.9" in text

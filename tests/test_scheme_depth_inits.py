@@ -74,7 +74,7 @@ def test_ds_init_alpha_and_layer_twelve_numbers() -> None:
     report = initwatch.reinit(model, "ds-init", alpha=0.5)
     top = [c for c in report.parameters if c.block == "encoder.11" and c.role == "ffn_in"][0]
     assert top.gain == pytest.approx(0.5 * 12**-0.25)  # 0.5 x 0.537
-    assert "exponent=-0.25" in str(report).splitlines()[0]
+    assert "exponent=-0.25" in report.headline()
 
 
 @pytest.mark.parametrize(

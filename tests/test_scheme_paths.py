@@ -108,8 +108,8 @@ def test_missing_token_embedding_is_reported_skipped_with_a_warning() -> None:
     assert [c.role for c in report.skipped] == ["token_embedding"]
     assert "token_embedding=" in report.skipped[0].note
     assert set(report.constants["encoder"]) == {"scale"}  # only what was applied
-    assert "embedding_scale" not in str(report).splitlines()[0]
-    assert "1 skipped" in str(report).splitlines()[0]
+    assert "embedding_scale" not in report.headline()
+    assert "1 skipped" in report.headline()
 
 
 def test_a_shared_table_drawn_once_keeps_its_scale_out_of_the_other_stack() -> None:

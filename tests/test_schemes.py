@@ -427,9 +427,10 @@ def test_train_and_eval_mode_agree_on_torch_layers(scheme: str) -> None:
 def test_report_table_and_plain_data() -> None:
     model = zoo.build("bert", layers=4)
     report = initwatch.reinit(model, "deepnet")
-    text = str(report)
+    text = report.table()
     assert text.startswith("deepnet on BertForMaskedLM (bert)")
     assert "bert.encoder.layer.3.output.dense.weight" in text and "gain beta" in text
+    assert str(report).startswith("deepnet on BertForMaskedLM (bert)")
     data = report.to_dict()
     assert data["scheme"] == "deepnet" and len(data["changes"]) == len(report.changes)
     assert data["constants"]["encoder"]["alpha"] == pytest.approx(8**0.25)

@@ -37,6 +37,8 @@ class Family:
     residual: Callable[[nn.Module, object], str] = lambda b, c: "sequential"
     attn_scaled: bool = True
     fused: str | None = None  # "cols" (GPT-2), "heads" (GPT-NeoX), "rows" (torch MHA)
+    # the family's own switch from Post-LN to Pre-LN, as the user writes it; None: it has none
+    layout_switch: str | None = None
 
 
 def _pre(block: nn.Module, config: object) -> str:
@@ -364,6 +366,7 @@ FAMILIES: tuple[Family, ...] = (
         token_embedding="embed_tokens",
         position_embedding="embed_positions",
         final_norm="final_layer_norm",
+        layout_switch="`OPTConfig(do_layer_norm_before=True)`",
     ),
     Family(
         "llama", (_HF + "llama.modeling_llama.LlamaDecoderLayer",), _llama, _pre, **_LLAMA_STACK
@@ -448,10 +451,29 @@ FAMILIES: tuple[Family, ...] = (
         _torch_layout,
         final_norm="norm",
         fused="rows",
+        layout_switch="`norm_first=True` in `nn.TransformerEncoderLayer(...)` / `nn.TransformerDecoderLayer(...)`",
     ),
 )
 
 BY_BLOCK_CLASS: dict[str, Family] = {c: f for f in FAMILIES for c in f.block_classes}
+
+
+def layout_switch(family: str) -> str | None:
+    """How a family's model is switched from Post-LN to Pre-LN (its own argument), or None
+    when the family has no such switch (BERT, BART, T5...: the layout is fixed by the
+    architecture).
+
+    Example::
+
+        >>> layout_switch("opt")
+        '`OPTConfig(do_layer_norm_before=True)`'
+        >>> layout_switch("bert") is None
+        True
+    """
+    for f in FAMILIES:
+        if f.name == family:
+            return f.layout_switch
+    return None
 
 
 def class_key(module: nn.Module) -> str:

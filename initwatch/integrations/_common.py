@@ -527,4 +527,4 @@ def describe_report(report: ReinitReport | None) -> str:
     """
     if report is None:
         return "no scheme applied"
-    return str(report).splitlines()[0]
+    return report.headline()

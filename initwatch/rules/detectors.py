@@ -555,8 +555,8 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
         return []
     first_name, ref = items[0][0].name, items[0][1]
     growth = growth_ratios(items)
+    position = {i.name: k for k, (i, _) in enumerate(items)}
     n = len(items)
-    per_layer = (items[-1][1] / ref) ** (1.0 / (n - 1)) if items[-1][1] > 0 else 0.0
     out = []
     up = sorted(((r, nm) for r, nm in growth if r > th.act_depth_growth), key=lambda t: -t[0])
     down = sorted(((r, nm) for r, nm in growth if r < th.act_depth_decay), key=lambda t: t[0])
@@ -568,14 +568,19 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
             continue
         r, name = hits[0]
         names = [nm for _, nm in hits]
+        # the factor per layer over the layers that grew (or shrank): from the first layer
+        # to the worst one, not to the last (which may have recovered)
+        span = position[name]
+        per_layer = r ** (1.0 / span) if r > 0 and span > 0 else 0.0
         msg = (
             f"output RMS of {name} is {fmt(r)}x that of {first_name} ({fmt(r * ref)} vs "
-            f"{fmt(ref)}), {fmt(per_layer)}x per layer over {n} layers; {len(names)} layers "
-            f"beyond {fmt(thr)}x: {name_list(names)}"
+            f"{fmt(ref)}), {fmt(per_layer)}x per layer over the {span} layers up to it; "
+            f"{len(names)} of {n} layers beyond {fmt(thr)}x: {name_list(names)}"
         )
         ev = {
             "ratio": r,
             "per_layer": per_layer,
+            "per_layer_span": span,
             "n_layers": n,
             "reference": ref,
             "source": "depth",

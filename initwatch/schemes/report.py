@@ -90,11 +90,40 @@ class ReinitReport:
             "family": self.family,
         }
 
-    def __str__(self) -> str:
+    def headline(self) -> str:
+        """One line: the scheme, the model, how many changes, the constants.
+
+        Example::
+
+            >>> import initwatch
+            >>> from initwatch import zoo
+            >>> initwatch.reinit(zoo.build("torch_encoder", layers=4), "deepnet").headline()
+            'deepnet on TransformerEncoder (torch): 48 parameter inits, 4 structural changes, 0 skipped; encoder: alpha=1.682 beta=0.4204'
+        """
+        return self._head()
+
+    def _head(self) -> str:
         consts = ", ".join(
             f"{stack}: " + " ".join(f"{k}={v:.4g}" for k, v in vals.items())
             for stack, vals in self.constants.items()
         )
+        return (
+            f"{self.scheme} on {self.model_class} ({self.family}): {len(self.parameters)} "
+            f"parameter inits, {len(self.structure)} structural changes, "
+            f"{len(self.skipped)} skipped; {consts}"
+        )
+
+    def table(self) -> str:
+        """The full table: one row per parameter (or slice) and per structural edit.
+
+        Example::
+
+            >>> import initwatch
+            >>> from initwatch import zoo
+            >>> report = initwatch.reinit(zoo.build("torch_encoder", layers=2), "deepnet")
+            >>> print(report.table().splitlines()[1])  # doctest: +NORMALIZE_WHITESPACE
+            block role target action gain std note
+        """
         rows = [
             [
                 c.block,
@@ -107,14 +136,80 @@ class ReinitReport:
             ]
             for c in self.changes
         ]
-        head = (
-            f"{self.scheme} on {self.model_class} ({self.family}): {len(self.parameters)} "
-            f"parameter inits, {len(self.structure)} structural changes, "
-            f"{len(self.skipped)} skipped; {consts}"
-        )
-        return (
-            head + "\n" + table(["block", "role", "target", "action", "gain", "std", "note"], rows)
-        )
+        header = ["block", "role", "target", "action", "gain", "std", "note"]
+        return self._head() + "\n" + table(header, rows)
+
+    def summary(self, width: int = 100) -> str:
+        """What the scheme did, grouped: one row per kind of change (role, action, gain, std,
+        note) with the blocks it was applied to (``encoder.0-23``), the structural edits and
+        what was skipped; at most ``width`` columns. ``str(report)`` is this summary;
+        :meth:`table` has every parameter.
+
+        Example::
+
+            >>> import initwatch
+            >>> from initwatch import zoo
+            >>> report = initwatch.reinit(zoo.build("torch_encoder", layers=24), "deepnet")
+            >>> text = report.summary()
+            >>> len(text.splitlines()) <= 60, max(map(len, text.splitlines())) <= 100
+            (True, True)
+        """
+        import textwrap
+
+        from initwatch.anatomy.render import block_ranges
+
+        def num(x: float | None) -> str:
+            return "" if x is None else f"{x:.4g}"
+
+        def grouped(changes: list[Change]) -> list[list[str]]:
+            by_change: dict[tuple, list[str]] = {}
+            for c in changes:
+                key = (c.role, c.action, num(c.gain), num(c.std), c.note)
+                by_change.setdefault(key, []).append(c.block)
+            # roles that got the same change in the same blocks share a row ("q, k")
+            rows: dict[tuple, list[str]] = {}
+            for (role, *rest), blocks in by_change.items():
+                where = block_ranges(blocks) + (f" ({len(blocks)})" if len(blocks) > 1 else "")
+                roles = rows.setdefault((where, *rest), [])
+                bare = role.removesuffix(" bias")
+                roles.append(bare if role.endswith(" bias") and rest[0] == "zeros" else role)
+            out = []
+            for (where, action, gain, std, note), roles in rows.items():
+                label = ", ".join(roles)
+                if note.startswith("bias of"):  # one row for the biases of many roles
+                    label, note = "biases", f"of {label}"
+                out.append([where, label, action, gain, std, note])
+            return out
+
+        head, _, consts = self._head().partition("; ")
+        lines = [head] + textwrap.wrap(f"constants: {consts}", width, subsequent_indent="  ")
+        header = ["blocks", "role", "action", "gain", "std", "note"]
+        for title, changes in (("inits", self.parameters), ("structure", self.structure)):
+            if not changes:
+                continue
+            rows = grouped(changes)
+            text = table(header, rows)
+            over = max(map(len, text.splitlines())) - width
+            if over > 0:  # the note is the one free-text column: cut it to fit the width
+                keep = max(10, max(len(r[5]) for r in rows) - over)
+                for r in rows:
+                    r[5] = r[5] if len(r[5]) <= keep else r[5][: keep - 3] + "..."
+                text = table(header, rows)
+            lines += ["", f"{title}:", text]
+        skipped = self.skipped
+        if skipped:
+            lines += ["", f"skipped ({len(skipped)}):"]
+            for c in skipped[:10]:
+                lines += textwrap.wrap(
+                    f"- {c.block} {c.role} {c.target}: {c.note}", width, subsequent_indent="    "
+                )
+            if len(skipped) > 10:
+                lines.append(f"  (+{len(skipped) - 10} more)")
+        lines += ["", "every parameter: report.table()"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 _INIT_ACTIONS = {
