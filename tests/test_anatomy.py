@@ -186,10 +186,11 @@ def test_multihead_attention_rows_reproduce_the_module() -> None:
 def test_str_is_a_readable_table() -> None:
     text = str(initwatch.inspect(zoo.build("bert")))
     assert "family bert" in text and "Post-LN" in text
-    assert "block" in text.splitlines()[1] and "role" in text.splitlines()[1]
-    assert "bert.encoder.layer.1.attention.self.query.weight" in text
+    header = [ln for ln in text.splitlines() if ln.startswith("block ")]
+    assert header and "role" in header[0] and "module" in header[0]
+    assert "bert.encoder.layer.*.attention.self.query.weight" in text  # blocks 0-1 collapsed
     assert "32x32" in text and "64x32" in text  # shapes (out x in)
-    assert "deepnet: applies" in text
+    assert "deepnet" in text and "applies" in text
     pre = str(initwatch.inspect(zoo.build("llama")))
     assert "deepnet: not applicable" in pre and "Pre-LN" in pre
 

@@ -241,6 +241,9 @@ def test_alert_warning_is_printed_once_and_names_the_users_train_line(tmp_path):
     ours = [w for w in seen if issubclass(w.category, AlertWarning)]
     assert len(ours) == 1 and len(cb.alerts) >= 1
     assert ours[0].filename == __file__  # trainer.train() here, not transformers' loop
+    remedy = cb.alerts[0].remedy  # in the HF Trainer's own words
+    assert "TrainingArguments(" in remedy and "configure_optimizers" not in remedy
+    assert "gradient_clip_val" not in remedy
 
 
 def test_skipped_amp_steps_are_reported_as_skipped_not_explosions(tmp_path, monkeypatch):

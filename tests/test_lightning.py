@@ -429,6 +429,9 @@ def test_warn_goes_through_the_alert_policy_once_per_cause(tmp_path):
     ours = [w for w in seen if issubclass(w.category, AlertWarning)]
     assert len(ours) == 1 and len(cb.alerts) >= 1
     assert ours[0].filename == __file__  # the user's trainer.fit line, not Lightning's loop
+    remedy = cb.alerts[0].remedy  # in Lightning's own words
+    assert "configure_optimizers" in remedy or "Trainer(" in remedy
+    assert "TrainingArguments" not in remedy and "max_grad_norm" not in remedy
 
 
 @pytest.mark.slow

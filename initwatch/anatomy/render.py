@@ -142,10 +142,7 @@ def render(anatomy: Anatomy) -> str:
         lines.append(f"scheme applied: {title} ({anatomy.applied_scheme})")
     else:
         lines.append("scheme applied: none")
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in applicability(anatomy).items():
-        by_reason.setdefault(reason, []).append(name)
-    schemes = "; ".join(f"{', '.join(names)}: {r}" for r, names in by_reason.items())
+    schemes = "; ".join(f"{k}: {v}" for k, v in applicability(anatomy).items())
     lines += textwrap.wrap(
         "schemes: " + schemes, 100, subsequent_indent="  ", break_on_hyphens=False
     )
