@@ -64,6 +64,9 @@ class Frame:
         layers: every activation source and parameter that has statistics, in depth order.
         values: ``values[stat][layer_name] -> float`` (NaN where not measured).
         globals: ``globals[stat] -> float`` for run-wide values (``grad_norm_global``, ``lr``...).
+        histograms: ``histograms[stat][layer] -> counts`` on histogram steps: ``"act_hist"``
+            (block outputs) and ``"out_grad_hist"`` (dL/d(block output)), one count per bin
+            of :mod:`initwatch.histograms`.
 
     Example::
 
@@ -76,6 +79,7 @@ class Frame:
     layers: list[LayerInfo]
     values: dict[str, dict[str, float]]
     globals: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # what readers derive from the frame once (initwatch.blocks.aggregate); not part of it
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -179,6 +183,11 @@ class FrameBuilder:
         measured = {id(t): i for i, t in enumerate(p.targets)}
         self._param_rows = [measured.get(id(t)) for t in self.param_targets]
         self._measured_names = [t.info.name for t in p.targets]
+        self._hist = [
+            (q.target.info.name, q.hist_group, q.grad_hist_group)
+            for q in probes
+            if getattr(q, "hist_group", None) is not None
+        ]
         self._ready = True
 
     def build(
@@ -263,7 +272,14 @@ class FrameBuilder:
         for stat, vec, given in catalogue.derive("run", loss):
             if given[0]:
                 glob[stat] = float(vec[0])
-        return Frame(step=step, layers=layers, values=values, globals=glob)
+        hists: dict[str, dict[str, list[float]]] = {}
+        for name, *groups in self._hist:  # counted on histogram steps only
+            for stat, g in zip(("act_hist", "out_grad_hist"), groups, strict=True):
+                start = g.offset("count")
+                c = flat[start : start + g.size]
+                if c.any():
+                    hists.setdefault(stat, {})[name] = c.tolist()
+        return Frame(step=step, layers=layers, values=values, globals=glob, histograms=hists)
 
 
 def _unclip(values: dict[str, dict[str, float]], glob: dict[str, float], pre: Any) -> None:

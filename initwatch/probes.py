@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from initwatch.histograms import BINS, HISTOGRAM_FIELDS
+from initwatch.histograms import counts as histogram_counts
 from initwatch.selection import ParamTarget, Target, counts_zeros
 from initwatch.sharding import Layout, is_dtensor, layout, layouts, local_tensor
 from initwatch.stats import (
@@ -50,6 +52,7 @@ class Gate:
 
     def __init__(self) -> None:
         self.on = False
+        self.histograms = False  # count the histograms too (a histogram step; eager hooks)
         self.eager = False  # a hook ran eagerly
         self.compiled = False  # a hook ran inside a torch.compile graph: never detach
 
@@ -178,6 +181,8 @@ class ActivationProbe:
         target: what to measure.
         buffer: the stats buffer (groups are declared here; allocate afterwards).
         gate: the switch read at each call.
+        histograms: declare the histogram groups of a block output (counted on the logging
+            steps the Watch sets ``gate.histograms``, eager hooks only).
 
     Example::
 
@@ -191,7 +196,9 @@ class ActivationProbe:
         1.0
     """
 
-    def __init__(self, target: Target, buffer: StatBuffer, gate: Gate) -> None:
+    def __init__(
+        self, target: Target, buffer: StatBuffer, gate: Gate, histograms: bool = False
+    ) -> None:
         self.target = target
         self.buffer = buffer
         self.gate = gate
@@ -202,6 +209,15 @@ class ActivationProbe:
         self.grad_group: Group | None = None
         if target.grad_signal:
             self.grad_group = buffer.add(f"grad:{target.info.name}", GRAD_SIGNAL_FIELDS)
+        # histograms of the output and of dL/d(output), for blocks (modules of unreadable
+        # models): BINS rows each (initwatch.histograms), counted when gate.histograms is set
+        self.hist_group: Group | None = None
+        self.grad_hist_group: Group | None = None
+        if histograms and target.grad_signal:
+            name = target.info.name
+            self.hist_group = buffer.add(f"hist:{name}", HISTOGRAM_FIELDS, size=BINS)
+            self.grad_hist_group = buffer.add(f"grad_hist:{name}", HISTOGRAM_FIELDS, size=BINS)
+        self._hist_plans: dict[str, int] = {}
         self.error: str | None = None
         self._plans: dict[bool, int] = {}
         self._grad_plan: int | None = None
@@ -259,6 +275,20 @@ class ActivationProbe:
             buf.stage_host(self.group, "zeros", n)
         if nonfinite:
             buf.stage_host(self.group, "nonfinite", n)
+        if self.gate.histograms and self.hist_group is not None:
+            self._stage_histogram(self.hist_group, x)
+
+    def _stage_histogram(self, group: Group, t: torch.Tensor) -> None:
+        """Stage the bin counts of ``t`` (:func:`initwatch.histograms.counts`) into ``group``;
+        a failure skips the histogram only."""
+        try:
+            plan = self._hist_plans.get(group.name)
+            if plan is None:
+                entries = [("sum", "count", i) for i in range(BINS)]
+                plan = self._hist_plans[group.name] = self.buffer.plan(group, entries)
+            self.buffer.stage(plan, histogram_counts(t))
+        except Exception as exc:
+            self.error = f"histogram: {exc!r}"
 
     def _on_grad(self, grad: torch.Tensor) -> None:
         try:
@@ -274,6 +304,8 @@ class ActivationProbe:
                 self._grad_plan = self.buffer.plan(self.grad_group, [("sumsq", "sumsq", 0)])
             self.buffer.stage(self._grad_plan, (norm,))
             self.buffer.stage_host(self.grad_group, "count", grad.numel())
+            if self.gate.histograms and self.grad_hist_group is not None:
+                self._stage_histogram(self.grad_hist_group, grad)
         except Exception as exc:
             self.error = repr(exc)
         return None
@@ -289,6 +321,7 @@ class ProbeSet:
     Args:
         targets: from :func:`~initwatch.selection.select_layers`.
         buffer: the stats buffer.
+        histograms: declare histogram groups for the blocks (see :class:`ActivationProbe`).
 
     Example::
 
@@ -299,9 +332,11 @@ class ProbeSet:
         (1, None, 0)
     """
 
-    def __init__(self, targets: Sequence[Target], buffer: StatBuffer) -> None:
+    def __init__(
+        self, targets: Sequence[Target], buffer: StatBuffer, histograms: bool = False
+    ) -> None:
         self.gate = Gate()
-        self.probes = [ActivationProbe(t, buffer, self.gate) for t in targets]
+        self.probes = [ActivationProbe(t, buffer, self.gate, histograms) for t in targets]
         self._handles: list = []
         self._removed = False
         self.attach()

@@ -258,6 +258,10 @@ class Watch:
             already divided by the number of micro-batches, as the Hugging Face Trainer's
             ``training_step`` returns them).
         state: a :meth:`state_dict` to resume from (a checkpoint's, or an earlier fit's).
+        histogram_every: histograms of each block's output and dL/d(output) on every this
+            many measured steps (the first one included), counted on the device into the same
+            buffer (:mod:`initwatch.histograms`; eager hooks only, not inside ``torch.compile``
+            graphs); 0: none.
 
     The step's learning-rate facts come from the optimizer and, when
     :meth:`before_optimizer_step` (or :meth:`step`) is given one, the per-step ``scheduler``:
@@ -306,6 +310,7 @@ class Watch:
         pretrained: bool | None = None,
         micro_batch_loss: Literal["mean", "sum"] = "mean",
         state: Mapping[str, Any] | None = None,
+        histogram_every: int = 10,
     ) -> None:
         from initwatch import validate as v
 
@@ -335,6 +340,10 @@ class Watch:
             'initwatch.Watch(model, micro_batch_loss="mean")',
         )
         self.micro_batch_loss = micro_batch_loss
+        self.histogram_every = v.non_negative_int(
+            "histogram_every", histogram_every, "initwatch.Watch(model, histogram_every=10)"
+        )
+        self._measured = 0  # measured steps so far (the histogram cadence counts them)
         self.model = model
         inner = unwrap(model)
         self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
@@ -350,7 +359,7 @@ class Watch:
         self._lora = LoraProbe(inner)  # LoRA adapters: the adapted weight's effective update
         self._lora_values: dict[str, dict[str, float]] = {}
         self._loss = self._buffer.add("loss", LOSS_FIELDS)
-        self._probes = ProbeSet(targets, self._buffer)
+        self._probes = ProbeSet(targets, self._buffer, histograms=self.histogram_every > 0)
         self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
         try:  # all or nothing: a failure from here on leaves no hook behind
             self._buffer.allocate()
@@ -460,6 +469,9 @@ class Watch:
             attach_all(self._attention)
         self._preclip = None
         self._probes.gate.on = self._logging
+        every = self.histogram_every
+        self._probes.gate.histograms = self._logging and every > 0 and self._measured % every == 0
+        self._measured += self._logging
         return self._logging
 
     @_guarded(None)

@@ -13,6 +13,7 @@ import numpy as np
 from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.frame import PARAM_STATS, Frame
+from initwatch.histograms import NAN_BIN, tensorboard_histogram
 from initwatch.rules.depth import depth_ratios, top_reference
 from initwatch.rules.thresholds import Thresholds
 from initwatch.sinks import (
@@ -73,6 +74,10 @@ ALERT_HEATMAPS = {
 ALERT_DATA_TAG = f"{PREFIX}/alert_data"
 ALERT_DATA_PLUGIN = "initwatch_alerts"
 ALERT_DATA_VERSION = 1
+
+
+# The RMS that goes with each histogram (its sum of squares).
+HIST_RMS = {"act_hist": "act_rms", "out_grad_hist": "out_grad_rms"}
 
 
 def _base(image: str) -> str:
@@ -262,6 +267,8 @@ class TensorBoardSink(Sink):
         values.update({f"global/{k}": v for k, v in self._globals(frame, params).items()})
         self._flush()
         self._pending = (step, values)  # written with the alert count: one event per step
+        if frame.histograms:
+            self._write_histograms(frame)
         self._remember(frame, params)
         self._frames += 1
         every, n = self.heatmap_every, len(HEATMAPS)
@@ -289,6 +296,31 @@ class TensorBoardSink(Sink):
                 out.setdefault(stat, {}).update(table)
             out.setdefault("grad_nonfinite", {}).update(params["grad_nonfinite"])
         return out
+
+    def _write_histograms(self, frame: Frame) -> None:
+        """``initwatch/act_hist/<block>`` and ``initwatch/out_grad_hist/<block>``: the bins
+        counted on the device (:mod:`initwatch.histograms`), as TensorBoard histograms."""
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if file_writer is None:  # a duck-typed writer: no histograms
+            return
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+        out = []
+        for stat, table in frame.histograms.items():
+            for layer, bins in table.items():
+                rms, mean = frame.get(HIST_RMS[stat], layer), frame.get("act_mean", layer)
+                n = sum(bins[:NAN_BIN])
+                fields = tensorboard_histogram(
+                    bins,
+                    absmax=frame.get("act_absmax", layer) if stat == "act_hist" else None,
+                    total=mean * n if stat == "act_hist" and math.isfinite(mean) else 0.0,
+                    sumsq=rms * rms * n if math.isfinite(rms) else 0.0,
+                )
+                if fields is not None:
+                    tag = f"{PREFIX}/{stat}/{self._names(layer)}"
+                    out.append(Summary.Value(tag=tag, histo=HistogramProto(**fields)))
+        if out:
+            file_writer().add_summary(Summary(value=out), frame.step)
 
     def _log10_tables(
         self, frame: Frame, params: dict[str, dict[str, float]]
