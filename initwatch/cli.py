@@ -6,7 +6,7 @@ module only builds the parser from what each exports and maps errors to exit cod
 
 Example::
 
-    $ initwatch demo                       # vanilla vs every scheme, about a minute on a CPU
+    $ initwatch demo                       # vanilla vs every scheme that applies, on a CPU
     $ initwatch check bert --depth 24      # which init should this model use?
     $ initwatch report runs/initwatch-demo # unhealthy runs first, with alerts and a verdict
 """

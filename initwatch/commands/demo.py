@@ -40,7 +40,7 @@ HELP = (
 DEFAULT_LOGDIR = os.path.join("runs", "initwatch-demo")
 EXAMPLES = """\
 examples:
-  initwatch demo                                  # vanilla + every scheme: ~1 min on a CPU
+  initwatch demo                                  # vanilla + every scheme that applies
   initwatch demo --schemes vanilla,deepnet --steps 150
   initwatch demo --fast                           # 100 steps per run
   tensorboard --logdir runs/initwatch-demo        # then open the "initwatch" dashboard
