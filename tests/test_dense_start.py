@@ -8,8 +8,10 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from test_hf import Spy, gpt2, make, scalars
-from test_lightning import Tiny, loader, trainer
+from builders import HFSpy as Spy
+from builders import Tiny, gpt2, loader, scalars
+from builders import hf_trainer as make
+from builders import lightning_trainer as trainer
 from torch import nn
 from transformers import GPT2LMHeadModel
 
@@ -244,7 +246,7 @@ def test_lightning_two_optimizers_are_measured_per_batch_that_stepped(tmp_path):
         for net in ("g", "d"):  # both optimizers' updates, measured over the batch
             mine = [v for k, v in ratios.items() if k.split(".")[0] == net]
             assert mine and all(v > 0 for v in mine), (net, ratios)
-    from test_lightning import scalars as tb_scalars
+    from builders import scalar_steps as tb_scalars
 
     tags = tb_scalars(tb.log_dir)
     assert set(tags["g_loss"]) <= set(tags["initwatch/global/grad_norm_global"])
@@ -276,8 +278,8 @@ def test_hf_resumed_train_is_measured_densely_from_where_it_resumes(tmp_path):
 
 
 def test_lightning_measured_steps_include_its_own_at_the_default_settings(tmp_path):
+    from builders import scalar_steps as tb_scalars
     from lightning.pytorch.loggers import TensorBoardLogger
-    from test_lightning import scalars as tb_scalars
 
     tb = TensorBoardLogger(tmp_path / "tb")
     cb = InitWatch(None, on_alert=QUIET)

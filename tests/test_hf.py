@@ -9,19 +9,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from builders import training_args
+from builders import HFSpy as Spy
+from builders import gpt2, scalars
+from builders import hf_dataset as dataset
+from builders import hf_trainer as make
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import (
     GPT2LMHeadModel,
-    PrinterCallback,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
 )
 
 import initwatch
-from initwatch import zoo
 from initwatch.errors import InitWatchError, PretrainedWeightsError
 from initwatch.integrations import UnsupportedStrategyError
 from initwatch.integrations import transformers as iw_hf
@@ -29,74 +28,6 @@ from initwatch.integrations.transformers import InitWatchCallback
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 ALWAYS = {"persistence": 1, "grad_norm_ceiling": 1e-9}  # an exploding_gradient alert each frame
-
-
-def gpt2() -> GPT2LMHeadModel:
-    return zoo.build("gpt2", layers=2, hidden=32)
-
-
-def dataset(n: int = 16) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 96, (n, 8), generator=g)
-    return [{"input_ids": row, "labels": row} for row in ids]
-
-
-def make(tmp_path, model, callbacks, **kw) -> Trainer:
-    args = dict(
-        max_steps=4,
-        per_device_train_batch_size=2,
-        logging_steps=2,
-        seed=0,
-    )
-    args.update(kw)
-    trainer = Trainer(
-        model=model,
-        args=training_args(tmp_path / "out", **args),
-        train_dataset=dataset(),
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-class Spy(TrainerCallback):
-    """Runs after InitWatchCallback: Watch calls, frames, gate per forward, weights at begin."""
-
-    def __init__(self, cb: InitWatchCallback) -> None:
-        self.cb = cb
-        self.calls, self.frames, self.gate = [], [], []
-        self.weights_at_train_begin = None
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.weights_at_train_begin = {k: v.clone() for k, v in model.state_dict().items()}
-        watch = self.cb.watch
-        for name in ("begin_step", "before_optimizer_step", "end_step"):
-            self._wrap(watch, name)
-
-        def record(module, inputs, output):
-            self.gate.append((state.global_step, watch.is_logging))
-
-        model.transformer.register_forward_hook(record)
-
-    def _wrap(self, watch, name):
-        original = getattr(watch, name)
-
-        def wrapped(*args, **kwargs):
-            self.calls.append((name, args[0] if name == "begin_step" else kwargs.get("skipped")))
-            return original(*args, **kwargs)
-
-        setattr(watch, name, wrapped)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        frame = self.cb.watch.last_frame
-        if frame is not None and (not self.frames or self.frames[-1] is not frame):
-            self.frames.append(frame)
-
-
-def scalars(logdir) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 # ---- construction and the scheme -------------------------------------------------------------

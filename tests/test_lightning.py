@@ -11,10 +11,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from builders import HIDDEN, Tiny, loader
+from builders import LightningSpy as Spy
+from builders import lightning_trainer as trainer
+from builders import scalar_steps as scalars
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import initwatch
@@ -25,96 +27,6 @@ from initwatch.integrations import lightning as iw_lightning
 from initwatch.integrations.lightning import InitWatch, InitWatchStoppingReason, SchemeOutcome
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-HIDDEN = 16
-
-
-class Tiny(L.LightningModule):
-    """A small Post-LN encoder (DeepNet, T-Fixup and ReZero all apply) with a regression head."""
-
-    def __init__(self, layers: int = 2, lr: float = 1e-3) -> None:
-        super().__init__()
-        self.net = zoo.build("torch_encoder", layers=layers, hidden=HIDDEN, heads=2)
-        self.head = nn.Linear(HIDDEN, 1)
-        self.lr = lr
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
-def loader(n: int = 32, batch: int = 4) -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(
-        torch.randn(n, 6, HIDDEN, generator=g), torch.randn(n, generator=g)
-    )
-    return torch.utils.data.DataLoader(data, batch_size=batch)
-
-
-def trainer(tmp_path, callbacks, **kw) -> L.Trainer:
-    args = dict(
-        max_steps=4,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    args.update(kw)
-    return L.Trainer(callbacks=callbacks, **args)
-
-
-class Spy(Callback):
-    """Runs after InitWatch: records frames, Watch calls and whether the gate was on per forward."""
-
-    def __init__(self, watch_cb: InitWatch) -> None:
-        self.cb = watch_cb
-        self.frames = []
-        self.calls = []
-        self.gate = []  # (global_step, is_logging) per micro-batch forward
-        self.weights_at_fit_start = None
-        self._handle = None
-
-    def on_fit_start(self, trainer, pl_module):
-        self.weights_at_fit_start = {k: v.clone() for k, v in pl_module.state_dict().items()}
-        watch = self.cb.watch
-        for name in ("begin_step", "before_optimizer_step", "end_step"):
-            self._wrap(watch, name)
-
-        def record(module, args, output):
-            self.gate.append((trainer.global_step, watch.is_logging))
-
-        self._handle = pl_module.net.register_forward_hook(record)
-
-    def _wrap(self, watch, name):
-        original = getattr(watch, name)
-
-        def wrapped(*args, **kwargs):
-            self.calls.append((name, args[0] if name == "begin_step" else kwargs.get("skipped")))
-            return original(*args, **kwargs)
-
-        setattr(watch, name, wrapped)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        frame = self.cb.watch.last_frame
-        if frame is not None and (not self.frames or self.frames[-1] is not frame):
-            self.frames.append(frame)
-
-    def teardown(self, trainer, pl_module, stage):
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 def hook_count(module: nn.Module) -> int:
@@ -244,12 +156,6 @@ def test_steps_accumulation_cadence_and_unclipped_grads(tmp_path):
 
 
 # ---- TensorBoard --------------------------------------------------------------------------
-
-
-def scalars(logdir) -> dict[str, list[int]]:
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_writes_into_the_tensorboard_logger_among_several(tmp_path):
