@@ -4,6 +4,7 @@ the checkpoint wherever it lives."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import lightning as L
@@ -149,7 +150,11 @@ def test_hf_resume_from_a_checkpoint_in_another_folder_restores_the_alert_state(
     assert [(a["step"], a["repeat"]) for a in history] == [(1, 0)]
     moved = tmp_path / "elsewhere" / "ckpt"
     shutil.copytree(tmp_path / "a" / "checkpoint-2", moved)
-    (moved / "initwatch_state.json").unlink()  # only the trainer_state.json carries it now
+    # the Trainer's own trainer_state.json carries it (ExportableState), no file of ours
+    assert sorted(p.name for p in moved.iterdir() if "initwatch" in p.name) == []
+    assert "InitWatchCallback" in json.loads((moved / "trainer_state.json").read_text())[
+        "stateful_callbacks"
+    ]
 
     cb2 = InitWatchCallback(on_alert=quiet, rules=ALWAYS)
     t2 = hf_trainer(tmp_path / "b", [cb2], max_steps=4)

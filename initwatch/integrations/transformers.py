@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("initwatch")
 
-STATE_FILE = "initwatch_state.json"  # written into each checkpoint-N folder
 PRECLIP_TAG = "initwatch/global/grad_norm_preclip"
 
 
@@ -99,9 +97,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
             (each trial of ``hyperparameter_search``, each ``model_init`` model) starts with a
             fresh history; ``train(resume_from_checkpoint=...)`` restores the checkpoint's,
-            wherever it lives: the state is saved in the checkpoint's ``trainer_state.json``
-            (``stateful_callbacks``, as an ``ExportableState``) and as ``initwatch_state.json``
-            in the checkpoint folder.
+            wherever it lives: the callback is an ``ExportableState``, so the Trainer saves its
+            state in each checkpoint's ``trainer_state.json`` (``stateful_callbacks``).
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
 
     Raises:
@@ -236,7 +233,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         rank0 = state.is_world_process_zero
         self._writer = _open_writer(self._logdir(args, trainer)) if rank0 else None
         self._fresh_state()
-        self._restore_state(_load_state(args, state))  # fresh unless this train() resumes
+        self._restore_state(_load_state(state))  # fresh unless this train() resumes
         anatomy = self._anatomy if seen is model else None
         context = base_context(
             model,
@@ -406,15 +403,6 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
 
     # ---- checkpoints and the end --------------------------------------------------------------
 
-    @override
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(folder):
-            with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump(self._saved_state(), f)
-
     def state(self) -> dict[str, Any]:
         """The Trainer's ``ExportableState`` hook: the alert state, saved into each checkpoint's
         ``trainer_state.json`` (read back at ``on_train_begin`` of a resumed ``train()``).
@@ -498,7 +486,15 @@ class _TrainingStepCapture:
 
 
 def _find_trainer() -> Trainer | None:
-    """The Trainer whose callback handler is calling us (events carry no trainer)."""
+    """The Trainer whose callback handler is calling us, from the calling frames.
+
+    The events carry no trainer (their keyword arguments are the model, optimizer, lr
+    scheduler and data loaders, which the hooks use), but four facts exist only on it: the
+    loss its ``training_step`` returns (a ``compute_loss`` of a subclass, scaled for gradient
+    accumulation and ``num_items_in_batch``), the pre-clip norm its accelerator's
+    ``clip_grad_norm_`` returns (the gradients are clipped before ``on_pre_optimizer_step``),
+    its ``TensorBoardCallback``'s run directory (named by the time) and ``model_init``. Without
+    it (None) the callback falls back to the model's own loss and the clipped norms."""
     frame = sys._getframe(1)
     for _ in range(40):
         if frame is None:
@@ -557,29 +553,17 @@ def _open_writer(logdir: str) -> Any:
     return SummaryWriter(logdir)
 
 
-def _load_state(args: TrainingArguments, state: TrainerState) -> dict[str, Any]:
-    """The callback state saved in the checkpoint this run resumes from, if any: from the
-    resumed ``trainer_state.json`` (wherever the checkpoint lives), else from the state file of
-    a checkpoint folder under ``output_dir``."""
+def _load_state(state: TrainerState) -> dict[str, Any]:
+    """The callback state saved in the checkpoint this run resumes from, if any: what
+    :meth:`InitWatchCallback.state` put into its ``trainer_state.json`` (``ExportableState``),
+    which the Trainer has loaded into ``state`` by ``on_train_begin``."""
     if not state.global_step:
         return {}
     saved = (state.stateful_callbacks or {}).get(InitWatchCallback.__name__)
     if isinstance(saved, list):
         saved = saved[0] if saved else None
-    if isinstance(saved, Mapping):
-        found = saved.get("attributes", {}).get("_resume_state")
-        if found:
-            return dict(found)
-    candidates = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
-    resume = getattr(args, "resume_from_checkpoint", None)
-    if isinstance(resume, str):
-        candidates.insert(0, resume)
-    for folder in candidates:
-        path = os.path.join(folder, STATE_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                return json.load(f)
-    return {}
+    found = saved.get("attributes", {}).get("_resume_state") if isinstance(saved, Mapping) else None
+    return dict(found) if found else {}
 
 
 __all__ = ["InitWatchCallback"]
