@@ -152,9 +152,10 @@ def test_hf_resume_from_a_checkpoint_in_another_folder_restores_the_alert_state(
     shutil.copytree(tmp_path / "a" / "checkpoint-2", moved)
     # the Trainer's own trainer_state.json carries it (ExportableState), no file of ours
     assert sorted(p.name for p in moved.iterdir() if "initwatch" in p.name) == []
-    assert "InitWatchCallback" in json.loads((moved / "trainer_state.json").read_text())[
-        "stateful_callbacks"
-    ]
+    assert (
+        "InitWatchCallback"
+        in json.loads((moved / "trainer_state.json").read_text())["stateful_callbacks"]
+    )
 
     cb2 = InitWatchCallback(on_alert=quiet, rules=ALWAYS)
     t2 = hf_trainer(tmp_path / "b", [cb2], max_steps=4)
