@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 from initwatch.alerts import Alert, AlertKind
+from initwatch.catalogue import title
 from initwatch.rules.view import fmt
 
 K = AlertKind
@@ -42,11 +43,13 @@ def value_text(alert: Alert) -> str:
     src = ev.get("source")
     if k == K.VANISHING_GRADIENT.value:
         if src == "floor":
-            return f"gradient norm {fmt(v)} (floor {fmt(t)})"
-        return f"ratio {fmt(v)} ({alert.layer} / top blocks; alert below {fmt(t)})"
+            return f"{title('grad_norm')} {fmt(v)} (floor {fmt(t)})"
+        stat = ev.get("stat")
+        of = f" of the {title(stat)}" if isinstance(stat, str) else ""
+        return f"ratio {fmt(v)}{of} ({alert.layer} / top blocks; alert below {fmt(t)})"
     if k == K.EXPLODING_GRADIENT.value:
         base = ev.get("layer_baseline") if src == "layer_spike" else ev.get("baseline")
-        what = "gradient norm" if src == "layer_spike" else "global gradient norm"
+        what = title("grad_norm") if src == "layer_spike" else f"global {title('grad_norm')}"
         if src in ("spike", "layer_spike") and isinstance(base, (int, float)) and base > 0:
             return (
                 f"{what} {fmt(v)} ({fmt(v / base)}x its median {fmt(base)}; alert above {fmt(t)})"
@@ -55,20 +58,21 @@ def value_text(alert: Alert) -> str:
     if k in (K.VANISHING_ACTIVATION.value, K.EXPLODING_ACTIVATION.value):
         rel = "below" if k == K.VANISHING_ACTIVATION.value else "above"
         if src == "fp16":
-            return f"output abs-max {fmt(v)} (fp16 limit 65504; alert above {fmt(t)})"
+            return f"{title('act_absmax')} {fmt(v)} (fp16 limit 65504; alert above {fmt(t)})"
+        rms = title("act_rms")
         if src == "time":
-            return f"ratio {fmt(v)} (output RMS / its recent median; alert {rel} {fmt(t)})"
-        return f"ratio {fmt(v)} (output RMS / first layer's; alert {rel} {fmt(t)})"
+            return f"ratio {fmt(v)} ({rms} / its recent median; alert {rel} {fmt(t)})"
+        return f"ratio {fmt(v)} ({rms} / the first layer's; alert {rel} {fmt(t)})"
     if k == K.NONFINITE.value:
         n = "some" if v != v or v == float("inf") else f"{v:.0f}"
         return f"non-finite values: {n}"
     if k == K.DEAD_UNITS.value:
-        return f"zero fraction {_pct(v)} (alert above {_pct(t)})"
+        return f"{title('act_zero_frac')} {_pct(v)} (alert above {_pct(t)})"
     if k == K.SATURATION.value:
-        return f"saturated fraction {_pct(v)} (alert above {_pct(t)})"
+        return f"{title('act_sat_frac')} {_pct(v)} (alert above {_pct(t)})"
     if k in (K.UPDATE_RATIO_HIGH.value, K.UPDATE_RATIO_LOW.value):
         rel = "above" if k == K.UPDATE_RATIO_HIGH.value else "below"
-        return f"update ratio |dW|/|W| {fmt(v)} (healthy ~1e-3; alert {rel} {fmt(t)})"
+        return f"{title('update_ratio')} {fmt(v)} (healthy ~1e-3; alert {rel} {fmt(t)})"
     if k == K.LOSS_DIVERGING.value:
         base = ev.get("baseline")
         times = f"{fmt(v / base)}x its early value {fmt(base)}; " if base else ""

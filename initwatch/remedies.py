@@ -100,7 +100,14 @@ def _lower_lr(ctx: RunContext, ev: dict[str, Any], factor: float = 10.0) -> str:
     lr = _lr_text(ctx, ev)
     if lr is None:
         return f"lower the learning rate ~{_n(factor)}x"
-    return f"lower the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr / factor)})"
+    new = _n(lr / factor)
+    text = f"lower the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {new})"
+    fw = _framework(ctx)
+    if fw == "transformers":
+        text += f" with `TrainingArguments(learning_rate={new})`"
+    elif fw == "lightning":
+        text += " where `configure_optimizers` builds the optimizer"
+    return text
 
 
 def _framework(ctx: RunContext) -> str | None:

@@ -233,6 +233,8 @@ def test_scheme_remedy_names_the_frameworks_own_api() -> None:
     hf = suggest("vanishing_gradient", "encoder.0", {}, fw("transformers"))
     assert 'InitWatchCallback(scheme="deepnet")' in hf and "InitWatch(scheme" not in hf
     assert "TrainingArguments(warmup_steps=" in hf and "configure_optimizers" not in hf
+    lr = suggest("loss_diverging", "*", {"ratio": 9.0, "baseline": 2.0}, fw("transformers"))
+    assert "(from 0.001 to 1.0e-04) with `TrainingArguments(learning_rate=1.0e-04)`" in lr
     pl = suggest("vanishing_gradient", "encoder.0", {}, fw("lightning"))
     assert 'Trainer(callbacks=[InitWatch(scheme="deepnet")])' in pl
     assert "InitWatchCallback" not in pl and "TrainingArguments" not in pl

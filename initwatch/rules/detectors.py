@@ -295,7 +295,10 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
     # the depth comparisons (initwatch.rules.depth, which the dashboards draw too)
     for stat, stack, items in grad_depth_series(f, grace=x.grace):
         if len(items) >= th.min_layers:
-            out += _depth_decay(x, stack, items, _DEPTH_WHAT[stat])
+            found = _depth_decay(x, stack, items, _DEPTH_WHAT[stat])
+            for finding in found:
+                finding.evidence["stat"] = stat  # which statistic the ratio is of
+            out += found
     for stack, us in param_units(f).items():
         norms = [(u, u.grad_norm(f, skip_blocks=x.grace)) for u in us]
         norms = [(u, g) for u, g in norms if finite(g)]
