@@ -16,10 +16,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from initwatch import zero
 from initwatch.histograms import BINS, HISTOGRAM_FIELDS
 from initwatch.histograms import counts as histogram_counts
 from initwatch.selection import ParamTarget, Target, counts_zeros
-from initwatch.sharding import Layout, is_dtensor, layout, layouts, local_tensor
+from initwatch.sharding import (
+    Layout,
+    is_dtensor,
+    layout,
+    layouts,
+    local_grad,
+    local_param,
+    local_tensor,
+)
 from initwatch.stats import (
     ACTIVATION_FIELDS,
     GRAD_SIGNAL_FIELDS,
@@ -402,6 +411,11 @@ def foreach_norm(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         ]
 
 
+def _flags(params: list[torch.Tensor], only: Sequence[bool] | None) -> list[tuple]:
+    """``(param, chosen)`` pairs (every parameter chosen when ``only`` is None)."""
+    return list(zip(params, [True] * len(params) if only is None else only, strict=True))
+
+
 def _long(values: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long, device=device)
 
@@ -464,9 +478,10 @@ class ParamProbe:
         self.params = [t.param for t in self.targets]
         # DTensor parameters (FSDP2) are read through to_local(); others as they are
         self._dtensors = any(is_dtensor(p) for p in self.params)
+        self._zero = False  # DeepSpeed ZeRO parameters (initwatch.zero), found at each _resolve
         self.buffer = buffer
         self.group = buffer.add("params", PARAM_FIELDS, size=len(self.targets))
-        self.numel = [t.param.numel() for t in self.targets]
+        self.numel = [zero.full_numel(t.param) for t in self.targets]
         limit = max(int(sample), int(exact_numel))
         gen = torch.Generator().manual_seed(seed)
         # index[i] is None for exactly measured tensors, else the sorted sampled coordinates
@@ -496,7 +511,7 @@ class ParamProbe:
 
     @staticmethod
     def _draw(p: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-        n = p.numel()
+        n = zero.full_numel(p)
         if n <= 1 << 22:
             idx = torch.randperm(n, generator=gen)[:k]
         else:  # with replacement: O(k) memory; duplicates are rare and keep it unbiased
@@ -507,7 +522,12 @@ class ParamProbe:
         """This rank's part of every tensor (:mod:`initwatch.sharding`), re-read only when a
         tensor's local shape changed (e.g. an FSDP1 wrap after the Watch was created)."""
         params = self.params
-        if self._dtensors:
+        # ZeRO applies to every parameter of its optimizer (one check; an engine may be built
+        # after the Watch); its partition ranges are fixed once the optimizer exists
+        self._zero = bool(params) and zero.is_zero(params[0])
+        if self._zero:
+            key = [tuple(local_param(p).shape) for p in params]
+        elif self._dtensors:
             key = [tuple(local_tensor(p).shape) for p in params]
         else:  # an FSDP1 wrap changes the shape of its views
             key = [p.shape for p in params]
@@ -530,8 +550,11 @@ class ParamProbe:
         return [v if v.device == dev else v.to(dev) for v in values]
 
     def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor's local part (:func:`~initwatch.sharding.local_tensor`); the tensors
-        themselves when no parameter is a DTensor (a check per tensor costs ~1 µs)."""
+        """Each tensor's local part (:func:`~initwatch.sharding.local_param`: a DTensor's
+        ``to_local()``, a ZeRO partition); the tensors themselves when no parameter is a
+        DTensor or a ZeRO parameter (a check per tensor costs ~1 µs)."""
+        if self._zero:
+            return [local_param(t) for t in tensors]
         return [local_tensor(t) for t in tensors] if self._dtensors else tensors
 
     @torch.no_grad()
@@ -553,7 +576,10 @@ class ParamProbe:
             return []
         self._resolve()
         params = self.params
-        grads = [p.grad for p in params]
+        if self._zero:  # DeepSpeed keeps this rank's gradient outside p.grad
+            grads = [local_grad(p) if c else None for p, c in _flags(params, only)]
+        else:
+            grads = [p.grad for p in params]
         if only is None:
             seen = [g is not None for g in grads]
             self.has_grad = seen

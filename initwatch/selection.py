@@ -11,6 +11,7 @@ from torch import nn
 from initwatch.adapters import in_adapter
 from initwatch.anatomy.model import Anatomy, Block
 from initwatch.frame import LayerInfo
+from initwatch.zero import is_engine
 
 PRESETS = ("default", "blocks", "linear")
 
@@ -86,7 +87,8 @@ class ParamTarget:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside ``torch.compile`` / DDP / DataParallel wrappers.
+    """The user's module inside ``torch.compile`` / DDP / DataParallel / DeepSpeed engine
+    wrappers.
 
     Example::
 
@@ -96,8 +98,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     """
     while True:
         inner = getattr(model, "_orig_mod", None)
-        if inner is None and isinstance(
-            model, nn.DataParallel | nn.parallel.DistributedDataParallel
+        if inner is None and (
+            isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel)
+            or is_engine(model)
         ):
             inner = model.module
         if not isinstance(inner, nn.Module):

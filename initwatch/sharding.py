@@ -4,8 +4,10 @@ Exact per-parameter statistics under sharding come from *partial sums over the e
 rank owns*, reduced with SUM in the one collective of a logging step
 (:meth:`~initwatch.stats.StatBuffer.reduce_across_ranks`). This module says, for one tensor,
 
-* which local tensor holds this rank's elements (:func:`local_tensor`): ``to_local()`` of an
-  FSDP2 DTensor, the 1-D view FSDP1 (``use_orig_params=True``) leaves, the tensor itself;
+* which local tensor holds this rank's elements (:func:`local_param`, :func:`local_grad`):
+  ``to_local()`` of an FSDP2 DTensor, the 1-D view FSDP1 (``use_orig_params=True``) leaves,
+  DeepSpeed ZeRO's partition of the flattened tensor (:mod:`initwatch.zero`), the tensor
+  itself;
 * whether this rank's elements count (:attr:`Layout.owner`, the *owner rule*): a rank owns its
   elements when its coordinate is 0 on every ``Replicate`` mesh dimension, so a copy held by
   several ranks is counted once (under DDP and on plain tensors: rank 0 only). Without it an
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from initwatch import zero
 from initwatch.errors import ShardingError
 
 
@@ -127,11 +130,41 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def local_param(p: torch.Tensor) -> torch.Tensor:
+    """The elements of parameter ``p`` this rank holds: :func:`local_tensor`, or DeepSpeed
+    ZeRO's partition (flat).
+
+    Example::
+
+        >>> local_param(torch.ones(3)).shape
+        torch.Size([3])
+    """
+    return zero.local_param(p) if zero.is_zero(p) else local_tensor(p)
+
+
+def local_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """This rank's elements of the gradient of ``p`` (None: no gradient here). DeepSpeed keeps
+    gradients outside ``p.grad`` (:func:`initwatch.zero.local_grad`).
+
+    Raises:
+        ShardingError: a DeepSpeed gradient read outside ``engine.backward`` .. ``engine.step``.
+
+    Example::
+
+        >>> local_grad(torch.ones(3)) is None
+        True
+    """
+    if zero.is_zero(p):
+        return zero.local_grad(p)
+    return None if p.grad is None else local_tensor(p.grad)
+
+
 def layout(t: torch.Tensor, fsdp1: dict[int, Layout] | None = None) -> Layout:
     """Where this rank's elements of ``t`` sit in the full tensor, and whether it owns them.
 
     Args:
-        t: a parameter or gradient (a DTensor, an FSDP1 view, or a plain tensor).
+        t: a parameter or gradient (a DTensor, an FSDP1 view, a DeepSpeed ZeRO parameter, or
+            a plain tensor).
         fsdp1: layouts of FSDP1 views by ``id`` of the parameter (:func:`fsdp1_layouts`).
 
     Raises:
@@ -144,6 +177,10 @@ def layout(t: torch.Tensor, fsdp1: dict[int, Layout] | None = None) -> Layout:
     """
     if fsdp1 is not None and id(t) in fsdp1:
         return fsdp1[id(t)]
+    where = zero.zero_range(t)
+    if where is not None:  # DeepSpeed ZeRO: a range of the flattened full tensor
+        start, length = where
+        return Layout(length > 0, zero.full_shape(t), (start,), (length,), flat=True)
     shape = tuple(t.shape)
     if not is_dtensor(t):
         return Layout(_world_rank() == 0, shape, (0,) * len(shape), shape)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from initwatch import zero
 from initwatch.adapters import LoraProbe
 from initwatch.alerts import Alert
 from initwatch.anatomy.model import Anatomy
@@ -152,7 +153,10 @@ def _guarded(default: Any) -> Callable:
 
 
 def _is_sharded(model: nn.Module) -> bool:
-    """FSDP / DTensor parameters: the optimizer's tensors are not the module's."""
+    """FSDP / DTensor / DeepSpeed ZeRO parameters: the optimizer's tensors are not the
+    module's."""
+    if any(zero.is_zero(p) for p in model.parameters()):
+        return True
     if any(
         type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules()
     ):
@@ -344,23 +348,25 @@ class Watch:
             "histogram_every", histogram_every, "initwatch.Watch(model, histogram_every=10)"
         )
         self._measured = 0  # measured steps so far (the histogram cadence counts them)
+        zero.refuse_engine(model)
         self.model = model
         inner = unwrap(model)
-        self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
-        self.context = context if context is not None else RunContext()
-        self._pretrained_given = pretrained
-        self._context_from_anatomy()
-        self._context_from_model(inner)
-        first = next(inner.parameters(), None)
-        self._buffer = StatBuffer(first.device if first is not None else "cpu")
-        targets = select_layers(inner, self.anatomy, layers)
-        self._param_infos = select_parameters(inner, self.anatomy)
-        self._params = ParamProbe(self._param_infos, self._buffer, sample=update_sample)
-        self._lora = LoraProbe(inner)  # LoRA adapters: the adapted weight's effective update
-        self._lora_values: dict[str, dict[str, float]] = {}
-        self._loss = self._buffer.add("loss", LOSS_FIELDS)
-        self._probes = ProbeSet(targets, self._buffer, histograms=self.histogram_every > 0)
-        self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
+        with zero.gathered(inner):  # ZeRO-3: shapes and anatomy from the full tensors, once
+            self.anatomy = anatomy if anatomy is not None else _read_anatomy(inner)
+            self.context = context if context is not None else RunContext()
+            self._pretrained_given = pretrained
+            self._context_from_anatomy()
+            self._context_from_model(inner)
+            first = next(inner.parameters(), None)
+            self._buffer = StatBuffer(first.device if first is not None else "cpu")
+            targets = select_layers(inner, self.anatomy, layers)
+            self._param_infos = select_parameters(inner, self.anatomy)
+            self._params = ParamProbe(self._param_infos, self._buffer, sample=update_sample)
+            self._lora = LoraProbe(inner)  # LoRA adapters: the adapted weight's effective update
+            self._lora_values: dict[str, dict[str, float]] = {}
+            self._loss = self._buffer.add("loss", LOSS_FIELDS)
+            self._probes = ProbeSet(targets, self._buffer, histograms=self.histogram_every > 0)
+            self._attention = attention_probes(inner, self.anatomy, self._buffer, self._probes.gate)
         try:  # all or nothing: a failure from here on leaves no hook behind
             self._buffer.allocate()
             self._loss_plan = self._buffer.plan(self._loss, [("sum", "sum", 0)])
@@ -729,9 +735,29 @@ class Watch:
 
     def _hook_optimizer(self, optimizer: Any) -> None:
         """Register the step pre-/post-hooks of :meth:`step` once per optimizer (removed at
-        :meth:`close`); they do nothing outside a ``with watch.step(...)`` block."""
+        :meth:`close`); they do nothing outside a ``with watch.step(...)`` block. A DeepSpeed
+        engine gets them around ``engine.step()`` (its gradients are gone once it stepped)."""
         if any(o() is optimizer for o, _ in self._optimizer_hooks):
             return
+        if zero.is_engine(optimizer):
+
+            def engine_pre() -> None:
+                if self._in_step:
+                    self.before_optimizer_step(optimizer)
+
+            def engine_post(applied: bool) -> None:
+                if self._in_step:
+                    self._stepped = applied
+
+            hook = zero.EngineStepHook(optimizer, engine_pre, engine_post)
+            self._optimizer_hooks.append((weakref.ref(optimizer), [hook]))
+            return
+        if any(zero.is_zero(p) for p in unwrap(self.model).parameters()):
+            raise ShardingError(
+                f"watch.step(step, optimizer) got a {type(optimizer).__name__} for a model "
+                "trained by DeepSpeed ZeRO: its gradients are read when engine.step() starts. "
+                "Pass the engine: `with watch.step(i, engine):`."
+            )
 
         def pre(opt: Any, args: Any, kwargs: Any) -> None:
             if self._in_step:

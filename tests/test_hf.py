@@ -97,8 +97,15 @@ def test_unreadable_strategies_are_refused():
         iw_hf._refuse_strategy(fsdp1, None)
     fsdp2 = SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 2}, deepspeed=None)
     iw_hf._refuse_strategy(fsdp2, None)  # supported (tests/test_sharded.py)
-    with pytest.raises(UnsupportedStrategyError, match="DeepSpeed"):
-        iw_hf._refuse_strategy(SimpleNamespace(fsdp="", deepspeed="ds.json"), None)
+    # DeepSpeed: ZeRO in fp32/bf16 is supported (tests/test_deepspeed.py), fp16 refused
+    iw_hf._refuse_strategy(SimpleNamespace(fsdp="", deepspeed="ds.json", fp16=False), None)
+    fp16 = {"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}
+    for args in (
+        SimpleNamespace(fsdp="", deepspeed="ds.json", fp16=True),
+        SimpleNamespace(fsdp="", deepspeed=fp16, fp16=False),
+    ):
+        with pytest.raises(UnsupportedStrategyError, match="DeepSpeed with fp16.*bf16"):
+            iw_hf._refuse_strategy(args, None)
 
 
 # ---- steps ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_callback import ExportableState
 from typing_extensions import override
 
+from initwatch import zero
 from initwatch.anatomy import Anatomy
 from initwatch.errors import InitWatchError
 from initwatch.integrations._common import (
@@ -102,8 +103,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
 
     Raises:
-        UnsupportedStrategyError: DeepSpeed, or FSDP1 (FSDP2 is supported with exact
-            statistics, docs/sharded.md).
+        UnsupportedStrategyError: FSDP1, or DeepSpeed fp16 (FSDP2 and DeepSpeed ZeRO-1/2/3
+            in fp32/bf16 are supported with exact statistics, docs/sharded.md).
         PretrainedWeightsError: a scheme on weights that look trained or were loaded from a
             checkpoint; use ``scheme=None`` to fine-tune with the monitor, or
             ``pretrained=False`` if the weights are an initialization.
@@ -173,6 +174,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._preclip: Any = None
         self._clip_patch: tuple[Any, Any] | None = None
         self._resume_guard: Any = None
+        self._engine_hook: Any = None  # DeepSpeed: the Watch reads when engine.step() starts
 
     # ---- init: the scheme -----------------------------------------------------------------
 
@@ -235,14 +237,18 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._fresh_state()
         self._restore_state(_load_state(state))  # fresh unless this train() resumes
         anatomy = self._anatomy if seen is model else None
-        context = base_context(
-            model,
-            scheme=self.scheme,
-            framework="transformers",
-            precision="bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32",
-            max_steps=state.max_steps,
-            pretrained=self.pretrained,
-        )
+        engine = _deepspeed_engine(trainer)
+        zero.refuse_engine(engine)
+        with zero.gathered(model):  # ZeRO-3: the context from the full tensors, once
+            context = base_context(
+                model,
+                scheme=self.scheme,
+                framework="transformers",
+                precision="bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32",
+                max_steps=state.max_steps,
+                pretrained=self.pretrained,
+            )
+            anatomy = anatomy or read_anatomy(model, self.anatomy)
         # What the lr scheduler does not tell (an unknown schedule) comes from the arguments.
         context.base_lr = args.learning_rate
         context.warmup_steps = args.get_warmup_steps(state.max_steps)
@@ -255,11 +261,12 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             context=context,
             every=self.logging_steps or state.logging_steps,
             writer=self._writer,
-            anatomy=anatomy or read_anatomy(model, self.anatomy),
+            anatomy=anatomy,
             # the loss the Trainer logs: the sum of what training_step returns; without the
             # Trainer, the model's own loss averaged over micro-batches
             micro_batch_loss="sum" if trainer is not None else "mean",
         )
+        self._hook_engine(engine)
         if trainer is not None:
             self._loss_hook = _TrainingStepCapture(trainer, watch)
         else:
@@ -267,6 +274,27 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._watch_clipping(trainer)
         if kwargs.get("optimizer") is not None:
             watch.check_optimizer(kwargs["optimizer"])  # parameters it misses
+
+    def _hook_engine(self, engine: Any) -> None:
+        """Under DeepSpeed accelerate runs ``engine.step()`` inside ``accelerator.backward``,
+        before ``on_pre_optimizer_step``: the gradients are gone by then (ZeRO-3 has even
+        updated the weights), so the Watch reads them when ``engine.step()`` starts (before
+        the engine clips them: pre-clip values, as on the other paths)."""
+        self._unhook_engine()
+        if engine is None:
+            return
+
+        def pre() -> None:
+            watch = self._open
+            if watch is not None and watch.is_logging:
+                watch.before_optimizer_step(engine)
+
+        self._engine_hook = zero.EngineStepHook(engine, pre, lambda applied: None)
+
+    def _unhook_engine(self) -> None:
+        if self._engine_hook is not None:
+            self._engine_hook.remove()
+            self._engine_hook = None
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Capture the pre-clip global norm the Trainer computes right before
@@ -350,6 +378,8 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         if watch is None:
             return
         preclip, self._preclip = self._preclip, None  # the Trainer clipped already
+        if self._engine_hook is not None:  # read before the engine clipped: already pre-clip
+            preclip = None
         watch.before_optimizer_step(
             kwargs.get("optimizer"),
             grad_norm_preclip=preclip if watch.context.clipping else None,
@@ -430,6 +460,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self._guard_resume(None)
         self._release_loss()
         self._unwatch_clipping()
+        self._unhook_engine()
         try:
             self._close_watch()
         finally:
@@ -528,16 +559,35 @@ def _fsdp_version(args: TrainingArguments, trainer: Trainer | None) -> int | Non
     return int((getattr(args, "fsdp_config", None) or {}).get("version", 2))
 
 
+def _deepspeed_engine(trainer: Trainer | None) -> Any:
+    """The Trainer's DeepSpeed engine (set once ``train()`` initialized it), else None."""
+    for candidate in (getattr(trainer, "model_wrapped", None), getattr(trainer, "deepspeed", None)):
+        if zero.is_engine(candidate):
+            return candidate
+    return None
+
+
+def _deepspeed_fp16(args: TrainingArguments) -> bool:
+    """fp16 under DeepSpeed: ``fp16=True``, or ``"fp16": {"enabled": true}`` in its config."""
+    if getattr(args, "fp16", False):
+        return True
+    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if not isinstance(config, Mapping):
+        config = args.deepspeed if isinstance(getattr(args, "deepspeed", None), Mapping) else {}
+    return (config.get("fp16") or {}).get("enabled") is True
+
+
 def _refuse_strategy(args: TrainingArguments, trainer: Trainer | None) -> None:
     deepspeed = bool(getattr(args, "deepspeed", None)) or bool(
         getattr(trainer, "is_deepspeed_enabled", False)
     )
-    if deepspeed:
+    if deepspeed and _deepspeed_fp16(args):
         raise UnsupportedStrategyError(
-            "InitWatchCallback does not support DeepSpeed yet: its gradients exist only inside "
-            "the engine's step, so per-layer statistics cannot be read. Use DDP or FSDP2 "
-            "(fsdp='full_shard', fsdp_config={'version': 2}; exact statistics, see "
-            "docs/sharded.md), or train without the callback."
+            "InitWatchCallback does not support DeepSpeed with fp16: the engine keeps its "
+            "partitioned gradients multiplied by the dynamic loss scale until engine.step(), "
+            "so per-layer gradient norms would be wrong. Train with bf16=True (and "
+            '"bf16": {"enabled": "auto"} in the DeepSpeed config) or fp32; ZeRO-1/2/3 are '
+            "supported there with exact statistics (docs/sharded.md)."
         )
     if _fsdp_version(args, trainer) == 1:
         raise UnsupportedStrategyError(

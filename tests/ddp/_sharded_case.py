@@ -49,19 +49,30 @@ class Collectives(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def train(model: nn.Module, watch_model: nn.Module, rows: slice, watch=None) -> dict:
+def optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def train(
+    model: nn.Module, watch_model: nn.Module, rows: slice, watch=None, clip: float = 0.0
+) -> dict:
     """Runs STEPS logging steps; returns the frames' parameter and activation statistics and
-    the collectives counted inside the Watch's calls of each step."""
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    the collectives counted inside the Watch's calls of each step. ``model`` may be a
+    DeepSpeed engine (built with :func:`optimizer`): it steps (and clips) itself; ``clip``:
+    the gradients are clipped to this global norm after the Watch read them."""
+    engine = type(model).__name__ == "DeepSpeedEngine"
+    opt = model if engine else optimizer(model)
     if watch is None:
         watch = initwatch.Watch(watch_model, every=1, rules=False, update_sample=UPDATE_SAMPLE)
     frames, counts = [], []
     for step in range(STEPS):
         watch.begin_step(step)
         loss = model(batch(step)[rows]).pow(2).mean()
-        loss.backward()
+        model.backward(loss) if engine else loss.backward()
         with Collectives() as c:
             watch.before_optimizer_step(opt)
+        if clip and not engine:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad()
         with Collectives() as c2:

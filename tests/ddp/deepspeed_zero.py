@@ -1,0 +1,147 @@
+"""Watch on DeepSpeed ZeRO-1/2/3 engines, 2 CPU processes under torchrun (gloo), one launch;
+launched by tests/test_deepspeed.py. Rank r writes ``rank<r>.json`` into ``--out``.
+
+A torch optimizer is passed to ``deepspeed.initialize`` (a DeepSpeed-config optimizer would
+JIT-build fused_adam); the engine's CPU accelerator and gloo are picked automatically."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from _sharded_case import (  # noqa: E402
+    BATCH,
+    STATS,
+    STEPS,
+    UPDATE_SAMPLE,
+    batch,
+    build,
+    optimizer,
+    train,
+)
+
+import initwatch  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def config(stage: int, clip: float = 0.0) -> dict:
+    """DeepSpeed clips to a global norm of 1.0 unless told otherwise."""
+    return {
+        "gradient_clipping": clip,
+        "train_micro_batch_size_per_gpu": BATCH // 2,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def engine(stage: int, model=None, clip: float = 0.0):
+    import deepspeed  # here: the test collection imports this file, deepspeed may be absent
+
+    model = build() if model is None else model
+    cfg = config(stage, clip)
+    eng, *_ = deepspeed.initialize(model=model, optimizer=optimizer(model), config=cfg)
+    return eng
+
+
+def with_step_block(stage: int, rows: slice) -> dict:
+    """The same run through `with watch.step(i, engine)` (the Watch reads when engine.step()
+    starts), with DeepSpeed's default clipping to 1.0."""
+    eng = engine(stage, clip=1.0)
+    watch = initwatch.Watch(eng, every=1, rules=False, update_sample=UPDATE_SAMPLE)
+    frames, skipped, norms = [], [], []
+    for step in range(STEPS):
+        with watch.step(step, eng) as scope:
+            scope.loss = eng(batch(step)[rows]).pow(2).mean()
+            eng.backward(scope.loss)
+            eng.step()
+        f = watch.last_frame
+        frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
+        skipped.append(f.globals["skipped_step"])
+        norms.append(f.globals.get("grad_norm_global"))
+    out = {"frames": frames, "skipped": skipped, "grad_norm_global": norms}
+    try:  # a torch optimizer instead of the engine is refused before the step runs
+        with watch.step(STEPS, torch.optim.SGD(build().parameters(), lr=0.1)):
+            pass
+    except initwatch.ShardingError as exc:
+        out["refused_optimizer"] = str(exc)
+    watch.close()
+    return out
+
+
+def late_read(stage: int, rows: slice) -> dict:
+    """before_optimizer_step after engine.step(): the gradients are gone (ZeRO-1/2)."""
+    eng = engine(stage)
+    watch = initwatch.Watch(eng, every=1, rules=False)
+    watch.begin_step(0)
+    eng.backward(eng(batch(0)[rows]).pow(2).mean())
+    eng.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watch.before_optimizer_step(eng)
+    watch.end_step()
+    grads = dict(watch.last_frame.values.get("grad_norm", {}))
+    watch.close()
+    return {"warnings": [str(w.message) for w in caught], "grad_norm": grads}
+
+
+def reinit(stage: int) -> dict:
+    """A scheme on the full model before deepspeed.initialize, rank-dependent seeds: the
+    engine broadcasts rank 0's draw; the full weights are gathered to compare."""
+    import deepspeed
+    from _record import weights_hash
+
+    from initwatch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    initwatch.reinit(model, "t-fixup", seed=5 + dist.get_rank())
+    eng = engine(stage, model)
+    params = list(eng.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().clone() for k, v in eng.module.state_dict().items()}
+    holder = torch.nn.Module()
+    for i, (_k, v) in enumerate(sorted(state.items())):
+        holder.register_buffer(f"b{i}", v)
+    out = {"hash": weights_hash(holder), "keys": sorted(state)}
+    try:
+        initwatch.reinit(eng.module, "t-fixup", seed=5)
+    except initwatch.ShardingError as exc:
+        out["refused"] = str(exc)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    out = parser.parse_args().out
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = dist.get_rank()
+    half = BATCH // 2
+    rows = slice(rank * half, (rank + 1) * half)
+    results = {}
+    for stage in (1, 2, 3):
+        eng = engine(stage)
+        results[f"zero{stage}"] = train(eng, eng, rows)
+    results["zero3_step_block"] = with_step_block(3, rows)
+    results["zero2_late"] = late_read(2, rows)
+    results["zero3_reinit"] = reinit(3)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
