@@ -520,7 +520,9 @@ class Watch:
         sampled weight coordinates; call it right before ``optimizer.step()``.
 
         Args:
-            optimizer: the optimizer about to step (a framework wrapper is unwrapped).
+            optimizer: the optimizer about to step (a framework wrapper is unwrapped), or a
+                DeepSpeed engine: call it right before ``engine.step()``, which clips the
+                ZeRO-partitioned gradients and frees them (docs/sharded.md).
             grad_norm_preclip: the global gradient norm before clipping, when the gradients
                 were already clipped (the Hugging Face Trainer clips before its hook): the
                 frame's ``grad_norm_global`` and per-tensor ``grad_norm`` are then the pre-clip
@@ -743,7 +745,7 @@ class Watch:
 
             def engine_pre() -> None:
                 if self._in_step:
-                    self.before_optimizer_step(optimizer)
+                    self.before_optimizer_step(optimizer, scheduler=self._step_scheduler)
 
             def engine_post(applied: bool) -> None:
                 if self._in_step:
