@@ -198,3 +198,26 @@ def test_an_alert_writes_its_heatmaps_at_the_step_it_is_raised(tmp_path):
         f"initwatch/heatmap/{h}": [2]
         for h in ("grad_norm", "grad_norm_vs_top", "out_grad_rms", "out_grad_rms_vs_top")
     }
+
+
+def test_report_plot_draws_the_update_ratio_against_the_band_the_run_was_judged_by(tmp_path):
+    from PIL import Image
+
+    from initwatch.commands.report import heatmap, load, update_ratio_band
+
+    writer = SummaryWriter(str(tmp_path / "tuned"))
+    sink = TensorBoardSink(writer)
+    sink.bind(Thresholds(), RunContext(pretrained=True))  # a fine-tune's band: 1e-6..1e-2
+    for step in range(4):
+        sink.write_frame(vanishing_frame(step))
+        sink.write_alerts([], step, 0)
+    sink.close(vanishing_frame(4), [])
+    writer.close()
+    (run,) = load(str(tmp_path))
+    band = update_ratio_band(run)
+    assert band == pytest.approx({"target": 1e-3, "high": 1e-2, "low": 1e-6})
+    with_ratio = heatmap([run], "grad_norm", str(tmp_path / "a.png"))
+    run.scalars = {t: v for t, v in run.scalars.items() if "update_ratio" not in t}
+    without = heatmap([run], "grad_norm", str(tmp_path / "b.png"))
+    # one more panel: the ratio of every block over steps
+    assert Image.open(with_ratio).height > Image.open(without).height + 150

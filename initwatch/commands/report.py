@@ -548,8 +548,63 @@ def format_report(runs: Sequence[Run], top: int = 3) -> str:
     return "\n\n".join(parts)
 
 
+def update_ratio_band(run: Run) -> dict[str, float]:
+    """The update/weight ratio's healthy target and alert band of a run: the threshold lines the
+    TensorBoard sink wrote (``initwatch/threshold/log10_update_ratio/*``: the rules' own, a
+    fine-tune's included), else the default thresholds.
+
+    Example::
+
+        >>> update_ratio_band(Run("r", "r"))
+        {'target': 0.001, 'high': 0.1, 'low': 1e-05}
+    """
+    from initwatch.rules.thresholds import Thresholds
+
+    th = Thresholds()
+    out = {"target": th.update_ratio_target, "high": th.update_ratio_high}
+    out["low"] = th.update_ratio_low
+    for name in out:
+        pts = run.scalars.get(f"{PREFIX}threshold/log10_update_ratio/{name}")
+        if pts:
+            out[name] = 10.0 ** pts[-1][1]
+    return out
+
+
+def _ratio_panel(ax: Any, run: Run) -> None:
+    """The update/weight ratio of every block over steps (log axis, one line per block
+    coloured by depth), the target line and the alert band (Karpathy's ratio-vs-1e-3 plot)."""
+    from matplotlib import colormaps
+
+    series = run.stat("update_ratio")
+    rows = blocks_of(series)
+    band = update_ratio_band(run)
+    ax.axhspan(band["low"], band["high"], color="0.93", zorder=0)
+    cmap = colormaps["viridis"]
+    for i, name in enumerate(rows):
+        pts = [(s, v) for s, v in series[name] if v > 0 and math.isfinite(v)]
+        if pts:
+            colour = cmap(i / max(1, len(rows) - 1))
+            ax.plot(
+                *zip(*pts, strict=True),
+                color=colour,
+                lw=0.8,
+                label=name if i in (0, len(rows) - 1) else None,
+            )
+    ax.axhline(band["target"], color="black", lw=1.2, label=f"target {fmt(band['target'])}")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"{run.name}: update/weight ratio per block (input: purple, output: yellow); grey: the "
+        f"alert band {band['low']:g} to {band['high']:g}",
+        fontsize=10,
+    )
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7, loc="upper right")
+
+
 def heatmap(runs: Sequence[Run], stat: str, path: str) -> str:
-    """Save the depth x step heatmap of ``log10(stat)`` per run (one panel each) to ``path``.
+    """Save the depth x step heatmap of ``log10(stat)`` per run (one panel each) to ``path``,
+    and below them the update/weight ratio of every block over steps with its 1e-3 target line
+    and alert band (one panel per run that has ``update_ratio``).
 
     Example::
 
@@ -590,10 +645,14 @@ def heatmap(runs: Sequence[Run], stat: str, path: str) -> str:
     finite = np.concatenate([m[np.isfinite(m)] for *_, m in panels] or [np.zeros(1)])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     heights = [max(2.2, 0.16 * len(rows) + 1.2) for _, rows, _, _ in panels]
+    ratios = [r for r in shown if r.stat("update_ratio")]
+    heights += [3.0] * len(ratios)
     fig = Figure(figsize=(10, sum(heights)), dpi=80)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
-    for ax, (run, rows, steps, m) in zip(axes, panels, strict=True):
+    axes = fig.subplots(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, run in zip(axes[len(panels) :], ratios, strict=True):
+        _ratio_panel(ax, run)
+    for ax, (run, rows, steps, m) in zip(axes, panels, strict=False):
         im = ax.imshow(
             np.ma.masked_invalid(m), aspect="auto", interpolation="nearest", vmin=lo, vmax=hi
         )
@@ -621,5 +680,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(format_report(runs, top=args.top), file=out)
     if args.plot:
         heatmap(runs, args.stat, args.plot)
-        print(f"\nHeatmap of log10 {args.stat} drawn to {args.plot}", file=out)
+        print(
+            f"\nHeatmap of log10 {args.stat} and the update/weight ratio over steps drawn to "
+            f"{args.plot}",
+            file=out,
+        )
     return 0
