@@ -312,7 +312,7 @@ def _vanishing_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
         return _join(
             [
                 f"{name} is already applied and its grace period is over: {_lower_lr(ctx, ev, 3)} and {_warmup(ctx)}",
-                f"try DeepNet, which keeps LayerNorm: {_deepnet(ctx, depth)}"
+                f"try DeepNet on a fresh model (it keeps LayerNorm): {_deepnet(ctx, depth)}"
                 if ctx.layout == "post"
                 else _to_pre_ln(ctx),
             ]
