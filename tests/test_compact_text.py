@@ -62,7 +62,7 @@ def test_inspect_tells_the_truth_after_a_scheme_removed_the_norms(scheme: str) -
 def test_hf_models_are_compact_too() -> None:
     for family in ("bert", "gpt2", "bart", "t5"):
         out = lines(str(initwatch.inspect(zoo.build(family, layers=12))))
-        assert len(out) <= 45, (family, len(out))
+        assert len(out) <= 48, (family, len(out))  # BART (two stacks) measured 44
 
 
 def test_reinit_report_prints_a_summary_with_the_full_table_behind_a_method() -> None:
