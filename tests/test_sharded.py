@@ -23,7 +23,7 @@ from test_ddp import launch  # noqa: E402
 
 HERE = Path(__file__).parent / "ddp"
 pytestmark = pytest.mark.slow
-CASES = ("fsdp2", "hsdp", "fsdp1", "ddp")
+CASES = ("fsdp2", "hsdp", "fsdp1", "fsdp1_no_shard", "ddp")
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,20 @@ def test_a_watch_created_before_fully_shard_reads_nothing_stale(one_rank):
     assert any("after fully_shard" in str(w.message) for w in caught)
     assert "weight_norm" not in watch.last_frame.values
     watch.close()
+
+
+def test_fsdp1_hybrid_units_are_refused_never_misread():
+    # A hybrid FSDP1 unit shards within a group and replicates across groups: its views
+    # carry no owner rule, so reading them is refused (a real hybrid mesh needs 4 ranks; with
+    # 2, FSDP1 falls back to another strategy, so the unit is a stand-in here)
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from initwatch.sharding import _unit_layouts
+
+    handle = SimpleNamespace(flat_param=SimpleNamespace(), _use_orig_params=True)
+    for strategy in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2):
+        unit = SimpleNamespace(_handle=handle, sharding_strategy=strategy)
+        with pytest.raises(initwatch.ShardingError, match=f"{strategy.name}.*HSDP mesh"):
+            _unit_layouts(unit)

@@ -15,7 +15,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from _sharded_case import BATCH, UPDATE_SAMPLE, build, train  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard  # noqa: E402
+from torch.distributed.fsdp import (  # noqa: E402
+    FullyShardedDataParallel,
+    ShardingStrategy,
+    fully_shard,
+)
 
 import initwatch  # noqa: E402
 
@@ -33,11 +37,18 @@ def hsdp():
     return fsdp2(init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard")))
 
 
-def fsdp1():
+def fsdp1(strategy: ShardingStrategy = ShardingStrategy.FULL_SHARD):
     inner = build()
     watch = initwatch.Watch(inner, every=1, rules=False, update_sample=UPDATE_SAMPLE)
-    model = FullyShardedDataParallel(inner, use_orig_params=True, device_id=torch.device("cpu"))
+    model = FullyShardedDataParallel(
+        inner, use_orig_params=True, device_id=torch.device("cpu"), sharding_strategy=strategy
+    )
     return model, watch  # the Watch attaches before the FSDP1 wrap
+
+
+def fsdp1_no_shard():
+    """Replicated on both ranks: rank 0 owns every element (as under DDP)."""
+    return fsdp1(ShardingStrategy.NO_SHARD)
 
 
 def ddp():
@@ -88,7 +99,8 @@ def main() -> None:
     half = BATCH // 2
     rows = slice(rank * half, (rank + 1) * half)
     results = {}
-    for name, make in [("fsdp2", fsdp2), ("hsdp", hsdp), ("fsdp1", fsdp1), ("ddp", ddp)]:
+    cases = [("fsdp2", fsdp2), ("hsdp", hsdp), ("fsdp1", fsdp1), ("fsdp1_no_shard", fsdp1_no_shard)]
+    for name, make in [*cases, ("ddp", ddp)]:
         model, target = make()
         if isinstance(target, torch.nn.Module):
             results[name] = train(model, target, rows)
