@@ -30,17 +30,17 @@ def counting_dataset(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict[s
 
 def main(argv: list[str] | None = None) -> InitWatchCallback:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--depth", "--layers", dest="depth", type=int, default=12)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--output-dir", default="hf_tfixup")
     parser.add_argument("--fast", action="store_true", help="2 layers, 4 steps")
     args = parser.parse_args(argv)
     if args.fast:
-        args.layers, args.steps, args.logging_steps = 2, 4, 2
+        args.depth, args.steps, args.logging_steps = 2, 4, 2
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_embd=64, n_layer=args.layers, n_head=4, n_positions=64)
+    config = GPT2Config(vocab_size=64, n_embd=64, n_layer=args.depth, n_head=4, n_positions=64)
     model = GPT2LMHeadModel(config)  # from a config: random weights, so a scheme is allowed
     watch = InitWatchCallback(scheme="t-fixup")
     training = TrainingArguments(

@@ -73,14 +73,14 @@ class PostLNLanguageModel(L.LightningModule):
 
 def main(argv: list[str] | None = None) -> InitWatch:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--depth", "--layers", dest="depth", type=int, default=24)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--root", default=".", help="where lightning_logs/ goes")
     parser.add_argument("--fast", action="store_true", help="4 layers, 6 steps")
     args = parser.parse_args(argv)
     if args.fast:
-        args.layers, args.steps, args.log_every = 4, 6, 2
+        args.depth, args.steps, args.log_every = 4, 6, 2
 
     L.seed_everything(0, verbose=False)
     data = torch.utils.data.DataLoader(CountingTask(2048, 16, 32), batch_size=16, shuffle=True)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> InitWatch:
         enable_model_summary=False,
         log_every_n_steps=args.log_every,
     )
-    trainer.fit(PostLNLanguageModel(args.layers), data)
+    trainer.fit(PostLNLanguageModel(args.depth), data)
 
     print(watch.report)  # what DeepNet changed: every parameter, with its gain and std
     print(f"final loss {trainer.callback_metrics['train_loss']:.3f}; alerts: {len(watch.alerts)}")
