@@ -337,6 +337,7 @@ def measure(
     from initwatch.context import RunContext
     from initwatch.errors import InitWatchError
     from initwatch.schemes import reinit
+    from initwatch.schemes.registry import applicability, get
     from initwatch.watch import Watch
 
     name = scheme or OWN
@@ -349,6 +350,11 @@ def measure(
     if scheme is not None:
         if anatomy is None:
             return Variant(name, skipped="initwatch cannot read this model's blocks")
+        verdict = applicability(anatomy).get(get(scheme).name, "applies")
+        if verdict != "applies":  # the registry's own short reason (``Scheme.applies``)
+            head = "not applicable ("
+            short = verdict[len(head) : -1] if verdict.startswith(head) else verdict
+            return Variant(name, skipped=short)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -58,7 +58,7 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
     # The own init's collapse is flagged with a remedy that names a scheme...
     flagged = out.split("What would alert:")[1]
     assert "own init, step" in flagged and "vanishing_gradient" in flagged
-    assert 'scheme="deepnet"' in flagged
+    assert 'initwatch.reinit(model, "deepnet")' in flagged  # check runs a plain loop
     # ... and a scheme is recommended, with the reason.
     rec = re.search(r"^Recommendation: (\S+)", out, re.M)
     assert rec and rec.group(1) in SCHEMES, out
@@ -68,7 +68,7 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
 
 def test_pre_ln_family_skips_deepnet_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
     out = check(["gpt2", "--layers", "3", "--hidden", "32", "--steps", "4"], capsys)
-    assert "deepnet: skipped: DeepNet does not apply" in out and "Pre-LN" in out
+    assert "deepnet: skipped: Pre-LN: DeepNet needs Post-LN" in out  # the registry's reason
     header = next(
         line for line in out.splitlines() if line.startswith("block ") and "own init" in line
     )
