@@ -810,7 +810,7 @@ class Watch:
         Example::
 
             >>> import torch.nn as nn, initwatch
-            >>> watch = initwatch.Watch(nn.Linear(2, 1), rules=False)
+            >>> watch = initwatch.Watch(nn.Linear(2, 1), every=1, rules=False)
             >>> watch.begin_step(7)
             True
             >>> _ = watch.end_step(); watch.close()
