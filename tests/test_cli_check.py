@@ -289,3 +289,20 @@ def test_zero_started_schemes_get_the_rules_grace_in_check(monkeypatch: pytest.M
     assert Inputs(Frame(0, [], {}), burst[1], Thresholds()).grace
     rezero = result.variants[1]
     assert rezero.measured and not [a for a in rezero.alerts if a.kind == "exploding_gradient"]
+
+
+def test_the_header_reaches_a_pipe_before_the_measurement_ends() -> None:
+    """Streaming through a real pipe: the first line is readable while the check still runs."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "initwatch.cli", "check", "torch_encoder", "--depth", "2"]
+    cmd += ["--hidden", "16", "--fast", "--schemes", "rezero,t-fixup", "--no-progress"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        first = proc.stdout.readline()
+        still_running = proc.poll() is None
+        rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert first.startswith("initwatch check torch_encoder: own init, rezero and t-fixup")
+    assert still_running, "the header came only when the check had ended"
+    assert "Recommendation: " in rest
