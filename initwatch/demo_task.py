@@ -11,7 +11,7 @@ ignores its input cannot solve (its loss stays near ``ln(vocab)``).
 
 Trained with Adam at a fixed learning rate and no warmup, such a stack fails at depth with
 PyTorch's default init (lower blocks lose their gradient, the loss stays at chance) while
-DeepNet, T-Fixup and ReZero train (shared/reference/init-schemes.md §2.8, §3.6, §4.6).
+DeepNet, T-Fixup and ReZero train (docs/schemes.md).
 
 Example::
 

@@ -12,7 +12,7 @@ FRACTIONS = ("dead_frac", "sat_frac", "grad_spike_share", "anneal_fraction")  # 
 class Thresholds:
     """Every threshold the rules use. Defaults and their sources are listed in docs/alerts.md.
 
-    Source keys (see ``shared/reference/monitoring.md`` §0 and §3): SMD = SageMaker Debugger
+    Source keys (their public sources are listed in docs/alerts.md): SMD = SageMaker Debugger
     built-in rules, KARP = Karpathy's makemore part 3, MEG = Megatron-LM, OC = OLMo-core,
     HF-DBG = Hugging Face ``DebugUnderflowOverflow``. "initwatch" marks a value we chose and
     calibrated on the fault-injection suite (``tests/test_detection.py``), because no anchor
