@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from initwatch import vocabulary
+
 
 class AlertKind(str, Enum):
     """The fixed vocabulary of alert kinds (new kinds may be added, none renamed).
@@ -73,7 +75,7 @@ class Alert:
     layer: str
     value: float
     threshold: float
-    severity: str
+    severity: vocabulary.Severity
     message: str
     remedy: str
     first_step: int | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from initwatch.vocabulary import Layout, Residual
+
 
 @dataclass
 class RunContext:
@@ -49,8 +51,8 @@ class RunContext:
     """
 
     family: str | None = None
-    layout: str | None = None
-    residual: str | None = None
+    layout: Layout | None = None
+    residual: Residual | None = None
     depth: dict[str, int] = field(default_factory=dict)
     cross_attention: bool = False
     scheme: str | None = None

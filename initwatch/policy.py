@@ -14,6 +14,7 @@ from typing import Any
 from initwatch.alert_text import console_text
 from initwatch.alerts import Alert
 from initwatch.errors import AlertError
+from initwatch.vocabulary import OnAlertSpec
 
 log = logging.getLogger("initwatch")
 # A library's logger must not print by itself: without a handler anywhere, Python's last-resort
@@ -149,7 +150,7 @@ class AlertPolicy:
         'stop'
     """
 
-    def __init__(self, on_alert: str | OnAlert | Callable[[Alert], Any] = "warn") -> None:
+    def __init__(self, on_alert: OnAlertSpec = "warn") -> None:
         self.callback: Callable[[Alert], Any] | None = None
         if isinstance(on_alert, OnAlert):
             self.mode = on_alert.value

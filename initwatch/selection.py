@@ -137,7 +137,14 @@ def saturation_band(module: nn.Module) -> tuple[float, float, bool] | None:
 
 # Activations whose outputs are exactly zero on a whole region of inputs: the only ones whose
 # zero fraction means something (dead units). GELU, SiLU, tanh... are zero at a single point.
-_ZERO_PRODUCING = (nn.ReLU, nn.ReLU6, nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.Hardsigmoid)
+_ZERO_PRODUCING: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Threshold,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Hardsigmoid,
+)
 _ZERO_PRODUCING += (nn.Hardswish,)
 
 

@@ -10,10 +10,10 @@ import traceback
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -38,6 +38,15 @@ from initwatch.selection import select_layers, select_parameters, unwrap
 from initwatch.sharding import refuse_replaced
 from initwatch.sinks import Sink
 from initwatch.stats import LOSS_FIELDS, HostValues, StatBuffer
+from initwatch.vocabulary import (
+    LayersSpec,
+    Layout,
+    MicroBatchLoss,
+    OnAlertSpec,
+    Residual,
+    RulesSpec,
+    WriterSpec,
+)
 
 log = logging.getLogger("initwatch")
 
@@ -300,19 +309,19 @@ class Watch:
     def __init__(
         self,
         model: nn.Module,
-        writer: Any = None,
+        writer: WriterSpec = None,
         every: int = 50,
-        layers: str | Sequence[str] = "default",
-        on_alert: Any = "warn",
+        layers: LayersSpec = "default",
+        on_alert: OnAlertSpec = "warn",
         context: RunContext | None = None,
         anatomy: Anatomy | None = None,
-        rules: Any = None,
+        rules: RulesSpec = None,
         update_sample: int = 1024,
-        logdir: str | None = None,
+        logdir: str | os.PathLike[str] | None = None,
         dense_start: int = 0,
         max_interval: int | None = None,
         pretrained: bool | None = None,
-        micro_batch_loss: Literal["mean", "sum"] = "mean",
+        micro_batch_loss: MicroBatchLoss = "mean",
         state: Mapping[str, Any] | None = None,
         histogram_every: int = 10,
     ) -> None:
@@ -375,8 +384,9 @@ class Watch:
             )
             self._rules = _make_rules(rules)
             self._sink, self._own_writer = _make_sink(writer, logdir)
-            if callable(getattr(self._sink, "bind", None)):  # threshold lines on dashboards
-                self._sink.bind(getattr(self._rules, "thresholds", None), self.context)
+            bind = getattr(self._sink, "bind", None)
+            if callable(bind):  # threshold lines on dashboards
+                bind(getattr(self._rules, "thresholds", None), self.context)
         except BaseException:
             self._probes.remove()
             remove_all(self._attention)
@@ -847,8 +857,8 @@ class Watch:
         if a is None:
             return
         ctx.family = ctx.family or a.family
-        ctx.layout = ctx.layout or a.layout
-        ctx.residual = ctx.residual or a.residual
+        ctx.layout = ctx.layout or cast(Layout, a.layout)
+        ctx.residual = ctx.residual or cast(Residual, a.residual)
         ctx.depth = ctx.depth or dict(a.depth)
         ctx.cross_attention = ctx.cross_attention or has_cross(a)
 

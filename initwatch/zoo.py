@@ -67,7 +67,11 @@ def build(
         return _build_torch(family, layers, hidden, heads, ffn)
     import transformers as tf
 
-    common = dict(vocab_size=vocab)
+    common: dict[str, Any] = dict(vocab_size=vocab)
+    kw: dict[str, Any]
+    cfg: Any
+    cfg_cls: Any
+    model_cls: Any
     if family in ("bert", "roberta", "electra"):
         cfg_cls, model_cls = {
             "bert": (tf.BertConfig, tf.BertForMaskedLM),
@@ -192,7 +196,7 @@ def build(
         )
         return model_cls(cfg)
     if family == "vit":
-        cfg = tf.ViTConfig(
+        cfg = tf.ViTConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
@@ -209,7 +213,9 @@ def build(
 def _build_torch(family: str, layers: int, hidden: int, heads: int, ffn: int) -> nn.Module:
     pre = family.endswith("_pre")
     base = family.removesuffix("_pre")
-    kw = dict(d_model=hidden, nhead=heads, dim_feedforward=ffn, norm_first=pre, batch_first=True)
+    kw: dict[str, Any] = dict(
+        d_model=hidden, nhead=heads, dim_feedforward=ffn, norm_first=pre, batch_first=True
+    )
     if base == "torch_encoder":
         return nn.TransformerEncoder(
             nn.TransformerEncoderLayer(**kw), num_layers=layers, enable_nested_tensor=False
@@ -243,7 +249,8 @@ def example_inputs(family: str, model: nn.Module, batch: int = 2, seq: int = 8) 
         return {"src": src}
     if family == "vit":
         return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=g)}
-    vocab = model.config.vocab_size
+    config: Any = model.config
+    vocab = int(config.vocab_size)
     ids = torch.randint(3, vocab - 2, (batch, seq), generator=g)
     if family in ("t5", "bart", "marian"):
         dec = torch.randint(3, vocab - 2, (batch, seq), generator=g)
@@ -317,7 +324,8 @@ def pretrain(
                 labels = (x.mean((1, 2, 3)) > 0).long() % logits.shape[-1]
                 loss = F.cross_entropy(logits, labels)
             else:
-                vocab = model.config.vocab_size
+                config: Any = model.config
+                vocab = int(config.vocab_size)
                 ids = torch.randint(3, vocab - 2, (8, 12))
                 target = (7 * ids + 3) % vocab
                 kw = {"input_ids": ids}

@@ -25,7 +25,7 @@ def _str(self: Anatomy) -> str:
     return render(self)
 
 
-Anatomy.__str__ = _str  # type: ignore[method-assign]
+Anatomy.__str__ = _str  # type: ignore[method-assign,assignment]
 
 
 def try_inspect(model: object) -> Anatomy | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -224,13 +225,14 @@ def _t5(block: nn.Module, config: object) -> list[SubSpec]:
         roles = {x + r: p + r for r in ("q", "k", "v", "o")}
         return (kind, roles, p + "o", False, f"layer.{i}.layer_norm")
 
-    decoder = len(block.layer) == 3
+    layer: Any = block.layer
+    decoder = len(layer) == 3
     subs = [attn(0, "SelfAttention", "attn")]
     if decoder:
         subs.append(attn(1, "EncDecAttention", "cross"))
     f = len(subs)
     p = f"layer.{f}.DenseReluDense."
-    ffn_mod = block.layer[f].DenseReluDense
+    ffn_mod = layer[f].DenseReluDense
     if hasattr(ffn_mod, "wi_0"):
         roles = {"ffn_gate": p + "wi_0", "ffn_in": p + "wi_1", "ffn_out": p + "wo"}
     else:
@@ -305,13 +307,15 @@ def _neox_residual(block: nn.Module, config: object) -> str:
 
 
 _HF = "transformers.models."
-_BERT_STACK = dict(
+_BERT_STACK: dict[str, Any] = dict(
     stack_up=2,
     token_embedding="embeddings.word_embeddings",
     position_embedding="embeddings.position_embeddings",
     embedding_norm="embeddings.LayerNorm",
 )
-_LLAMA_STACK = dict(token_embedding="embed_tokens", final_norm="norm", norm_kind="rmsnorm")
+_LLAMA_STACK: dict[str, Any] = dict(
+    token_embedding="embed_tokens", final_norm="norm", norm_kind="rmsnorm"
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family("bert", (_HF + "bert.modeling_bert.BertLayer",), _bert, _post, **_BERT_STACK),

@@ -17,11 +17,12 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from initwatch.alerts import Alert
 from initwatch.commands._text import fmt, table, wrap
 from initwatch.commands.args import UsageError
+from initwatch.vocabulary import Severity
 
 NAME = "report"
 HELP = (
@@ -214,7 +215,7 @@ def parse_alerts(markdown: str) -> list[Alert]:
                     layer=m["layer"],
                     value=_number(m["value"]),
                     threshold=_number(threshold),
-                    severity=m["severity"],
+                    severity=cast(Severity, m["severity"]),  # checked by Alert
                     message=(m["message"] or "").strip(),
                     remedy=remedy,
                     first_step=first,

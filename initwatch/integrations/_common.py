@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from initwatch.errors import AlreadyAppliedError, InitWatchError
 from initwatch.schemes import ReinitReport, decide_pretrained, reinit, scheme_name
 from initwatch.schemes.base import applied_scheme
 from initwatch.schemes.registry import key_scheme
+from initwatch.vocabulary import LayersSpec, MicroBatchLoss, OnAlertSpec, RulesSpec
 
 if TYPE_CHECKING:
     from initwatch.watch import Watch
@@ -81,7 +82,7 @@ def resolve_scheme(scheme: str | None) -> str | None:
     return None if scheme is None else scheme_name(scheme)
 
 
-def validate_on_alert(on_alert: Any) -> None:
+def validate_on_alert(on_alert: OnAlertSpec) -> None:
     """Raise ``ValueError`` at construction for an ``on_alert`` the alert policy rejects.
 
     Example::
@@ -384,11 +385,11 @@ class AdapterSettings:
         scheme: str | None,
         interval: int | None,
         interval_name: str,
-        on_alert: Any,
+        on_alert: OnAlertSpec,
         scheme_options: Mapping[str, Any] | None,
-        layers: str | Sequence[str],
-        logdir: str | os.PathLike | None,
-        rules: Any,
+        layers: LayersSpec,
+        logdir: str | os.PathLike[str] | None,
+        rules: RulesSpec,
         update_sample: int,
         anatomy: Anatomy | None,
         dense_start: int = DENSE_START,
@@ -439,7 +440,7 @@ class AdapterSettings:
         writer: Any = None,
         logdir: str | None = None,
         anatomy: Anatomy | None = None,
-        micro_batch_loss: Literal["mean", "sum"] = "mean",
+        micro_batch_loss: MicroBatchLoss = "mean",
     ) -> Watch:
         """Close the last fit's Watch and create this fit's (hooks attached now: before any
         compiled forward), resuming the state :meth:`_restore_state` was given, if any."""

@@ -6,8 +6,9 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from enum import Enum
+from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,6 +36,7 @@ from initwatch.integrations._common import (
 )
 from initwatch.schemes.base import applied_scheme
 from initwatch.sharding import broadcast_from_rank0
+from initwatch.vocabulary import LayersSpec, OnAlertSpec, RulesSpec
 
 # One class serves both import styles: it is a ``lightning.pytorch`` Callback and, when the
 # separate ``pytorch_lightning`` package is installed, a ``pytorch_lightning`` Callback too, so
@@ -178,12 +180,12 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self,
         scheme: str | None = None,
         log_every_n_steps: int | None = None,
-        on_alert: Any = "warn",
+        on_alert: OnAlertSpec = "warn",
         *,
         scheme_options: Mapping[str, Any] | None = None,
-        layers: str | Sequence[str] = "default",
-        logdir: str | os.PathLike | None = None,
-        rules: Any = None,
+        layers: LayersSpec = "default",
+        logdir: str | os.PathLike[str] | None = None,
+        rules: RulesSpec = None,
         update_sample: int = 1024,
         anatomy: Anatomy | None = None,
         dense_start: int = DENSE_START,
@@ -258,7 +260,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return
         _refuse_strategy(trainer)
         _refuse_spawn(trainer, self.scheme)
-        refuse_second_watcher(trainer.callbacks, self)
+        refuse_second_watcher(_callbacks(trainer), self)
         if not _is_sharded(trainer):  # (sharded strategies load their own way)
             # Checked before the scheme is applied, so a refused fit leaves the model alone.
             ckpt = _ckpt_path_of_this_fit(trainer)
@@ -356,7 +358,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
         self._start_watch(
             pl_module,
             context=context,
-            every=self.log_every_n_steps or trainer.log_every_n_steps or 50,
+            every=self.log_every_n_steps or _log_every_n_steps(trainer),
             writer=writer,
             logdir=logdir,
             anatomy=anatomy,
@@ -371,7 +373,7 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             return None, self.logdir
         tb = next((lg for lg in trainer.loggers if _is_tensorboard_logger(lg)), None)
         if tb is not None:
-            experiment = tb.experiment if trainer.is_global_zero else None
+            experiment = getattr(tb, "experiment", None) if trainer.is_global_zero else None
             if is_summary_writer(experiment):
                 return experiment, None
             return None, own_run_dir(tb.log_dir, trainer.default_root_dir)
@@ -473,7 +475,7 @@ def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any)
 def _ckpt_path_of_this_fit(trainer: pl.Trainer) -> Any:
     """The ``ckpt_path`` that ``fit`` will restore after ``setup`` (a local of
     ``Trainer._run``, the caller of the setup hooks), or None."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(40):
         if frame is None:
             break
@@ -521,6 +523,16 @@ def _logged_step(trainer: pl.Trainer) -> int:
 def _clip_algorithm(trainer: pl.Trainer) -> str:
     algorithm = trainer.gradient_clip_algorithm
     return str(getattr(algorithm, "value", algorithm) or "norm")
+
+
+def _callbacks(trainer: pl.Trainer) -> list[Any]:
+    """The Trainer's callbacks (an attribute its stubs do not declare)."""
+    return list(getattr(trainer, "callbacks", []))
+
+
+def _log_every_n_steps(trainer: pl.Trainer) -> int:
+    """The Trainer's ``log_every_n_steps`` (an attribute its stubs do not declare)."""
+    return int(getattr(trainer, "log_every_n_steps", 50) or 50)
 
 
 def _step_scheduler(trainer: pl.Trainer) -> Any:
@@ -604,7 +616,7 @@ def _refuse_strategy(trainer: pl.Trainer) -> None:
             "statistics, see docs/sharded.md), or train without InitWatch."
         )
     if _is_fsdp1(trainer):
-        kwargs = trainer.strategy.kwargs
+        kwargs: dict[str, Any] = getattr(trainer.strategy, "kwargs", {})
         strategy = str(getattr(trainer.strategy, "sharding_strategy", "FULL_SHARD"))
         if not kwargs.get("use_orig_params", True):
             raise UnsupportedStrategyError(

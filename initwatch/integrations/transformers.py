@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -32,6 +33,7 @@ from initwatch.integrations._common import (
     step_hook,
 )
 from initwatch.sharding import broadcast_from_rank0
+from initwatch.vocabulary import LayersSpec, OnAlertSpec, RulesSpec
 
 if TYPE_CHECKING:
     from initwatch.watch import Watch
@@ -137,12 +139,12 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
         self,
         scheme: str | None = None,
         logging_steps: int | None = None,
-        on_alert: Any = "warn",
+        on_alert: OnAlertSpec = "warn",
         *,
         scheme_options: Mapping[str, Any] | None = None,
-        layers: str | Sequence[str] = "default",
-        logdir: str | os.PathLike | None = None,
-        rules: Any = None,
+        layers: LayersSpec = "default",
+        logdir: str | os.PathLike[str] | None = None,
+        rules: RulesSpec = None,
         update_sample: int = 1024,
         anatomy: Anatomy | None = None,
         dense_start: int = DENSE_START,
@@ -312,7 +314,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
                 self._preclip = norm
             return norm
 
-        accelerator.clip_grad_norm_ = clip_grad_norm_
+        setattr(accelerator, "clip_grad_norm_", clip_grad_norm_)  # noqa: B010  (Any | None)
         self._clip_patch = (accelerator, original)
 
     def _unwatch_clipping(self) -> None:
@@ -526,7 +528,7 @@ def _find_trainer() -> Trainer | None:
     ``clip_grad_norm_`` returns (the gradients are clipped before ``on_pre_optimizer_step``),
     its ``TensorBoardCallback``'s run directory (named by the time) and ``model_init``. Without
     it (None) the callback falls back to the model's own loss and the clipped norms."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(40):
         if frame is None:
             return None
@@ -609,7 +611,8 @@ def _load_state(state: TrainerState) -> dict[str, Any]:
     which the Trainer has loaded into ``state`` by ``on_train_begin``."""
     if not state.global_step:
         return {}
-    saved = (state.stateful_callbacks or {}).get(InitWatchCallback.__name__)
+    callbacks: Any = state.stateful_callbacks or {}  # a dict once loaded from a checkpoint
+    saved = callbacks.get(InitWatchCallback.__name__)
     if isinstance(saved, list):
         saved = saved[0] if saved else None
     found = saved.get("attributes", {}).get("_resume_state") if isinstance(saved, Mapping) else None

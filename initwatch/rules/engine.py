@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from initwatch.alerts import Alert, AlertKind
 from initwatch.context import RunContext
 from initwatch.frame import Frame
 from initwatch.rules.detectors import DETECTORS, Finding, Inputs, explain
 from initwatch.rules.thresholds import Thresholds
+from initwatch.vocabulary import Severity
 
 STATE_VERSION = 1
 # kinds whose far-past-threshold findings alert on their first frame (Thresholds.far_factor)
@@ -237,7 +238,7 @@ class Rules:
             layer=layer,
             value=value,
             threshold=float(f.threshold),
-            severity=f.severity,
+            severity=cast(Severity, f.severity),  # checked by Alert
             message=f.message + note,
             remedy=remedy,
             first_step=state["first_step"],

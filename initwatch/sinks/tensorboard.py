@@ -26,6 +26,7 @@ from initwatch.sinks import (
 )
 from initwatch.sinks.heatmap import decade
 from initwatch.sinks.layout import LOG10_STATS, PREFIX, TagNames, layer_class, layout, layout_proto
+from initwatch.vocabulary import SummaryWriterLike
 
 DETAILS = ("default", "all")
 # The default tag budget, read from the catalogue: which statistics get a tag for which kind
@@ -155,7 +156,7 @@ class TensorBoardSink(Sink):
 
     def __init__(
         self,
-        writer: object,
+        writer: SummaryWriterLike,
         detail: str = "default",
         heatmap_every: int = 10,
         heatmap_steps: int = 256,
