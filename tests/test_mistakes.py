@@ -9,6 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from builders import lightning_trainer as lit_trainer
 from builders import training_args
 from torch import nn
 
@@ -212,20 +213,6 @@ class DeadLit(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def lit_trainer(tmp_path, callbacks, **kw) -> L.Trainer:
-    args = dict(
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    args.update(kw)
-    return L.Trainer(callbacks=callbacks, **args)
 
 
 def data(n: int = 16) -> torch.utils.data.DataLoader:
