@@ -573,7 +573,7 @@ def _deepspeed_fp16(args: TrainingArguments) -> bool:
     """fp16 under DeepSpeed: ``fp16=True``, or ``"fp16": {"enabled": true}`` in its config."""
     if getattr(args, "fp16", False):
         return True
-    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    config: Any = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
     if not isinstance(config, Mapping):
         config = args.deepspeed if isinstance(getattr(args, "deepspeed", None), Mapping) else {}
     return (config.get("fp16") or {}).get("enabled") is True
