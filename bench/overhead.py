@@ -22,6 +22,7 @@ d=256, or ``all``) it reports:
   interleaved rounds, in µs);
 * **floor**: the physical limit of a logging step: one read of every monitored output (a sum)
   plus one ``_foreach_norm`` over every gradient and weight;
+* **breakdown**: where a logging step's own work goes (thread-CPU time of each part, patched);
 * **memory** (``--memory``): peak RSS (``VmHWM``) of one fresh process per configuration.
 
     python bench/overhead.py --model all --json overhead.json
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -111,6 +113,7 @@ class Runner:
         self.watch = self.writer = self.run = None
         self.stall = 0.0  # longest time in the Watch's calls in one step (wall)
         self.stall_cpu = 0.0
+        self.calls: list[tuple[int, float, float]] = []  # (step, cpu, wall) of the Watch's calls
         if monitor == "watch":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -168,6 +171,8 @@ class Runner:
             self.run.log({"loss": loss.item()}, step=self.step)
         self.stall = max(self.stall, spent)
         self.stall_cpu = max(self.stall_cpu, spent_cpu)
+        if w is not None and logging:
+            self.calls.append((self.step, spent_cpu, spent))
         self.step += 1
 
     def train(self, n: int) -> float:
@@ -187,6 +192,7 @@ class Runner:
             self.watch.close()
         self.stall = max(self.stall, time.perf_counter() - t0)
         self.stall_cpu = max(self.stall_cpu, time.thread_time() - c0)
+        self.close_cpu, self.close_wall = time.thread_time() - c0, time.perf_counter() - t0
         if self.writer is not None:
             self.writer.close()
         if self.run is not None:
@@ -259,7 +265,8 @@ def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dic
 
 class _HookClock:
     """Thread-CPU time spent inside the Watch's forward and gradient hooks and its attention
-    probes' row rebuilding (patched in)."""
+    probes' hooks (patched in; hooks attached after entering: the Watch re-attaches its hooks
+    at every logging step)."""
 
     def __init__(self) -> None:
         self.spent = 0.0
@@ -286,31 +293,36 @@ class _HookClock:
                 clock.spent += time.thread_time() - t0
 
         ActivationProbe.__call__, ActivationProbe._on_grad = timed_call, timed_grad
-        try:  # the attention probes' work (rebuilding a sample of attention rows)
-            from initwatch import attention
+        try:  # the attention probes' hooks (their rows are reduced at the flush, in end_step)
+            from initwatch.attention import AttentionProbe
 
-            rows = self._rows = attention.attention_rows
+            make = self._make_hook = AttentionProbe._hook
 
-            def timed_rows(*a, **k):
-                t0 = time.thread_time()
-                try:
-                    return rows(*a, **k)
-                finally:
-                    clock.spent += time.thread_time() - t0
+            def timed_make(probe, path):
+                hook = make(probe, path)
 
-            attention.attention_rows = timed_rows
+                def timed(*a, **k):
+                    t0 = time.thread_time()
+                    try:
+                        return hook(*a, **k)
+                    finally:
+                        clock.spent += time.thread_time() - t0
+
+                return timed
+
+            AttentionProbe._hook = timed_make
         except (ImportError, AttributeError):
-            self._rows = None
+            self._make_hook = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         from initwatch.probes import ActivationProbe
 
         ActivationProbe.__call__, ActivationProbe._on_grad = self._orig
-        if self._rows is not None:
-            from initwatch import attention
+        if self._make_hook is not None:
+            from initwatch.attention import AttentionProbe
 
-            attention.attention_rows = self._rows
+            AttentionProbe._hook = self._make_hook
 
 
 def direct(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
@@ -385,7 +397,8 @@ def logging_step_extra(model_name: str, args: argparse.Namespace, tmp: str) -> d
 
 
 def non_logging_us(args: argparse.Namespace, tmp: str, n: int = 200) -> dict[str, float]:
-    """Extra µs of a step that does not log, small MLP (Watch hooks detached after step 0)."""
+    """Extra µs of a step that does not log, small MLP (Watch hooks detached after step 0): a
+    whole step against a plain one (interleaved), and the Watch's calls alone."""
     plain = Runner("mlp", "plain", 1, tmp)
     watched = Runner("mlp", "watch", 10**9, tmp)
     for r in (plain, watched):
@@ -401,19 +414,160 @@ def non_logging_us(args: argparse.Namespace, tmp: str, n: int = 200) -> dict[str
         "plain_us": 1e6 * min(a),
         "extra_us": 1e6 * (min(b) - min(a)),
         "extra_us_median": 1e6 * statistics.median([y - x for x, y in zip(a, b, strict=True)]),
+        **watch_calls_us(),
     }
 
 
+def watch_calls_us(n: int = 20000) -> dict[str, float]:
+    """The Watch's own calls on non-logging steps, timed alone (fastest of 7 x ``n`` steps):
+    ``begin_step`` + ``before_optimizer_step`` + ``end_step``, and a ``with watch.step(...)``
+    block around an optimizer step less the optimizer step alone."""
+    from initwatch import Watch
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    watch = Watch(model, every=10**9, rules=False)
+    model(torch.ones(1, 4)).sum().backward()
+    with watch.step(0, opt):  # step 0 logs; every later one does not
+        opt.step()
+    clock = time.thread_time
+
+    def best(fn) -> float:
+        out = math.inf
+        for _ in range(7):
+            t0 = clock()
+            fn()
+            out = min(out, (clock() - t0) / n)
+        return 1e6 * out
+
+    def calls() -> None:
+        for i in range(1, n + 1):
+            watch.begin_step(i)
+            watch.before_optimizer_step(opt)
+            watch.end_step()
+
+    def blocks() -> None:
+        for i in range(1, n + 1):
+            with watch.step(i, opt):
+                opt.step()
+
+    def steps() -> None:
+        for _ in range(n):
+            opt.step()
+
+    out = {"calls_us": best(calls), "step_block_us": best(blocks) - best(steps)}
+    watch.close()
+    return out
+
+
+def breakdown(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
+    """Where a logging step's own work goes: thread-CPU ms of each part of the Watch (fastest of
+    ``rounds * steps`` logging steps at every step; heatmaps off), timed by patching the parts.
+    The timers' own cost (~1 µs a call) is included in the hook totals."""
+    from initwatch import attention, probes, stats
+    from initwatch import watch as watch_mod
+
+    spent: dict[str, float] = {}
+    undo = []
+
+    def patch(owner, name: str, label: str) -> None:
+        real = getattr(owner, name)
+
+        def timed(*a, **k):
+            t0 = time.thread_time()
+            try:
+                return real(*a, **k)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - t0
+
+        setattr(owner, name, timed)
+        undo.append((owner, name, real))
+
+    patch(probes.ActivationProbe, "__call__", "forward hooks")
+    patch(probes, "activation_partials", "forward hooks: reductions")
+    patch(probes.ActivationProbe, "_on_grad", "gradient hooks")
+    make = attention.AttentionProbe._hook
+
+    def timed_make(probe, path):
+        hook = make(probe, path)
+
+        def timed(*a, **k):
+            t0 = time.thread_time()
+            try:
+                return hook(*a, **k)
+            finally:
+                spent["attention hooks"] = spent.get("attention hooks", 0.0) + (
+                    time.thread_time() - t0
+                )
+
+        return timed
+
+    attention.AttentionProbe._hook = timed_make
+    undo.append((attention.AttentionProbe, "_hook", make))
+    patch(watch_mod.Watch, "begin_step", "begin_step")
+    patch(watch_mod.Watch, "before_optimizer_step", "before_optimizer_step")
+    patch(probes.ParamProbe, "read_grads", "before: gradient and weight norms")
+    patch(probes.ParamProbe, "snapshot", "before: update snapshot")
+    patch(watch_mod.Watch, "end_step", "end_step")
+    patch(probes.ParamProbe, "measure_update", "end: update measurement")
+    patch(attention.AttentionBatch, "flush", "end: attention rows (batched)")
+    patch(stats.StatBuffer, "flush", "end: buffer flush (attention rows included)")
+    patch(watch_mod.Watch, "_frame", "end: frame")
+    patch(stats, "to_host", "end: host read")
+    try:
+        from initwatch.rules import engine
+
+        patch(engine.Rules, "update", "end: rules")
+    except ImportError:
+        pass
+    from initwatch.sinks.tensorboard import TensorBoardSink
+
+    patch(TensorBoardSink, "write_frame", "end: TensorBoard frame")
+    patch(TensorBoardSink, "write_alerts", "end: TensorBoard alerts")
+    try:
+        r = Runner(model_name, "watch", 1, tmp)
+        r.watch._sink.heatmap_every = 10**9
+        r.train(3)
+        samples: dict[str, list[float]] = {}
+        for _ in range(args.rounds * args.steps):
+            spent.clear()
+            r.one_step()
+            for k, v in spent.items():
+                samples.setdefault(k, []).append(v)
+        r.close()
+    finally:
+        for owner, name, real in reversed(undo):
+            setattr(owner, name, real)
+    calls = ("forward hooks", "gradient hooks", "attention hooks", "begin_step")
+    calls += ("before_optimizer_step", "end_step")
+    n = len(next(iter(samples.values())))
+    totals = [sum(samples[k][i] for k in calls if k in samples) for i in range(n)]
+    out = {k: 1000 * min(v) for k, v in samples.items()}
+    out["total"] = 1000 * min(totals)
+    out["total_median"] = 1000 * statistics.median(totals)
+    return out
+
+
 def stall(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
-    """Longest Watch call time in one step over a whole fit (every 10, heatmaps, close)."""
+    """Longest Watch call time in one step over a whole fit (every 10, a heatmap due at every
+    logging step: the worst case, one image per step; close included): the first logging
+    step, the longest other one, and close, in thread-CPU and wall time."""
     r = Runner(model_name, "watch", 10, tmp)
-    r.watch._sink.heatmap_every = 1  # a heatmap at every logging step: the worst case
+    r.watch._sink.heatmap_every = 1
     r.train(args.stall_steps)
     r.close()
+    first, *others = r.calls
     return {
         "steps": args.stall_steps,
         "stall_ms": 1000 * r.stall,
         "stall_cpu_ms": 1000 * r.stall_cpu,
+        "first_logging_step_cpu_ms": 1000 * first[1],
+        "first_logging_step_wall_ms": 1000 * first[2],
+        "other_logging_steps_max_cpu_ms": 1000 * max(c for _, c, _ in others),
+        "other_logging_steps_median_cpu_ms": 1000 * statistics.median(c for _, c, _ in others),
+        "other_logging_steps_max_wall_ms": 1000 * max(w for _, _, w in others),
+        "close_cpu_ms": 1000 * r.close_cpu,
+        "close_wall_ms": 1000 * r.close_wall,
     }
 
 
@@ -499,7 +653,7 @@ def memory(model_name: str, steps: int) -> dict[str, float]:
 
 # ---- main ---------------------------------------------------------------------------------
 
-PARTS = ("counts", "direct", "extra", "timing", "nonlog", "stall", "floor")
+PARTS = ("counts", "direct", "extra", "timing", "nonlog", "stall", "floor", "breakdown")
 
 
 def main() -> None:
@@ -542,6 +696,7 @@ def main() -> None:
                 "extra": (logging_step_extra, (name, args, tmp)),
                 "timing": (timing, (name, args, tmp)),
                 "stall": (stall, (name, args, tmp)),
+                "breakdown": (breakdown, (name, args, tmp)),
                 "memory": (memory, (name, args.memory_steps)),
             }
             for part, (fn, fn_args) in parts.items():
