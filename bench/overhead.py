@@ -263,66 +263,82 @@ def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dic
     return out
 
 
-class _HookClock:
-    """Thread-CPU time spent inside the Watch's forward and gradient hooks and its attention
-    probes' hooks (patched in; hooks attached after entering: the Watch re-attaches its hooks
-    at every logging step)."""
+def _clock_cost(n: int = 2000) -> float:
+    """Seconds one ``time.thread_time()`` call costs (a system call: ~1-10 µs on a VM)."""
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            time.thread_time()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+class _Timer:
+    """Thread-CPU time of patched functions, by label, less the timer's own cost: an interval
+    holds about one clock call of its own plus two per timed call nested inside it."""
 
     def __init__(self) -> None:
-        self.spent = 0.0
+        self.cost = _clock_cost()
+        self.spent: dict[str, float] = {}
+        self._ticks = 0
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, fn, label: str):
+        timer = self
+
+        def timed(*a, **k):
+            t0, k0 = time.thread_time(), timer._ticks
+            try:
+                return fn(*a, **k)
+            finally:
+                took = time.thread_time() - t0
+                inner = timer._ticks - k0
+                timer._ticks += 2
+                took -= timer.cost * (1 + inner)
+                timer.spent[label] = timer.spent.get(label, 0.0) + took
+
+        return timed
+
+    def patch(self, owner: object, name: str, label: str) -> None:
+        real = getattr(owner, name)
+        setattr(owner, name, self.wrap(real, label))
+        self._undo.append((owner, name, real))
+
+    def patch_attention_hooks(self, label: str) -> None:
+        """The attention probes' hooks (made per attach: the Watch re-attaches its hooks at
+        every logging step)."""
+        from initwatch.attention import AttentionProbe
+
+        make = AttentionProbe._hook
+        AttentionProbe._hook = lambda probe, path: self.wrap(make(probe, path), label)
+        self._undo.append((AttentionProbe, "_hook", make))
+
+    def undo(self) -> None:
+        for owner, name, real in reversed(self._undo):
+            setattr(owner, name, real)
+        self._undo = []
+
+
+class _HookClock:
+    """Thread-CPU time spent inside the Watch's forward and gradient hooks and its attention
+    probes' hooks (patched in, less the timer's own cost)."""
 
     def __enter__(self) -> _HookClock:
         from initwatch.probes import ActivationProbe
 
-        self._orig = (ActivationProbe.__call__, ActivationProbe._on_grad)
-        call, on_grad = self._orig
-        clock = self
-
-        def timed_call(probe, module, args, output):
-            t0 = time.thread_time()
-            try:
-                return call(probe, module, args, output)
-            finally:
-                clock.spent += time.thread_time() - t0
-
-        def timed_grad(probe, grad):
-            t0 = time.thread_time()
-            try:
-                return on_grad(probe, grad)
-            finally:
-                clock.spent += time.thread_time() - t0
-
-        ActivationProbe.__call__, ActivationProbe._on_grad = timed_call, timed_grad
-        try:  # the attention probes' hooks (their rows are reduced at the flush, in end_step)
-            from initwatch.attention import AttentionProbe
-
-            make = self._make_hook = AttentionProbe._hook
-
-            def timed_make(probe, path):
-                hook = make(probe, path)
-
-                def timed(*a, **k):
-                    t0 = time.thread_time()
-                    try:
-                        return hook(*a, **k)
-                    finally:
-                        clock.spent += time.thread_time() - t0
-
-                return timed
-
-            AttentionProbe._hook = timed_make
-        except (ImportError, AttributeError):
-            self._make_hook = None
+        self._timer = _Timer()
+        self._timer.patch(ActivationProbe, "__call__", "hooks")
+        self._timer.patch(ActivationProbe, "_on_grad", "hooks")
+        self._timer.patch_attention_hooks("hooks")
         return self
 
+    @property
+    def spent(self) -> float:
+        return self._timer.spent.get("hooks", 0.0)
+
     def __exit__(self, *exc: object) -> None:
-        from initwatch.probes import ActivationProbe
-
-        ActivationProbe.__call__, ActivationProbe._on_grad = self._orig
-        if self._make_hook is not None:
-            from initwatch.attention import AttentionProbe
-
-            AttentionProbe._hook = self._make_hook
+        self._timer.undo()
 
 
 def direct(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
@@ -462,48 +478,19 @@ def watch_calls_us(n: int = 20000) -> dict[str, float]:
 
 def breakdown(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
     """Where a logging step's own work goes: thread-CPU ms of each part of the Watch (fastest of
-    ``rounds * steps`` logging steps at every step; heatmaps off), timed by patching the parts.
-    The timers' own cost (~1 µs a call) is included in the hook totals."""
+    ``rounds * steps`` logging steps at every step; heatmaps off), timed by patching the parts,
+    less the timers' own cost (one ``thread_time`` call, measured: ~1-10 µs on a VM)."""
     from initwatch import attention, probes, stats
     from initwatch import watch as watch_mod
+    from initwatch.sinks.tensorboard import TensorBoardSink
 
-    spent: dict[str, float] = {}
-    undo = []
-
-    def patch(owner, name: str, label: str) -> None:
-        real = getattr(owner, name)
-
-        def timed(*a, **k):
-            t0 = time.thread_time()
-            try:
-                return real(*a, **k)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.thread_time() - t0
-
-        setattr(owner, name, timed)
-        undo.append((owner, name, real))
-
+    timer = _Timer()
+    spent = timer.spent
+    patch = timer.patch
     patch(probes.ActivationProbe, "__call__", "forward hooks")
     patch(probes, "activation_partials", "forward hooks: reductions")
     patch(probes.ActivationProbe, "_on_grad", "gradient hooks")
-    make = attention.AttentionProbe._hook
-
-    def timed_make(probe, path):
-        hook = make(probe, path)
-
-        def timed(*a, **k):
-            t0 = time.thread_time()
-            try:
-                return hook(*a, **k)
-            finally:
-                spent["attention hooks"] = spent.get("attention hooks", 0.0) + (
-                    time.thread_time() - t0
-                )
-
-        return timed
-
-    attention.AttentionProbe._hook = timed_make
-    undo.append((attention.AttentionProbe, "_hook", make))
+    timer.patch_attention_hooks("attention hooks")
     patch(watch_mod.Watch, "begin_step", "begin_step")
     patch(watch_mod.Watch, "before_optimizer_step", "before_optimizer_step")
     patch(probes.ParamProbe, "read_grads", "before: gradient and weight norms")
@@ -520,8 +507,6 @@ def breakdown(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, 
         patch(engine.Rules, "update", "end: rules")
     except ImportError:
         pass
-    from initwatch.sinks.tensorboard import TensorBoardSink
-
     patch(TensorBoardSink, "write_frame", "end: TensorBoard frame")
     patch(TensorBoardSink, "write_alerts", "end: TensorBoard alerts")
     try:
@@ -536,8 +521,7 @@ def breakdown(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, 
                 samples.setdefault(k, []).append(v)
         r.close()
     finally:
-        for owner, name, real in reversed(undo):
-            setattr(owner, name, real)
+        timer.undo()
     calls = ("forward hooks", "gradient hooks", "attention hooks", "begin_step")
     calls += ("before_optimizer_step", "end_step")
     n = len(next(iter(samples.values())))
@@ -545,6 +529,7 @@ def breakdown(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, 
     out = {k: 1000 * min(v) for k, v in samples.items()}
     out["total"] = 1000 * min(totals)
     out["total_median"] = 1000 * statistics.median(totals)
+    out["clock_call_us"] = 1e6 * timer.cost
     return out
 
 

@@ -364,6 +364,21 @@ class StatBuffer:
         else:
             self._staged_host_max[off] = max(self._staged_host_max.get(off, -math.inf), value)
 
+    def stage_counts(self, offsets: Sequence[int], value: float) -> None:
+        """Add a host-known value (an element count) to SUM fields at ``offsets``
+        (:meth:`Group.offset`): the hooks' path, with the offsets resolved once.
+
+        Example::
+
+            >>> buf = StatBuffer(); g = buf.add("g", GRAD_SIGNAL_FIELDS); buf.allocate()
+            >>> buf.stage_counts([g.offset("count")], 8)
+            >>> buf.read().row(g)["count"]
+            8.0
+        """
+        counts = self._staged_counts
+        for off in offsets:
+            counts[off] = counts.get(off, 0.0) + value
+
     def stage_host_rows(self, group: Group, name: str, rows: Sequence[int], value: float) -> None:
         """:meth:`stage_host` of one value into several rows of a field (one call, not one per
         row: a flag for every parameter tensor).
