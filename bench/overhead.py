@@ -211,10 +211,10 @@ def counts(model_name: str, tmp: str, skip: tuple[str, ...] = ()) -> dict[str, d
     base = prof.count(plain.one_step)
     for monitor in [m for m in MONITORS if m not in skip]:
         r = Runner(model_name, monitor, 2, tmp)
-        r.train(2)  # steps 0 (logging) and 1: plans, lazy imports, optimizer state
+        r.train(4)  # logging steps 0 and 2 (plans, index tensors; step 0 histograms), state
         r.train(0)  # (wandb: its run is the global one)
-        a = prof.count(r.one_step)  # step 2: a logging step
-        b = prof.count(r.one_step)  # step 3: not one (wandb counts its own calls: it may be)
+        a = prof.count(r.one_step)  # step 4: a logging step
+        b = prof.count(r.one_step)  # step 5: not one (wandb counts its own calls: it may be)
         logged, other = (a, b) if a.ops >= b.ops else (b, a)
         out[monitor] = {
             "extra_ops_logging": logged.ops - base.ops,
