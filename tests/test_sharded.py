@@ -39,10 +39,10 @@ def reference():
     return json.loads(json.dumps(train(model, model, slice(None))))  # NaN as the JSON holds it
 
 
-def same(a: float, b: float) -> bool:
+def same(a: float, b: float, rel: float = 1e-5) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
-    return a == pytest.approx(b, rel=1e-5, abs=1e-9)
+    return a == pytest.approx(b, rel=rel, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,19 @@ def reference_exact():
     return json.loads(json.dumps(train(model, model, slice(None), watch=watch)))
 
 
-def assert_frames(frames: list[dict], reference: dict, case: str) -> None:
+def assert_frames(
+    frames: list[dict], reference: dict, case: str, later_updates_rel: float = 1e-5
+) -> None:
+    """Every statistic within relative 1e-5; ``later_updates_rel``: the update ratios after
+    the first step, when the two runs' trajectories may part by more than the measurement."""
     assert len(frames) == len(reference["frames"])
     for step, (got, ref) in enumerate(zip(frames, reference["frames"], strict=True)):
         for stat in (*STATS, "act_rms"):
             assert set(got[stat]) == set(ref[stat]), (case, step, stat)
+            rel = later_updates_rel if stat == "update_ratio" and step > 0 else 1e-5
             for name, value in ref[stat].items():
-                assert same(got[stat][name], value), (case, step, stat, name, got[stat][name])
+                got_value = got[stat][name]
+                assert same(got_value, value, rel), (case, step, stat, name, got_value)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -118,14 +124,30 @@ def hf(tmp_path_factory):
     return launch([*cmd, str(HERE / "hf_fsdp.py"), "--out", str(out)], out, "hf")
 
 
-def test_hf_trainer_fsdp2_equals_ddp(hf):
-    # The same Trainer run (data order, clipping, schedule) sharded by accelerate's FSDP2 and
-    # replicated by DDP, whose statistics equal a single process (above): equal frames, and
-    # the step-0 weights are rank 0's T-Fixup draw on both (broadcast before sharding).
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory):
+    """The same Trainer run in this process on both ranks' rows (4 per step), T-Fixup drawn
+    with rank 0's seed."""
+    from hf_fsdp import train as hf_train
+
+    return json.loads(json.dumps(hf_train(str(tmp_path_factory.mktemp("hf_ref")), 0, False, 4)))
+
+
+@pytest.mark.parametrize("case", ["fsdp2", "ddp"])
+def test_hf_trainer_fsdp2_equals_the_single_process_run(hf, hf_reference, case):
+    # The Trainer sharded by accelerate's FSDP2 (and replicated by DDP) against one process on
+    # the whole batch (same rows per step, clipping, schedule; no dropout): equal frames, one
+    # collective per logging step, and the step-0 weights are rank 0's T-Fixup draw
+    # (broadcast before sharding: the ranks drew with seeds 100 and 101).
+    # Every statistic agrees within 3.5e-7 (measured), except one: the update ratio of
+    # transformer.h.0.attn.c_attn.bias at the second step, 2e-5 apart under DDP and FSDP2
+    # alike: the runs' second AdamW steps part by float rounding (the all-reduced gradient is
+    # a sum of two halves), not the measurement (FSDP2 equals DDP within 1e-5).
     for rank in hf:
         assert not rank["ddp"]["sharded"] and rank["fsdp2"]["sharded"]
-        assert rank["fsdp2"]["counts"] == rank["ddp"]["counts"] == [1, 1]
-        assert_frames(rank["fsdp2"]["frames"], rank["ddp"], "hf fsdp2")
+        assert rank[case]["counts"] == [1, 1]
+        assert_frames(rank[case]["frames"], hf_reference, f"hf {case}", later_updates_rel=1e-4)
+        assert_frames(rank["fsdp2"]["frames"], rank["ddp"], "hf fsdp2 vs ddp")
 
 
 def test_hsdp_counts_each_replicated_element_once(ranks):

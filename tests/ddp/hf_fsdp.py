@@ -64,9 +64,19 @@ class Grab(TrainerCallback):
         watch.before_optimizer_step, watch.end_step = counted_before, counted_end
 
 
-def train(out: str, rank: int, fsdp: bool) -> dict:
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """The ranks and a single process draw different dropout masks: none, to compare them."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def train(out: str, rank: int, fsdp: bool, batch: int = 2) -> dict:
+    """``batch`` rows per rank; the single-process reference (tests/test_sharded.py) takes
+    both ranks' rows (the Trainer's data order: step s gets the same 4 rows either way)."""
     torch.manual_seed(0)
-    model = zoo.build("gpt2", layers=2, hidden=32)
+    model = no_dropout(zoo.build("gpt2", layers=2, hidden=32))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 96, (8, 8), generator=g)
     data = [{"input_ids": row, "labels": row} for row in ids]
@@ -74,12 +84,12 @@ def train(out: str, rank: int, fsdp: bool) -> dict:
     args = TrainingArguments(
         output_dir=out,
         max_steps=2,
-        per_device_train_batch_size=2,
+        per_device_train_batch_size=batch,
         logging_steps=1,
         report_to="none",
         save_strategy="no",
         use_cpu=True,
-        ddp_backend="gloo",
+        ddp_backend="gloo" if "RANK" in os.environ else None,
         disable_tqdm=True,
         seed=0,
         **sharding,
