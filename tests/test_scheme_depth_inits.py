@@ -107,7 +107,12 @@ def test_bad_options(scheme: str, options: dict, needle: str) -> None:
 @pytest.mark.parametrize(("scheme", "family"), [("scaled", "gpt2"), ("ds-init", "bert")])
 def test_guards_and_restore(scheme: str, family: str, trained_state, tmp_path) -> None:  # noqa: ANN001
     model = zoo.build(family, layers=2)
+    keys = list(model.state_dict())
     initwatch.reinit(model, scheme, seed=0)
+    # weights only: the same keys, no hook, no module replaced (the forward is the model's own)
+    assert list(model.state_dict()) == keys
+    assert initwatch.schemes.structure.applied_structure(model) == []
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     with pytest.raises(initwatch.AlreadyAppliedError):
         initwatch.reinit(model, scheme)
     trained = zoo.build(family)

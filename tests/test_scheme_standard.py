@@ -108,7 +108,11 @@ def test_models_with_distinct_layers_report_none() -> None:
 @pytest.mark.parametrize("scheme", ["xavier", "kaiming"])
 def test_guards_applied_twice_and_pretrained(scheme: str, trained_state) -> None:  # noqa: ANN001
     model = zoo.build("gpt2")
+    keys = list(model.state_dict())
     initwatch.reinit(model, scheme)
+    # weights only: the same keys, no hook, no module replaced (the forward is the model's own)
+    assert list(model.state_dict()) == keys
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(initwatch.AlreadyAppliedError):
         initwatch.reinit(model, scheme)
