@@ -5,7 +5,9 @@ Trains a few logging steps of the model (``bench/overhead.py``'s ``mlp``, ``gpt2
 of the statistics buffer, then replays only the host side of a logging step on it many times:
 building the frame from the copied buffer, ``Rules.update`` and the sink's ``write_frame`` +
 ``write_alerts`` (one event). The device work (hooks, norms, the copy) is not included. Prints
-the median and the fastest of ``--repeats`` replays per part, in µs (thread CPU time).
+the median and the fastest of ``--repeats`` replays per part, in µs (thread CPU time), and,
+counted (deterministic, so comparable on a loaded machine): the Python function calls and the
+``dict.get`` calls of one replay of each part (with ``cProfile``).
 
     python bench/host_side.py --model gpt2-6 --repeats 300
 """
@@ -77,15 +79,41 @@ def measure(model_name: str, repeats: int, tmp: str) -> dict[str, float]:
         t3 = clock()
         for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
             parts[k].append(v)
+    out_counts = {}
+    for name, fn in (
+        ("frame", lambda: watch._frame(host, False)),
+        ("rules", lambda: list(rules.update(watch._frame(host, False), watch.context))),
+        ("sink", lambda: sink.write_frame(watch._frame(host, False))),
+    ):
+        calls, gets = _calls(fn)
+        out_counts[name] = (calls, gets)
+    base_calls, base_gets = out_counts["frame"]
+    counts = {"frame_calls": base_calls, "frame_dict_gets": base_gets}
+    for name in ("rules", "sink"):  # each replay also builds its frame: subtract it
+        counts[f"{name}_calls"] = out_counts[name][0] - base_calls
+        counts[f"{name}_dict_gets"] = out_counts[name][1] - base_gets
     n_layers = len(frame.layers)
     n_values = sum(len(v) for v in frame.values.values())
     watch.close()
     writer.close()
-    out: dict[str, float] = {"layers": n_layers, "values": n_values}
+    out: dict[str, float] = {"layers": n_layers, "values": n_values, **counts}
     for k, v in parts.items():
         out[f"{k}_us_median"] = 1e6 * statistics.median(v)
         out[f"{k}_us_min"] = 1e6 * min(v)
     return out
+
+
+def _calls(fn) -> tuple[int, int]:
+    """Python function calls and ``dict.get`` calls of one call of ``fn`` (cProfile)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    stats = pstats.Stats(prof).stats
+    calls = sum(v[1] for v in stats.values())
+    gets = sum(v[1] for k, v in stats.items() if k[2] == "<method 'get' of 'dict' objects>")
+    return calls, gets
 
 
 def main() -> None:

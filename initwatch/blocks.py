@@ -21,7 +21,7 @@ TensorBoard's per-block tags and the alerts quote these same numbers.
 
 Example::
 
-    >>> from initwatch.frame import Frame, LayerInfo
+    >>> from initwatch.frame import Frame, LayerInfo, Table
     >>> ps = [LayerInfo("h.0.w", "param", 0, "h.0.w", "decoder", 0),
     ...       LayerInfo("h.0.frozen", "param", 1, "h.0.frozen", "decoder", 0, trainable=False)]
     >>> f = Frame(0, ps, {"update_ratio": {"h.0.w": 1e-3}, "weight_norm": {"h.0.w": 1.0,
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from initwatch.catalogue import names
-from initwatch.frame import Frame, LayerInfo
+from initwatch.frame import Frame, LayerInfo, Table
 
 STATS = tuple(n for n in names("param"))  # the per-block statistics, in catalogue order
 
@@ -123,7 +123,7 @@ def combine(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The aggregation itself: per-unit values of ``params`` (unit ``ids[i]`` of ``n``; all
     in one unit by default), as ``(values, given)`` arrays per statistic (see the module
-    docstring for which tensors take part in which statistic).
+    docstring for which tensors take part in which statistic), read from the frame's table.
 
     Example::
 
@@ -133,15 +133,32 @@ def combine(
         >>> round(float(combine(ps, f)[0]["update_ratio"][0]), 6)  # the tiny bias barely counts
         0.001
     """
+    table = frame.table
+    cols = np.array([table.cols.get(p.name, -1) for p in params], dtype=np.int64)
+    return _combine(table, cols, params, ids, n)
+
+
+def _combine(
+    table: Table,
+    cols: np.ndarray,
+    params: Sequence[LayerInfo],
+    ids: Sequence[int] | np.ndarray | None,
+    n: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     ids_ = np.zeros(len(params), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-    ok = np.array([usable(p) for p in params], dtype=bool)
+    ok = np.fromiter(
+        (p.trainable and not p.zero_by_construction for p in params), bool, len(params)
+    )
+    known = cols >= 0
+    safe = np.where(known, cols, 0)
 
     def column(stat: str) -> tuple[np.ndarray, np.ndarray]:
-        table = frame.values.get(stat, {})
-        got = [table.get(p.name) for p in params]
-        has = np.array([v is not None for v in got], dtype=bool)
-        vals = np.array([math.nan if v is None else v for v in got], dtype=np.float64)
-        return vals, has
+        row = table.row(stat)
+        if row is None:
+            return np.full(len(cols), math.nan), np.zeros(len(cols), dtype=bool)
+        vals, given = row
+        has = known & given[safe]
+        return np.where(has, vals[safe], math.nan), has
 
     def total(x: np.ndarray) -> np.ndarray:
         return np.bincount(ids_, weights=x, minlength=n) if len(x) else np.zeros(n)
@@ -158,10 +175,9 @@ def combine(
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         w2 = np.where(has_w, w * w, 0.0)
         values["weight_norm"], given["weight_norm"] = np.sqrt(total(w2)), count(has_w)
-        in_g = has_g
-        gn = np.sqrt(total(np.where(in_g, g * g, 0.0)))
-        values["grad_norm"], given["grad_norm"] = gn, count(in_g)
-        wg = np.sqrt(total(np.where(in_g, w2, 0.0)))
+        gn = np.sqrt(total(np.where(has_g, g * g, 0.0)))
+        values["grad_norm"], given["grad_norm"] = gn, count(has_g)
+        wg = np.sqrt(total(np.where(has_g, w2, 0.0)))
         values["grad_weight_ratio"] = np.where(wg > 0, gn / np.where(wg > 0, wg, 1.0), math.nan)
         given["grad_weight_ratio"] = given["grad_norm"]
         in_r = ok & has_r & np.isfinite(r)
@@ -180,6 +196,37 @@ def combine(
     return values, given
 
 
+def _units(frame: Frame) -> tuple[np.ndarray, np.ndarray, list, list, list]:
+    """Which layers are parameters and the unit of each (made once per layer index: the
+    Watch's frames share one)."""
+    ix = frame.index()
+    found = ix.cache.get("units")
+    if found is not None:
+        return found
+    layers = frame.layers
+    block_names = {
+        (i.stack, i.block): i.name for i in layers if i.kind == "block" and i.block is not None
+    }
+    positions = np.flatnonzero(ix.is_param)
+    index: dict[str, int] = {}
+    names: list[str] = []
+    stacks: list[str] = []
+    is_block: list[bool] = []
+    ids = []
+    for pos in positions.tolist():
+        p = layers[pos]
+        name = param_group(p, block_names)
+        k = index.get(name)
+        if k is None:
+            k = index[name] = len(names)
+            names.append(name)
+            stacks.append(p.stack or "model")
+            is_block.append(p.block is not None)
+        ids.append(k)
+    found = ix.cache["units"] = (positions, np.array(ids, dtype=np.int64), names, stacks, is_block)
+    return found
+
+
 def aggregate(frame: Frame) -> Blocks:
     """The per-unit parameter statistics of ``frame`` (computed once per frame and kept).
 
@@ -190,32 +237,21 @@ def aggregate(frame: Frame) -> Blocks:
         >>> aggregate(f).table("weight_norm")
         {'fc': 2.0}
     """
+    table = frame.table  # (re)made first: a frame built from dictionaries may have changed
     found = frame.cache.get("blocks")
     if found is not None:
         return found
-    block_names = {
-        (i.stack, i.block): i.name
-        for i in frame.layers
-        if i.kind == "block" and i.block is not None
-    }
-    params = [i for i in frame.layers if i.kind == "param"]
-    index: dict[str, int] = {}
-    out = Blocks([], [], [], [], [])
-    ids = []
-    for p in params:
-        name = param_group(p, block_names)
-        k = index.get(name)
-        if k is None:
-            k = index[name] = len(out.names)
-            out.names.append(name)
-            out.stacks.append(p.stack or "model")
-            out.is_block.append(p.block is not None)
-            out.lora.append(False)
-            out.members.append([])
-        out.members[k].append(p)
-        out.lora[k] = out.lora[k] or p.role == "lora"
-        ids.append(k)
-    out.values, out.given = combine(params, frame, ids, len(out.names))
+    positions, ids, names, stacks, is_block = _units(frame)
+    layers = frame.layers
+    params = [layers[i] for i in positions.tolist()]
+    members: list[list[LayerInfo]] = [[] for _ in names]
+    lora = [False] * len(names)
+    for k, p in zip(ids.tolist(), params, strict=True):
+        members[k].append(p)
+        lora[k] = lora[k] or p.role == "lora"
+    out = Blocks(names, stacks, is_block, lora, members)
+    cols = frame.index().cols[positions]
+    out.values, out.given = _combine(table, cols, params, ids, len(names))
     frame.cache["blocks"] = out
     return out
 

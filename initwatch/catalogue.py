@@ -45,23 +45,28 @@ SOURCES: dict[str, str] = {
 }
 
 
+# The formulas run under np.errstate(**QUIET) (division by zero, NaN and overflow are values
+# here, not warnings).
+
+
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a / b``, NaN where ``b`` is 0 (like the scalar helpers always did)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b == 0, math.nan, a / np.where(b == 0, 1.0, b))
+    out = a / b
+    out[b == 0] = math.nan
+    return out
 
 
 def _sqrt(x: np.ndarray) -> np.ndarray:
     """``sqrt(x)``, NaN for negative (or NaN) ``x``."""
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.where(x >= 0, x, math.nan))
+    return np.sqrt(x)  # NaN for negative x
 
 
 def _std(v: Arrays) -> np.ndarray:
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = v["sum"] / v["count"]
-        var = v["sumsq"] / v["count"] - mean * mean
-        return np.where(np.isfinite(var), np.sqrt(np.maximum(np.nan_to_num(var), 0.0)), math.nan)
+    mean = v["sum"] / v["count"]
+    var = v["sumsq"] / v["count"] - mean * mean
+    out = np.sqrt(np.maximum(var, 0.0))
+    out[~np.isfinite(var)] = math.nan
+    return out
 
 
 def _nonfinite(v: Arrays) -> np.ndarray:
@@ -73,9 +78,8 @@ def _nonfinite(v: Arrays) -> np.ndarray:
 
 def _update_ratio(v: Arrays) -> np.ndarray:
     # ||dW|| ~ sqrt(numel / sampled * sum over the sample of dW^2), over the exact ||W||
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        delta = _sqrt(v["update_sumsq"] * v["numel"] / np.maximum(v["sampled"], 1))
-    return _div(delta, _sqrt(v["weight_sumsq"]))
+    delta = np.sqrt(v["update_sumsq"] * v["numel"] / np.maximum(v["sampled"], 1))
+    return _div(delta, np.sqrt(v["weight_sumsq"]))
 
 
 @dataclass(frozen=True)
@@ -402,6 +406,11 @@ CATALOGUE: tuple[Statistic, ...] = (
 )
 
 STATISTICS: dict[str, Statistic] = {s.name: s for s in CATALOGUE}
+_BY_SOURCE: dict[str, tuple[Statistic, ...]] = {}
+for _s in CATALOGUE:
+    if _s.formula is not None:
+        _BY_SOURCE[_s.source] = (*_BY_SOURCE.get(_s.source, ()), _s)
+QUIET = {"divide": "ignore", "invalid": "ignore", "over": "ignore"}  # np.errstate of derive()
 # The field whose being > 0 says a row of a source was measured at all (None: always).
 MEASURED_BY = {"activation": "count", "output_grad": "count", "attention": "rows", "run": "count"}
 # the depth x step images TensorBoard draws, in their turns
@@ -464,12 +473,15 @@ def derive(
     parameter tensor...) and the per-row flags the formulas and ``only`` conditions read
     (``counted``, ``zeros_counted``, ``bounded``, ``has_grad``, ``updated``, ``numel``, ``sampled``).
     Returns ``(name, values, given)`` per statistic in catalogue order: ``given`` says which
-    rows have the statistic (measured, and meeting its ``only`` condition).
+    rows have the statistic (measured, and meeting its ``only`` condition). Call it under
+    ``np.errstate(divide="ignore", invalid="ignore", over="ignore")`` (:data:`QUIET`): a
+    division by zero or a NaN is a value here, not a warning.
 
     Example::
 
         >>> a = {"sumsq": np.array([4.0, 0.0]), "count": np.array([4.0, 0.0])}
-        >>> name, values, given = derive("output_grad", a)[0]
+        >>> with np.errstate(**QUIET):
+        ...     name, values, given = derive("output_grad", a)[0]
         >>> name, values[given].tolist()
         ('out_grad_rms', [1.0])
     """
@@ -478,12 +490,9 @@ def derive(
     rows = len(next(iter(arrays.values()))) if arrays else 0
     measured = flags[key] > 0 if key is not None else np.ones(rows, dtype=bool)
     out = []
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for stat in CATALOGUE:
-            if stat.source != source or stat.formula is None:
-                continue
-            given = measured if stat.only is None else measured & np.asarray(flags[stat.only], bool)
-            out.append((stat.name, stat.derive(flags), given))
+    for stat in _BY_SOURCE.get(source, ()):
+        given = measured if stat.only is None else measured & np.asarray(flags[stat.only], bool)
+        out.append((stat.name, stat.derive(flags), given))
     return out
 
 
@@ -497,7 +506,9 @@ def derive_one(source: str, row: Mapping[str, float], **flags: float) -> dict[st
         {'out_grad_rms': 2.0}
     """
     arrays = {k: np.array([float(v)]) for k, v in {**row, **flags}.items()}
-    return {name: float(v[0]) for name, v, given in derive(source, arrays) if given[0]}
+    with np.errstate(**QUIET):
+        derived = derive(source, arrays)
+    return {name: float(v[0]) for name, v, given in derived if given[0]}
 
 
 def worst_checks() -> list[tuple[str, str, bool]]:
@@ -516,6 +527,7 @@ __all__ = [
     "CATALOGUE",
     "GLOBALS",
     "HEATMAPS",
+    "QUIET",
     "SOURCES",
     "STATISTICS",
     "TOTALS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,9 +55,110 @@ class LayerInfo:
     trainable: bool = True
 
 
-@dataclass
+_COLS: dict[int, tuple[list[str], dict[str, int]]] = {}  # column maps of shared name lists
+
+
+class Table:
+    """A frame's per-layer statistics as arrays: ``data[row of stat, column of layer]``.
+
+    Columns are the frame's layer names in depth order, then any name that has values but no
+    :class:`LayerInfo` (an attention sublayer that is not monitored itself); ``given`` says
+    which cells were measured (a measured value may itself be NaN).
+
+    Args:
+        rows: ``{stat: row}``.
+        names: the column names.
+        data: ``(len(rows), len(names))`` float64 values.
+        given: the same shape, bool: which values were measured.
+
+    Example::
+
+        >>> t = Table.from_values({"act_rms": {"b0": 2.0}}, ["b0", "b1"])
+        >>> t.get("act_rms", "b0"), t.get("act_rms", "b1", -1.0), t.to_values()
+        (2.0, -1.0, {'act_rms': {'b0': 2.0}})
+    """
+
+    def __init__(
+        self, rows: dict[str, int], names: list[str], data: np.ndarray, given: np.ndarray
+    ) -> None:
+        self.rows = rows
+        self.names = names
+        found = _COLS.get(id(names))
+        if found is None or found[0] is not names:
+            found = (names, {n: i for i, n in enumerate(names)})
+            if len(_COLS) > 64:
+                _COLS.clear()
+            _COLS[id(names)] = found
+        self.cols = found[1]
+        self.data = data
+        self.given = given
+
+    @classmethod
+    def empty(cls, stats: Sequence[str], names: Sequence[str], unique: bool = False) -> Table:
+        """A table with no value measured yet (``unique``: ``names`` is a list without
+        repeats, kept as it is)."""
+        names = names if unique and isinstance(names, list) else list(dict.fromkeys(names))
+        shape = (len(stats), len(names))
+        rows = {s: i for i, s in enumerate(stats)}
+        return cls(rows, names, np.full(shape, math.nan), np.zeros(shape, dtype=bool))
+
+    @classmethod
+    def from_values(cls, values: dict[str, dict[str, float]], names: Sequence[str]) -> Table:
+        """The table of ``values[stat][layer]`` (columns: ``names``, then the other layers)."""
+        extra = [n for table in values.values() for n in table]
+        table = cls.empty(list(values), [*names, *extra])
+        for stat, by_layer in values.items():
+            r = table.rows[stat]
+            cols = [table.cols[n] for n in by_layer]
+            table.data[r, cols] = list(by_layer.values())
+            table.given[r, cols] = True
+        return table
+
+    def row(self, stat: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(values, given)`` over the columns, or None when ``stat`` has no row."""
+        r = self.rows.get(stat)
+        return None if r is None else (self.data[r], self.given[r])
+
+    def put(self, stat: str, cols: np.ndarray, values: np.ndarray, given: np.ndarray) -> None:
+        """Write ``values`` where ``given`` into columns ``cols`` of ``stat``'s row."""
+        r = self.rows[stat]
+        self.data[r, cols] = values
+        self.given[r, cols] = given
+
+    def get(self, stat: str, name: str, default: float = math.nan) -> float:
+        """One value, or ``default`` when it was not measured."""
+        r, c = self.rows.get(stat), self.cols.get(name)
+        if r is None or c is None or not self.given[r, c]:
+            return default
+        return float(self.data[r, c])
+
+    def stat(self, stat: str) -> dict[str, float]:
+        """``{layer: value}`` of one statistic, in column order."""
+        r = self.rows.get(stat)
+        if r is None:
+            return {}
+        cols = np.flatnonzero(self.given[r]).tolist()
+        names, vals = self.names, self.data[r].tolist()
+        return {names[c]: vals[c] for c in cols}
+
+    def to_values(self) -> dict[str, dict[str, float]]:
+        """``values[stat][layer]`` of every measured value (statistics in row order)."""
+        out = {}
+        for stat in self.rows:
+            found = self.stat(stat)
+            if found:
+                out[stat] = found
+        return out
+
+
 class Frame:
     """Statistics of one logging step.
+
+    Per-layer values are held as arrays (:class:`Table`, ``frame.table``); ``frame.values``
+    gives them as ``values[stat][layer]`` dictionaries. A frame built from dictionaries
+    (``Frame(step, layers, values)``) makes its table when first read by array; a frame built
+    by the Watch makes its dictionaries only when ``values`` is read. A frame is read-only once
+    it reached the rules and sinks.
 
     Args:
         step: the training step.
@@ -67,6 +168,7 @@ class Frame:
         histograms: ``histograms[stat][layer] -> counts`` on histogram steps: ``"act_hist"``
             (block outputs) and ``"out_grad_hist"`` (dL/d(block output)), one count per bin
             of :mod:`initwatch.histograms`.
+        table: the per-layer values as a :class:`Table` (instead of ``values``).
 
     Example::
 
@@ -75,26 +177,110 @@ class Frame:
         1.0
     """
 
-    step: int
-    layers: list[LayerInfo]
-    values: dict[str, dict[str, float]]
-    globals: dict[str, float] = field(default_factory=dict)
-    histograms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    # what readers derive from the frame once (initwatch.blocks.aggregate); not part of it
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    def __init__(
+        self,
+        step: int,
+        layers: list[LayerInfo],
+        values: dict[str, dict[str, float]] | None = None,
+        globals: dict[str, float] | None = None,
+        histograms: dict[str, dict[str, list[float]]] | None = None,
+        table: Table | None = None,
+    ) -> None:
+        self.step = step
+        self.layers = layers
+        self.globals = {} if globals is None else globals
+        self.histograms = {} if histograms is None else histograms
+        self._values = values if values is not None or table is not None else {}
+        self._table = table
+        self._seen: tuple | None = None  # the shape of ``values`` the table was made from
+        # what readers derive from the frame once (initwatch.blocks.aggregate); not part of it
+        self.cache: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Frame(step={self.step}, layers={len(self.layers)}, globals={self.globals!r})"
+
+    @property
+    def values(self) -> dict[str, dict[str, float]]:
+        """``values[stat][layer] -> float`` of every measured value."""
+        if self._values is None:
+            self._values = self._table.to_values()
+        return self._values
+
+    @property
+    def table(self) -> Table:
+        """The per-layer values as arrays (made once from ``values`` for a frame built from
+        dictionaries, and again if entries were added to them)."""
+        if self._values is not None and self._seen is not None or self._table is None:
+            shape = tuple((s, len(t)) for s, t in self._values.items())
+            if self._table is None or shape != self._seen:
+                self._table = Table.from_values(self._values, [i.name for i in self.layers])
+                self._seen = shape
+                self.cache.clear()
+        return self._table
+
+    def index(self) -> LayerIndex:
+        """Arrays over ``layers`` (kinds, columns), shared by frames of one Watch."""
+        table = self.table
+        found = self.cache.get("index")
+        if found is None or found.names is not table.names:
+            found = self.cache["index"] = LayerIndex(self.layers, table)
+        return found
 
     def get(self, stat: str, layer: str, default: float = math.nan) -> float:
         """The value of ``stat`` for ``layer``, or ``default`` when it was not measured."""
-        return self.values.get(stat, {}).get(layer, default)
+        return self.table.get(stat, layer, default)
 
-    def series(self, stat: str, kind: str | None = None) -> list[tuple[LayerInfo, float]]:
-        """``(layer, value)`` pairs for ``stat`` in depth order, optionally of one layer kind."""
-        table = self.values.get(stat, {})
-        return [
-            (info, table[info.name])
-            for info in self.layers
-            if info.name in table and (kind is None or info.kind == kind)
-        ]
+    def stat(self, stat: str) -> dict[str, float]:
+        """``{layer: value}`` of one statistic (the layers that have it, in column order).
+
+        Example::
+
+            >>> Frame(0, [], {"act_rms": {"b0": 1.0}}).stat("act_rms")
+            {'b0': 1.0}
+        """
+        return self.table.stat(stat)
+
+    def column(self, stat: str) -> np.ndarray:
+        """``stat`` for every layer in ``layers`` order, as an array (NaN where not measured).
+
+        Example::
+
+            >>> ls = [LayerInfo("b0", "block", 0, "b0"), LayerInfo("b1", "block", 1, "b1")]
+            >>> Frame(0, ls, {"act_rms": {"b1": 2.0}}).column("act_rms").tolist()
+            [nan, 2.0]
+        """
+        cols = self.index().cols
+        row = self.table.row(stat)
+        if row is None:
+            return np.full(len(cols), math.nan)
+        vals, given = row
+        return np.where(given[cols], vals[cols], math.nan)
+
+    def series(
+        self, stat: str, kind: str | tuple[str, ...] | None = None
+    ) -> list[tuple[LayerInfo, float]]:
+        """``(layer, value)`` pairs for ``stat`` in depth order, optionally of one layer kind
+        (or of any of a tuple of kinds).
+
+        Example::
+
+            >>> ls = [LayerInfo("b0", "block", 0, "b0"), LayerInfo("r", "act", 0, "r")]
+            >>> f = Frame(0, ls, {"act_rms": {"b0": 1.0, "r": 2.0}})
+            >>> [(i.name, v) for i, v in f.series("act_rms", kind=("act", "ffn"))]
+            [('r', 2.0)]
+        """
+        row = self.table.row(stat)
+        if row is None:
+            return []
+        vals, given = row
+        ix = self.index()
+        mask = given[ix.cols]
+        if kind is not None:
+            mask = mask & ix.of_kind(kind)
+        where = np.flatnonzero(mask).tolist()
+        picked = vals[ix.cols[where]].tolist()
+        layers = self.layers
+        return [(layers[i], v) for i, v in zip(where, picked, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for reports and tests)."""
@@ -104,6 +290,37 @@ class Frame:
             "values": {k: dict(v) for k, v in self.values.items()},
             "globals": dict(self.globals),
         }
+
+
+class LayerIndex:
+    """Arrays over a frame's layers: each layer's column in the :class:`Table` and its kind.
+
+    Args:
+        layers: the frame's layers.
+        table: its table.
+
+    Example::
+
+        >>> ls = [LayerInfo("b0", "block", 0, "b0"), LayerInfo("w", "param", 0, "w")]
+        >>> ix = LayerIndex(ls, Table.empty(["act_rms"], ["b0", "w"]))
+        >>> ix.cols.tolist(), ix.kinds.tolist()
+        ([0, 1], ['block', 'param'])
+    """
+
+    def __init__(self, layers: Sequence[LayerInfo], table: Table) -> None:
+        self.names = table.names
+        self.cols = np.array([table.cols[i.name] for i in layers], dtype=np.int64)
+        self.kinds = np.array([i.kind for i in layers], dtype=object)
+        self.is_param = self.kinds == "param"
+        self.cache: dict[Any, Any] = {}  # what readers derive from the layers (blocks.py)
+
+    def of_kind(self, kind: str | tuple[str, ...]) -> np.ndarray:
+        """Which layers are of ``kind`` (or of any of a tuple of kinds), as a bool array."""
+        found = self.cache.get(("kind", kind))
+        if found is None:
+            kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+            found = self.cache[("kind", kind)] = np.isin(self.kinds, kinds)
+        return found
 
 
 # ---- building a frame from the host copy of the statistics buffer --------------------------
@@ -188,6 +405,19 @@ class FrameBuilder:
             for q in probes
             if getattr(q, "hist_group", None) is not None
         ]
+        self._stats = catalogue.names()  # the table's rows: every per-layer statistic
+        base = [*self._act_names, *(t.info.name for t in self.param_targets)]
+        self._base = list(dict.fromkeys([*base, *self._att_names]))
+        col = {n: i for i, n in enumerate(self._base)}
+        self._act_cols = np.array([col[n] for n in self._act_names], dtype=np.int64)
+        self._grad_cols = np.array([col[n] for n in self._grad_names], dtype=np.int64)
+        self._att_cols = np.array([col[n] for n in self._att_names], dtype=np.int64)
+        self._param_cols = np.array([col[n] for n in self._measured_names], dtype=np.int64)
+        self._shape: tuple = ()  # the LoRA names of the last frame: its columns and index
+        self._names: list[str] = []
+        self._index: LayerIndex | None = None
+        self._layers: list[LayerInfo] = []
+        self._layers_key: tuple | None = None
         self._ready = True
 
     def build(
@@ -215,29 +445,41 @@ class FrameBuilder:
         """
         if not self._ready:
             self._prepare()
-        flat = np.asarray(host.values, dtype=np.float64)
-        values: dict[str, dict[str, float]] = {}
+        with np.errstate(**catalogue.QUIET):
+            return self._build(host, step, skipped, grads_read, lora or {}, lr, preclip)
 
-        def put(names: Sequence[str], derived: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    def _build(
+        self,
+        host: Any,
+        step: int,
+        skipped: bool,
+        grads_read: bool,
+        lora: dict[str, dict[str, float]],
+        lr: float | None,
+        preclip: Any,
+    ) -> Frame:
+        lora_names = tuple(f"{name}.lora" for name in lora)
+        if lora_names != self._shape or not self._names:
+            self._names = [*self._base, *(n for n in lora_names if n not in self._base)]
+            self._shape, self._index = lora_names, None
+        table = Table.empty(self._stats, self._names, unique=True)
+        flat = np.asarray(host.values, dtype=np.float64)
+
+        def put(cols: np.ndarray, derived: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
             for stat, vec, given in derived:
-                if not given.any():
-                    continue
-                table = values.setdefault(stat, {})
-                for name, value, ok in zip(names, vec.tolist(), given.tolist(), strict=True):
-                    if ok:
-                        table[name] = value
+                table.put(stat, cols, vec, given)
 
         if self.probes:
             act = {f: flat[idx] for f, idx in self._act.items()}
             counted = np.array([bool(p.counted) for p in self.probes], dtype=bool)
             flags = {"counted": counted, "zeros_counted": self._zeros, "bounded": self._bounded}
-            put(self._act_names, catalogue.derive("activation", act, flags))
+            put(self._act_cols, catalogue.derive("activation", act, flags))
         if self._grad_names:
             sig = {f: flat[idx] for f, idx in self._grad.items()}
-            put(self._grad_names, catalogue.derive("output_grad", sig))
+            put(self._grad_cols, catalogue.derive("output_grad", sig))
         if self._att_names:
             att = {f: flat[idx] for f, idx in self._att.items()}
-            put(self._att_names, catalogue.derive("attention", att))
+            put(self._att_cols, catalogue.derive("attention", att))
         glob: dict[str, float] = {"skipped_step": 1.0 if skipped else 0.0}
         has = np.zeros(len(self._measured_names), dtype=bool)
         if grads_read and self._measured_names:
@@ -249,23 +491,28 @@ class FrameBuilder:
                 "numel": self._numel,
                 "sampled": self._sampled,
             }
-            put(self._measured_names, catalogue.derive("param", par, flags))
+            put(self._param_cols, catalogue.derive("param", par, flags))
             if has.any():
                 grad_sq = sum(par["grad_sumsq"][has].tolist())
                 glob["grad_norm_global"] = math.sqrt(grad_sq) if grad_sq >= 0 else math.nan
-        layers: list[LayerInfo] = [p.target.info for p in self.probes]
-        has_list = has.tolist()
-        for t, i in zip(self.param_targets, self._param_rows, strict=True):
-            info = t.info
-            if i is not None and grads_read and not has_list[i]:
-                info = replace(info, zero_by_construction=True)  # no gradient: rules skip it
-            layers.append(info)
-        for name, stats in (lora or {}).items():  # judged in place of lora_A / lora_B
+        key = (grads_read, has.tobytes())
+        if key != self._layers_key:  # which tensors had no gradient changed: rebuild the list
+            self._layers = [p.target.info for p in self.probes]
+            has_list = has.tolist()
+            for t, i in zip(self.param_targets, self._param_rows, strict=True):
+                info = t.info
+                if i is not None and grads_read and not has_list[i]:
+                    info = replace(info, zero_by_construction=True)  # no gradient: rules skip it
+                self._layers.append(info)
+            self._layers_key = key
+        layers = list(self._layers)
+        for name, stats in lora.items():  # judged in place of lora_A / lora_B
             info = LayerInfo(f"{name}.lora", "param", len(layers), f"{name}.lora", role="lora")
             layers.append(info)
+            c = np.array([table.cols[info.name]])
             for stat, value in stats.items():
-                values.setdefault(stat, {})[info.name] = value
-        _unclip(values, glob, preclip)
+                table.put(stat, c, np.array([value]), np.array([True]))
+        _unclip(table, glob, preclip)
         if lr is not None:
             glob["lr"] = float(lr)
         loss = {f: flat[[off]] for f, off in self.loss.offsets().items()}
@@ -279,10 +526,14 @@ class FrameBuilder:
                 c = flat[start : start + g.size]
                 if c.any():
                     hists.setdefault(stat, {})[name] = c.tolist()
-        return Frame(step=step, layers=layers, values=values, globals=glob, histograms=hists)
+        frame = Frame(step=step, layers=layers, globals=glob, histograms=hists, table=table)
+        if self._index is None:
+            self._index = LayerIndex(layers, table)
+        frame.cache["index"] = self._index  # the same columns and kinds every frame
+        return frame
 
 
-def _unclip(values: dict[str, dict[str, float]], glob: dict[str, float], pre: Any) -> None:
+def _unclip(table: Table, glob: dict[str, float], pre: Any) -> None:
     """Gradient norms as they were before clipping (the framework passed the pre-clip norm)."""
     clipped = glob.get("grad_norm_global")
     if pre is None or clipped is None:
@@ -294,4 +545,5 @@ def _unclip(values: dict[str, dict[str, float]], glob: dict[str, float], pre: An
     if clipped > 0 and pre > clipped:
         scale = pre / clipped
         for stat in ("grad_norm", "grad_weight_ratio"):
-            values[stat] = {k: v * scale for k, v in values.get(stat, {}).items()}
+            r = table.rows[stat]
+            table.data[r] = np.where(table.given[r], table.data[r] * scale, table.data[r])

@@ -297,7 +297,7 @@ def _profile(frame: Any, blocks: list[str]) -> dict[str, dict[str, float]]:
     params = aggregate_params(frame)
     out: dict[str, dict[str, float]] = {}
     for stat, _ in STATS:
-        table_ = params[stat] if stat in params else frame.values.get(stat, {})
+        table_ = params[stat] if stat in params else frame.stat(stat)
         out[stat] = {b: float(table_[b]) for b in blocks if b in table_}
     return out
 

@@ -930,7 +930,7 @@ class Watch:
 
     def _count_nonfinite_where_flagged(self, frame: Frame) -> None:
         """Layers whose sum was non-finite count their non-finite elements from now on."""
-        table = frame.values.get("act_nonfinite", {})
+        table = frame.stat("act_nonfinite")
         for probe in self._probes.probes:
             if not probe.counted and table.get(probe.target.info.name, 0.0) == math.inf:
                 probe.count_nonfinite = True

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from initwatch.alerts import AlertKind, Severity
 from initwatch.context import RunContext
 from initwatch.frame import Frame, LayerInfo
@@ -187,6 +189,11 @@ class Inputs:
             del h[: -self.th.history]
 
 
+def _picked(mask: np.ndarray, values: np.ndarray) -> tuple[list[int], list[float]]:
+    where = np.flatnonzero(mask)
+    return where.tolist(), values[where].tolist()
+
+
 def _log_ratio(a: float, b: float) -> float:
     if a <= 0 or b <= 0:
         return math.inf
@@ -207,24 +214,28 @@ def nonfinite(x: Inputs) -> list[Finding]:
         [('b1', 'error')]
     """
     f = x.frame
-    acts: list[tuple[LayerInfo, float]] = []
-    for info in f.layers:
-        if info.kind == "param":
-            continue
-        count = f.get("act_nonfinite", info.name)  # inf: present, not counted yet
-        absmax = f.get("act_absmax", info.name)
-        if count > 0 or absmax == math.inf:
-            acts.append((info, count if finite(count) else math.inf))
+    layers = f.layers
+    ix = f.index()
+    # (comparisons with NaN are False and warn about nothing)
+    count = f.column("act_nonfinite")  # inf: present, not counted yet
+    hit = ~ix.is_param & ((count > 0) | (f.column("act_absmax") == math.inf))
+    acts = [
+        (layers[i], c if finite(c) else math.inf) for i, c in zip(*_picked(hit, count), strict=True)
+    ]
     grads: list[tuple[LayerInfo, float]] = []
     gnorm = f.globals.get("grad_norm_global")
     if not x.skipped:
-        for info in f.layers:
-            if info.kind != "param" or not info.trainable:
-                continue
-            count = f.get("grad_nonfinite", info.name)
-            g = f.get("grad_norm", info.name)
-            if (finite(count) and count > 0) or g == math.inf:
-                grads.append((info, count if finite(count) else math.inf))
+        trainable = ix.is_param.copy()
+        for i in np.flatnonzero(trainable).tolist():
+            trainable[i] = layers[i].trainable
+        gcount = f.column("grad_nonfinite")
+        hit = trainable & (
+            (np.isfinite(gcount) & (gcount > 0)) | (f.column("grad_norm") == math.inf)
+        )
+        grads = [
+            (layers[i], c if finite(c) else math.inf)
+            for i, c in zip(*_picked(hit, gcount), strict=True)
+        ]
     bad_global = gnorm is not None and not x.skipped and not finite(gnorm)
     loss = f.globals.get("loss")
     bad_loss = loss is not None and not finite(loss)
@@ -754,6 +765,9 @@ def update_ratio(x: Inputs) -> list[Finding]:
 
 
 def _is_lora(u: Unit) -> bool:
+    if u.blocks is not None:
+        table, i = u.blocks
+        return table.lora[i]
     return any(p.role == "lora" for p in u.params)
 
 
@@ -888,7 +902,7 @@ def attention_collapse(x: Inputs) -> list[Finding]:
     """
     th, f = x.th, x.frame
     thr = th.attn_onehot_frac
-    onehot = f.values.get("attn_onehot_frac", {})
+    onehot = f.stat("attn_onehot_frac")
     hits = sorted(
         ((v, k, n) for k, (n, v) in enumerate(onehot.items()) if finite(v) and v > thr),
         key=lambda t: (-t[0], t[1]),

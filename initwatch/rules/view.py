@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from initwatch.blocks import Blocks, aggregate, combine
 from initwatch.frame import Frame, LayerInfo
 
@@ -156,7 +158,11 @@ def param_units(frame: Frame, blocks_only: bool = True) -> dict[str, list[Unit]]
         >>> [u.name for u in param_units(Frame(0, ps, {}))["model"]]
         ['l1']
     """
-    table = aggregate(frame)
+    key = f"units:{blocks_only}"
+    table = aggregate(frame)  # first: a frame built from dictionaries is read afresh
+    found = frame.cache.get(key)
+    if found is not None:
+        return found
     has_blocks = any(table.is_block)
     usable_counts = table.values["usable"].tolist()
     out: dict[str, list[Unit]] = {}
@@ -166,6 +172,7 @@ def param_units(frame: Frame, blocks_only: bool = True) -> dict[str, list[Unit]]
             continue
         unit = Unit(name, table.stacks[i], table.members[i], is_block, (table, i))
         out.setdefault(unit.stack, []).append(unit)
+    frame.cache[key] = out
     return out
 
 
@@ -204,15 +211,25 @@ def stream_groups(frame: Frame, stat: str) -> list[Stream]:
         >>> [(g.stack, [v for _, v in g.items]) for g in stream_groups(f, "act_rms")]
         [('encoder', [1.0, 2.0])]
     """
-    series = [(i, v) for i, v in frame.series(stat) if finite(v)]
-    blocks = [(i, v) for i, v in series if i.kind == "block"]
+    key = ("streams", stat)
+    frame.table  # noqa: B018 (a frame built from dictionaries is read afresh first)
+    found = frame.cache.get(key)
+    if found is not None:
+        return found
+    ix = frame.index()
+    vals = frame.column(stat)
+    ok = np.isfinite(vals)
+    blocks = ok & ix.of_kind("block")
+    is_blocks = bool(blocks.any())
+    where = np.flatnonzero(blocks if is_blocks else ok & ix.of_kind(STREAM_KINDS))
     groups: dict[tuple[str, str], Stream] = {}
-    for i, v in blocks or series:
-        if not blocks and i.kind not in STREAM_KINDS:
-            continue
+    layers = frame.layers
+    for k, v in zip(where.tolist(), vals[where].tolist(), strict=True):
+        i = layers[k]
         stack = i.stack or "model"
         g = groups.get((stack, i.kind))
         if g is None:
-            g = groups[(stack, i.kind)] = Stream(stack, bool(blocks), [])
+            g = groups[(stack, i.kind)] = Stream(stack, is_blocks, [])
         g.items.append((i, v))
-    return list(groups.values())
+    found = frame.cache[key] = list(groups.values())
+    return found

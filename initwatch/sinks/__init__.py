@@ -123,7 +123,7 @@ def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
         lines += ["", f"Worst layers at step {last.step}:", ""]
         params = aggregate_params(last)
         for stat, label, highest in worst_checks():
-            table = params[stat] if stat in params else last.values.get(stat, {})
+            table = params[stat] if stat in params else last.stat(stat)
             if STATISTICS[stat].unit == "count":
                 table = {k: v for k, v in table.items() if v > 0}  # none: nothing to name
             found = _extreme(table, highest)

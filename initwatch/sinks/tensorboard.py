@@ -67,8 +67,11 @@ ALERT_HEATMAPS = {
     "exploding_activation": ("act_rms",),
     "nonfinite": HEATMAPS,
 }
-
-
+# each statistic with default tags: the layer kinds that get one
+_TAGGED = {
+    stat: tuple(k for k in LAYER_KINDS if stat in DEFAULT_TAGS[k])
+    for stat in dict.fromkeys(s for k in LAYER_KINDS for s in DEFAULT_TAGS[k])
+}
 # Each alert is also written as plain data: one JSON object (``Alert.to_dict()``) per string of a
 # tensor event under this tag, with this plugin name (TensorBoard shows no dashboard for it;
 # ``initwatch report`` reads it, so the Markdown's wording can change freely).
@@ -286,10 +289,10 @@ class TensorBoardSink(Sink):
         self, frame: Frame, params: dict[str, dict[str, float]]
     ) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        for info in frame.layers:
-            for stat in DEFAULT_TAGS.get(info.kind, ()):
-                if info.name in frame.values.get(stat, {}):
-                    out.setdefault(stat, {})[info.name] = frame.values[stat][info.name]
+        for stat, kinds in _TAGGED.items():
+            found = {i.name: v for i, v in frame.series(stat, kinds)}
+            if found:
+                out[stat] = found
         for stat in PARAM_TAGS:
             out.setdefault(stat, {}).update(params[stat])
         if self.detail == "all":
@@ -337,11 +340,7 @@ class TensorBoardSink(Sink):
                 if any(names.is_block(k) for k in table):
                     table = {k: v for k, v in table.items() if names.is_block(k)}
             else:
-                table = {
-                    i.name: frame.values[stat][i.name]
-                    for i in frame.layers
-                    if i.kind in ("block", "module") and i.name in frame.values.get(stat, {})
-                }
+                table = {i.name: v for i, v in frame.series(stat, ("block", "module"))}
             logs = {k: math.log10(v) for k, v in table.items() if math.isfinite(v) and v > 0}
             if logs:
                 out[f"log10_{stat}"] = logs
@@ -370,16 +369,18 @@ class TensorBoardSink(Sink):
     @staticmethod
     def _globals(frame: Frame, params: dict[str, dict[str, float]]) -> dict[str, float]:
         out = dict(frame.globals)
-        out["act_nonfinite"] = sum(frame.values.get("act_nonfinite", {}).values())
+        out["act_nonfinite"] = sum(frame.stat("act_nonfinite").values())
         out["grad_nonfinite"] = sum(params["grad_nonfinite"].values())
         return out
 
     def _remember(self, frame: Frame, params: dict[str, dict[str, float]]) -> None:
-        depth_kinds = {"block", "module"}  # heatmap rows: blocks (or top-level modules)
+        # heatmap rows: blocks (or top-level modules), NaN where not measured
+        depth = np.flatnonzero(frame.index().of_kind(("block", "module"))).tolist()
+        names = [frame.layers[i].name for i in depth]
         rows = {
             stat: params[stat]
             if stat in params
-            else {i.name: frame.get(stat, i.name) for i in frame.layers if i.kind in depth_kinds}
+            else dict(zip(names, frame.column(stat)[depth].tolist(), strict=True))
             for stat in catalogue.HEATMAPS
         }
         for stat, table in rows.items():  # rows once measured (no all-grey images)
