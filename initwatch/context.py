@@ -76,6 +76,19 @@ class RunContext:
         return sum(self.depth.values())
 
     @property
+    def fp16(self) -> bool:
+        """True under float16 precision (``"16-mixed"``, ``"fp16"``...; not bfloat16): the one
+        place the rules and the remedies ask.
+
+        Example::
+
+            >>> RunContext(precision="16-mixed").fp16, RunContext(precision="bf16-mixed").fp16
+            (True, False)
+        """
+        p = (self.precision or "").lower()
+        return "16" in p and "bf16" not in p and "bfloat" not in p
+
+    @property
     def clipping(self) -> bool:
         """True when the run clips its gradients (``grad_clip`` set and positive)."""
         return self.grad_clip is not None and self.grad_clip > 0

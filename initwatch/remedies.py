@@ -358,8 +358,7 @@ def _exploding_gradient(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
 
 
 def _fp16(ctx: RunContext) -> bool:
-    p = (ctx.precision or "").lower()
-    return "16" in p and "bf16" not in p and "bfloat" not in p
+    return ctx.fp16
 
 
 def _vanishing_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:

@@ -141,8 +141,7 @@ class Inputs:
             >>> Inputs(Frame(0, [], {}), RunContext(precision="16-mixed"), Thresholds()).fp16
             True
         """
-        p = (self.context.precision or "").lower()
-        return "16" in p and "bf16" not in p and "bfloat" not in p
+        return self.context.fp16
 
     @property
     def grace(self) -> bool:
