@@ -219,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action="store_true",
         help=f"{FAST['steps']} steps per run instead of 300: enough for vanilla to fail and the "
-        "schemes to reach the target (about 30 s); --steps still wins",
+        "schemes to reach the target (a third of the full demo's time); --steps still wins",
     )
     parser.add_argument(
         "--threads",
