@@ -7,6 +7,7 @@ from typing import Any
 
 from initwatch.alerts import AlertKind
 from initwatch.context import RunContext
+from initwatch.rules.view import fmt
 from initwatch.schemes import deepnet, registry
 from initwatch.schemes.spec import stack_kind
 
@@ -53,13 +54,7 @@ def tfixup_scales(depth: dict[str, int]) -> dict[str, float]:
 
 
 def _n(x: float | None) -> str:
-    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return "?"
-    if x == 0:
-        return "0"
-    if 10 <= abs(x) < 1e4:
-        return f"{x:.0f}"
-    return f"{x:.2g}" if 1e-3 <= abs(x) < 10 else f"{x:.1e}"
+    return fmt(x)
 
 
 def _round2(x: float) -> float:

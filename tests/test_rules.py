@@ -231,7 +231,7 @@ def test_alert_fields_and_round_trip() -> None:
     (alert,) = rules.update(transformer(7, update=lambda i: 0.5))
     assert (alert.step, alert.kind, alert.layer) == (7, "update_ratio_high", "encoder.0")
     assert alert.value == pytest.approx(0.5) and alert.threshold == Thresholds().update_ratio_high
-    assert "0.5" in alert.message and "lr 1.0e-03" in alert.message
+    assert "0.5" in alert.message and "lr 0.001" in alert.message
     assert Alert.from_dict(alert.to_dict()) == alert
     assert alert.extra["cause"] == "update_ratio_high/model"
 
