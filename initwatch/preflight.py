@@ -381,6 +381,7 @@ def measure(
             probe.end_step(loss=loss.detach(), skipped=True)
             opt.zero_grad(set_to_none=True)
             frame = probe.last_frame
+            assert frame is not None  # end_step always builds a frame on a measured step
             if not blocks:
                 blocks = [i.name for i in frame.layers if i.kind == "block"]
             profiles.append(_profile(frame, blocks))

@@ -265,7 +265,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         >>> s.steps, s.depth
         (100, 24)
     """
-    base = dict(FAST) if args.fast else {}
+    base: dict[str, Any] = dict(FAST) if args.fast else {}
     if args.steps is not None:
         base["steps"] = args.steps
     if args.depth is not None:

@@ -108,7 +108,8 @@ class Rules:
                 f"{', '.join(Thresholds.names())}, e.g. Rules(dead_frac=0.98)"
             )
         if overrides:
-            self.thresholds = replace(self.thresholds, **overrides)
+            given: dict[str, Any] = dict(overrides)  # whole-number fields checked above
+            self.thresholds = replace(self.thresholds, **given)
         self.persistence = persistence
         self.warmup_frames = warmup_frames
         self.still_every = still_every

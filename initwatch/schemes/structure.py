@@ -274,7 +274,7 @@ def add_admin(
     """
     block = model.get_submodule(block_path)
     ref = next(iter(block.parameters()), None)
-    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    kw: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     for name, value in dict(omegas).items():
         value = value.detach().to(**kw).clone()
         if learnable:
@@ -325,7 +325,7 @@ def add_rezero(model: nn.Module, block_path: str, gates: list[str]) -> list[str]
     returns their names."""
     block = model.get_submodule(block_path)
     ref = next(iter(block.parameters()), None)
-    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    kw: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     for name in gates:
         block.register_parameter(name, nn.Parameter(torch.zeros(REZERO_SHAPE, **kw)))
     return [f"{block_path}.{name}" for name in gates]
@@ -414,7 +414,7 @@ def add_scalars(model: nn.Module, block_path: str, values: dict[str, float]) -> 
     """Register trainable scalars (shape :data:`REZERO_SHAPE`) on a block."""
     block = model.get_submodule(block_path)
     ref = next(iter(block.parameters()), None)
-    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    kw: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     for name, value in values.items():
         block.register_parameter(name, nn.Parameter(torch.full(REZERO_SHAPE, float(value), **kw)))
 
