@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -410,7 +410,7 @@ _BY_SOURCE: dict[str, tuple[Statistic, ...]] = {}
 for _s in CATALOGUE:
     if _s.formula is not None:
         _BY_SOURCE[_s.source] = (*_BY_SOURCE.get(_s.source, ()), _s)
-QUIET = {"divide": "ignore", "invalid": "ignore", "over": "ignore"}  # np.errstate of derive()
+QUIET: dict[str, Any] = {"divide": "ignore", "invalid": "ignore", "over": "ignore"}  # np.errstate
 # The field whose being > 0 says a row of a source was measured at all (None: always).
 MEASURED_BY = {"activation": "count", "output_grad": "count", "attention": "rows", "run": "count"}
 # the depth x step images TensorBoard draws, in their turns

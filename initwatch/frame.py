@@ -194,7 +194,7 @@ class Frame:
         self._table = table
         self._seen: tuple | None = None  # the shape of ``values`` the table was made from
         # what readers derive from the frame once (initwatch.blocks.aggregate); not part of it
-        self.cache: dict[str, Any] = {}
+        self.cache: dict[Any, Any] = {}  # what readers derive from this frame (by key)
 
     def __repr__(self) -> str:
         return f"Frame(step={self.step}, layers={len(self.layers)}, globals={self.globals!r})"
@@ -203,6 +203,7 @@ class Frame:
     def values(self) -> dict[str, dict[str, float]]:
         """``values[stat][layer] -> float`` of every measured value."""
         if self._values is None:
+            assert self._table is not None  # a frame holds its values one way or the other
             self._values = self._table.to_values()
         return self._values
 
@@ -211,9 +212,10 @@ class Frame:
         """The per-layer values as arrays (made once from ``values`` for a frame built from
         dictionaries, and again if entries were added to them)."""
         if self._values is not None and self._seen is not None or self._table is None:
-            shape = tuple((s, len(t)) for s, t in self._values.items())
+            values = self.values
+            shape = tuple((s, len(t)) for s, t in values.items())
             if self._table is None or shape != self._seen:
-                self._table = Table.from_values(self._values, [i.name for i in self.layers])
+                self._table = Table.from_values(values, [i.name for i in self.layers])
                 self._seen = shape
                 self.cache.clear()
         return self._table
