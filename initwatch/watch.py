@@ -59,6 +59,13 @@ DECISION = "_initwatch_decision"
 
 FRAME_HISTORY = 32  # frames kept in Watch.frames (the rules keep their own history)
 LR_JUMP = 2.0  # an lr more than this multiple of the previous step's reopens the dense window
+# The start of a run is measured densely, whatever the logging cadence: every optimizer step for
+# the first DENSE_START steps (of each fit, a resume included, under the adapters) and after an lr
+# jump, then at least every MAX_INTERVAL steps: the shocks that ruin a fine-tune come in its first
+# steps. A measured step costs ~10 % of a plain one (docs/benchmarks.md): 20 extra steps once,
+# then ~1 % of the run.
+DENSE_START = 20
+MAX_INTERVAL = 10
 
 
 def _rank() -> int:
@@ -259,9 +266,11 @@ class Watch:
         dense_start: measure every step for the first this many optimizer steps the Watch
             sees, and again for as many steps after the learning rate jumps (rises more than
             ``LR_JUMP`` = 2x from one step to the next: a schedule restart, a manual change);
-            0 (default for a plain loop): only ``every``. The adapters pass 20.
+            default ``DENSE_START`` = 20 (as the adapters); 0: only ``every``.
         max_interval: measure at least every this many optimizer steps, whatever ``every``
-            or the framework's cadence says (None: no cap). The adapters pass 10.
+            or the framework's cadence says; default ``MAX_INTERVAL`` = 10 (as the adapters);
+            None: no cap, only ``every``. ``Watch(model, every=50, dense_start=0,
+            max_interval=None)`` measures exactly every 50th step.
         pretrained: whether the weights are trained (a fine-tune: fine-tune thresholds and
             remedies). None: ``context.pretrained`` if True, else decided from the weights and
             loading markers (:func:`initwatch.decide_pretrained`); kept in :meth:`state_dict`
@@ -289,7 +298,7 @@ class Watch:
         <...>
         >>> model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> watch = initwatch.Watch(model, every=2, rules=False)
+        >>> watch = initwatch.Watch(model, every=2, rules=False, dense_start=0, max_interval=None)
         >>> for step in range(4):
         ...     watch.begin_step(step)
         ...     loss = model(torch.randn(4, 8)).pow(2).mean()
@@ -318,8 +327,8 @@ class Watch:
         rules: RulesSpec = None,
         update_sample: int = 1024,
         logdir: str | os.PathLike[str] | None = None,
-        dense_start: int = 0,
-        max_interval: int | None = None,
+        dense_start: int = DENSE_START,
+        max_interval: int | None = MAX_INTERVAL,
         pretrained: bool | None = None,
         micro_batch_loss: MicroBatchLoss = "mean",
         state: Mapping[str, Any] | None = None,

@@ -34,7 +34,9 @@ def test_compiled_model_measures_every_logging_step_without_recompiles():
     torch.manual_seed(0)
     model = encoder()
     reference = copy.deepcopy(model)
-    watch = Watch(model, every=3, rules=False)  # hooks first, then compile
+    watch = Watch(
+        model, every=3, rules=False, dense_start=0, max_interval=None
+    )  # hooks first, then compile
     compiled = torch.compile(model, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(2, 5, 16)
@@ -54,7 +56,7 @@ def test_compiled_model_measures_every_logging_step_without_recompiles():
     assert last.get("out_grad_rms", "encoder.0") > 0
     assert last.get("update_ratio", "layers.1.linear2.weight") > 0
     # the compiled run measured what an eager run measures
-    eager_watch = Watch(reference, every=3, rules=False)
+    eager_watch = Watch(reference, every=3, rules=False, dense_start=0, max_interval=None)
     step(reference, eager_watch, torch.optim.SGD(reference.parameters(), lr=0.01), x, 0)
     first, eager = watch.frames[0], eager_watch.last_frame
     for stat in ("act_rms", "act_absmax", "out_grad_rms", "grad_norm"):

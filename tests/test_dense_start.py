@@ -16,10 +16,10 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from initwatch import Watch, zoo
-from initwatch.integrations._common import DENSE_START, MAX_INTERVAL
 from initwatch.integrations.lightning import InitWatch
 from initwatch.integrations.transformers import InitWatchCallback
 from initwatch.schedule import peak_lr_of, warmup_steps_of
+from initwatch.watch import DENSE_START, MAX_INTERVAL
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 QUIET = lambda alert: None  # noqa: E731
@@ -55,8 +55,13 @@ def test_watch_dense_start_lr_jump_and_max_interval() -> None:
     measured = run_watch(watch, model, opt, lrs)
     # 0-2 dense, 12 (10 after 2), 20-22 dense again after the jump, 32, 42 (1.5x: no jump)
     assert measured == [0, 1, 2, 12, 20, 21, 22, 32, 42]
-    plain = Watch(model, every=50, rules=False)  # a plain loop: every 50 only, as before
-    assert run_watch(plain, model, opt, [1e-3] * 60) == [0, 50]
+    # a plain loop gets the adapters' dense start by default: every step up to 19, then at
+    # least every MAX_INTERVAL steps (an early shock of a fine-tune is seen in its step)
+    plain = Watch(model, every=50, rules=False)
+    assert (plain.dense_start, plain.max_interval) == (DENSE_START, MAX_INTERVAL) == (20, 10)
+    assert run_watch(plain, model, opt, [1e-3] * 60) == [*range(20), 29, 39, 49, 50]
+    exact = Watch(model, every=50, rules=False, dense_start=0, max_interval=None)
+    assert run_watch(exact, model, opt, [1e-3] * 60) == [0, 50]
 
 
 def test_peak_and_warmup_of_a_schedule_that_is_still_rising_when_the_run_ends() -> None:

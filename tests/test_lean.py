@@ -98,7 +98,7 @@ def test_a_logging_step_adds_a_few_ops_per_output_and_one_host_read():
 
 def test_hooks_are_detached_between_logging_steps_of_an_eager_model():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    watch = Watch(model, every=3, rules=False)
+    watch = Watch(model, every=3, rules=False, dense_start=0, max_interval=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def hooks():

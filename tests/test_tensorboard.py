@@ -53,7 +53,7 @@ def logged(tmp_path_factory):
     model.layers[1].register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
     grads: dict[str, torch.Tensor] = {}
     writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=writer, every=2, rules=False)
+    watch = Watch(model, writer=writer, every=2, rules=False, dense_start=0, max_interval=None)
     run(model, watch, 5, grads)
     watch.close()
     writer.close()

@@ -213,7 +213,7 @@ def test_micro_batches_accumulate_like_one_concatenated_batch():
 
 def test_one_host_copy_per_logging_step_and_none_on_other_steps(monkeypatch):
     model = mlp()
-    watch = Watch(model, every=3, rules=False)
+    watch = Watch(model, every=3, rules=False, dense_start=0, max_interval=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     counts = {"to_host": 0, "item": 0, "tolist": 0, "cpu": 0, "numpy": 0}
     real_to_host = stats.to_host
@@ -287,7 +287,7 @@ def test_hooks_are_removed_at_close_and_close_is_idempotent():
 
 def test_only_every_nth_step_is_measured():
     model = mlp()
-    watch = Watch(model, every=5, rules=False)
+    watch = Watch(model, every=5, rules=False, dense_start=0, max_interval=None)
     train(model, watch, 11, mlp_loss)
     assert [f.step for f in watch.frames] == [0, 5, 10]
     assert watch.begin_step(11) is False and watch.end_step() == []

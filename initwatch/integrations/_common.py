@@ -20,19 +20,13 @@ from initwatch.schemes import ReinitReport, decide_pretrained, reinit, scheme_na
 from initwatch.schemes.base import applied_scheme
 from initwatch.schemes.registry import key_scheme
 from initwatch.vocabulary import LayersSpec, MicroBatchLoss, OnAlertSpec, RulesSpec
+from initwatch.watch import DENSE_START, MAX_INTERVAL  # noqa: F401 (the adapters' defaults)
 
 if TYPE_CHECKING:
     from initwatch.watch import Watch
 
 STATE_VERSION = 1
 OWN_RUN = "initwatch_logs"  # directory of the callback's own TensorBoard run
-# The start of a fit is measured densely, whatever the framework's logging interval: every
-# optimizer step for the first DENSE_START steps of each fit (a resumed fit included) and after
-# an lr jump, then at least every MAX_INTERVAL steps. The framework's own logging steps are
-# always measured too, so TensorBoard shares their step axis. A measured step costs ~10 % of a
-# plain one (docs/benchmarks.md): 20 extra steps once, then ~1 % of the run.
-DENSE_START = 20
-MAX_INTERVAL = 10
 
 
 class UnsupportedStrategyError(InitWatchError, RuntimeError):
