@@ -89,3 +89,26 @@ def test_verdicts() -> None:
     nan = [1.0, float("nan")]
     assert "diverged" in RunResult("v", nan, [], 1.0, "d", 0.5, chance).verdict
     assert RunResult("v", [0.1] * 30, [], 1.0, "d", 0.5, chance).verdict == "trained"
+
+
+def test_default_runs_are_the_featured_schemes_and_all_runs_every_scheme_that_applies() -> None:
+    from initwatch.anatomy import inspect
+    from initwatch.cli import build_parser
+    from initwatch.commands.demo import settings_from_args
+    from initwatch.demo_task import TaskConfig, build_model
+    from initwatch.schemes.registry import SCHEMES
+
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["demo"])).schemes == (
+        "vanilla",
+        "deepnet",
+        "t-fixup",
+        "rezero",
+    )
+    every = settings_from_args(parse(["demo", "--schemes", "ALL", "--depth", "6"])).schemes
+    anatomy = inspect(build_model(TaskConfig(depth=6, width=64, heads=4, ffn=128), seed=0))
+    applicable = [n for n, s in SCHEMES.items() if s.applies(anatomy) is None]
+    assert every == ("vanilla", *applicable) and len(every) > 4
+    assert {"admin", "ds-init"} <= set(every) and "scaled" not in every  # Post-LN demo model
+    picked = settings_from_args(parse(["demo", "--schemes", "vanilla,admin"])).schemes
+    assert picked == ("vanilla", "admin")

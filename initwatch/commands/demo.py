@@ -1,6 +1,6 @@
 """``initwatch demo``: one deep Post-LN transformer trained with Lightning once per init, each run
 under :class:`~initwatch.integrations.lightning.InitWatch`: PyTorch's default ("vanilla") init,
-then every registered scheme that applies (DeepNet, T-Fixup, ReZero, ...). Built-in synthetic
+then DeepNet, T-Fixup and ReZero (``--schemes all``: every registered scheme that applies). Built-in synthetic
 data (:mod:`initwatch.demo_task`).
 
 Example::
@@ -40,21 +40,25 @@ HELP = (
 DEFAULT_LOGDIR = os.path.join("runs", "initwatch-demo")
 EXAMPLES = """\
 examples:
-  initwatch demo                                  # vanilla + every scheme that applies
+  initwatch demo                                  # vanilla, deepnet, t-fixup, rezero
+  initwatch demo --schemes all                    # vanilla + every registered scheme that applies
   initwatch demo --schemes vanilla,deepnet --steps 150
   initwatch demo --fast                           # 100 steps per run
   tensorboard --logdir runs/initwatch-demo        # then open the "initwatch" dashboard
 """
 
 
-def variants(depth: int = 24, width: int = 64) -> tuple[str, ...]:
-    """The default runs: ``"vanilla"`` (PyTorch's own init), then every scheme of the registry
-    (:mod:`initwatch.schemes.registry`) that applies to the demo model, in registry order.
+def variants(depth: int = 24, width: int = 64, *, every: bool = False) -> tuple[str, ...]:
+    """The default runs: ``"vanilla"`` (PyTorch's own init), then the registry's featured
+    schemes (:mod:`initwatch.schemes.registry`) that apply to the demo model, in registry
+    order; ``every=True`` (``--schemes all``): every registered scheme that applies.
 
     Example::
 
-        >>> variants()[:4]
+        >>> variants()
         ('vanilla', 'deepnet', 't-fixup', 'rezero')
+        >>> len(variants(every=True)) > 4
+        True
     """
     from initwatch.anatomy import inspect
     from initwatch.demo_task import TaskConfig, build_model
@@ -62,7 +66,8 @@ def variants(depth: int = 24, width: int = 64) -> tuple[str, ...]:
 
     cfg = TaskConfig(depth=depth, width=width, heads=4, ffn=2 * width)
     anatomy = inspect(build_model(cfg, seed=0))
-    return ("vanilla", *(n for n, s in SCHEMES.items() if s.applies(anatomy) is None))
+    chosen = (n for n, s in SCHEMES.items() if every or s.featured)
+    return ("vanilla", *(n for n in chosen if SCHEMES[n].applies(anatomy) is None))
 
 
 @dataclass
@@ -200,8 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schemes",
         default=None,
-        help="comma-separated runs, in order ('vanilla' = PyTorch's own init; default: vanilla "
-        "and every registered scheme that applies to the demo model)",
+        help="comma-separated runs, in order ('vanilla' = PyTorch's own init; default: "
+        "vanilla,deepnet,t-fixup,rezero; 'all': vanilla and every registered scheme that "
+        "applies to the demo model)",
     )
     parser.add_argument(
         "--logdir",
@@ -270,10 +276,10 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         base["steps"] = args.steps
     if args.depth is not None:
         base["depth"] = args.depth
-    if args.schemes is not None:
+    if args.schemes is not None and args.schemes.strip().lower() != "all":
         base["schemes"] = parse_schemes(args.schemes)
     else:
-        base["schemes"] = variants(depth=base.get("depth", 24))
+        base["schemes"] = variants(depth=base.get("depth", 24), every=args.schemes is not None)
     return DemoSettings(
         logdir=args.logdir,
         seed=args.seed,

@@ -215,4 +215,5 @@ SCHEME = Scheme(
     rebuild=rebuild,
     aliases=("deepnorm",),
     keys=(DEEPNORM_BUFFER,),
+    featured=True,
 )

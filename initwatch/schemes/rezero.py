@@ -118,4 +118,5 @@ SCHEME = Scheme(
     rebuild=rebuild,
     removes_norms=True,
     keys=(REZERO_PARAM,),
+    featured=True,
 )

@@ -48,6 +48,8 @@ class Scheme:
             its checkpoints are plain ones.
         read: ``read(model, options) -> Anatomy`` for schemes that read models
             :func:`initwatch.inspect` does not (residual networks); None: ``inspect``.
+        featured: one of the schemes ``initwatch demo`` runs by default (DeepNet, T-Fixup,
+            ReZero: the three the README leads with); ``--schemes all`` runs every scheme.
 
     Example::
 
@@ -68,6 +70,7 @@ class Scheme:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     keys: tuple[str, ...] = field(default_factory=tuple)
     read: Callable[[nn.Module, Mapping[str, Any]], Anatomy] | None = None
+    featured: bool = False
 
     @property
     def weights_only(self) -> bool:

@@ -219,4 +219,5 @@ SCHEME = Scheme(
     starts_from_zero=True,
     removes_norms=True,
     aliases=("tfixup", "t_fixup"),
+    featured=True,
 )
