@@ -120,7 +120,14 @@ class Runner:
             from initwatch import Watch
 
             self.writer = SummaryWriter(os.path.join(tmp, self.name.replace("/", "_")))
-            self.watch = Watch(self.model, writer=self.writer, every=every, on_alert=lambda a: None)
+            self.watch = Watch(  # exactly every `every` steps: no dense start, no interval cap
+                self.model,
+                writer=self.writer,
+                every=every,
+                on_alert=lambda a: None,
+                dense_start=0,
+                max_interval=None,
+            )
         elif monitor == "wandb":
             import wandb
 
@@ -442,7 +449,7 @@ def watch_calls_us(n: int = 20000) -> dict[str, float]:
 
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    watch = Watch(model, every=10**9, rules=False)
+    watch = Watch(model, every=10**9, rules=False, dense_start=0, max_interval=None)
     model(torch.ones(1, 4)).sum().backward()
     with watch.step(0, opt):  # step 0 logs; every later one does not
         opt.step()
