@@ -29,7 +29,7 @@ import initwatch
 
 sys.path.insert(0, str(Path(__file__).parent / "ddp"))
 from _sharded_case import STATS, STEPS, build, train  # noqa: E402
-from test_ddp import launch  # noqa: E402
+from ranks import launch  # noqa: E402
 from test_sharded import assert_frames as assert_sharded_frames  # noqa: E402
 from test_sharded import same  # noqa: E402
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "ddp"))
 from _sharded_case import STATS, build, train  # noqa: E402
-from test_ddp import launch  # noqa: E402
+from ranks import launch  # noqa: E402
 
 HERE = Path(__file__).parent / "ddp"
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ class Thresholds:
     Source keys (their public sources are listed in docs/alerts.md): SMD = SageMaker Debugger
     built-in rules, KARP = Karpathy's makemore part 3, MEG = Megatron-LM, OC = OLMo-core,
     HF-DBG = Hugging Face ``DebugUnderflowOverflow``. "initwatch" marks a value we chose and
-    calibrated on the fault-injection suite (``tests/test_detection.py``), because no anchor
+    calibrated on the fault-injection suite (``tests/rules/test_detection.py``), because no anchor
     defines one.
 
     Args:

@@ -1,5 +1,5 @@
 """The Hugging Face Trainer under DDP (torchrun, 2 CPU processes, gloo) with InitWatchCallback;
-launched by tests/test_ddp.py. Each rank writes ``rank<N>.json`` into ``--out``."""
+launched by tests/integrations/test_ddp.py. Each rank writes ``rank<N>.json`` into ``--out``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lightning DDP on 2 CPU processes (gloo) with InitWatch; launched by tests/test_ddp.py.
+"""Lightning DDP on 2 CPU processes (gloo) with InitWatch; launched by tests/integrations/test_ddp.py.
 
 Lightning starts rank 1 by re-running this script, so it must run as a standalone script, not
 inside pytest. Each rank writes ``rank<N>.json`` into ``--out``.

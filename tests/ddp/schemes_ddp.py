@@ -1,6 +1,6 @@
 """Each scheme under DDP (2 gloo ranks, torchrun): the all-reduced gradients of one step on
 half a batch per rank, written per rank to JSON; the test compares them with the whole batch
-in one process (tests/test_scheme_matrix.py)."""
+in one process (tests/schemes/test_scheme_matrix.py)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "schemes.py"
 VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero", "xavier", "ds-init", "admin"]
 

@@ -8,28 +8,16 @@ each rank wrote.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from paths import DDP
+from ranks import launch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-HERE = Path(__file__).parent / "ddp"
+HERE = DDP
 pytestmark = pytest.mark.slow
-
-
-def launch(cmd: list[str], out: Path, prefix: str = "rank") -> list[dict]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # one retry: a rendezvous port taken by a concurrent job
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        if proc.returncode == 0:
-            break
-        if attempt == 1:
-            raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return [json.loads((out / f"{prefix}{r}.json").read_text()) for r in (0, 1)]
 
 
 def check_ranks(ranks: list[dict], start: str) -> None:

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import DDP
+from ranks import launch
 from torch import nn
 
 import initwatch
 from initwatch import zoo
 
 SCHEMES = ["deepnet", "t-fixup", "rezero", "admin"]
-HERE = Path(__file__).parent / "ddp"
+HERE = DDP
 
 
 def _model(scheme: str, family: str = "bert") -> nn.Module:
@@ -105,7 +107,7 @@ def test_custom_embeddings_get_what_the_paper_prescribes(scheme: str) -> None:
     report = initwatch.reinit(model, scheme, seed=0)
     assert not report.skipped
     touched = {c.target for c in report.parameters}
-    if scheme == "t-fixup":  # T-Fixup re-draws the token table (tests/test_scheme_paths.py)
+    if scheme == "t-fixup":  # T-Fixup re-draws the token table (tests/schemes/test_scheme_paths.py)
         assert "tok.weight" in touched and not torch.equal(model.tok.weight, before["tok"])
     else:  # DeepNet and ReZero prescribe nothing for embeddings: left exactly as they were
         assert not {"tok.weight", "pos.weight"} & touched
@@ -117,8 +119,6 @@ def test_custom_embeddings_get_what_the_paper_prescribes(scheme: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_gradients_equal_the_whole_batch_in_one_process(tmp_path: Path) -> None:
-    from test_ddp import launch
-
     sys.path.insert(0, str(HERE))
     from schemes_ddp import SCHEMES as DDP_SCHEMES
     from schemes_ddp import case, grads

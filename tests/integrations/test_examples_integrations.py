@@ -6,9 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ROOT / "examples"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
 

@@ -1,0 +1,23 @@
+"""Launching the 2-process (gloo) test scripts of ``tests/ddp/`` and reading what each rank wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+
+def launch(cmd: list[str], out: Path, prefix: str = "rank") -> list[dict]:
+    """Run ``cmd`` (a script that writes ``out/<prefix><rank>.json`` per rank); the two JSONs.
+
+    One retry: a rendezvous port taken by a concurrent job fails the first launch.
+    """
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        if proc.returncode == 0:
+            break
+        if attempt == 1:
+            raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return [json.loads((out / f"{prefix}{r}.json").read_text()) for r in (0, 1)]
