@@ -1,7 +1,7 @@
 """Watch a plain PyTorch training loop: per-layer statistics and alerts in TensorBoard.
 
 A small GPT-2 (from a config, random weights) learns a toy copy task on random tokens. The
-Watch measures every ``--every`` steps and writes to a ``SummaryWriter``; afterwards run
+Watch measures every step of the first 20 (its dense start), then every ``--every`` steps and writes to a ``SummaryWriter``; afterwards run
 
     tensorboard --logdir runs/plain_pytorch
 

@@ -20,7 +20,7 @@ def test_plain_pytorch_example_fast(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "done: 2 frames, last at step 2" in res.stdout
+    assert "done: 4 frames, last at step 3" in res.stdout  # 4 steps, all in the dense start
     ea = EventAccumulator(str(logdir))
     ea.Reload()
     assert "initwatch/act_rms/decoder.03" in ea.Tags()["scalars"]
