@@ -17,7 +17,14 @@ import math
 
 from initwatch.errors import suggest
 
-__all__ = ["UsageError", "positive", "positive_float", "scheme_list", "suggest"]
+__all__ = [
+    "UsageError",
+    "add_progress_flags",
+    "positive",
+    "positive_float",
+    "scheme_list",
+    "suggest",
+]
 
 
 class UsageError(Exception):
@@ -115,3 +122,25 @@ def scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str,
         if key not in out:
             out.append(key)
     return tuple(out)
+
+
+def add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress`` (default: a bar on a terminal, else one line per
+    run or init on stderr), for ``demo`` and ``check``.
+
+    Example::
+
+        >>> p = argparse.ArgumentParser(); add_progress_flags(p)
+        >>> p.parse_args([]).progress, p.parse_args(["--no-progress"]).progress
+        (None, False)
+    """
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="draw a progress bar"
+    )
+    bar.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress on stderr (default: a bar on a terminal, else a line per run)",
+    )

@@ -19,7 +19,13 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from initwatch.commands._text import Progress, alert_lines, fmt, table, threads, wrap
-from initwatch.commands.args import UsageError, positive, positive_float, scheme_list
+from initwatch.commands.args import (
+    UsageError,
+    add_progress_flags,
+    positive,
+    positive_float,
+    scheme_list,
+)
 
 if TYPE_CHECKING:
     from initwatch.preflight import CheckResult, CheckSettings
@@ -123,28 +129,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", metavar="PNG", help="draw the depth profiles into this image")
     add_progress_flags(parser)
-
-
-def add_progress_flags(parser: argparse.ArgumentParser) -> None:
-    """``--progress`` / ``--no-progress`` (default: a bar on a terminal, else one line per
-    init on stderr).
-
-    Example::
-
-        >>> p = argparse.ArgumentParser(); add_progress_flags(p)
-        >>> p.parse_args([]).progress, p.parse_args(["--no-progress"]).progress
-        (None, False)
-    """
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument(
-        "--progress", dest="progress", action="store_true", default=None, help="draw a progress bar"
-    )
-    bar.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress on stderr (default: a bar on a terminal, else a line per init)",
-    )
 
 
 def _schemes(text: str | None) -> tuple[str, ...] | None:

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from initwatch.alerts import Alert
 from initwatch.commands._text import Progress, alert_lines, table, threads
-from initwatch.commands.args import UsageError, positive, positive_float, scheme_list
+from initwatch.commands.args import (
+    UsageError,
+    add_progress_flags,
+    positive,
+    positive_float,
+    scheme_list,
+)
 
 if TYPE_CHECKING:
     from initwatch.demo_task import TaskConfig
@@ -233,16 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch threads (default 1: the demo's matrices are too small to gain from more)",
     )
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument(
-        "--progress", dest="progress", action="store_true", default=None, help="draw a progress bar"
-    )
-    bar.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bar (the default when stderr is not a terminal)",
-    )
+    add_progress_flags(parser)
 
 
 def parse_schemes(text: str) -> tuple[str, ...]:
