@@ -10,6 +10,7 @@ from typing import Any, cast
 from initwatch.alerts import Alert, AlertKind
 from initwatch.context import RunContext
 from initwatch.frame import Frame
+from initwatch.plain import to_plain
 from initwatch.rules.detectors import DETECTORS, Finding, Inputs, explain
 from initwatch.rules.thresholds import Thresholds
 from initwatch.vocabulary import Severity
@@ -249,7 +250,7 @@ class Rules:
                 "layers": layers,
                 "since_step": streak["since"],
                 "frames": frames,
-                "evidence": _plain(evidence),
+                "evidence": to_plain(evidence, numbers=True),
             },
         )
 
@@ -302,19 +303,3 @@ class Rules:
             []
         """
         return sorted(self._active)
-
-
-def _plain(value: Any) -> Any:
-    """Evidence as plain data (str, int, float, bool, None, list, dict)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
