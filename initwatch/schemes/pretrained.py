@@ -29,6 +29,20 @@ only where no matrix could be examined: a fresh init saved and loaded again stil
 an init and is not called pretrained. A model loaded with :func:`initwatch.restore` counts as
 pretrained.
 
+BatchNorm layers (:func:`inspect_norms`) add evidence the matrices may not show yet (a ResNet
+trained 60 steps still has init-like convolutions). Every init fills a BatchNorm's affine
+``weight`` / ``bias`` with one constant per layer (1 / 0, or 0 for a zero-initialized last norm of
+a block); only an optimizer makes them differ across channels. A layer counts as trained when
+its affine weight or bias is not constant across channels *and* it has seen batches in train
+mode (``num_batches_tracked > 0``, running statistics moved off 0 / 1): one trained layer makes
+the model count as trained (``source="norms"``). The second condition keeps a random init of
+the affine parameters (DCGAN's ``normal_(1, 0.02)``) on a model never run from being taken for
+training; such a model after a forward in train mode is (pass ``pretrained=False``). Running
+statistics alone also move on a forward pass in train mode without any training, so they are a
+weak marker, like loading markers: they decide only where no matrix and no affine parameter
+could be examined. Layers without running statistics (``track_running_stats=False``) give no
+evidence.
+
 What it cannot see: weights whose training left them statistically an init draw. A few hundred
 Adam steps on random data move each coordinate by a noise-like amount: a tiny BERT / GPT-2 /
 LLaMA (hidden 32) trained with AdamW at lr 3e-3 is recognised after 60 steps (``zoo.pretrain``),
@@ -97,10 +111,15 @@ class PretrainedDecision:
     Args:
         pretrained: the decision.
         source: ``"given"`` (the caller said so), ``"weights"`` (the statistics decided),
-            ``"restored"`` (loaded with :func:`initwatch.restore`), ``"markers"`` (loading
-            markers, no matrix could be examined), or ``"init"`` (nothing says trained).
+            ``"restored"`` (loaded with :func:`initwatch.restore`), ``"norms"`` (BatchNorm
+            layers were trained, see the module docstring), ``"markers"`` (loading markers or
+            moved running statistics, no matrix could be examined), or ``"init"`` (nothing
+            says trained).
         verdicts: every examined matrix.
         marked: names of parameters a loader marked as loaded.
+        norms: BatchNorm layers that were trained (affine parameters vary across channels,
+            running statistics moved), with what showed it.
+        norm_stats: BatchNorm layers whose running statistics moved (a weak marker).
 
     Example::
 
@@ -114,6 +133,8 @@ class PretrainedDecision:
     source: str
     verdicts: list[MatrixVerdict] = field(default_factory=list)
     marked: list[str] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    norm_stats: list[str] = field(default_factory=list)
 
     @property
     def trained(self) -> list[MatrixVerdict]:
@@ -136,6 +157,12 @@ class PretrainedDecision:
         text = f"{len(t)} of {n} weight matrices look trained"
         if t:
             text += " (e.g. " + "; ".join(v.describe() for v in t[:2]) + ")"
+        if self.norms:
+            text += f"; {len(self.norms)} BatchNorm layers were trained (e.g. {self.norms[0]})"
+        elif self.norm_stats:
+            text += f"; {len(self.norm_stats)} BatchNorm layers' running statistics moved"
+            if self.source == "markers":
+                text += " and no matrix could be examined"
         if self.marked:
             text += f"; {len(self.marked)} parameters carry a loading marker"
             if self.source == "markers":
@@ -183,13 +210,69 @@ def decide_pretrained(model: nn.Module, pretrained: bool | None = None) -> Pretr
         n for n, p in model.named_parameters() if getattr(p, LOAD_MARK, False) and id(p) not in mine
     ]
     verdicts = inspect_weights(model, skip=mine)
+    norms, stats = inspect_norms(model, skip=mine)
+    extra = {"norms": norms, "norm_stats": stats}
     if verdicts:
         leaning = sum(v.score > Z_MODEL for v in verdicts)
         is_trained = any(v.trained for v in verdicts) and leaning >= TRAINED_FRACTION * len(
             verdicts
         )
-        return PretrainedDecision(is_trained, "weights" if is_trained else "init", verdicts, marked)
-    return PretrainedDecision(bool(marked), "markers" if marked else "init", [], marked)
+        if is_trained:
+            return PretrainedDecision(True, "weights", verdicts, marked, **extra)
+    if norms:
+        return PretrainedDecision(True, "norms", verdicts, marked, **extra)
+    if verdicts:
+        return PretrainedDecision(False, "init", verdicts, marked, **extra)
+    weak = bool(marked or stats)
+    return PretrainedDecision(weak, "markers" if weak else "init", [], marked, **extra)
+
+
+def inspect_norms(model: nn.Module, skip: set[int] | None = None) -> tuple[list[str], list[str]]:
+    """BatchNorm layers that were trained, and those whose running statistics moved.
+
+    A layer was trained when it has seen batches (``num_batches_tracked > 0``, running
+    statistics off 0 / 1) and its affine weight or bias is not one constant across channels
+    (every init fills them with one; an optimizer moves each channel differently). The second
+    list holds the layers whose running statistics moved (also by a forward pass in train
+    mode, without training). ``skip``: ids of parameters to leave out (a layer with one is).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> bn = nn.BatchNorm1d(4)
+        >>> _ = bn(torch.randn(8, 4))  # a forward in train mode moves the running statistics
+        >>> inspect_norms(nn.Sequential(bn))
+        ([], ['0'])
+        >>> with torch.no_grad():
+        ...     _ = bn.weight.add_(torch.tensor([0.01, -0.02, 0.0, 0.03]))  # an optimizer step
+        >>> inspect_norms(nn.Sequential(bn))
+        (['0 (weight 0.98..1 over 4 channels after 1 batches)'], ['0'])
+    """
+    skip = skip or set()
+    trained: list[str] = []
+    moved: list[str] = []
+    for path, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if any(id(p) in skip for p in m.parameters(recurse=False)):
+            continue
+        mean, var, count = m.running_mean, m.running_var, m.num_batches_tracked
+        if mean is None or var is None or count is None or int(count) <= 0:
+            continue
+        if mean.device.type == "meta" or not (bool((mean != 0).any()) or bool((var != 1).any())):
+            continue
+        name = path or type(m).__name__
+        moved.append(name)
+        for what in ("weight", "bias"):
+            p = getattr(m, what, None)
+            if isinstance(p, torch.Tensor) and p.numel() > 1 and p.device.type != "meta":
+                lo, hi = float(p.detach().min()), float(p.detach().max())
+                if lo != hi:
+                    span = f"{what} {_fmt(lo)}..{_fmt(hi)} over {p.numel()} channels"
+                    trained.append(f"{name} ({span} after {int(count)} batches)")
+                    break
+    return trained, moved
 
 
 def inspect_weights(model: nn.Module, skip: set[int] | None = None) -> list[MatrixVerdict]:
@@ -469,6 +552,7 @@ __all__ = [
     "MatrixVerdict",
     "PretrainedDecision",
     "decide_pretrained",
+    "inspect_norms",
     "inspect_weights",
     "is_pretrained",
     "judge",

@@ -309,3 +309,37 @@ def test_hf_pretrained_argument(tmp_path) -> None:  # noqa: ANN001
         _hf(tmp_path, zoo.build("gpt2"), [InitWatchCallback("t-fixup", pretrained=True)])
     with pytest.raises(ValueError, match="pretrained='no'"):
         InitWatchCallback(None, pretrained="no")
+
+
+def test_batchnorm_evidence_affine_parameters_and_running_statistics() -> None:
+    # a random init of the affine parameters (DCGAN's normal_(1, 0.02)) on a model never run
+    model = nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32))
+    with torch.no_grad():
+        model[1].weight.normal_(1.0, 0.02)
+    assert decide_pretrained(model).source == "init"
+    # running statistics moved (a forward in train mode) are a weak marker: they decide only
+    # where no matrix could be examined
+    bn_only = nn.Sequential(nn.BatchNorm1d(4))
+    bn_only(torch.randn(8, 4))
+    assert (decide_pretrained(bn_only).pretrained, decide_pretrained(bn_only).source) == (
+        True,
+        "markers",
+    )
+    assert decide_pretrained(bn_only[0], pretrained=False).pretrained is False
+    # affine parameters that differ across channels after batches: trained
+    fresh = nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32))
+    fresh(torch.randn(8, 32))
+    assert not decide_pretrained(fresh).pretrained
+    with torch.no_grad():
+        fresh[1].bias[3] = 1e-3
+    d = decide_pretrained(fresh)
+    assert (d.pretrained, d.source, d.norms) == (
+        True,
+        "norms",
+        ["1 (bias 0..0.001 over 32 channels after 1 batches)"],
+    )
+    assert "1 BatchNorm layers were trained" in d.describe()
+    no_stats = nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32, track_running_stats=False))
+    with torch.no_grad():
+        no_stats[1].bias[3] = 1e-3
+    assert not decide_pretrained(no_stats).pretrained  # no running statistics: no evidence

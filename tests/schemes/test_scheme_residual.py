@@ -222,3 +222,47 @@ def test_restore_round_trip(scheme: str, bottleneck: bool, tmp_path) -> None:  #
     torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
     with pytest.raises(initwatch.AlreadyAppliedError):
         initwatch.reinit(fresh, scheme)
+
+
+@pytest.fixture(scope="module")
+def trained_resnet() -> nn.Module:
+    """A zoo.resnet trained 30 SGD steps: its convolutions still look like an init (0 of 11
+    matrices flagged), its BatchNorm affine parameters no longer do."""
+    torch.manual_seed(0)
+    model = zoo.resnet((2, 2), width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["skipinit", "fixup"])
+def test_a_trained_resnet_is_refused_and_left_untouched(trained_resnet, scheme: str) -> None:  # noqa: ANN001
+    model = copy.deepcopy(trained_resnet)
+    d = initwatch.decide_pretrained(model)
+    assert d.pretrained and d.source == "norms" and len(d.norms) == 10  # every BatchNorm
+    assert not d.trained  # the matrices alone would not have told
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(initwatch.PretrainedWeightsError, match="BatchNorm layers were trained"):
+        initwatch.reinit(model, scheme)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+    assert initwatch.schemes.structure.applied_structure(model) == []
+    initwatch.reinit(model, scheme, pretrained=False)  # the caller overrides the guard
+    assert not [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("scheme", ["skipinit", "fixup"])
+@pytest.mark.parametrize("bottleneck", [False, True])
+def test_a_fresh_resnet_is_accepted_even_after_a_forward_in_train_mode(
+    scheme: str, bottleneck: bool
+) -> None:
+    model = zoo.resnet((2, 2), width=8, bottleneck=bottleneck)
+    assert initwatch.decide_pretrained(model).source == "init"
+    model(torch.randn(4, 3, 8, 8))  # moves every running statistic, trains nothing
+    d = initwatch.decide_pretrained(model)
+    assert not d.pretrained and d.source == "init" and d.norms == [] and len(d.norm_stats) > 0
+    initwatch.reinit(model, scheme)
