@@ -6,7 +6,10 @@ Normalization", ICLR 2019, arXiv 1901.09321) for residual networks without norma
    L^(-1/(2m-2)), L the number of residual branches, m the layers per branch;
 3. a scalar multiplier (init 1) per branch and scalar biases (init 0) before each layer and
    after each layer (before its activation), as the official ``FixupBasicBlock`` /
-   ``FixupBottleneck``; normalization removed.
+   ``FixupBottleneck``; normalization removed;
+4. the official ImageNet model's scalar biases outside the blocks: ``fixup_bias1`` after the
+   stem layer (``relu(conv1(x) + bias1)``) and ``fixup_bias2`` before the head
+   (``fc(x + bias2)``), registered on those layers, so a checkpoint names where they go.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from initwatch.schemes.structure import (
 NAME = "fixup"
 OPTIONS = ("blocks", "layers", "head")
 SCALE = FIXUP_PREFIX + "scale"
+STEM_BIAS = FIXUP_PREFIX + "bias1"  # on the stem layer, added to its output
+HEAD_BIAS = FIXUP_PREFIX + "bias2"  # on the head, added to its input
 
 
 def branch_scale(branches: int, m: int) -> float:
@@ -190,6 +195,13 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             )
         )
     p.structure += residual.removal_steps(model, anatomy, branches, "all")
+    stem = stem_of(model, anatomy, head)
+    for path, name, where in ((stem, STEM_BIAS, "after"), (head, HEAD_BIAS, "before")):
+        if path is not None:
+            owner = "stem" if name == STEM_BIAS else "head"
+            note = f"scalar bias {name} (init 0) {where} it"
+            change = Change(path, "fixup_scalars", "layer", owner, note=note)
+            p.structure.append((change, _outer_step(model, path, name)))
     for block, branch in zip(anatomy.blocks, branches, strict=True):
         change = Change(
             block.path,
@@ -200,6 +212,44 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         )
         p.structure.append((change, _step(model, block.path, branch)))
     return p
+
+
+def stem_of(model: nn.Module, anatomy: Anatomy, head: str | None) -> str | None:
+    """The stem layer: the first convolution / linear outside the blocks, before the first
+    block and not the head (torchvision ``conv1``); None when there is none.
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> model = zoo.resnet()
+        >>> stem_of(model, residual.read(model, {}), "fc")
+        'conv1'
+    """
+    first = anatomy.blocks[0].path if anatomy.blocks else None
+    inside = tuple(b.path + "." for b in anatomy.blocks)
+    for name, module in model.named_modules():
+        if name == first:
+            return None
+        if (
+            name
+            and name != head
+            and not name.startswith(inside)
+            and isinstance(module, residual.WEIGHTS)
+        ):
+            return name
+    return None
+
+
+def _outer_step(model: nn.Module, path: str, name: str):  # noqa: ANN202
+    def step() -> None:
+        add_scalars(model, path, {name: 0.0})
+        module = model.get_submodule(path)
+        if name == STEM_BIAS:
+            module.register_forward_hook(FixupOutput(module, name))
+        else:
+            module.register_forward_pre_hook(FixupInput(module, name))
+
+    return step
 
 
 def _step(
@@ -226,9 +276,15 @@ def _step(
 
 
 def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change | None:
-    """Re-attach the scalars and hooks (and remove the norms the checkpoint lacks)."""
+    """Re-attach the scalars and hooks (and remove the norms the checkpoint lacks); with the
+    first block, the stem and head biases wherever the checkpoint has them."""
     if f"{block.path}.{SCALE}" not in state:
         return None
+    if block.index == 0:
+        for key in state:
+            path, _, leaf = key.rpartition(".")
+            if leaf in (STEM_BIAS, HEAD_BIAS) and path:
+                _outer_step(model, path, leaf)()
     branch = residual.branch_of(model, block.path)
     for path in residual.missing_norms(model, branch, state):
         remove_norm(model, path)

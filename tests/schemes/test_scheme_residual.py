@@ -121,13 +121,14 @@ def test_fixup_per_layer_statistics(bottleneck: bool, m: int) -> None:
 
 
 def _ref_fixup(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The official FixupBasicBlock / FixupBottleneck forward (hongyi-zhang/Fixup); the convs
-    are applied without their modules' hooks (``_conv_forward``)."""
+    """The official FixupBasicBlock / FixupBottleneck forward (hongyi-zhang/Fixup), with the
+    ImageNet model's ``relu(conv1(x) + bias1)`` stem and ``fc(x + bias2)`` head; the layers
+    are applied without their modules' hooks (``_conv_forward``, ``F.linear``)."""
 
     def conv(c: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
         return c._conv_forward(t, c.weight, c.bias)
 
-    h = F.relu(model.conv1(x))
+    h = F.relu(conv(model.conv1, x) + model.conv1.fixup_bias1)
     for blk in _blocks(model):
         layers = [blk.conv1, blk.conv2] + ([blk.conv3] if hasattr(blk, "conv3") else [])
         out = h
@@ -138,7 +139,8 @@ def _ref_fixup(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = out * blk.fixup_scale + getattr(blk, f"fixup_bias{len(layers)}b")
         identity = h if blk.downsample is None else conv(blk.downsample[0], h + blk.fixup_bias1a)
         h = F.relu(out + identity)
-    return model.fc(model.avgpool(h).flatten(1))
+    pooled = model.avgpool(h).flatten(1)
+    return F.linear(pooled + model.fc.fixup_bias2, model.fc.weight, model.fc.bias)
 
 
 @pytest.mark.parametrize("bottleneck", [False, True])
@@ -220,6 +222,9 @@ def test_restore_round_trip(scheme: str, bottleneck: bool, tmp_path) -> None:  #
     assert initwatch.restore(fresh, tmp_path / "m.pt").scheme == scheme
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    outer = sorted(n for n, _ in fresh.named_parameters() if n.split(".")[0] in ("conv1", "fc"))
+    extra = ["conv1.fixup_bias1", "fc.fixup_bias2"] if scheme == "fixup" else []
+    assert outer == sorted(["conv1.weight", "fc.bias", "fc.weight", *extra])
     with pytest.raises(initwatch.AlreadyAppliedError):
         initwatch.reinit(fresh, scheme)
 
