@@ -62,7 +62,7 @@ from initwatch.demo_task import (
 )
 
 ARCHS = {
-    "post": ("vanilla", "deepnet", "t-fixup", "rezero", "xavier", "ds-init", "admin"),
+    "post": ("vanilla", "deepnet", "t-fixup", "rezero", "xavier", "kaiming", "ds-init", "admin"),
     "pre": ("vanilla", "scaled", "t-fixup", "rezero"),
     "resnet": ("bn", "no-norm", "skipinit", "fixup"),
 }

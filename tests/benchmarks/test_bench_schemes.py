@@ -14,7 +14,7 @@ import torch
 from paths import ROOT
 
 SCRIPT = ROOT / "bench" / "schemes.py"
-VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero", "xavier", "ds-init", "admin"]
+VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero", "xavier", "kaiming", "ds-init", "admin"]
 
 
 def _load():
