@@ -38,9 +38,9 @@ def batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": r, "labels": (r[0] > 45).long()} for r in ids]
 
 
-def plain_run(model, lr: float, steps: int, data=None) -> Watch:  # noqa: ANN001
+def plain_run(model, lr: float, steps: int, data=None, optimizer=torch.optim.AdamW) -> Watch:  # noqa: ANN001
     data = data or batches(8 * steps)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = optimizer(model.parameters(), lr=lr)
     watch = Watch(model, every=1, on_alert=lambda a: None)
     for step in range(steps):
         chunk = data[8 * step : 8 * step + 8]
@@ -150,16 +150,7 @@ def test_rezero_from_scratch_raises_no_exploding_alert(family: str, steps: int) 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 90, (8 * steps, 12), generator=g)
     data = [{"input_ids": r, "labels": (7 * r + 3) % 96} for r in ids]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    watch = Watch(model, every=1, on_alert=lambda a: None)
-    for step in range(steps):
-        chunk = data[8 * step : 8 * step + 8]
-        kw = {k: torch.stack([d[k] for d in chunk]) for k in chunk[0]}
-        with watch.step(step, opt) as s:
-            s.loss = model(**kw).loss
-            s.loss.backward()
-            opt.step()
-            opt.zero_grad()
+    watch = plain_run(model, 1e-3, steps, data, optimizer=torch.optim.Adam)
     assert watch.context.scheme == "rezero"
     assert not [a for a in watch.alerts if a.kind.startswith("exploding")], watch.alerts
 

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import QUIET_CPU, training_args
+from builders import QUIET_CPU, lightning_trainer, training_args
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -216,20 +216,7 @@ def loader(n: int = 64, batch: int = 4) -> torch.utils.data.DataLoader:
 
 
 def pl_trainer(tmp_path, callbacks, **kw) -> L.Trainer:
-    args = dict(
-        max_steps=3,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        log_every_n_steps=1,
-    )
-    args.update(kw)
-    return L.Trainer(callbacks=callbacks, **args)
+    return lightning_trainer(tmp_path, callbacks, **{"max_steps": 3, "log_every_n_steps": 1, **kw})
 
 
 class FrameSpy(Callback):

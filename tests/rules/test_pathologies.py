@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import training_args
+from builders import lightning_trainer, training_args
 from torch import nn
 from transformers import (
     PrinterCallback,
@@ -156,19 +156,7 @@ def loader(n: int = 64, batch: int = 4) -> torch.utils.data.DataLoader:
 
 def pl_fit(tmp_path, module, **kw) -> InitWatch:
     cb = InitWatch(on_alert=quiet, log_every_n_steps=1)
-    args = dict(
-        max_steps=3,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    args.update(kw)
-    L.Trainer(callbacks=[cb], **args).fit(module, loader())
+    lightning_trainer(tmp_path, [cb], **{"max_steps": 3, **kw}).fit(module, loader())
     return cb
 
 
