@@ -23,6 +23,7 @@ from initwatch.vocabulary import LayersSpec, MicroBatchLoss, OnAlertSpec, RulesS
 from initwatch.watch import DENSE_START, MAX_INTERVAL  # noqa: F401 (the adapters' defaults)
 
 if TYPE_CHECKING:
+    from initwatch.frame import Frame
     from initwatch.watch import Watch
 
 STATE_VERSION = 1
@@ -415,6 +416,7 @@ class AdapterSettings:
         self._last: dict[str, Any] | None = None  # the state of the last fit's Watch
         self._history: list[Alert] = []  # and its alerts
         self._last_context: RunContext | None = None
+        self._last_frames: list[Frame] = []  # the last Watch's recent frames
         self._watch_settings: dict[str, Any] = {
             "layers": layers,
             "on_alert": on_alert,
@@ -473,6 +475,7 @@ class AdapterSettings:
             self._last = watch.state_dict()
             self._history = list(watch.alerts)
             self._last_context = watch.context
+            self._last_frames = list(watch.frames)
 
     def _fresh_state(self) -> None:
         """A new fit that resumes nothing: the next Watch starts with an empty history."""
@@ -504,6 +507,33 @@ class AdapterSettings:
         if self._resume is not None:
             return [Alert.from_dict(a) for a in self._resume.get("alerts", [])]
         return list(self._history)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The most recent frames (at most ``initwatch.watch.FRAME_HISTORY``) of the current
+        or last run, oldest first; they stay after the run ends, when :attr:`watch` is
+        released. Empty before the first measured step.
+
+        Example::
+
+            >>> from initwatch.integrations.lightning import InitWatch
+            >>> InitWatch().frames
+            []
+        """
+        return list(self.watch.frames) if self.watch is not None else list(self._last_frames)
+
+    @property
+    def last_frame(self) -> Frame | None:
+        """The newest of :attr:`frames`, or None.
+
+        Example::
+
+            >>> from initwatch.integrations.lightning import InitWatch
+            >>> InitWatch().last_frame is None
+            True
+        """
+        frames = self.frames
+        return frames[-1] if frames else None
 
     @property
     def context(self) -> RunContext | None:

@@ -131,8 +131,10 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             ``log_every_n_steps`` is (default 10; None: ``log_every_n_steps`` only).
 
     Attributes:
-        watch: the :class:`~initwatch.Watch` of the current (or last) fit, None before the
-            first: its ``frames``, ``last_frame`` and ``context``.
+        watch: the :class:`~initwatch.Watch` while a fit runs (None before and after: it is
+            closed and released at the fit's end).
+        frames, last_frame: the most recent frames of the current (or last) fit; they stay
+            after it ends.
         alerts: the alerts of the current (or last) fit, oldest first; each ``fit`` starts
             with a fresh history, and ``fit(ckpt_path=...)`` restores the checkpoint's.
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
@@ -473,8 +475,16 @@ def _step_loss(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any)
 
 
 def _ckpt_path_of_this_fit(trainer: pl.Trainer) -> Any:
-    """The ``ckpt_path`` that ``fit`` will restore after ``setup`` (a local of
-    ``Trainer._run``, the caller of the setup hooks), or None."""
+    """The ``ckpt_path`` that ``fit`` will restore after ``setup``, or None.
+
+    Lightning calls the setup hooks before it restores the checkpoint, and keeps the path it
+    will restore only as a local of ``Trainer._run`` until then (``trainer.ckpt_path`` is
+    still None in ``setup`` unless it was set by hand). Reading it here lets a resume of
+    another scheme's checkpoint be refused before the scheme touches the model. It is read
+    from the frame of this trainer's ``_run`` (a bounded walk, checked by identity); when
+    that frame is not found, ``trainer.ckpt_path`` is used, and the load-time check
+    (``guard_resume``) still refuses the mismatch, after the scheme was applied.
+    """
     frame: FrameType | None = sys._getframe(1)
     for _ in range(40):
         if frame is None:

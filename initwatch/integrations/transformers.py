@@ -95,8 +95,10 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             ``logging_steps`` is (default 10; None: ``logging_steps`` only).
 
     Attributes:
-        watch: the :class:`~initwatch.Watch` of the current (or last) ``train()``, None before
-            the first: its ``frames``, ``last_frame`` and ``context``.
+        watch: the :class:`~initwatch.Watch` while ``train()`` runs (None before and after:
+            it is closed and released at ``on_train_end``).
+        frames, last_frame: the most recent frames of the current (or last) ``train()``; they
+            stay after it ends.
         alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
             (each trial of ``hyperparameter_search``, each ``model_init`` model) starts with a
             fresh history; ``train(resume_from_checkpoint=...)`` restores the checkpoint's,
@@ -184,7 +186,7 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        model, trainer = kwargs.get("model"), _find_trainer()
+        model, trainer = kwargs.get("model"), _calling_trainer(self)
         self._trainer = weakref.ref(trainer) if trainer is not None else None
         _refuse_strategy(args, trainer)
         if trainer is not None:  # before anything is applied: a refusal leaves the model alone
@@ -232,7 +234,9 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             raise InitWatchError(_MISSED_INIT_HELP.format(scheme=self.scheme))
         if self.scheme is not None and seen is not model:
             raise InitWatchError(_MODEL_INIT_HELP.format(scheme=self.scheme))
-        trainer = (self._trainer() if self._trainer is not None else None) or _find_trainer()
+        trainer = (self._trainer() if self._trainer is not None else None) or _calling_trainer(self)
+        if trainer is None:
+            log.warning(_NO_TRAINER_HELP)
         _refuse_strategy(args, trainer)
         rank0 = state.is_world_process_zero
         self._writer = _open_writer(self._logdir(args, trainer)) if rank0 else None
@@ -478,6 +482,12 @@ _MISSED_INIT_HELP = (
     "Trainer(..., callbacks=[InitWatchCallback(scheme={scheme!r})]), not trainer.add_callback(). "
     "(add_callback is fine with scheme=None: monitoring only.)"
 )
+_NO_TRAINER_HELP = (
+    "InitWatchCallback found no Trainer calling it: the loss it records is the model's own "
+    "loss averaged over micro-batches (not a compute_loss override's), gradient statistics are "
+    "read after the Trainer's clipping, and the statistics go to an own run directory. Pass the "
+    "callback to a transformers Trainer: Trainer(..., callbacks=[InitWatchCallback()])."
+)
 _MODEL_INIT_HELP = (
     "InitWatchCallback(scheme={scheme!r}) cannot re-initialize a model built by model_init: "
     "Trainer.train() builds a new model after the callback applied the scheme. Apply it inside "
@@ -518,25 +528,40 @@ class _TrainingStepCapture:
             del trainer.training_step
 
 
-def _find_trainer() -> Trainer | None:
-    """The Trainer whose callback handler is calling us, from the calling frames.
+def _calling_trainer(callback: TrainerCallback) -> Trainer | None:
+    """The Trainer whose callback handler holds ``callback`` and is calling it now, or None.
 
-    The events carry no trainer (their keyword arguments are the model, optimizer, lr
-    scheduler and data loaders, which the hooks use), but four facts exist only on it: the
-    loss its ``training_step`` returns (a ``compute_loss`` of a subclass, scaled for gradient
-    accumulation and ``num_items_in_batch``), the pre-clip norm its accelerator's
-    ``clip_grad_norm_`` returns (the gradients are clipped before ``on_pre_optimizer_step``),
-    its ``TensorBoardCallback``'s run directory (named by the time) and ``model_init``. Without
-    it (None) the callback falls back to the model's own loss and the clipped norms."""
+    Hugging Face's events carry no trainer: their keyword arguments are the model, optimizer,
+    lr scheduler and data loaders, which the hooks use, and ``TrainingArguments`` answers the
+    strategy questions. Five facts exist only on the Trainer: the loss its ``training_step``
+    returns (a subclass's ``compute_loss``, scaled for gradient accumulation and
+    ``num_items_in_batch``), the pre-clip norm its accelerator's ``clip_grad_norm_`` returns
+    (the gradients are clipped before ``on_pre_optimizer_step``), its ``TensorBoardCallback``'s
+    run directory (named by the time), its DeepSpeed engine and ``model_init``. Nothing the
+    Trainer hands a callback leads to it (a search of the heap for it took 0.4-0.5 s with
+    GPT-2 loaded), so this reads the calling frames: the handler is called from a Trainer
+    method a few frames up. Only a Trainer that holds this very callback is accepted, so a
+    Trainer built inside another one's hooks is never taken. It runs at ``on_init_end`` and
+    ``on_train_begin`` only. Without a Trainer (events called by hand) the callback falls
+    back to the model's own loss and the clipped norms, and logs that it does.
+    """
     frame: FrameType | None = sys._getframe(1)
-    for _ in range(40):
+    for _ in range(_FRAMES):
         if frame is None:
             return None
         candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
+        if isinstance(candidate, Trainer) and _holds(candidate, callback):
             return candidate
         frame = frame.f_back
     return None
+
+
+_FRAMES = 40  # how far up the calling frames the Trainer is looked for (it is 3-5 frames up)
+
+
+def _holds(trainer: Trainer, callback: TrainerCallback) -> bool:
+    handler = getattr(trainer, "callback_handler", None)
+    return any(cb is callback for cb in getattr(handler, "callbacks", ()))
 
 
 def _any_process(flag: bool) -> bool:

@@ -254,3 +254,57 @@ def test_bf16_and_torch_compile(tmp_path):
     assert len(spy.frames) == 2
     for f in spy.frames:  # hooks attached before the first compiled forward fired
         assert f.values.get("act_rms") and math.isfinite(f.globals["grad_norm_global"])
+
+
+# ---- finding the Trainer -------------------------------------------------------------------------
+
+
+def _from(trainer, fn):
+    """Call ``fn`` from a frame whose ``self`` is ``trainer`` (as a Trainer method would)."""
+    self = trainer  # noqa: F841  (read through the frame)
+    return fn()
+
+
+def test_the_calling_trainer_is_the_one_that_holds_the_callback(tmp_path):
+    cb, stranger = InitWatchCallback(), InitWatchCallback()
+    trainer = make(tmp_path, gpt2(), [cb])
+    other = make(tmp_path / "other", gpt2(), [])
+    assert _from(trainer, lambda: iw_hf._calling_trainer(cb)) is trainer
+    assert _from(trainer, lambda: iw_hf._calling_trainer(stranger)) is None
+    # a Trainer nearer in the stack that does not hold the callback is passed over
+    nested = _from(trainer, lambda: _from(other, lambda: iw_hf._calling_trainer(cb)))
+    assert nested is trainer
+    assert iw_hf._calling_trainer(cb) is None  # no Trainer in the calling frames
+
+
+def test_events_called_without_a_trainer_fall_back_and_say_so(tmp_path, caplog):
+    from transformers import TrainerControl, TrainerState
+
+    model, cb = gpt2(), InitWatchCallback(logging_steps=1, dense_start=0, max_interval=None)
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, max_steps=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state, control = TrainerState(max_steps=1, logging_steps=1), TrainerControl()
+    cb.on_init_end(args, state, control, model=model)
+    with caplog.at_level("WARNING", logger="initwatch"):
+        cb.on_train_begin(args, state, control, model=model, optimizer=optimizer)
+    assert "found no Trainer calling it" in caplog.text
+    assert "model's own loss" in caplog.text and "after the Trainer's clipping" in caplog.text
+    batch = hf_dataset_batch()
+    cb.on_step_begin(args, state, control, model=model)
+    loss = model(**batch).loss  # the fallback records the model's own loss
+    loss.backward()
+    cb.on_pre_optimizer_step(args, state, control, model=model, optimizer=optimizer)
+    optimizer.step()
+    cb.on_optimizer_step(args, state, control, model=model, optimizer=optimizer)
+    state.global_step = 1
+    cb.on_step_end(args, state, control, model=model)
+    cb.close()
+    assert cb.watch is None and len(cb.frames) == 1  # released; its frames stay
+    frame = cb.last_frame
+    assert frame.step == 1
+    assert frame.globals["loss"] == pytest.approx(float(loss), rel=1e-6)
+
+
+def hf_dataset_batch() -> dict[str, torch.Tensor]:
+    rows = dataset(4)
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

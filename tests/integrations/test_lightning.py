@@ -68,6 +68,8 @@ def test_scheme_once_at_fit_setup_new_params_trained_and_hooks_removed(tmp_path)
     scheme_hooks = hook_count(module)
     assert scheme_hooks > before_hooks  # the ReZero gates are forward hooks
     assert cb.watch is None  # closed and released at teardown
+    assert cb.last_frame is not None and cb.last_frame.step == t1.global_step - 1  # its frames stay
+    assert [f.step for f in cb.frames] == sorted({f.step for f in cb.frames})
     trained = {k: v.clone() for k, v in module.state_dict().items()}
 
     t1.validate(module, loader(8))  # setup("validate"): nothing applied
