@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, runtime_checkable
 
 if TYPE_CHECKING:
+    import torch
+
     from initwatch.alerts import Alert
     from initwatch.policy import OnAlert
     from initwatch.rules import Rules
@@ -87,6 +89,44 @@ class SummaryWriterLike(Protocol):
     def close(self) -> Any: ...
 
 
+@runtime_checkable
+class OptimizerLike(Protocol):
+    """An optimizer the Watch reads: a ``torch.optim.Optimizer`` or a framework's wrapper of
+    one (Lightning's ``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``), which all
+    have ``param_groups``.
+
+    Example::
+
+        >>> import torch
+        >>> isinstance(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+        ...            OptimizerLike)
+        True
+    """
+
+    param_groups: list[dict[str, Any]]
+
+
+@runtime_checkable
+class SchedulerLike(Protocol):
+    """A learning-rate scheduler the Watch reads its warmup and peak lr from: torch's
+    schedulers (``LambdaLR``, ``OneCycleLR``, ``SequentialLR``, ``ReduceLROnPlateau``...) and
+    the frameworks' wrappers of them; what it cannot read stays unknown.
+
+    Example::
+
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> isinstance(torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), SchedulerLike)
+        True
+    """
+
+    def step(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+ScalarLike = Union["torch.Tensor", float]
+"""A value the Watch records: a tensor (one element, kept on the device) or a number."""
+
+
 WriterSpec = Union[SummaryWriterLike, "Sink", None]
 """``writer``: a TensorBoard writer, any :class:`~initwatch.sinks.Sink`, or None."""
 
@@ -98,9 +138,12 @@ __all__ = [
     "NormKind",
     "OnAlertAction",
     "OnAlertSpec",
+    "OptimizerLike",
     "Placement",
     "Residual",
     "RulesSpec",
+    "ScalarLike",
+    "SchedulerLike",
     "Severity",
     "SublayerKind",
     "SummaryWriterLike",

@@ -10,7 +10,7 @@ import traceback
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -43,8 +43,11 @@ from initwatch.vocabulary import (
     Layout,
     MicroBatchLoss,
     OnAlertSpec,
+    OptimizerLike,
     Residual,
     RulesSpec,
+    ScalarLike,
+    SchedulerLike,
     WriterSpec,
 )
 
@@ -500,7 +503,7 @@ class Watch:
         return self._logging
 
     @_guarded(None)
-    def add_loss(self, loss: Any) -> None:
+    def add_loss(self, loss: ScalarLike | None) -> None:
         """Add one micro-batch's loss on a measured step (kept on the device; nothing happens
         on other steps). :meth:`end_step` without a ``loss`` uses their mean (their sum with
         ``micro_batch_loss="sum"``).
@@ -533,7 +536,10 @@ class Watch:
 
     @_guarded(None)
     def before_optimizer_step(
-        self, optimizer: Any, grad_norm_preclip: Any = None, scheduler: Any = None
+        self,
+        optimizer: OptimizerLike | nn.Module,
+        grad_norm_preclip: ScalarLike | None = None,
+        scheduler: SchedulerLike | None = None,
     ) -> None:
         """Read the final gradients (accumulated, unscaled, all-reduced) and snapshot the
         sampled weight coordinates; call it right before ``optimizer.step()``.
@@ -606,7 +612,7 @@ class Watch:
             self._read_ids |= {i for i, h in zip(ids, seen, strict=True) if h}
 
     @_guarded(list)
-    def check_optimizer(self, optimizers: Any) -> list[str]:
+    def check_optimizer(self, optimizers: OptimizerLike | Iterable[OptimizerLike]) -> list[str]:
         """Warn once, naming them, about trainable parameters that are in no param group of
         ``optimizers`` (one optimizer or several): they would never train, e.g. ReZero gates
         added after the optimizer was built. Returns their names. Runs when the first step ends,
@@ -716,7 +722,7 @@ class Watch:
 
     @contextmanager
     def step(
-        self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None
+        self, step: int, optimizer: torch.optim.Optimizer, scheduler: SchedulerLike | None = None
     ) -> Iterator[StepScope]:
         """One optimizer step of a plain loop, as a ``with`` block.
 
