@@ -28,9 +28,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class Reduce(str, Enum):
@@ -171,6 +174,18 @@ STAGE_OPS = ("sum", "sub", "sumsq", "max", "absmax", "flag")
 _STAGE_REDUCE = {"sum": Reduce.SUM, "sub": Reduce.SUM, "sumsq": Reduce.SUM, "max": Reduce.MAX}
 _STAGE_REDUCE.update(absmax=Reduce.MAX, flag=Reduce.MAX)
 _PLAN_CACHE = 8  # staged sequences whose index tensors are kept (one per distinct step shape)
+# Per stage op of a flushed sequence of plans: (op, positions in the flushed values, offsets).
+_OpIndices = list[tuple[str, torch.Tensor, torch.Tensor]]
+
+
+def _bounded_get(cache: dict[_K, _V], key: _K, build: Callable[[], _V]) -> _V:
+    """``cache[key]``, built on a miss; the oldest entry goes once :data:`_PLAN_CACHE` are kept."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _PLAN_CACHE:
+            cache.pop(next(iter(cache)))
+        found = cache[key] = build()
+    return found
 
 
 class Deferred(Protocol):
@@ -247,7 +262,12 @@ class StatBuffer:
         self._staged_plans: list[tuple[int, bool]] = []  # (plan, is a vector)
         self._staged_counts: dict[int, float] = {}  # offset -> host-known sums (element counts)
         self._staged_host_max: dict[int, float] = {}  # offset -> host-known maxima (flags)
-        self._index_cache: dict[tuple, object] = {}
+        # Index tensors of host-known values, by (reduction, offsets, values), and of staged
+        # plans, by the sequence of plans staged (see flush).
+        self._host_index_cache: dict[
+            tuple[str, tuple[int, ...], tuple[float, ...]], tuple[torch.Tensor, torch.Tensor]
+        ] = {}
+        self._plan_index_cache: dict[tuple[tuple[int, bool], ...], _OpIndices] = {}
         self._deferred: list[Deferred] = []
 
     def add(self, name: str, fields: Sequence[Field], size: int = 1) -> Group:
@@ -277,6 +297,15 @@ class StatBuffer:
         self._defaults = defaults.to(self.device)
         self.data = self._defaults.clone()
 
+    def _allocated(self) -> torch.Tensor:
+        """The device tensor; a clear error when :meth:`allocate` was not called yet."""
+        if self.data is None:
+            raise RuntimeError(
+                "StatBuffer used before allocate(): declare every group with add(), then call "
+                "allocate() once"
+            )
+        return self.data
+
     def accumulate(
         self, group: Group, sums: torch.Tensor | None = None, maxs: torch.Tensor | None = None
     ) -> None:
@@ -286,7 +315,7 @@ class StatBuffer:
         ``maxs`` its MAX fields. Works on the device, never syncs, and is the only update path,
         so micro-batches accumulate the same way ranks reduce.
         """
-        data = self.data
+        data = self._allocated()
         if sums is not None:
             data[group.sum_start : group.sum_stop] += sums.to(data.device, data.dtype)
         if maxs is not None:
@@ -404,18 +433,11 @@ class StatBuffer:
     def _host_tensors(
         self, offs: tuple[int, ...], vals: tuple[float, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = self.data.device
-        return torch.tensor(offs, device=dev), torch.tensor(vals, device=dev, dtype=self.data.dtype)
+        data = self._allocated()
+        dev = data.device
+        return torch.tensor(offs, device=dev), torch.tensor(vals, device=dev, dtype=data.dtype)
 
-    def _cached(self, key: tuple, build: Callable[[], object]) -> object:
-        found = self._index_cache.get(key)
-        if found is None:
-            if len(self._index_cache) >= _PLAN_CACHE:
-                self._index_cache.pop(next(iter(self._index_cache)))
-            found = self._index_cache[key] = build()
-        return found
-
-    def _indices(self, plans: tuple[tuple[int, bool], ...]) -> list:
+    def _indices(self, plans: tuple[tuple[int, bool], ...]) -> _OpIndices:
         """Per stage op: (op, positions in the flushed values, buffer offsets). The values are
         every staged scalar in order, then every staged vector in order."""
         by_op: dict[str, tuple[list[int], list[int]]] = {}
@@ -446,13 +468,15 @@ class StatBuffer:
         """
         for reducer in self._deferred:
             reducer.flush()
-        data = self.data
+        data = self._allocated()
         for kind, host in (("sum", self._staged_counts), ("max", self._staged_host_max)):
             if not host:
                 continue
             offs, vals = tuple(host), tuple(host.values())
-            idx, src = self._cached(
-                (kind, offs, vals), functools.partial(self._host_tensors, offs, vals)
+            idx, src = _bounded_get(
+                self._host_index_cache,
+                (kind, offs, vals),
+                functools.partial(self._host_tensors, offs, vals),
             )
             if kind == "sum":
                 data.index_add_(0, idx, src)
@@ -468,7 +492,8 @@ class StatBuffer:
         values = parts[0] if len(parts) == 1 else torch.cat(parts)
         if values.dtype != data.dtype or values.device != data.device:
             values = values.to(data.device, data.dtype)
-        for op, where, dest in self._cached(("plans", plans), lambda: self._indices(plans)):
+        indices = _bounded_get(self._plan_index_cache, plans, lambda: self._indices(plans))
+        for op, where, dest in indices:
             v = values.index_select(0, where)
             if op == "sumsq":
                 v = v.square()
@@ -495,17 +520,18 @@ class StatBuffer:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return 0
-        parts = [torch.empty_like(self.data) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, self.data)
+        data = self._allocated()
+        parts = [torch.empty_like(data) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, data)
         stacked = torch.stack(parts)
-        self.data[: self.n_sum] = stacked[:, : self.n_sum].sum(0)
-        self.data[self.n_sum :] = stacked[:, self.n_sum :].amax(0)
+        data[: self.n_sum] = stacked[:, : self.n_sum].sum(0)
+        data[self.n_sum :] = stacked[:, self.n_sum :].amax(0)
         return 1
 
     def read(self) -> HostValues:
         """Copy the buffer to the host in one transfer (:func:`to_host`), after :meth:`flush`."""
         self.flush()
-        return HostValues(to_host(self.data))
+        return HostValues(to_host(self._allocated()))
 
     def reset(self) -> None:
         """Write every field's default back, on the device, and drop anything staged."""
@@ -513,7 +539,9 @@ class StatBuffer:
             reducer.discard()
         self._staged, self._staged_vectors, self._staged_plans = [], [], []
         self._staged_counts, self._staged_host_max = {}, {}
-        self.data.copy_(self._defaults)
+        data, defaults = self._allocated(), self._defaults
+        assert defaults is not None  # allocate() sets both together
+        data.copy_(defaults)
 
 
 class HostValues:

@@ -47,6 +47,14 @@ def test_layout_puts_sum_fields_before_max_fields_and_rows_field_major():
         buf.add("late", GRAD_SIGNAL_FIELDS)
 
 
+def test_using_the_buffer_before_allocate_says_to_call_allocate():
+    buf = StatBuffer()
+    g = buf.add("g", GRAD_SIGNAL_FIELDS)
+    for use in (lambda: buf.accumulate(g, torch.tensor([1.0, 1.0])), buf.read, buf.reset):
+        with pytest.raises(RuntimeError, match=r"before allocate\(\).*call allocate\(\) once"):
+            use()
+
+
 def test_accumulate_sums_and_maxes_and_reset_restores_defaults():
     buf = StatBuffer()
     g = buf.add("x", (Field("s", Reduce.SUM), Field("m", Reduce.MAX, default=-math.inf)))
