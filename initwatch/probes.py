@@ -110,7 +110,7 @@ def reduce_activation(
         sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
     lo, hi = torch.aminmax(x)  # much faster than an inf-norm or abs().amax() on CPU
     absmax = torch.maximum(-lo, hi).to(torch.float32)
-    zeros = numel - torch.count_nonzero(x).to(torch.float32) if zeros else torch.zeros_like(total)
+    n_zeros = numel - torch.count_nonzero(x).to(torch.float32) if zeros else torch.zeros_like(total)
     nonfinite = torch.count_nonzero(x - x).to(torch.float32)  # inf - inf and NaN give NaN
     if band is None:
         saturated = torch.zeros_like(total)
@@ -118,7 +118,7 @@ def reduce_activation(
         centre, half, inclusive = band
         dev = (x - centre).abs()
         saturated = (dev >= half if inclusive else dev > half).sum(dtype=torch.float32)
-    sums = torch.stack([torch.full_like(total, numel), total, sumsq, zeros, saturated, nonfinite])
+    sums = torch.stack([torch.full_like(total, numel), total, sumsq, n_zeros, saturated, nonfinite])
     return sums, absmax.reshape(1)
 
 
@@ -303,9 +303,12 @@ class ActivationProbe:
             self.error = f"histogram: {exc!r}"
 
     def _on_grad(self, grad: torch.Tensor) -> None:
+        group = self.grad_group
+        if group is None:  # registered only on outputs whose group was declared
+            return None
         try:
             if _compiling():
-                self.buffer.accumulate(self.grad_group, reduce_grad_signal(grad))
+                self.buffer.accumulate(group, reduce_grad_signal(grad))
                 return None
             with torch.no_grad():
                 if grad.dtype == torch.float32:
@@ -313,9 +316,9 @@ class ActivationProbe:
                 else:
                     norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
             if self._grad_plan is None:
-                self._grad_plan = self.buffer.plan(self.grad_group, [("sumsq", "sumsq", 0)])
+                self._grad_plan = self.buffer.plan(group, [("sumsq", "sumsq", 0)])
             self.buffer.stage(self._grad_plan, (norm,))
-            self.buffer.stage_host(self.grad_group, "count", grad.numel())
+            self.buffer.stage_host(group, "count", grad.numel())
             if self.gate.histograms and self.grad_hist_group is not None:
                 self._stage_histogram(self.grad_hist_group, grad)
         except Exception as exc:
@@ -478,7 +481,7 @@ class ParamProbe:
         exact_numel: int = EXACT_UPDATE_NUMEL,
     ) -> None:
         self.targets = [t for t in targets if t.info.trainable]
-        self.params = [t.param for t in self.targets]
+        self.params: list[torch.Tensor] = [t.param for t in self.targets]
         # DTensor parameters (FSDP2) are read through to_local(); others as they are
         self._dtensors = any(is_dtensor(p) for p in self.params)
         self._zero = False  # DeepSpeed ZeRO parameters (initwatch.zero), found at each _resolve
@@ -503,7 +506,8 @@ class ParamProbe:
         self._layouts: list[Layout] | None = None
         self._layout_key: list[tuple[int, ...]] = []
         self._owned: list[bool] = []
-        self._positions: list[torch.Tensor | None] = []
+        # sampled row -> its sampled coordinates in this rank's local part
+        self._positions: dict[int, torch.Tensor] = {}
         self._on_buffer_device = False
         self._forget_plans()
 
@@ -538,10 +542,11 @@ class ParamProbe:
             self._layouts = layouts(params)
             self._layout_key = key
             self._owned = [lay.owner for lay in self._layouts]
-            self._positions = [
-                i if i is None or lay.whole else _long(lay.local_positions(i)[1], i.device)
-                for lay, i in zip(self._layouts, self.index, strict=True)
-            ]
+            self._positions = {
+                row: i if lay.whole else _long(lay.local_positions(i)[1], i.device)
+                for row, (lay, i) in enumerate(zip(self._layouts, self.index, strict=True))
+                if i is not None
+            }
             self._on_buffer_device = all(p.device == self.buffer.device for p in params)
             self._forget_plans()
         return self._layouts
@@ -596,7 +601,12 @@ class ParamProbe:
             held = [g is not None and (not is_dtensor(g) or layout(g).owner) for g in grads]
         else:
             held = seen if chosen is None else [g is not None for g in grads]
-        g_rows = [i for i, h in enumerate(held) if h and owned[i] and (chosen is None or chosen[i])]
+        read = [
+            (i, g)  # held implies g is not None; the test narrows the type
+            for i, (g, h) in enumerate(zip(grads, held, strict=True))
+            if h and g is not None and owned[i] and (chosen is None or chosen[i])
+        ]
+        g_rows = [i for i, _ in read]
         w_rows = [i for i, o in enumerate(owned) if o and (chosen is None or chosen[i])]
         self.buffer.stage_host_rows(
             self.group, "grad_present", [i for i, h in enumerate(seen) if h], 1.0
@@ -612,7 +622,7 @@ class ParamProbe:
             entries += [("sumsq", "weight_sumsq", i) for i in w_rows]
             entries += [("flag", "grad_nonfinite", i) for i in g_rows]
             plan = self._plans[key] = self.buffer.plan(self.group, entries)
-        tensors = self._local([grads[i] for i in g_rows] + [params[i] for i in w_rows])
+        tensors = self._local([g for _, g in read] + [params[i] for i in w_rows])
         values = torch.stack(self._move(foreach_norm(tensors)))
         self.buffer.stage(plan, torch.cat([values, values[: len(g_rows)]]))
         return seen
@@ -623,10 +633,8 @@ class ParamProbe:
     def _sparse_rows(self) -> list[int]:
         return [i for i in self.sparse if self._owned[i]]
 
-    def _sampled_values(self, params: list[torch.Tensor]) -> torch.Tensor | None:
-        rows = self._sparse_rows()
-        if not rows:
-            return None
+    def _sampled_values(self, params: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
+        """float32 values at the sampled coordinates of ``rows`` (sampled rows this rank owns)."""
         local = self._local([params[i] for i in rows])
         parts = [torch.take(t, self._positions[i]) for t, i in zip(local, rows, strict=True)]
         values = torch.cat(self._move(parts))
@@ -640,7 +648,8 @@ class ParamProbe:
         params = self.params
         exact = self._local([params[i] for i in self._exact_rows()])
         self._snap = list(torch._foreach_mul(exact, 1.0)) if exact else []
-        self._snap_sampled = self._sampled_values(params)
+        sparse = self._sparse_rows()
+        self._snap_sampled = self._sampled_values(params, sparse) if sparse else None
 
     @torch.no_grad()
     def measure_update(self) -> None:
@@ -667,7 +676,9 @@ class ParamProbe:
                     for j, i in enumerate(sparse)
                 ]
                 self._segments = torch.cat(ids).to(self.buffer.device)
-            delta = (self._sampled_values(params) - self._snap_sampled).square_()
+            before = self._snap_sampled
+            assert before is not None  # snapshot() read the same (non-empty) sparse rows
+            delta = (self._sampled_values(params, sparse) - before).square_()
             upd = torch.zeros(len(sparse), device=delta.device)
             self.buffer.stage(self._update_plan[1], upd.index_add_(0, self._segments, delta))
         self.discard_snapshot()
