@@ -652,7 +652,7 @@ class Watch:
             )
         return missing
 
-    def end_step(self, loss: Any = None, skipped: bool = False) -> list[Alert]:
+    def end_step(self, loss: ScalarLike | None = None, skipped: bool = False) -> list[Alert]:
         """Finish the step (after ``optimizer.step()``): returns the alerts it raised.
 
         The alerts are handed to the alert policy last. An exception from it
@@ -666,10 +666,9 @@ class Watch:
             skipped: True when an AMP scaler skipped the optimizer step: no update ratio.
         """
         self._step_open = False
-        if loss is None and self._micro_n:
-            loss = self._micro_loss
-            if self.micro_batch_loss == "mean":
-                loss = loss / self._micro_n
+        collected = self._micro_loss  # set with the first add_loss, with _micro_n >= 1
+        if loss is None and collected is not None:
+            loss = collected / self._micro_n if self.micro_batch_loss == "mean" else collected
         self._micro_loss, self._micro_n = None, 0
         if not self._optimizer_checked and self._first_optimizers:
             self.check_optimizer(self._first_optimizers)
@@ -686,7 +685,7 @@ class Watch:
         return alerts
 
     @_guarded(list)
-    def _measure_step(self, loss: Any, skipped: bool) -> list[Alert]:
+    def _measure_step(self, loss: ScalarLike | None, skipped: bool) -> list[Alert]:
         if not self._logging:
             return []
         self._logging = False
