@@ -60,6 +60,7 @@ from initwatch.demo_task import (
     steps_to,
     targets,
 )
+from initwatch.numbers import fmt
 
 ARCHS = {
     "post": ("vanilla", "deepnet", "t-fixup", "rezero", "xavier", "kaiming", "ds-init", "admin"),
@@ -294,7 +295,7 @@ def table(rows: list[Result], cfg: Config) -> str:
     for r in rows:
         lines.append(
             f"| {r.scheme} | {r.final_loss:.4f} | {_fmt_steps(r.steps_to_target)} | "
-            f"{r.max_grad_norm:.3g} | {r.grad_ratio:.3g} | {r.note} | {r.wall_s:.1f} |"
+            f"{fmt(r.max_grad_norm, 3)} | {fmt(r.grad_ratio, 3)} | {r.note} | {r.wall_s:.1f} |"
         )
     return "\n".join(lines)
 

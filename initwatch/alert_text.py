@@ -11,7 +11,7 @@ from typing import Any
 
 from initwatch.alerts import Alert, AlertKind
 from initwatch.catalogue import title
-from initwatch.rules.view import fmt
+from initwatch.numbers import fmt
 
 K = AlertKind
 WIDTH = 88  # columns of the console text (wrapped, indented)

@@ -30,6 +30,7 @@ from typing import Any
 
 from initwatch import catalogue
 from initwatch.alerts import Alert
+from initwatch.numbers import fmt
 
 OWN = "own init"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -440,9 +441,7 @@ def measure(
 
 
 def _fmt(x: float) -> str:
-    from initwatch.commands._text import fmt
-
-    return fmt(x)
+    return fmt(x, fixed=True)  # the numbers of `initwatch check`'s tables, compared side by side
 
 
 def _loss_text(v: Variant) -> str:

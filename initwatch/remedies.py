@@ -7,7 +7,7 @@ from typing import Any
 
 from initwatch.alerts import AlertKind
 from initwatch.context import RunContext
-from initwatch.rules.view import fmt
+from initwatch.numbers import fmt
 from initwatch.schemes import deepnet, registry
 from initwatch.schemes.spec import stack_kind
 
@@ -53,10 +53,6 @@ def tfixup_scales(depth: dict[str, int]) -> dict[str, float]:
     return {s: v["scale"] for s, v in registry.constants("t-fixup", depth).items()}
 
 
-def _n(x: float | None) -> str:
-    return fmt(x)
-
-
 def _round2(x: float) -> float:
     if x <= 0 or not math.isfinite(x):
         return x
@@ -94,9 +90,9 @@ def _opt(ctx: RunContext) -> str:
 def _lower_lr(ctx: RunContext, ev: dict[str, Any], factor: float = 10.0) -> str:
     lr = _lr_text(ctx, ev)
     if lr is None:
-        return f"lower the learning rate ~{_n(factor)}x"
-    new = _n(lr / factor)
-    text = f"lower the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {new})"
+        return f"lower the learning rate ~{fmt(factor)}x"
+    new = fmt(lr / factor)
+    text = f"lower the {_opt(ctx)}learning rate ~{fmt(factor)}x (from {fmt(lr)} to {new})"
     fw = _framework(ctx)
     if fw == "transformers":
         text += f" with `TrainingArguments(learning_rate={new})`"
@@ -178,16 +174,16 @@ def _clip(ev: dict[str, Any], ctx: RunContext | None = None) -> str:
     base = ev.get("baseline")
     if isinstance(base, (int, float)) and math.isfinite(base) and base > 0:
         x = _round2(2 * base)
-        why = f"twice the run's median gradient norm {_n(base)}"
+        why = f"twice the run's median gradient norm {fmt(base)}"
     else:
         x, why = 1.0, "the common default"
     how = _api(
         ctx or RunContext(),
-        f"`Trainer(gradient_clip_val={_n(x)})`",
-        f"`TrainingArguments(max_grad_norm={_n(x)})`",
-        f"`torch.nn.utils.clip_grad_norm_(model.parameters(), {_n(x)})` before `optimizer.step()`",
+        f"`Trainer(gradient_clip_val={fmt(x)})`",
+        f"`TrainingArguments(max_grad_norm={fmt(x)})`",
+        f"`torch.nn.utils.clip_grad_norm_(model.parameters(), {fmt(x)})` before `optimizer.step()`",
     )
-    return f"clip gradients at max_norm={_n(x)} ({why}): {how}"
+    return f"clip gradients at max_norm={fmt(x)} ({why}): {how}"
 
 
 def _deepnet(ctx: RunContext, depth: dict[str, int]) -> str:
@@ -367,11 +363,11 @@ def _vanishing_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
         )
     per = ev.get("per_layer")
     gain = (
-        f"multiply the init gain by ~{_n(1 / per)} " if isinstance(per, float) and per > 0 else ""
+        f"multiply the init gain by ~{fmt(1 / per)} " if isinstance(per, float) and per > 0 else ""
     )
     init = _init_advice(ctx).removeprefix("use a ")
     items = [
-        f"The signal shrinks by ~{_n(per)}x per layer before {layer}: {gain}({init})",
+        f"The signal shrinks by ~{fmt(per)}x per layer before {layer}: {gain}({init})",
         "add normalization (LayerNorm/BatchNorm)",
     ]
     if _is_transformer(ev, ctx) and not ctx.pretrained:
@@ -393,7 +389,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
     if src == "time":
         return _join(
             [
-                f"Outputs of {layer} grew {_n(ev.get('ratio'))}x during training: {_lower_lr(ctx, ev)}",
+                f"Outputs of {layer} grew {fmt(ev.get('ratio'))}x during training: {_lower_lr(ctx, ev)}",
                 _warmup(ctx),
                 "add weight decay (e.g. 0.01-0.1 with AdamW)",
                 _clip(ev, ctx),
@@ -403,7 +399,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
     if ctx.pretrained:
         return _join(
             [
-                f"Activations grow ~{_n(per)}x per layer up to {layer}: {_lower_lr(ctx, ev, 3)}",
+                f"Activations grow ~{fmt(per)}x per layer up to {layer}: {_lower_lr(ctx, ev, 3)}",
                 _warmup(ctx),
             ]
         )
@@ -414,7 +410,7 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
         n = sum(depth.values()) or ev.get("n_layers") or 1
         branch = 1 / math.sqrt(2 * n)
         items = [
-            f"The residual stream grows ~{_n(per)}x per block up to {layer}: scale each residual branch's output projection by 1/sqrt(2N)={branch:.3f} (GPT-2) for N={n}",
+            f"The residual stream grows ~{fmt(per)}x per block up to {layer}: scale each residual branch's output projection by 1/sqrt(2N)={branch:.3f} (GPT-2) for N={n}",
             "LayerNorm scaling by 1/sqrt(depth) (Curse of Depth)",
             f"ReZero, whose branches start at zero: {_use_scheme(ctx, 'rezero')}",
         ]
@@ -422,14 +418,14 @@ def _exploding_activation(layer: str, ev: dict[str, Any], ctx: RunContext) -> st
             items.append(_deepnet(ctx, depth))
         return _join(items)
     gain = (
-        f"divide the init gain by ~{_n(per)}"
+        f"divide the init gain by ~{fmt(per)}"
         if isinstance(per, float) and per > 0
         else "lower the init gain"
     )
     init = _init_advice(ctx).removeprefix("use a ")
     return _join(
         [
-            f"Activations grow ~{_n(per)}x per layer up to {layer}: {gain} ({init})",
+            f"Activations grow ~{fmt(per)}x per layer up to {layer}: {gain} ({init})",
             "add normalization (LayerNorm/BatchNorm)",
         ]
     )
@@ -461,7 +457,7 @@ def _grows_under_scheme(
     what = f", which already {' and '.join(did)}" if did else ""
     return _join(
         [
-            f"The residual stream grows ~{_n(per)}x per block up to {layer} under {title}{what}: check with `initwatch.inspect(model)` that it reached every block, then {_lower_lr(ctx, ev, 3)}",
+            f"The residual stream grows ~{fmt(per)}x per block up to {layer} under {title}{what}: check with `initwatch.inspect(model)` that it reached every block, then {_lower_lr(ctx, ev, 3)}",
             _warmup(ctx),
             _clip(ev, ctx),
         ]
@@ -493,7 +489,7 @@ def _dead_units(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     frac = ev.get("fraction")
     return _join(
         [
-            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs are zero: use LeakyReLU(0.01) or GELU instead of ReLU",
+            f"{fmt(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs are zero: use LeakyReLU(0.01) or GELU instead of ReLU",
             _lower_lr(ctx, ev) + " (large steps push pre-activations below zero for good)",
             "check the bias init of the layer before it (zero or small positive, never large negative) and use Kaiming init",
             "add a normalization before the activation",
@@ -505,7 +501,7 @@ def _saturation(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     frac = ev.get("fraction")
     return _join(
         [
-            f"{_n(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs sit in the flat tails: lower the init gain of the layer before it ({_saturating_gain(ctx)}; halve it if still saturated)",
+            f"{fmt(100 * frac) if isinstance(frac, float) else '?'}% of {layer}'s outputs sit in the flat tails: lower the init gain of the layer before it ({_saturating_gain(ctx)}; halve it if still saturated)",
             "add a normalization (LayerNorm/BatchNorm) before the activation",
             "use a ReLU-family activation (ReLU, GELU)",
             _lower_lr(ctx, ev, 3),
@@ -522,9 +518,9 @@ def _update_ratio_high(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     ratio, target = ev.get("ratio"), ev.get("target", 1e-3)
     factor = ev.get("factor") or (ratio / target if ratio else 10.0)
     factor = max(2.0, _round2(factor))
-    lead = f"Each step changes {layer}'s weights by {_n(ratio)} of their norm ({_n(factor)}x the healthy ~{_n(target)}): {_lower_lr(ctx, ev, factor)}"
+    lead = f"Each step changes {layer}'s weights by {fmt(ratio)} of their norm ({fmt(factor)}x the healthy ~{fmt(target)}): {_lower_lr(ctx, ev, factor)}"
     if ev.get("lora"):
-        lead = f"Each step changes the LoRA-adapted weight {layer} (s * B @ A against the frozen weight) by {_n(ratio)} of its norm ({_n(factor)}x the healthy ~{_n(target)}): {_lower_lr(ctx, ev, factor)}"
+        lead = f"Each step changes the LoRA-adapted weight {layer} (s * B @ A against the frozen weight) by {fmt(ratio)} of its norm ({fmt(factor)}x the healthy ~{fmt(target)}): {_lower_lr(ctx, ev, factor)}"
         return _join(
             [
                 lead,
@@ -547,15 +543,15 @@ def _update_ratio_low(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     # never suggest an lr past what the optimizer family tolerates (Adam ~1e-2, SGD ~1)
     ceiling = 1.0 if (ctx.optimizer or "").lower().startswith("sgd") else 1e-2
     factor = min(gap, max(2.0, _round2(ceiling / lr))) if lr else gap
-    step = "" if factor == gap else f" (the gap is {_n(gap)}x: raise in steps and re-check)"
+    step = "" if factor == gap else f" (the gap is {fmt(gap)}x: raise in steps and re-check)"
     raise_text = (
-        f"raise the {_opt(ctx)}learning rate ~{_n(factor)}x (from {_n(lr)} to {_n(lr * factor)}){step}"
+        f"raise the {_opt(ctx)}learning rate ~{fmt(factor)}x (from {fmt(lr)} to {fmt(lr * factor)}){step}"
         if lr
-        else f"raise the learning rate ~{_n(factor)}x{step}"
+        else f"raise the learning rate ~{fmt(factor)}x{step}"
     )
     return _join(
         [
-            f"Each step changes {layer}'s weights by only {_n(ratio)} of their norm ({_n(1 / gap)}x the healthy ~{_n(target)}): {raise_text}",
+            f"Each step changes {layer}'s weights by only {fmt(ratio)} of their norm ({fmt(1 / gap)}x the healthy ~{fmt(target)}): {raise_text}",
             "check that these parameters are in the optimizer and not over-regularized by weight decay",
         ]
     )
@@ -564,10 +560,10 @@ def _update_ratio_low(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
 def _loss_diverging(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     r, base = ev.get("ratio"), ev.get("baseline")
     clipped = (
-        f" (clipping at {_n(ctx.grad_clip)} is on and did not stop it)" if ctx.clipping else ""
+        f" (clipping at {fmt(ctx.grad_clip)} is on and did not stop it)" if ctx.clipping else ""
     )
     lead = (
-        f"The loss rose to {_n(r)}x its early value {_n(base)}{clipped}: {_lower_lr(ctx, ev, 10)}"
+        f"The loss rose to {fmt(r)}x its early value {fmt(base)}{clipped}: {_lower_lr(ctx, ev, 10)}"
     )
     items = [lead, _warmup(ctx), _clip(ev, ctx)]
     if ctx.pretrained:
@@ -578,9 +574,9 @@ def _loss_diverging(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
 
 def _attention_collapse(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     frac, logit = ev.get("fraction"), ev.get("logit_absmax")
-    pct = _n(100 * frac) if isinstance(frac, float) else "?"
+    pct = fmt(100 * frac) if isinstance(frac, float) else fmt(None)
     lead = (
-        f"{pct}% of {layer}'s attention rows are one-hot (largest |q.k/sqrt(d)| {_n(logit)}): "
+        f"{pct}% of {layer}'s attention rows are one-hot (largest |q.k/sqrt(d)| {fmt(logit)}): "
         f"attention entropy collapse; {_lower_lr(ctx, ev, 3)}"
     )
     items = [lead, _warmup(ctx)]
@@ -597,7 +593,7 @@ def _attention_collapse(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
 def _lr_schedule_collapse(layer: str, ev: dict[str, Any], ctx: RunContext) -> str:
     step, total, peak = ev.get("step"), ev.get("max_steps"), ev.get("peak")
     lead = (
-        f"The learning rate is ~0 at step {_n(step)} of {_n(total)} (peak {_n(peak)}): the "
+        f"The learning rate is ~0 at step {fmt(step)} of {fmt(total)} (peak {fmt(peak)}): the "
         "schedule ends long before the run, most often a scheduler sized in epochs but stepped "
         "every optimizer step"
     )

@@ -1,10 +1,10 @@
-"""Plain-text helpers shared by the subcommands: number formats, tables, wrapping, a progress bar.
+"""Plain-text helpers shared by the subcommands: tables, wrapping, a progress bar (numbers:
+:func:`initwatch.numbers.fmt`).
 
 Nothing here imports torch at import time (``initwatch --help`` stays fast)."""
 
 from __future__ import annotations
 
-import math
 import sys
 import textwrap
 import time
@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["Progress", "fmt", "table", "threads", "wrap"]
+__all__ = ["Progress", "table", "threads", "wrap"]
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -28,23 +28,6 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     from initwatch.anatomy.render import table as render_table
 
     return render_table(head, rows)
-
-
-def fmt(x: float | None, digits: int = 2) -> str:
-    """A compact number: ``1.2e-05``, ``0.35``, ``nan`` or ``-`` for None.
-
-    Example::
-
-        >>> fmt(1.234e-5), fmt(0.3456), fmt(None)
-        ('1.2e-05', '0.35', '-')
-    """
-    if x is None:
-        return "-"
-    if not math.isfinite(x):
-        return str(x)
-    if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4):
-        return f"{x:.{max(0, digits - 1)}e}"
-    return f"{x:.{digits}f}" if abs(x) < 10 else f"{x:.{max(0, digits - 1)}f}"
 
 
 def wrap(text: str, indent: str = "    ", width: int = 100) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from initwatch.commands._text import Progress, alert_lines, fmt, table, threads, wrap
+from initwatch.commands._text import Progress, alert_lines, table, threads, wrap
 from initwatch.commands.args import (
     UsageError,
     add_progress_flags,
@@ -26,6 +26,7 @@ from initwatch.commands.args import (
     positive_float,
     scheme_list,
 )
+from initwatch.numbers import fmt
 
 if TYPE_CHECKING:
     from initwatch.preflight import CheckResult, CheckSettings
@@ -235,18 +236,21 @@ def format_result(result: CheckResult) -> str:
             row = [b]
             for v in measured:
                 a, z = v.init.get(stat, {}).get(b), v.after.get(stat, {}).get(b)
-                row.append(f"{fmt(a)} -> {fmt(z)}")
+                row.append(f"{fmt(a, fixed=True)} -> {fmt(z, fixed=True)}")
             rows.append(row)
         lines += [table(["block"] + [v.name for v in measured], rows), ""]
 
     def loss(v: object) -> str:
         end, se = v.end_loss()  # type: ignore[attr-defined]
-        return f"{fmt(v.start_loss)} -> {fmt(end)} ± {fmt(se)}"  # type: ignore[attr-defined]
+        return f"{fmt(v.start_loss, fixed=True)} -> {fmt(end, fixed=True)} ± {fmt(se, fixed=True)}"  # type: ignore[attr-defined]
 
     summary = [
         ["loss, start -> end of burst"] + [loss(v) if v.losses else "-" for v in measured],
         ["lowest/top block gradient"]
-        + [f"{fmt(v.grad_ratio('init'))} -> {fmt(v.grad_ratio())}" for v in measured],
+        + [
+            f"{fmt(v.grad_ratio('init'), fixed=True)} -> {fmt(v.grad_ratio(), fixed=True)}"
+            for v in measured
+        ],
         ["alerts"] + [str(len(v.new_alerts)) for v in measured],
     ]
     lines += [table([""] + [v.name for v in measured], summary), ""]

@@ -33,6 +33,7 @@ from initwatch.commands.args import (
     positive_float,
     scheme_list,
 )
+from initwatch.numbers import fmt
 
 if TYPE_CHECKING:
     from initwatch.demo_task import TaskConfig
@@ -380,7 +381,10 @@ def train_one(settings: DemoSettings, scheme: str, bar: Progress, offset: int) -
         def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, *rest: Any) -> None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             losses.append(float(loss.detach()))
-            bar.update(offset + len(losses), f"{label} step {len(losses)}  loss {losses[-1]:.3f}")
+            bar.update(
+                offset + len(losses),
+                f"{label} step {len(losses)}  loss {fmt(losses[-1], 3, fixed=True)}",
+            )
 
     run_dir = os.path.join(settings.logdir, scheme)
     _clear_old_run(run_dir)
@@ -456,7 +460,7 @@ def header(settings: DemoSettings) -> str:
         f"initwatch demo: a {cfg.depth}-block Post-LN transformer (d={cfg.width}), "
         f"{cfg.task} {cfg.length} tokens of {cfg.vocab}, Adam lr {settings.lr:g} with no warmup, "
         f"{settings.steps} steps, seed {settings.seed}; chance loss ln({cfg.vocab}) = "
-        f"{cfg.chance_loss:.2f}"
+        f"{fmt(cfg.chance_loss, fixed=True)}"
     )
 
 
@@ -475,7 +479,7 @@ def format_results(results: Sequence[RunResult], settings: DemoSettings) -> str:
     rows = [
         [
             r.scheme,
-            f"{r.final_loss:.3f}",
+            fmt(r.final_loss, 3, fixed=True),
             "never" if r.steps_to_target is None else str(r.steps_to_target),
             str(len(r.new_alerts)),
             r.verdict,

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 from initwatch.alerts import Alert
-from initwatch.commands._text import fmt, table, wrap
+from initwatch.commands._text import table, wrap
 from initwatch.commands.args import UsageError
+from initwatch.numbers import fmt
 from initwatch.vocabulary import Severity
 
 NAME = "report"
@@ -419,7 +420,7 @@ def verdict(run: Run) -> Verdict:
     loss = loss_series(run)
     trend = ""
     if len(loss) >= 2:
-        trend = f"loss {fmt(loss[0][1])} -> {fmt(loss[-1][1])}"
+        trend = f"loss {fmt(loss[0][1], fixed=True)} -> {fmt(loss[-1][1], fixed=True)}"
     if new:
         kinds: dict[str, Alert] = {}
         for a in new:
@@ -436,7 +437,7 @@ def verdict(run: Run) -> Verdict:
     ratio = grad_ratio(run)
     bits = ["no alerts"]
     if math.isfinite(ratio):
-        bits.append(f"lowest block gradient {fmt(ratio)}x the top blocks'")
+        bits.append(f"lowest block gradient {fmt(ratio, fixed=True)}x the top blocks'")
     if trend:
         bits.append(trend)
     return Verdict(True, ", ".join(bits))
@@ -503,7 +504,7 @@ def format_run(run: Run, top: int = 3) -> str:
     if worst:
         lines.append(f"  worst layers at step {steps[-1]}:")
         rows = [
-            [label, ", ".join(f"{name} ({fmt(v)})" for name, v in ranked)]
+            [label, ", ".join(f"{name} ({fmt(v, fixed=True)})" for name, v in ranked)]
             for label, ranked in worst
         ]
         lines += ["    " + ln for ln in table(["statistic", "layers"], rows).splitlines()]
@@ -543,7 +544,10 @@ def format_report(runs: Sequence[Run], top: int = 3) -> str:
             head = f"{len(sick)} of {len(runs)} runs UNHEALTHY: {', '.join(sick)}"
         else:
             head = f"all {len(runs)} runs healthy"
-        rows = [[r.name, str(len(r.new_alerts)), v.label, fmt(grad_ratio(r))] for r, v in ranked]
+        rows = [
+            [r.name, str(len(r.new_alerts)), v.label, fmt(grad_ratio(r), fixed=True)]
+            for r, v in ranked
+        ]
         parts.append(head + "\n\n" + table(["run", "alerts", "verdict", "low/top grad"], rows))
     parts += [format_run(r, top) for r, _ in ranked]
     return "\n\n".join(parts)

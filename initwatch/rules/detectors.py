@@ -17,13 +17,13 @@ import numpy as np
 from initwatch.alerts import AlertKind, Severity
 from initwatch.context import RunContext
 from initwatch.frame import Frame, LayerInfo
+from initwatch.numbers import fmt
 from initwatch.rules.depth import act_depth_series, decay_ratio, grad_depth_series, growth_ratios
 from initwatch.rules.thresholds import Thresholds
 from initwatch.rules.view import (
     Stream,
     Unit,
     finite,
-    fmt,
     median,
     name_list,
     param_units,

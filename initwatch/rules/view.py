@@ -40,28 +40,6 @@ def median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def fmt(x: float | None) -> str:
-    """A number in 2 significant digits, the way messages and remedies quote evidence (the one
-    formatter of alert text: ``?`` for a value not known, ``nan`` / ``inf`` as they are).
-
-    Example::
-
-        >>> fmt(0.000123456), fmt(0.005), fmt(12.0), fmt(314.2), fmt(float("nan")), fmt(None)
-        ('1.2e-04', '0.005', '12', '314', 'nan', '?')
-    """
-    if x is None or not isinstance(x, (int, float)):
-        return "?"
-    if not math.isfinite(x):
-        return str(x)
-    if x == 0:
-        return "0"
-    if 10 <= abs(x) < 1e4:
-        return f"{x:.0f}"
-    if 1e-3 <= abs(x) < 10:
-        return f"{x:.2g}"
-    return f"{x:.1e}"
-
-
 def name_list(names: list[str], limit: int = 6) -> str:
     """``a, b, c`` or ``a, b, ... (+3 more)``.
 

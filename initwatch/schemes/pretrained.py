@@ -64,6 +64,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from initwatch.numbers import fmt
+
 Z = 8.0  # standard errors beyond the init that mark one matrix as trained
 Z_MODEL = 5.0  # ... that count towards the whole model's verdict (TRAINED_FRACTION of them)
 MIN_SCALE_CHANGE = 0.03  # relative change of the std below which scale is no evidence
@@ -269,7 +271,7 @@ def inspect_norms(model: nn.Module, skip: set[int] | None = None) -> tuple[list[
             if isinstance(p, torch.Tensor) and p.numel() > 1 and p.device.type != "meta":
                 lo, hi = float(p.detach().min()), float(p.detach().max())
                 if lo != hi:
-                    span = f"{what} {_fmt(lo)}..{_fmt(hi)} over {p.numel()} channels"
+                    span = f"{what} {fmt(lo)}..{fmt(hi)} over {p.numel()} channels"
                     trained.append(f"{name} ({span} after {int(count)} batches)")
                     break
     return trained, moved
@@ -353,19 +355,19 @@ def judge(
             se = math.sqrt(max(kurt - 1, 0.1) / (4 * n) + max(rkurt - 1, 0.1) / (4 * r.numel()))
             change = 0.5 * math.log(s2 / r2)
             if authoritative and abs(change) > math.log1p(MIN_SCALE_CHANGE):
-                ratio = _fmt(math.exp(change))
+                ratio = fmt(math.exp(change))
                 tests.append(
                     (
                         abs(change) / se,
-                        f"std {_fmt(v.std)} vs {_fmt(v.init_std)} at init ({ratio}x)",
+                        f"std {fmt(v.std)} vs {fmt(v.init_std)} at init ({ratio}x)",
                     )
                 )
             se_k = math.sqrt(24 / n + 24 / r.numel())
-            tests.append(((kurt - rkurt) / se_k, f"kurtosis {_fmt(kurt)} vs {_fmt(rkurt)} at init"))
+            tests.append(((kurt - rkurt) / se_k, f"kurtosis {fmt(kurt)} vs {fmt(rkurt)} at init"))
             ref_z = max(_spread_z(r))
     if ref_z < Z_MODEL:  # an init that is not i.i.d. (e.g. per-slice gains) says nothing here
         for what, z, spread in zip(("row", "column"), _spread_z(w), _spread(w), strict=True):
-            tests.append((z, f"{what} norms {_fmt(spread)}x as spread as an init's (z={z:.0f})"))
+            tests.append((z, f"{what} norms {fmt(spread)}x as spread as an init's (z={z:.0f})"))
     v.score = max((z for z, _ in tests), default=0.0)
     v.reasons = [text for z, text in sorted(tests, key=lambda t: -t[0]) if z > Z_MODEL]
     v.trained = v.score > Z
@@ -421,10 +423,6 @@ def _spread(w: torch.Tensor) -> tuple[float, float]:
         math.sqrt(max(float(sums.var()), 0.0) / (m * var1)) if var1 > 0 else 0.0
         for sums, m in ((x2.sum(1), w.shape[1]), (x2.sum(0), w.shape[0]))
     )
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2g}" if abs(x) < 10 else f"{x:.0f}"
 
 
 def _hf_owners(model: nn.Module) -> dict[str, nn.Module]:

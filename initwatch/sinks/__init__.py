@@ -10,6 +10,7 @@ from initwatch.blocks import STATS as BLOCK_STATS
 from initwatch.blocks import aggregate, param_group
 from initwatch.catalogue import STATISTICS, worst_checks
 from initwatch.frame import Frame, LayerInfo  # noqa: F401 (the doctests use LayerInfo)
+from initwatch.numbers import fmt
 from initwatch.sinks.heatmap import heatmap_image, heatmap_png, warm_renderer
 
 __all__ = [
@@ -71,16 +72,12 @@ def aggregate_params(frame: Frame) -> dict[str, dict[str, float]]:
     return {stat: table.table(stat) for stat in BLOCK_STATS}
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
-
-
 def _extreme(table: dict[str, float], highest: bool) -> str | None:
     items = [(v, k) for k, v in table.items() if math.isfinite(v)]
     if not items:
         return None
     v, k = max(items) if highest else min(items)
-    return f"`{k}` ({_fmt(v)})"
+    return f"`{k}` ({fmt(v, fixed=True)})"  # as `initwatch report` lists them
 
 
 def summary_markdown(last: Frame | None, alerts: Sequence[Alert]) -> str:
