@@ -39,8 +39,8 @@ if TYPE_CHECKING:
         decide_pretrained,
         is_pretrained,
         reinit,
-        restore,
     )
+    from initwatch.schemes.restore import restore  # not via initwatch.schemes: a submodule too
     from initwatch.schemes.saved import SchemeNotRestoredWarning
     from initwatch.watch import Watch
 
@@ -56,7 +56,7 @@ _LAZY = {
     "decide_pretrained": "initwatch.schemes",
     "is_pretrained": "initwatch.schemes",
     "reinit": "initwatch.schemes",
-    "restore": "initwatch.schemes",
+    "restore": "initwatch.schemes.restore",
     "SchemeNotRestoredWarning": "initwatch.schemes.saved",
     "Watch": "initwatch.watch",
 }

@@ -13,7 +13,6 @@ gradient is zero by construction at first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -106,26 +105,15 @@ class LoraProbe:
         for name, m in model.named_modules():
             if not is_lora_layer(m):
                 continue
-            active = getattr(m, "active_adapters", None) or list(m.lora_A.keys())
+            parts_a, parts_b = _parts(m, "lora_A"), _parts(m, "lora_B")
+            active = getattr(m, "active_adapters", None) or list(parts_a.keys())
             for key in active if isinstance(active, (list, tuple)) else [active]:
-                if key in m.lora_A and key in m.lora_B:
+                if key in parts_a and key in parts_b:
                     scale = float(getattr(m, "scaling", {}).get(key, 1.0))
                     self.adapters.append(_Adapter(name, m, key, scale))
 
     def _ab(self, a: _Adapter) -> tuple[torch.Tensor, torch.Tensor]:
-        A = (
-            a.layer.lora_A[a.key]
-            .weight.detach()
-            .float()
-            .reshape(a.layer.lora_A[a.key].weight.shape[0], -1)
-        )
-        B = (
-            a.layer.lora_B[a.key]
-            .weight.detach()
-            .float()
-            .reshape(a.layer.lora_B[a.key].weight.shape[0], -1)
-        )
-        return A, B
+        return _matrix(a.layer, "lora_A", a.key), _matrix(a.layer, "lora_B", a.key)
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -169,11 +157,28 @@ def _gram(B1: torch.Tensor, B0: torch.Tensor, A1: torch.Tensor, A0: torch.Tensor
     return float(((B1.T @ B0) * (A1 @ A0.T)).sum())
 
 
-def _weight(layer: nn.Module) -> Any:
-    base = layer.base_layer
+def _parts(layer: nn.Module, part: str) -> nn.ModuleDict:
+    """``layer.lora_A`` or ``layer.lora_B`` of a LoRA layer: the adapters' parts by name."""
+    parts = getattr(layer, part)
+    assert isinstance(parts, nn.ModuleDict)  # is_lora_layer(layer) checked it
+    return parts
+
+
+def _matrix(layer: nn.Module, part: str, key: str) -> torch.Tensor:
+    """The weight of adapter ``key``'s ``part`` (``lora_A``: ``r x in``, ``lora_B``:
+    ``out x r``) as a float32 matrix (a convolution's kernel dimensions flattened)."""
+    weight = _parts(layer, part)[key].weight
+    assert isinstance(weight, torch.Tensor)  # PEFT's parts are Linear / Conv layers
+    return weight.detach().float().reshape(weight.shape[0], -1)
+
+
+def _weight(layer: nn.Module) -> torch.Tensor | None:
+    """The frozen base weight under a (possibly nested) LoRA layer; None: the base has none."""
+    base = layer.get_submodule("base_layer")
     while is_lora_layer(base):
-        base = base.base_layer
-    return getattr(base, "weight", None)
+        base = base.get_submodule("base_layer")
+    weight = getattr(base, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
 
 
 __all__ = ["LoraProbe", "in_adapter", "is_lora_layer", "is_peft", "refuse_peft"]

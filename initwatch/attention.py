@@ -241,10 +241,8 @@ def _sequence(x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
     return x[0] if batch_first else x[:, 0]
 
 
-def _rows(t: torch.Tensor | None, slot: Slot) -> torch.Tensor | None:
+def _rows(t: torch.Tensor, slot: Slot) -> torch.Tensor:
     """The slot's contiguous row block of a fused ``in_proj`` tensor."""
-    if t is None:
-        return None
     n = t.shape[0] // slot.parts
     return t[slot.index * n : (slot.index + 1) * n]
 
@@ -263,8 +261,8 @@ def _projection(
             return None
         x = _sequence(x, getattr(module, "batch_first", False))
         weight = _rows(getattr(module, slot.weight), slot)
-        bias = _rows(getattr(module, slot.bias, None), slot) if slot.bias else None
-        return nn.functional.linear(x, weight, bias)
+        bias = getattr(module, slot.bias, None) if slot.bias else None  # None: bias=False
+        return nn.functional.linear(x, weight, None if bias is None else _rows(bias, slot))
     out = first_tensor(output)
     if out is None:
         return None

@@ -23,12 +23,19 @@ Nothing here issues a collective.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from initwatch import zero
 from initwatch.errors import ShardingError
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+    from typing_extensions import TypeIs
 
 
 def _world_rank() -> int:
@@ -38,7 +45,7 @@ def _world_rank() -> int:
     return 0
 
 
-def is_dtensor(t: torch.Tensor) -> bool:
+def is_dtensor(t: torch.Tensor) -> TypeIs[DTensor]:
     """True for a ``torch.distributed.tensor.DTensor`` (FSDP2, HSDP, tensor parallel).
 
     Example::
@@ -51,7 +58,7 @@ def is_dtensor(t: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _dtensor_class() -> type | None:
+def _dtensor_class() -> type[DTensor] | None:
     """``DTensor``, imported once (an import statement per call costs ~1 µs, and a logging
     step asks for every parameter and gradient several times)."""
     try:
@@ -226,11 +233,27 @@ def layouts(params: list[torch.Tensor]) -> list[Layout]:
 def _fsdp1_units_layouts() -> dict[int, Layout]:
     import gc
 
-    from torch.distributed.fsdp import FullyShardedDataParallel
+    return _units_layouts(gc.get_objects())
 
+
+@functools.cache
+def _fsdp1_class() -> type[FullyShardedDataParallel] | None:
+    """FSDP1's ``FullyShardedDataParallel``, imported once (None: torch without it)."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except Exception:  # torch built without distributed
+        return None
+    return FullyShardedDataParallel
+
+
+def _units_layouts(objects: Iterable[object]) -> dict[int, Layout]:
+    """:func:`_unit_layouts` of every FSDP1 unit among ``objects``, merged."""
+    cls = _fsdp1_class()
+    if cls is None:
+        return {}
     out: dict[int, Layout] = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, FullyShardedDataParallel):
+    for obj in objects:
+        if isinstance(obj, cls):
             out.update(_unit_layouts(obj))
     return out
 
@@ -252,18 +275,10 @@ def fsdp1_layouts(root: torch.nn.Module) -> dict[int, Layout]:
         >>> fsdp1_layouts(torch.nn.Linear(2, 2))  # no FSDP1 unit inside
         {}
     """
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except Exception:
-        return {}
-    out: dict[int, Layout] = {}
-    for unit in root.modules():
-        if isinstance(unit, FullyShardedDataParallel):
-            out.update(_unit_layouts(unit))
-    return out
+    return _units_layouts(root.modules())
 
 
-def _unit_layouts(unit: torch.nn.Module) -> dict[int, Layout]:
+def _unit_layouts(unit: FullyShardedDataParallel) -> dict[int, Layout]:
     from torch.distributed.fsdp import ShardingStrategy
 
     handle = getattr(unit, "_handle", None)

@@ -344,14 +344,15 @@ def reinit_options(options: Mapping[str, Any]) -> None:
         _fail("allow_pretrained", allow, "True or False", call.format("allow_pretrained=True"))
     pretrained_or_none(options.get("pretrained"), call.format("pretrained=False"))
     depth = options.get("depth")
-    values = list(depth.values()) if isinstance(depth, Mapping) else [depth]
-    if depth is not None and not all(is_whole(d) and d >= 1 for d in values):
-        _fail(
-            "depth",
-            depth,
-            "a whole number >= 1 or a dict of them per stack",
-            call.format("depth={'encoder': 12}"),
-        )
+    if depth is not None:
+        values = list(depth.values()) if isinstance(depth, Mapping) else [depth]
+        if not all(is_whole(d) and d >= 1 for d in values):
+            _fail(
+                "depth",
+                depth,
+                "a whole number >= 1 or a dict of them per stack",
+                call.format("depth={'encoder': 12}"),
+            )
     stacks = options.get("stacks")
     if stacks is not None and not (
         isinstance(stacks, str)

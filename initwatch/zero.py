@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -33,6 +33,46 @@ WINDOW = (
     "call watch.before_optimizer_step(engine) right before engine.step(), or run the step "
     "inside `with watch.step(i, engine):` (the Watch then reads them when engine.step() starts)."
 )
+
+
+class _FragmentAddress(Protocol):
+    """A range of a flattened parameter (DeepSpeed's ``fragment_address``)."""
+
+    start: int
+    numel: int
+
+
+class _HpMapping(Protocol):
+    """This rank's part of a ZeRO-1/2 parameter (DeepSpeed's ``tensor_fragment``)."""
+
+    lp_fragment_address: _FragmentAddress
+
+    def get_lp_grad_fragment(self, index_in_param_group: int) -> torch.Tensor | None: ...
+
+
+class _Partition(Protocol):
+    """``p.ds_tensor``: this rank's flat part of a ZeRO-3 parameter."""
+
+    ds_numel: int
+
+    def detach(self) -> torch.Tensor: ...
+
+
+class _DeepSpeedParam(Protocol):
+    """The attributes DeepSpeed sets on a parameter it manages (read through :func:`_ds`)."""
+
+    ds_shape: tuple[int, ...]  # ZeRO-3: the full shape (the parameter itself is empty)
+    ds_numel: int  # ZeRO-3: the full number of elements
+    ds_tensor: _Partition  # ZeRO-3
+    _hp_mapping: _HpMapping | None  # ZeRO-1/2 (None: this rank holds none of it)
+    _index_in_param_group: int  # ZeRO-1/2
+
+
+def _ds(p: torch.Tensor) -> _DeepSpeedParam:
+    """``p`` seen with the attributes DeepSpeed set on it. They exist only at run time, so the
+    type checker cannot see them on a Tensor; callers check which are there first
+    (:func:`is_zero3`, :func:`is_zero12`)."""
+    return cast(_DeepSpeedParam, p)
 
 
 def is_zero3(p: torch.Tensor) -> bool:
@@ -77,7 +117,7 @@ def full_shape(p: torch.Tensor) -> tuple[int, ...]:
         >>> full_shape(torch.zeros(2, 3))
         (2, 3)
     """
-    return tuple(p.ds_shape) if is_zero3(p) else tuple(p.shape)
+    return tuple(_ds(p).ds_shape) if is_zero3(p) else tuple(p.shape)
 
 
 def full_numel(p: torch.Tensor) -> int:
@@ -88,17 +128,17 @@ def full_numel(p: torch.Tensor) -> int:
         >>> full_numel(torch.zeros(2, 3))
         6
     """
-    return int(p.ds_numel) if is_zero3(p) else p.numel()
+    return int(_ds(p).ds_numel) if is_zero3(p) else p.numel()
 
 
 def _zero3_range(p: torch.Tensor) -> tuple[int, int]:
     """(start, length) of this rank's elements of a ZeRO-3 parameter, padding trimmed."""
     dist = torch.distributed
-    size = int(p.ds_tensor.ds_numel)
+    size = int(_ds(p).ds_tensor.ds_numel)
     group = getattr(p, "ds_process_group", None)
     rank = dist.get_rank(group=group) if dist.is_available() and dist.is_initialized() else 0
     start = rank * size
-    return start, max(0, min(size, int(p.ds_numel) - start))
+    return start, max(0, min(size, int(_ds(p).ds_numel) - start))
 
 
 def zero_range(p: torch.Tensor) -> tuple[int, int] | None:
@@ -113,7 +153,7 @@ def zero_range(p: torch.Tensor) -> tuple[int, int] | None:
     if is_zero3(p):
         return _zero3_range(p)
     if is_zero12(p):
-        mapping = p._hp_mapping
+        mapping = _ds(p)._hp_mapping
         if mapping is None:
             return 0, 0
         address = mapping.lp_fragment_address
@@ -135,7 +175,7 @@ def local_param(p: torch.Tensor) -> torch.Tensor:
         return p
     start, length = where
     if is_zero3(p):
-        return p.ds_tensor.detach().reshape(-1).narrow(0, 0, length)
+        return _ds(p).ds_tensor.detach().reshape(-1).narrow(0, 0, length)
     return p.detach().reshape(-1).narrow(0, start, length)
 
 
@@ -162,7 +202,10 @@ def local_grad(p: torch.Tensor) -> torch.Tensor | None:
             opt = getattr(p, "_z3_optimizer", None)
             grad = opt.get_local_fp32_grad_for_param(p) if opt is not None else None
         else:
-            grad = p._hp_mapping.get_lp_grad_fragment(p._index_in_param_group)
+            ds = _ds(p)
+            mapping = ds._hp_mapping
+            assert mapping is not None  # zero_range gave a length > 0
+            grad = mapping.get_lp_grad_fragment(ds._index_in_param_group)
     except (ValueError, KeyError) as exc:
         raise ShardingError(WINDOW) from exc
     if grad is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from initwatch.alerts import Alert
 from initwatch.blocks import STATS as BLOCK_STATS
@@ -12,6 +13,10 @@ from initwatch.catalogue import STATISTICS, worst_checks
 from initwatch.frame import Frame, LayerInfo  # noqa: F401 (the doctests use LayerInfo)
 from initwatch.numbers import fmt
 from initwatch.sinks.heatmap import heatmap_image, heatmap_png, warm_renderer
+
+if TYPE_CHECKING:
+    from initwatch.context import RunContext
+    from initwatch.rules.thresholds import Thresholds
 
 __all__ = [
     "Sink",
@@ -36,10 +41,10 @@ class Sink:
         3
     """
 
-    thresholds: object = None  # the rules' Thresholds (set by bind)
-    context: object = None  # the run's RunContext (set by bind)
+    thresholds: Thresholds | None = None  # the rules' thresholds (set by bind)
+    context: RunContext | None = None  # the run's context (set by bind)
 
-    def bind(self, thresholds: object = None, context: object = None) -> None:
+    def bind(self, thresholds: Thresholds | None = None, context: RunContext | None = None) -> None:
         """Called once by the :class:`~initwatch.Watch`: the thresholds its rules use and the
         run context, for sinks that draw threshold lines (None: the default thresholds)."""
         self.thresholds = thresholds

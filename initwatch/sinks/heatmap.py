@@ -14,8 +14,12 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageFont
 
 __all__ = ["heatmap_image", "heatmap_png", "warm_renderer"]
 
@@ -37,7 +41,7 @@ _VIRIDIS = np.array(
 _GREY = 128.0
 _LEVELS = 250  # palette entries of the colour map; then grey, white, black, red
 _P_GREY, _P_WHITE, _P_BLACK, _P_RED = _LEVELS, _LEVELS + 1, _LEVELS + 2, _LEVELS + 3
-_FONT: list = []  # the label font, loaded once
+_FONT: list[ImageFont.ImageFont | ImageFont.FreeTypeFont] = []  # the label font, loaded once
 _LINE = 11  # height of a text line of the bitmap font
 GRID_W = 256  # target width of the cell grid in pixels (one pixel a step at 256 steps)
 GRID_H = 288  # target height of the cell grid
@@ -81,7 +85,7 @@ def _levels(
     return idx, lo, hi
 
 
-def _font() -> object:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's built-in bitmap font (~50 µs a label; its FreeType default takes ~10x that)."""
     if not _FONT:
         from PIL import ImageFont
@@ -157,10 +161,11 @@ def _labelled(
     rows: Sequence[str],
     steps: Sequence[int],
     title: str,
-    scale: tuple[float, float] | None = None,
-    marks: Sequence[tuple[float, str]] = (),
-    note: str = "",
-):
+    scale: tuple[float, float] | None,
+    marks: Sequence[tuple[float, str]],
+    note: str,
+) -> Image.Image:
+    """The labelled picture of :func:`heatmap_image` / :func:`heatmap_png` (their arguments)."""
     from PIL import Image, ImageDraw
 
     idx, lo, hi = _levels(values, scale)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from initwatch.catalogue import CATALOGUE, names
 from initwatch.frame import LayerInfo
+
+if TYPE_CHECKING:
+    from tensorboard.plugins.custom_scalar.layout_pb2 import Layout as LayoutProto
 
 PREFIX = "initwatch"
 PAD = 2  # block indices are written with at least this many digits: encoder.03
@@ -218,7 +222,7 @@ def layout(
     return {OVERVIEW: over, BLOCKS: blocks, BRANCHES: branches, LINEAR: linear}
 
 
-def layout_proto(lay: Mapping[str, Mapping[str, list]]) -> object:
+def layout_proto(lay: Mapping[str, Mapping[str, list]]) -> LayoutProto:
     """The layout as a ``tensorboard`` ``Layout`` proto, :data:`CLOSED` categories collapsed
     and empty categories left out.
 

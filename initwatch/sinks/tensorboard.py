@@ -187,6 +187,10 @@ class TensorBoardSink(Sink):
         self._layout_due = False
         warm_renderer()  # Pillow's imports and font now, not at the first image (~20 ms)
 
+    def _thresholds(self) -> Thresholds:
+        """The thresholds the Watch's rules use (the default ones when not bound)."""
+        return self.thresholds if self.thresholds is not None else Thresholds()
+
     def _flush(self) -> None:
         if self._pending is not None:
             step, values = self._pending
@@ -216,10 +220,15 @@ class TensorBoardSink(Sink):
         value = Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=meta)
         file_writer().add_summary(Summary(value=[value]))
 
-    def _classify(self, frame: Frame, tables: dict[str, dict[str, float]], params: dict) -> None:
+    def _classify(
+        self,
+        frame: Frame,
+        tables: dict[str, dict[str, float]],
+        params: dict[str, dict[str, float]],
+        names: TagNames,
+    ) -> None:
         """Record the layer class of every tag written (the layout splits charts by it)."""
         infos = {i.name: i for i in frame.layers}
-        names = self._names
         for stat, table in tables.items():
             for layer in table:
                 if stat.startswith("log10_"):
@@ -260,8 +269,8 @@ class TensorBoardSink(Sink):
         names = self._names
         params = aggregate_params(frame)
         tables = self._layer_tables(frame, params)
-        tables.update(self._log10_tables(frame, params))
-        self._classify(frame, tables, params)
+        tables.update(self._log10_tables(frame, params, names))
+        self._classify(frame, tables, params, names)
         values = {
             f"{stat}/{names(layer)}": value
             for stat, table in tables.items()
@@ -272,7 +281,7 @@ class TensorBoardSink(Sink):
         self._flush()
         self._pending = (step, values)  # written with the alert count: one event per step
         if frame.histograms:
-            self._write_histograms(frame)
+            self._write_histograms(frame, names)
         self._remember(frame, params)
         self._frames += 1
         every, n = self.heatmap_every, len(HEATMAPS)
@@ -301,7 +310,7 @@ class TensorBoardSink(Sink):
             out.setdefault("grad_nonfinite", {}).update(params["grad_nonfinite"])
         return out
 
-    def _write_histograms(self, frame: Frame) -> None:
+    def _write_histograms(self, frame: Frame, names: TagNames) -> None:
         """``initwatch/act_hist/<block>`` and ``initwatch/out_grad_hist/<block>``: the bins
         counted on the device (:mod:`initwatch.histograms`), as TensorBoard histograms."""
         file_writer = getattr(self.writer, "_get_file_writer", None)
@@ -321,18 +330,17 @@ class TensorBoardSink(Sink):
                     sumsq=rms * rms * n if math.isfinite(rms) else 0.0,
                 )
                 if fields is not None:
-                    tag = f"{PREFIX}/{stat}/{self._names(layer)}"
+                    tag = f"{PREFIX}/{stat}/{names(layer)}"
                     out.append(Summary.Value(tag=tag, histo=HistogramProto(**fields)))
         if out:
             file_writer().add_summary(Summary(value=out), frame.step)
 
     def _log10_tables(
-        self, frame: Frame, params: dict[str, dict[str, float]]
+        self, frame: Frame, params: dict[str, dict[str, float]], names: TagNames
     ) -> dict[str, dict[str, float]]:
         """log10 of the statistics that span decades (:data:`LOG10_STATS`), for the blocks
         (modules and parameter groups of models without blocks); zero and non-finite values
         have no log10 and are left out (the linear tag still has them)."""
-        names = self._names
         out: dict[str, dict[str, float]] = {}
         for stat in LOG10_STATS:
             if stat in params:
@@ -346,10 +354,10 @@ class TensorBoardSink(Sink):
                 out[f"log10_{stat}"] = logs
         return out
 
-    def _depth_values(self, frame: Frame, params: dict[str, dict[str, float]]) -> dict:
+    def _depth_values(self, frame: Frame, params: dict[str, dict[str, float]]) -> dict[str, float]:
         """log10 of the depth ratios the depth rules test (:mod:`initwatch.rules.depth`), and
         the thresholds they are tested against, as lines of their own; the update ratio band."""
-        th = self.thresholds if self.thresholds is not None else Thresholds()
+        th = self._thresholds()
         out: dict[str, float] = {}
         for d in depth_ratios(frame, th):
             if math.isfinite(d.ratio) and d.ratio > 0:
@@ -448,21 +456,20 @@ class TensorBoardSink(Sink):
         title = _HEATMAP_TITLES.get(image, f"log10 {image}")
         scale = self.heatmap_scales.get(image)
         marks: list[tuple[float, str]] = []
-        th = self.thresholds if self.thresholds is not None else Thresholds()
+        th = self._thresholds()
         if image.endswith("_vs_top"):
             marks.append((math.log10(th.grad_depth_ratio), "alert"))
         elif image == "grad_norm":
             marks.append((math.log10(th.grad_floor), "floor"))
         span = f"{decade(scale[0])} to {decade(scale[1])}" if scale else "the data's range"
         note = f"colour: log10, {span} for every run; grey: not measured"
-        kwargs = {"scale": scale, "marks": marks, "note": note}
         file_writer = getattr(self.writer, "_get_file_writer", None)
         try:
             if file_writer is None:
                 raise ImportError  # a duck-typed writer gets the RGB array
-            png, h, w = heatmap_png(values, rows, steps, title, **kwargs)
+            png, h, w = heatmap_png(values, rows, steps, title, scale=scale, marks=marks, note=note)
         except ImportError:  # no Pillow
-            img = heatmap_image(values, rows, steps, title, **kwargs)
+            img = heatmap_image(values, rows, steps, title, scale=scale, marks=marks, note=note)
             self.writer.add_image(tag, img, step, dataformats="HWC")
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
