@@ -7,6 +7,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from initwatch.sinks import (
 from initwatch.sinks.heatmap import decade
 from initwatch.sinks.layout import LOG10_STATS, PREFIX, TagNames, layer_class, layout, layout_proto
 from initwatch.vocabulary import SummaryWriterLike
+
+if TYPE_CHECKING:
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
 DETAILS = ("default", "all")
 # The default tag budget, read from the catalogue: which statistics get a tag for which kind
@@ -86,6 +90,31 @@ HIST_RMS = {"act_hist": "act_rms", "out_grad_hist": "out_grad_rms"}
 
 def _base(image: str) -> str:
     return image.removesuffix("_vs_top")
+
+
+class _EventFile(Protocol):
+    """``SummaryWriter._get_file_writer()``: writes summary protos as events of the run."""
+
+    def add_summary(self, summary: Any, global_step: int | None = None) -> Any: ...
+
+
+def _string_tensor(
+    tag: str, plugin: str, strings: list[bytes], shape: tuple[int, ...], content: bytes = b""
+) -> Summary.Value:
+    """A summary value holding a tensor of byte strings for a TensorBoard plugin (the custom
+    scalars' layout, the alert data), ``content`` its plugin data."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=plugin, content=content)
+    )
+    dims = [TensorShapeProto.Dim(size=n) for n in shape]
+    tensor = TensorProto(
+        dtype="DT_STRING", string_val=strings, tensor_shape=TensorShapeProto(dim=dims)
+    )
+    return Summary.Value(tag=tag, metadata=meta, tensor=tensor)
 
 
 def alert_markdown(alerts: Sequence[Alert]) -> str:
@@ -191,6 +220,12 @@ class TensorBoardSink(Sink):
         """The thresholds the Watch's rules use (the default ones when not bound)."""
         return self.thresholds if self.thresholds is not None else Thresholds()
 
+    def _events(self) -> _EventFile | None:
+        """The writer's event file, to write summary protos directly (many scalars as one event,
+        palette PNGs as they are); None for a duck-typed writer, which gets ``add_*`` calls."""
+        get = getattr(self.writer, "_get_file_writer", None)
+        return get() if get is not None else None
+
     def _flush(self) -> None:
         if self._pending is not None:
             step, values = self._pending
@@ -203,22 +238,15 @@ class TensorBoardSink(Sink):
     def _write_layout(self) -> None:
         stats = [s for s in self._classes if not s.startswith("log10_")]
         lay = layout(stats, self._classes, self._depth)
-        file_writer = getattr(self.writer, "_get_file_writer", None)
-        if file_writer is None:  # a duck-typed writer: the dict form (no collapsed category)
+        events = self._events()
+        if events is None:  # a duck-typed writer: the dict form (no collapsed category)
             self.writer.add_custom_scalars({k: v for k, v in lay.items() if v})
             return
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.compat.proto.tensor_pb2 import TensorProto
-        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
-        tensor = TensorProto(
-            dtype="DT_STRING",
-            string_val=[layout_proto(lay).SerializeToString()],
-            tensor_shape=TensorShapeProto(),
-        )
-        value = Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=meta)
-        file_writer().add_summary(Summary(value=[value]))
+        config = layout_proto(lay).SerializeToString()
+        value = _string_tensor("custom_scalars__config__", "custom_scalars", [config], ())
+        events.add_summary(Summary(value=[value]))
 
     def _classify(
         self,
@@ -246,8 +274,8 @@ class TensorBoardSink(Sink):
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         """Write many scalars as one event (10x faster than one ``add_scalar`` each)."""
-        file_writer = getattr(self.writer, "_get_file_writer", None)
-        if file_writer is None:  # a duck-typed writer
+        events = self._events()
+        if events is None:  # a duck-typed writer
             for tag, value in values.items():
                 self.writer.add_scalar(f"{PREFIX}/{tag}", float(value), step)
             return
@@ -259,7 +287,7 @@ class TensorBoardSink(Sink):
                 for tag, value in values.items()
             ]
         )
-        file_writer().add_summary(summary, step)
+        events.add_summary(summary, step)
 
     def write_frame(self, frame: Frame) -> None:
         """Scalars of one frame (within the tag budget), and the heatmaps every N frames."""
@@ -313,8 +341,8 @@ class TensorBoardSink(Sink):
     def _write_histograms(self, frame: Frame, names: TagNames) -> None:
         """``initwatch/act_hist/<block>`` and ``initwatch/out_grad_hist/<block>``: the bins
         counted on the device (:mod:`initwatch.histograms`), as TensorBoard histograms."""
-        file_writer = getattr(self.writer, "_get_file_writer", None)
-        if file_writer is None:  # a duck-typed writer: no histograms
+        events = self._events()
+        if events is None:  # a duck-typed writer: no histograms
             return
         from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
@@ -333,7 +361,7 @@ class TensorBoardSink(Sink):
                     tag = f"{PREFIX}/{stat}/{names(layer)}"
                     out.append(Summary.Value(tag=tag, histo=HistogramProto(**fields)))
         if out:
-            file_writer().add_summary(Summary(value=out), frame.step)
+            events.add_summary(Summary(value=out), frame.step)
 
     def _log10_tables(
         self, frame: Frame, params: dict[str, dict[str, float]], names: TagNames
@@ -463,9 +491,9 @@ class TensorBoardSink(Sink):
             marks.append((math.log10(th.grad_floor), "floor"))
         span = f"{decade(scale[0])} to {decade(scale[1])}" if scale else "the data's range"
         note = f"colour: log10, {span} for every run; grey: not measured"
-        file_writer = getattr(self.writer, "_get_file_writer", None)
+        events = self._events()
         try:
-            if file_writer is None:
+            if events is None:
                 raise ImportError  # a duck-typed writer gets the RGB array
             png, h, w = heatmap_png(values, rows, steps, title, scale=scale, marks=marks, note=note)
         except ImportError:  # no Pillow
@@ -475,7 +503,7 @@ class TensorBoardSink(Sink):
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         encoded = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=png)
-        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+        events.add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
     def write_alerts(self, alerts: Sequence[Alert], step: int, total: int) -> None:
         """``initwatch/alerts/count`` (new alerts so far) and the alerts as Markdown text: new
@@ -504,27 +532,15 @@ class TensorBoardSink(Sink):
 
     def _alert_data(self, alerts: Sequence[Alert], step: int) -> None:
         """The alerts as plain data (:data:`ALERT_DATA_TAG`), next to their Markdown."""
-        file_writer = getattr(self.writer, "_get_file_writer", None)
-        if file_writer is None:  # a duck-typed writer: the Markdown only
+        events = self._events()
+        if events is None:  # a duck-typed writer: the Markdown only
             return
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.compat.proto.tensor_pb2 import TensorProto
-        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
         records = [r.encode("utf-8") for r in alert_records(alerts)]
-        meta = SummaryMetadata(
-            plugin_data=SummaryMetadata.PluginData(
-                plugin_name=ALERT_DATA_PLUGIN,
-                content=json.dumps({"version": ALERT_DATA_VERSION}).encode(),
-            )
-        )
-        tensor = TensorProto(
-            dtype="DT_STRING",
-            string_val=records,
-            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(records))]),
-        )
-        value = Summary.Value(tag=ALERT_DATA_TAG, metadata=meta, tensor=tensor)
-        file_writer().add_summary(Summary(value=[value]), step)
+        content = json.dumps({"version": ALERT_DATA_VERSION}).encode()
+        value = _string_tensor(ALERT_DATA_TAG, ALERT_DATA_PLUGIN, records, (len(records),), content)
+        events.add_summary(Summary(value=[value]), step)
 
     def close(self, last: Frame | None, alerts: Sequence[Alert]) -> None:
         """Final heatmaps and the ``initwatch/summary`` text; flushes (idempotent)."""
