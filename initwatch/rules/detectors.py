@@ -216,10 +216,11 @@ def nonfinite(x: Inputs) -> list[Finding]:
     layers = f.layers
     ix = f.index()
     # (comparisons with NaN are False and warn about nothing)
-    count = f.column("act_nonfinite")  # inf: present, not counted yet
-    hit = ~ix.is_param & ((count > 0) | (f.column("act_absmax") == math.inf))
+    act_count = f.column("act_nonfinite")  # inf: present, not counted yet
+    hit = ~ix.is_param & ((act_count > 0) | (f.column("act_absmax") == math.inf))
     acts = [
-        (layers[i], c if finite(c) else math.inf) for i, c in zip(*_picked(hit, count), strict=True)
+        (layers[i], c if finite(c) else math.inf)
+        for i, c in zip(*_picked(hit, act_count), strict=True)
     ]
     grads: list[tuple[LayerInfo, float]] = []
     gnorm = f.globals.get("grad_norm_global")
@@ -263,7 +264,7 @@ def nonfinite(x: Inputs) -> list[Finding]:
         parts.append(f"global grad norm {fmt(gnorm)}")
     if loss is not None:
         parts.append(f"loss {fmt(loss)}")
-    layers = [layer] + others
+    affected = [layer] + others
     return [
         Finding(
             K.NONFINITE.value,
@@ -272,7 +273,7 @@ def nonfinite(x: Inputs) -> list[Finding]:
             float(count) if finite(count) else math.inf,
             0.0,
             "; ".join(parts),
-            layers,
+            affected,
             {
                 "where": where,
                 "count": float(count) if finite(count) else math.inf,
@@ -432,8 +433,9 @@ def _layer_spike(
     hits = []
     for k, (name, v) in enumerate(unorms.items()):
         b = x.baseline(f"grad:{name}")
-        rose = finite(v) and b is not None and b > 0 and v > th.grad_spike_factor * b
-        if rose and v >= th.grad_spike_share * g:
+        if b is None or not (b > 0 and finite(v)):
+            continue
+        if v > th.grad_spike_factor * b and v >= th.grad_spike_share * g:
             hits.append((v / b, k, name, v, b))
     if not hits:
         return []

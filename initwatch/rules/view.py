@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from initwatch.frame import Frame, LayerInfo
 STREAM_KINDS = ("linear", "module", "act")
 
 
-def finite(x: float | None) -> bool:
-    """True for a real, finite number.
+def finite(x: float | None) -> TypeGuard[float]:
+    """True for a real, finite number (and then the type checker reads ``x`` as a float).
 
     Example::
 
