@@ -8,9 +8,10 @@ the history they read and extend belongs to the engine (so it is checkpointed wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -199,6 +200,32 @@ def _log_ratio(a: float, b: float) -> float:
     return math.log10(a / b)
 
 
+_Hit = TypeVar("_Hit", bound=tuple[Any, ...])  # a hit: (measured value, what it is of, ...)
+
+
+def _worst_first(hits: Iterable[_Hit], largest: bool = True) -> list[_Hit]:
+    """Hits ordered worst first: the largest value first (the smallest with ``largest=False``);
+    equal values keep the order given (the sort is stable), so the earlier layer wins.
+
+    Example::
+
+        >>> _worst_first([(2.0, "a"), (5.0, "b"), (5.0, "c")])
+        [(5.0, 'b'), (5.0, 'c'), (2.0, 'a')]
+    """
+    return sorted(hits, key=itemgetter(0), reverse=largest)
+
+
+def _more(names: list[str], what: str) -> str:
+    """The tail of a message naming every affected layer, when there is more than one.
+
+    Example::
+
+        >>> _more(["b1", "b2"], "layers above it"), _more(["b1"], "layers above it")
+        ('; 2 layers above it: b1, b2', '')
+    """
+    return f"; {len(names)} {what}: {name_list(names)}" if len(names) > 1 else ""
+
+
 # --------------------------------------------------------------------------- nonfinite
 def nonfinite(x: Inputs) -> list[Finding]:
     """Any NaN/Inf in activations, gradients (unless the step was skipped) or the loss.
@@ -313,7 +340,7 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
     for stack, us in param_units(f).items():
         norms = [(u, u.grad_norm(f, skip_blocks=x.grace)) for u in us]
         norms = [(u, g) for u, g in norms if finite(g)]
-        low = sorted(((g, u.name) for u, g in norms if g < th.grad_floor), key=lambda t: t[0])
+        low = _worst_first(((g, u.name) for u, g in norms if g < th.grad_floor), largest=False)
         if low:
             g, name = low[0]
             names = [n for _, n in low]
@@ -325,11 +352,7 @@ def vanishing_gradient(x: Inputs) -> list[Finding]:
                     g,
                     th.grad_floor,
                     f"gradient norm of {name} is {fmt(g)}, below the floor {fmt(th.grad_floor)}"
-                    + (
-                        f"; {len(names)} layers below it: {name_list(names)}"
-                        if len(names) > 1
-                        else ""
-                    ),
+                    + _more(names, "layers below it"),
                     names,
                     _grad_evidence(x, stack, {"grad_norm": g, "source": "floor"}),
                     _log_ratio(th.grad_floor, g),
@@ -354,8 +377,8 @@ def _depth_decay(x: Inputs, stack: str, items: list[tuple[str, float]], what: st
     if found is None or not found[0] < th.grad_depth_ratio:
         return []
     ratio, name, ref = found
-    low = sorted(
-        ((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio), key=lambda t: t[0]
+    low = _worst_first(
+        ((v / ref, n) for n, v in items if v / ref < th.grad_depth_ratio), largest=False
     )
     names = [n for _, n in low]
     value = dict(items)[name]
@@ -431,23 +454,21 @@ def _layer_spike(
     while carrying a real share of the global norm (the global norm may hide it)."""
     th = x.th
     hits = []
-    for k, (name, v) in enumerate(unorms.items()):
+    for name, v in unorms.items():
         b = x.baseline(f"grad:{name}")
         if b is None or not (b > 0 and finite(v)):
             continue
         if v > th.grad_spike_factor * b and v >= th.grad_spike_share * g:
-            hits.append((v / b, k, name, v, b))
+            hits.append((v / b, name, v, b))
     if not hits:
         return []
-    hits.sort(key=lambda t: (-t[0], t[1]))
-    r, _, name, v, b = hits[0]
-    names = [h[2] for h in hits]
+    ranked = _worst_first(hits)
+    r, name, v, b = ranked[0]
+    names = [h[1] for h in ranked]
     msg = (
         f"gradient norm of {name} is {fmt(v)}, {fmt(r)}x its median {fmt(b)}, and "
         f"{fmt(100 * v / g)}% of the global norm {fmt(g)}"
-    )
-    if len(names) > 1:
-        msg += f"; {len(names)} layers rose over {fmt(th.grad_spike_factor)}x: {name_list(names)}"
+    ) + _more(names, f"layers rose over {fmt(th.grad_spike_factor)}x")
     ev = {
         "grad_norm": g,
         "layer_grad_norm": v,
@@ -492,8 +513,7 @@ def _explosion(
         msg = f"global gradient norm {fmt(g)} is above the ceiling {fmt(th.grad_norm_ceiling)}"
     if where:
         msg += f"; {where}"
-    if len(names) > 1:
-        msg += f"; {len(names)} layers rose over {fmt(th.grad_spike_factor)}x: {name_list(names)}"
+    msg += _more(names, f"layers rose over {fmt(th.grad_spike_factor)}x")
     ev = {
         "grad_norm": g,
         "baseline": base,
@@ -531,17 +551,12 @@ def activations(x: Inputs) -> list[Finding]:
         out += _act_depth(x, s, items)
         out += _act_time(x, s, items)
     if x.fp16:
-        big = sorted(
-            (
-                (v, k, i.name)
-                for k, (i, v) in enumerate(f.series("act_absmax"))
-                if finite(v) and v > th.fp16_absmax
-            ),
-            key=lambda t: (-t[0], t[1]),
+        big = _worst_first(
+            (v, i.name) for i, v in f.series("act_absmax") if finite(v) and v > th.fp16_absmax
         )
         if big:
-            v, _, name = big[0]
-            names = [b[2] for b in big]
+            v, name = big[0]
+            names = [n for _, n in big]
             out.append(
                 Finding(
                     K.EXPLODING_ACTIVATION.value,
@@ -551,11 +566,7 @@ def activations(x: Inputs) -> list[Finding]:
                     th.fp16_absmax,
                     f"output abs-max of {name} is {fmt(v)} under fp16 (largest finite value "
                     f"{fmt(FP16_MAX)}, {fmt(v / FP16_MAX * 100)}% of it)"
-                    + (
-                        f"; {len(names)} layers above {fmt(th.fp16_absmax)}: {name_list(names)}"
-                        if len(names) > 1
-                        else ""
-                    ),
+                    + _more(names, f"layers above {fmt(th.fp16_absmax)}"),
                     names,
                     {"absmax": v, "source": "fp16", "precision": x.context.precision, "lr": x.lr},
                     _log_ratio(v, th.fp16_absmax),
@@ -573,8 +584,8 @@ def _act_depth(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> li
     position = {i.name: k for k, (i, _) in enumerate(items)}
     n = len(items)
     out = []
-    up = sorted(((r, nm) for r, nm in growth if r > th.act_depth_growth), key=lambda t: -t[0])
-    down = sorted(((r, nm) for r, nm in growth if r < th.act_depth_decay), key=lambda t: t[0])
+    up = _worst_first((r, nm) for r, nm in growth if r > th.act_depth_growth)
+    down = _worst_first(((r, nm) for r, nm in growth if r < th.act_depth_decay), largest=False)
     for kind, hits, thr in (
         (K.EXPLODING_ACTIVATION, up, th.act_depth_growth),
         (K.VANISHING_ACTIVATION, down, th.act_depth_decay),
@@ -631,22 +642,16 @@ def _act_time(x: Inputs, s: Stream, items: list[tuple[LayerInfo, float]]) -> lis
             down.append((r, info.name, v, base))
     out = []
     for kind, hits, thr in (
-        (K.EXPLODING_ACTIVATION, sorted(up, key=lambda t: -t[0]), th.act_time_factor),
-        (K.VANISHING_ACTIVATION, sorted(down, key=lambda t: t[0]), 1.0 / th.act_time_factor),
+        (K.EXPLODING_ACTIVATION, _worst_first(up), th.act_time_factor),
+        (K.VANISHING_ACTIVATION, _worst_first(down, largest=False), 1.0 / th.act_time_factor),
     ):
         if not hits:
             continue
         r, name, v, base = hits[0]
         names = [h[1] for h in hits]
         verb = "grew" if kind is K.EXPLODING_ACTIVATION else "fell"
-        msg = (
-            f"output RMS of {name} {verb} to {fmt(v)}, {fmt(r)}x its recent median {fmt(base)}"
-            + (
-                f"; {len(names)} layers moved beyond {fmt(thr)}x: {name_list(names)}"
-                if len(names) > 1
-                else ""
-            )
-        )
+        msg = f"output RMS of {name} {verb} to {fmt(v)}, {fmt(r)}x its recent median {fmt(base)}"
+        msg += _more(names, f"layers moved beyond {fmt(thr)}x")
         ev = {
             "ratio": r,
             "value": v,
@@ -693,20 +698,16 @@ def saturation(x: Inputs) -> list[Finding]:
 
 def _fraction_rule(x: Inputs, stat: str, thr: float, kind: K, what: str) -> list[Finding]:
     series = x.frame.series(stat, kind="act")
-    hits = sorted(
-        ((v, k, i.name) for k, (i, v) in enumerate(series) if finite(v) and v > thr),
-        key=lambda t: (-t[0], t[1]),
-    )
+    hits = _worst_first((v, i.name) for i, v in series if finite(v) and v > thr)
     if not hits:
         return []
-    v, _, name = hits[0]
-    names = [h[2] for h in hits]
+    v, name = hits[0]
+    names = [n for _, n in hits]
     n_act = len([1 for _, val in series if finite(val)])
     msg = f"{fmt(v * 100)}% of the outputs of {name} are {what} (threshold {fmt(thr * 100)}%)"
-    if len(names) > 1:
-        msg += f"; {len(names)} of {n_act} activation layers above it: {name_list(names)}"
+    msg += _more(names, f"of {n_act} activation layers above it")
     ev = {"fraction": v, "n_affected": len(names), "n_layers": n_act, "lr": x.lr}
-    values = {h[2]: h[0] for h in hits}
+    values = {n: h for h, n in hits}
     score = _log_ratio(v, thr)
     return [Finding(kind.value, "model", name, v, thr, msg, names, ev, score, layer_values=values)]
 
@@ -783,8 +784,8 @@ def _ratio_findings(
 ) -> list[Finding]:
     th, lr = x.th, x.lr
     out = []
-    high = sorted(((r, u) for r, u in ratios if r > high_thr), key=lambda t: -t[0])
-    low = sorted(((r, u) for r, u in ratios if r < low_thr), key=lambda t: t[0])
+    high = _worst_first((r, u) for r, u in ratios if r > high_thr)
+    low = _worst_first(((r, u) for r, u in ratios if r < low_thr), largest=False)
     warming = x.context.in_warmup
     for kind, hits, thr in (
         (K.UPDATE_RATIO_HIGH, high, high_thr),
@@ -807,8 +808,7 @@ def _ratio_findings(
             f"update/weight ratio of {u.name} is {fmt(r)}, {fmt(r / th.update_ratio_target)}x "
             f"the healthy ~{fmt(th.update_ratio_target)} ({rel} {fmt(thr)}) at {at}"
         )
-        if len(names) > 1:
-            msg += f"; {len(names)} of {len(ratios)} layers {rel} it: {name_list(names)}"
+        msg += _more(names, f"of {len(ratios)} layers {rel} it")
         ev = {
             "ratio": r,
             "target": th.update_ratio_target,
@@ -904,14 +904,11 @@ def attention_collapse(x: Inputs) -> list[Finding]:
     th, f = x.th, x.frame
     thr = th.attn_onehot_frac
     onehot = f.stat("attn_onehot_frac")
-    hits = sorted(
-        ((v, k, n) for k, (n, v) in enumerate(onehot.items()) if finite(v) and v > thr),
-        key=lambda t: (-t[0], t[1]),
-    )
+    hits = _worst_first((v, n) for n, v in onehot.items() if finite(v) and v > thr)
     if not hits:
         return []
-    v, _, name = hits[0]
-    names = [h[2] for h in hits]
+    v, name = hits[0]
+    names = [n for _, n in hits]
     entropy = f.get("attn_entropy", name)
     logit = f.get("attn_logit_absmax", name)
     msg = (
@@ -919,8 +916,7 @@ def attention_collapse(x: Inputs) -> list[Finding]:
         f"0.99; threshold {fmt(100 * thr)}%); mean entropy {fmt(entropy)} of a uniform row's, "
         f"largest |q.k/sqrt(d)| {fmt(logit)}"
     )
-    if len(names) > 1:
-        msg += f"; {len(names)} of {len(onehot)} attention layers above it: {name_list(names)}"
+    msg += _more(names, f"of {len(onehot)} attention layers above it")
     ev = {
         "fraction": v,
         "entropy": entropy,
