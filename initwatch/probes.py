@@ -81,6 +81,20 @@ def first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
+def _norm32(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of ``x`` as a float32 0-d tensor, whatever ``x``'s dtype (float32 input skips
+    ``dtype=``, whose path is slower on CPU).
+
+    Example::
+
+        >>> _norm32(torch.tensor([3.0, 4.0], dtype=torch.bfloat16))
+        tensor(5.)
+    """
+    if x.dtype == torch.float32:
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dtype=torch.float32)
+
+
 def reduce_activation(
     x: torch.Tensor, band: tuple[float, float, bool] | None = None, zeros: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +118,7 @@ def reduce_activation(
     x = x.detach()
     numel = x.numel()
     total = x.sum(dtype=torch.float32)
-    if x.dtype == torch.float32:  # vector_norm's dtype= path is slower on CPU
-        sumsq = torch.linalg.vector_norm(x).square()
-    else:
-        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+    sumsq = _norm32(x).square()
     lo, hi = torch.aminmax(x)  # much faster than an inf-norm or abs().amax() on CPU
     absmax = torch.maximum(-lo, hi).to(torch.float32)
     n_zeros = numel - torch.count_nonzero(x).to(torch.float32) if zeros else torch.zeros_like(total)
@@ -142,11 +153,8 @@ def activation_partials(
         ...                                                  zeros=True)]
         [-1.0, 5.0, -4.0, 3.0, 2.0]
     """
-    if x.dtype == torch.float32:  # vector_norm's dtype= path is slower on CPU
-        total, norm = x.sum(), torch.linalg.vector_norm(x)
-    else:
-        total = x.sum(dtype=torch.float32)
-        norm = torch.linalg.vector_norm(x, dtype=torch.float32)
+    total = x.sum() if x.dtype == torch.float32 else x.sum(dtype=torch.float32)
+    norm = _norm32(x)
     lo, hi = torch.aminmax(x)
     out = [total, norm, lo, hi]
     if zeros:  # the non-zeros: sum |sign(x)| is ~10x faster than count_nonzero on CPU
@@ -168,7 +176,7 @@ def reduce_grad_signal(g: torch.Tensor) -> torch.Tensor:
         >>> reduce_grad_signal(torch.tensor([3.0, 4.0])).tolist()
         [25.0, 2.0]
     """
-    sumsq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square()
+    sumsq = _norm32(g.detach()).square()
     return torch.stack([sumsq, torch.full_like(sumsq, g.numel())])
 
 
@@ -311,10 +319,7 @@ class ActivationProbe:
                 self.buffer.accumulate(group, reduce_grad_signal(grad))
                 return None
             with torch.no_grad():
-                if grad.dtype == torch.float32:
-                    norm = torch.linalg.vector_norm(grad)
-                else:
-                    norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+                norm = _norm32(grad)
             if self._grad_plan is None:
                 self._grad_plan = self.buffer.plan(group, [("sumsq", "sumsq", 0)])
             self.buffer.stage(self._grad_plan, (norm,))
