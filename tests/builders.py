@@ -1,8 +1,10 @@
-"""Builders shared by the adapter tests: the quiet CPU settings, the tiny models, data and
-Trainers of both frameworks, and the Spy callbacks that record what the callback's Watch did."""
+"""Builders shared by the tests: the quiet CPU settings, the tiny models, data and Trainers of
+both frameworks, a plain training loop under a Watch, and the Spy callbacks that record what the
+callback's Watch did."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from transformers import (
+    GPT2Config,
     GPT2LMHeadModel,
     PrinterCallback,
     Trainer,
@@ -20,9 +23,22 @@ from transformers import (
 )
 
 from initwatch import zoo
+from initwatch.probes import ParamProbe
+from initwatch.selection import select_parameters
+from initwatch.stats import HostValues, StatBuffer
 
 # What every test Trainer runs with: CPU, no reporting, no checkpoints, no progress bar.
 QUIET_CPU = dict(report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+# What every test Lightning Trainer runs with: one CPU, no logger, checkpoints, bars or summary.
+QUIET_LIGHTNING = dict(
+    accelerator="cpu",
+    devices=1,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
 HIDDEN = 16  # width of the Lightning tests' encoder
 
 
@@ -35,6 +51,46 @@ def training_args(out: str | Path, **settings: Any) -> TrainingArguments:
         2
     """
     return TrainingArguments(**{"output_dir": str(out), **QUIET_CPU, **settings})
+
+
+def plain_loop(
+    watch: Any, opt: torch.optim.Optimizer, steps: int, loss: Callable[[int], torch.Tensor]
+) -> None:
+    """``steps`` steps of a plain loop under ``watch.step``: ``loss(step)`` (a scalar tensor)
+    backward, ``opt.step()``, then ``opt.zero_grad()``; the Watch stays open."""
+    for step in range(steps):
+        with watch.step(step, opt) as scope:
+            scope.loss = loss(step)
+            scope.loss.backward()
+            opt.step()
+        opt.zero_grad()
+
+
+def param_probe(model: nn.Module, **kw: Any) -> tuple[ParamProbe, StatBuffer]:
+    """A ``ParamProbe`` of every parameter of ``model`` (``kw``: its options) on an allocated
+    buffer of its own."""
+    buf = StatBuffer()
+    probe = ParamProbe(select_parameters(model), buf, **kw)
+    buf.allocate()
+    return probe, buf
+
+
+def probed_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    probe: ParamProbe,
+    buf: StatBuffer,
+    x: torch.Tensor,
+) -> tuple[list[torch.Tensor], HostValues]:
+    """One step on ``model(x).pow(2).mean()`` that ``probe`` reads: the gradients, a snapshot,
+    ``opt.step()``, the update. The parameters before the step and the buffer read back."""
+    model(x).pow(2).mean().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    probe.read_grads()
+    probe.snapshot()
+    opt.step()
+    probe.measure_update()
+    return before, buf.read()
 
 
 def scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -57,6 +113,24 @@ def gpt2() -> GPT2LMHeadModel:
     return zoo.build("gpt2", layers=2, hidden=32)
 
 
+def gpt2_without_dropout(layers: int = 2, d: int = 32, positions: int = 64) -> GPT2LMHeadModel:
+    """A GPT-2 of ``layers`` blocks of width ``d`` (4 heads, vocabulary 100) without dropout:
+    its forward passes are deterministic."""
+    cfg = GPT2Config(
+        n_layer=layers,
+        n_embd=d,
+        n_head=4,
+        vocab_size=100,
+        n_positions=positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
 def hf_dataset(n: int = 16) -> list[dict[str, torch.Tensor]]:
     """``n`` fixed random token sequences of length 8 (their own labels)."""
     g = torch.Generator().manual_seed(0)
@@ -64,16 +138,30 @@ def hf_dataset(n: int = 16) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": row, "labels": row} for row in ids]
 
 
-def hf_trainer(tmp_path: Path, model: nn.Module, callbacks: list[Any], **kw: Any) -> Trainer:
-    """A quiet CPU Trainer over :func:`hf_dataset`: 4 steps of batch 2, logging every 2nd,
-    writing under ``tmp_path / "out"``; ``kw`` overrides the arguments."""
+def hf_args(out: str | Path, **kw: Any) -> TrainingArguments:
+    """:func:`training_args` of the test Trainers: 4 steps of batch 2, logging every 2nd,
+    seed 0; ``kw`` overrides them."""
     args: dict[str, Any] = dict(max_steps=4, per_device_train_batch_size=2, logging_steps=2, seed=0)
     args.update(kw)
+    return training_args(out, **args)
+
+
+def hf_trainer(
+    tmp_path: Path,
+    model: nn.Module,
+    callbacks: list[Any],
+    data: Any = None,
+    optimizers: tuple[Any, Any] = (None, None),
+    **kw: Any,
+) -> Trainer:
+    """A quiet CPU Trainer of :func:`hf_args` over ``data`` (default :func:`hf_dataset`),
+    writing under ``tmp_path / "out"``; ``kw`` overrides the arguments."""
     trainer = Trainer(
         model=model,
-        args=training_args(tmp_path / "out", **args),
-        train_dataset=hf_dataset(),
+        args=hf_args(tmp_path / "out", **kw),
+        train_dataset=hf_dataset() if data is None else data,
         callbacks=callbacks,
+        optimizers=optimizers,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -115,19 +203,9 @@ def loader(n: int = 32, batch: int = 4) -> torch.utils.data.DataLoader:
 
 
 def lightning_trainer(tmp_path: Path, callbacks: list[Any], **kw: Any) -> L.Trainer:
-    """A quiet one-CPU Lightning Trainer of 4 steps, no logger, no checkpoints; ``kw``
-    overrides the arguments."""
-    args: dict[str, Any] = dict(
-        max_steps=4,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    """A :data:`QUIET_LIGHTNING` Trainer of 4 steps under ``tmp_path``; ``kw`` overrides the
+    arguments."""
+    args: dict[str, Any] = {**QUIET_LIGHTNING, "max_steps": 4, "default_root_dir": tmp_path}
     args.update(kw)
     return L.Trainer(callbacks=callbacks, **args)
 

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import transformers as tf
-from builders import training_args
+from builders import hf_trainer, lightning_trainer, plain_loop
 from transformers import Trainer
 
 import initwatch
@@ -38,18 +38,20 @@ def batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": r, "labels": (r[0] > 45).long()} for r in ids]
 
 
-def plain_run(model, lr: float, steps: int, data=None, optimizer=torch.optim.AdamW) -> Watch:  # noqa: ANN001
+def plain_run(
+    model, lr: float, steps: int, data=None, optimizer=torch.optim.AdamW, params=None
+) -> Watch:  # noqa: ANN001
+    """``steps`` steps of batch 8 over ``data`` (rows of tensors) in a plain loop; the optimizer
+    trains ``params`` (default: all of the model's)."""
     data = data or batches(8 * steps)
-    opt = optimizer(model.parameters(), lr=lr)
+    opt = optimizer(model.parameters() if params is None else params, lr=lr)
     watch = Watch(model, every=1, on_alert=lambda a: None)
-    for step in range(steps):
+
+    def loss(step: int) -> torch.Tensor:
         chunk = data[8 * step : 8 * step + 8]
-        kw = {k: torch.stack([d[k] for d in chunk]) for k in chunk[0]}
-        with watch.step(step, opt) as s:
-            s.loss = model(**kw).loss
-            s.loss.backward()
-            opt.step()
-            opt.zero_grad()
+        return model(**{k: torch.stack([d[k] for d in chunk]) for k in chunk[0]}).loss
+
+    plain_loop(watch, opt, steps, loss)
     watch.close()
     return watch
 
@@ -90,31 +92,24 @@ class Classifier(L.LightningModule):
 
 def _lightning(lr: float, tmp_path) -> InitWatch:  # noqa: ANN001
     cb = InitWatch(None, log_every_n_steps=1, on_alert=lambda a: None)
-    trainer = L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    )
     loader = torch.utils.data.DataLoader(batches(48), batch_size=8)
-    trainer.fit(Classifier(lr), loader)
+    lightning_trainer(tmp_path, [cb], max_steps=6).fit(Classifier(lr), loader)
     return cb
 
 
 def _hf(model, lr: float, tmp_path, callbacks, data=None, steps: int = 6) -> Trainer:  # noqa: ANN001
-    args = training_args(
-        str(tmp_path / "out"),
+    data = data if data is not None else batches(8 * steps)
+    return hf_trainer(
+        tmp_path,
+        model,
+        callbacks,
+        data,
         max_steps=steps,
         per_device_train_batch_size=8,
         learning_rate=lr,
         logging_steps=1,
+        seed=42,  # the Trainer's default, which these runs were measured with
     )
-    data = data if data is not None else batches(8 * steps)
-    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
 
 
 def test_lightning_saturated_pooler(tmp_path) -> None:  # noqa: ANN001
@@ -197,16 +192,8 @@ class Seq2Seq(L.LightningModule):
 def test_lightning_bart_rezero_is_not_alerted_for_its_closed_gate(tmp_path) -> None:  # noqa: ANN001
     # InitWatch applies ReZero itself at setup; without the grace: update_ratio_low at step 4
     cb = InitWatch("rezero", log_every_n_steps=1, on_alert=lambda a: None)
-    L.Trainer(
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    ).fit(Seq2Seq(), torch.utils.data.DataLoader(_seq2seq(64), batch_size=8))
+    data = torch.utils.data.DataLoader(_seq2seq(64), batch_size=8)
+    lightning_trainer(tmp_path, [cb], max_steps=8).fit(Seq2Seq(), data)
     assert cb.report is not None and cb.context.scheme == "rezero"
     assert not [a for a in cb.alerts if a.kind == "update_ratio_low"], cb.alerts
 
@@ -287,16 +274,8 @@ class LoraModule(L.LightningModule):
 
 def _lightning_lora(model, lr: float, tmp_path) -> InitWatch:  # noqa: ANN001
     cb = InitWatch(None, log_every_n_steps=1, on_alert=lambda a: None)
-    L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    ).fit(LoraModule(model, lr), torch.utils.data.DataLoader(lm_batches(48), batch_size=8))
+    data = torch.utils.data.DataLoader(lm_batches(48), batch_size=8)
+    lightning_trainer(tmp_path, [cb], max_steps=6).fit(LoraModule(model, lr), data)
     return cb
 
 
@@ -322,16 +301,7 @@ def test_a_scheme_on_a_peft_model_is_refused_not_half_applied(tmp_path, trained_
     with pytest.raises(SchemeNotApplicableError, match="PEFT-wrapped"):
         _hf(model, 2e-4, tmp_path, [InitWatchCallback("t-fixup", pretrained=False)])
     cb = InitWatch("rezero", pretrained=False)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[cb],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = lightning_trainer(tmp_path, [cb], max_steps=1)
     with pytest.raises(SchemeNotApplicableError, match="PEFT-wrapped"):
         trainer.fit(
             LoraModule(model, 2e-4), torch.utils.data.DataLoader(lm_batches(8), batch_size=8)
@@ -355,17 +325,7 @@ def test_healthy_fine_tunes_are_silent(lr: float, frozen: str, trained_state) ->
         tr.h[1].requires_grad_(True)
         tr.ln_f.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    data = lm_batches(64)
-    opt = torch.optim.AdamW(params, lr=lr)
-    watch = Watch(model, every=1, on_alert=lambda a: None)
-    for step in range(8):
-        chunk = data[8 * step : 8 * step + 8]
-        kw = {k: torch.stack([d[k] for d in chunk]) for k in chunk[0]}
-        with watch.step(step, opt) as s:
-            s.loss = model(**kw).loss
-            s.loss.backward()
-            opt.step()
-            opt.zero_grad()
+    watch = plain_run(model, lr, 8, lm_batches(64), params=params)
     assert watch.context.pretrained
     assert watch.alerts == [], [(a.kind, a.layer, a.message) for a in watch.alerts]
 

@@ -9,8 +9,8 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from builders import gpt2, hf_dataset, hf_trainer, training_args
 from builders import lightning_trainer as lit_trainer
-from builders import training_args
 from torch import nn
 
 import initwatch
@@ -349,13 +349,19 @@ def seqs() -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.randn(16, 5, 16), batch_size=4)
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_lightning_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
-    cb = InitWatch("rezero", log_every_n_steps=1, on_alert="ignore", rules=ALWAYS)
-    first = lit_trainer(tmp_path, [cb], max_steps=2)
+def saved_fit(tmp_path, cb, max_steps: int):
+    """A ``max_steps`` fit of a :class:`TinyEncoder` under ``cb``, saved: the checkpoint."""
+    first = lit_trainer(tmp_path, [cb], max_steps=max_steps)
     first.fit(TinyEncoder(), seqs())
     ckpt = tmp_path / "rezero.ckpt"
     first.save_checkpoint(ckpt)
+    return ckpt
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_lightning_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
+    cb = InitWatch("rezero", log_every_n_steps=1, on_alert="ignore", rules=ALWAYS)
+    ckpt = saved_fit(tmp_path, cb, max_steps=2)
     before = [(a.kind, a.step) for a in cb.alerts]
     assert before
 
@@ -373,10 +379,7 @@ def test_lightning_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
 @pytest.mark.filterwarnings("ignore")
 def test_lightning_resume_with_a_new_cadence_keeps_the_alert_history(tmp_path):
     cb = InitWatch("rezero", log_every_n_steps=1, on_alert="ignore", rules=ALWAYS)
-    first = lit_trainer(tmp_path, [cb], max_steps=2)
-    first.fit(TinyEncoder(), seqs())
-    ckpt = tmp_path / "rezero.ckpt"
-    first.save_checkpoint(ckpt)
+    ckpt = saved_fit(tmp_path, cb, max_steps=2)
     before = [(a.kind, a.step) for a in cb.alerts]
     assert before
     again = InitWatch("rezero", log_every_n_steps=3, on_alert="ignore", rules=ALWAYS)
@@ -386,27 +389,9 @@ def test_lightning_resume_with_a_new_cadence_keeps_the_alert_history(tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_hf_resume_without_the_scheme_names_it_and_the_fix(tmp_path):
-    from transformers import PrinterCallback, Trainer
-
     def make(cb, max_steps=2):
-        args = training_args(
-            str(tmp_path / "out"),
-            max_steps=max_steps,
-            per_device_train_batch_size=2,
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=2,
-        )
-        ids = torch.randint(0, 96, (8, 8), generator=torch.Generator().manual_seed(0))
-        rows = [{"input_ids": r, "labels": r} for r in ids]
-        trainer = Trainer(
-            model=zoo.build("gpt2", layers=2, hidden=32),
-            args=args,
-            train_dataset=rows,
-            callbacks=[cb],
-        )
-        trainer.remove_callback(PrinterCallback)
-        return trainer
+        kw = dict(max_steps=max_steps, logging_steps=1, save_strategy="steps", save_steps=2)
+        return hf_trainer(tmp_path, gpt2(), [cb], hf_dataset(8), **kw)
 
     make(InitWatchCallback("rezero")).train()
     ckpt = tmp_path / "out" / "checkpoint-2"
@@ -459,10 +444,7 @@ def test_two_lightning_callbacks_are_refused_before_anything_is_applied(tmp_path
 
 @pytest.mark.filterwarnings("ignore")
 def test_a_refused_lightning_resume_leaves_the_model_as_it_was(tmp_path):
-    first = lit_trainer(tmp_path, [InitWatch("rezero")], max_steps=1)
-    first.fit(TinyEncoder(), seqs())
-    ckpt = tmp_path / "rezero.ckpt"
-    first.save_checkpoint(ckpt)
+    ckpt = saved_fit(tmp_path, InitWatch("rezero"), max_steps=1)
     module = TinyEncoder()
     with pytest.raises(initwatch.InitWatchError, match="scheme 'rezero'"):
         lit_trainer(tmp_path, [InitWatch("deepnet")]).fit(module, seqs(), ckpt_path=ckpt)

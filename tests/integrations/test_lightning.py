@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import HIDDEN, Tiny, loader
+from builders import HIDDEN, QUIET_LIGHTNING, Tiny, loader
 from builders import LightningSpy as Spy
 from builders import lightning_trainer as trainer
 from builders import scalar_steps as scalars
@@ -277,15 +277,7 @@ def test_works_with_the_pytorch_lightning_package(tmp_path):
 
     cb = InitWatch("deepnet", log_every_n_steps=1)
     assert isinstance(cb, pl.Callback) and isinstance(cb, L.Callback)
-    t = pl.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    )
+    t = pl.Trainer(max_steps=2, default_root_dir=tmp_path, callbacks=[cb], **QUIET_LIGHTNING)
     t.fit(Old(), loader())
     assert cb.scheme_outcome is SchemeOutcome.APPLIED and t.global_step == 2
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import builders
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import QUIET_CPU, lightning_trainer, training_args
+from builders import QUIET_CPU, gpt2, hf_args, hf_dataset, lightning_trainer
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from initwatch import zoo
 from initwatch.integrations.lightning import InitWatch
@@ -30,32 +31,12 @@ def quiet(alert) -> None:
 
 
 # ---------------------------------------------------------------------------- Hugging Face
-def dataset(n: int = 32) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 96, (n, 8), generator=g)
-    return [{"input_ids": row, "labels": row} for row in ids]
-
-
-def hf_args(out, **kw) -> TrainingArguments:
-    args = dict(
-        max_steps=3,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        seed=0,
-    )
-    args.update(kw)
-    return training_args(out, **args)
-
-
-def hf_trainer(out, callbacks, model=None, **kw) -> Trainer:
-    trainer = Trainer(
-        model=model if model is not None else zoo.build("gpt2", layers=2, hidden=32),
-        args=hf_args(out, **kw),
-        train_dataset=dataset(),
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    return trainer
+def hf_trainer(tmp_path, callbacks, model=None, **kw) -> Trainer:
+    """:func:`builders.hf_trainer` over 32 sequences: 3 steps, logging every step, writing
+    under ``tmp_path / "out"``; a fresh :func:`gpt2` unless ``model`` is given."""
+    model = model if model is not None else gpt2()
+    kw = {"max_steps": 3, "logging_steps": 1, **kw}
+    return builders.hf_trainer(tmp_path, model, callbacks, hf_dataset(32), **kw)
 
 
 class LossSpy(TrainerCallback):
@@ -76,7 +57,7 @@ def test_hf_loss_under_gradient_accumulation_is_the_trainers_own(tmp_path):
     # forward loss is a quarter of the step's loss; the recorded loss is the logged one.
     cb = InitWatchCallback(on_alert=quiet)
     spy = LossSpy(cb)
-    t = hf_trainer(tmp_path / "out", [cb, spy], gradient_accumulation_steps=4)
+    t = hf_trainer(tmp_path, [cb, spy], gradient_accumulation_steps=4)
     t.train()
     assert [p[0] for p in spy.pairs] == [1, 2, 3]
     for step, logged, frame_step, recorded in spy.pairs:
@@ -128,9 +109,9 @@ def test_hf_each_train_starts_with_a_fresh_alert_history(tmp_path):
     raised = []
     cb = InitWatchCallback(on_alert=raised.append, rules=ALWAYS)
     t = Trainer(
-        model_init=lambda: zoo.build("gpt2", layers=2, hidden=32),
-        args=hf_args(tmp_path / "out", max_steps=2),
-        train_dataset=dataset(),
+        model_init=gpt2,
+        args=hf_args(tmp_path / "out", max_steps=2, logging_steps=1),
+        train_dataset=hf_dataset(32),
         callbacks=[cb],
     )
     t.remove_callback(PrinterCallback)
@@ -149,7 +130,7 @@ def test_hf_resume_from_a_checkpoint_in_another_folder_restores_the_alert_state(
     history = [a.to_dict() for a in cb.alerts]
     assert [(a["step"], a["repeat"]) for a in history] == [(1, 0)]
     moved = tmp_path / "elsewhere" / "ckpt"
-    shutil.copytree(tmp_path / "a" / "checkpoint-2", moved)
+    shutil.copytree(tmp_path / "a" / "out" / "checkpoint-2", moved)
     # the Trainer's own trainer_state.json carries it (ExportableState), no file of ours
     assert sorted(p.name for p in moved.iterdir() if "initwatch" in p.name) == []
     assert (
@@ -179,7 +160,7 @@ def test_hf_restore_callback_states_from_checkpoint_rebuilds_a_monitoring_callba
         max_steps=4,
         restore_callback_states_from_checkpoint=True,
     )
-    t2.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    t2.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
     (rebuilt,) = [c for c in t2.callback_handler.callbacks if isinstance(c, InitWatchCallback)]
     # the Trainer replaced the instance (keep this option off to keep yours), and the new one
     # monitors with the checkpoint's alert state

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import math
 
+import builders
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import lightning_trainer, training_args
+from builders import hf_dataset, lightning_trainer, plain_loop
 from torch import nn
-from transformers import (
-    PrinterCallback,
-    Trainer,
-    get_linear_schedule_with_warmup,
-)
+from transformers import Trainer, get_linear_schedule_with_warmup
 
 import initwatch
 from initwatch import zoo
@@ -86,13 +83,12 @@ def watch_run(model, steps: int = 3, lr: float = 1e-4) -> list:
     watch = initwatch.Watch(model, every=1, on_alert=quiet, pretrained=False)  # from scratch
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
-    for step in range(steps):
+
+    def loss(step: int) -> torch.Tensor:
         ids = torch.randint(0, 96, (2, 16), generator=g)
-        with watch.step(step, opt) as scope:
-            scope.loss = model(input_ids=ids, labels=ids).loss
-            scope.loss.backward()
-            opt.step()
-            opt.zero_grad()
+        return model(input_ids=ids, labels=ids).loss
+
+    plain_loop(watch, opt, steps, loss)
     watch.close()
     return watch.alerts
 
@@ -208,24 +204,9 @@ def test_lightning_per_epoch_scheduler_stepped_every_step_is_alerted(tmp_path):
 
 
 def hf_trainer(out, model, callbacks, optimizers=(None, None), **kw) -> Trainer:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 96, (32, 8), generator=g)
-    args = dict(
-        max_steps=12,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        seed=0,
-    )
-    args.update(kw)
-    t = Trainer(
-        model=model,
-        args=training_args(out, **args),
-        train_dataset=[{"input_ids": r, "labels": r} for r in ids],
-        callbacks=callbacks,
-        optimizers=optimizers,
-    )
-    t.remove_callback(PrinterCallback)
-    return t
+    """:func:`builders.hf_trainer` over 32 sequences: 12 steps, logging every step."""
+    kw = {"max_steps": 12, "logging_steps": 1, **kw}
+    return builders.hf_trainer(out, model, callbacks, hf_dataset(32), optimizers, **kw)
 
 
 def test_hf_schedule_sized_in_epochs_is_alerted_and_the_default_is_not(tmp_path):

@@ -11,7 +11,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from builders import training_args
+from builders import hf_dataset, hf_trainer, lightning_trainer, plain_loop
 from torch import nn
 from transformers import GPT2LMHeadModel, Trainer
 
@@ -182,12 +182,7 @@ def _adamw_run(model: nn.Module, lr: float, steps: int = 5, **watch_kw) -> Watch
     ids = torch.randint(3, 90, (4, 12), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the alerts' own warnings
-        for step in range(steps):
-            with watch.step(step, opt) as s:
-                s.loss = model(input_ids=ids, labels=ids).loss
-                s.loss.backward()
-                opt.step()
-                opt.zero_grad()
+        plain_loop(watch, opt, steps, lambda step: model(input_ids=ids, labels=ids).loss)
     watch.close()
     return watch
 
@@ -232,17 +227,8 @@ class Module(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
 
 
-def _pl_trainer(tmp_path, callbacks, **kw) -> L.Trainer:  # noqa: ANN001, ANN003
-    args = dict(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(callbacks=callbacks, **{**args, **kw})
+def _pl_trainer(tmp_path, callbacks) -> L.Trainer:  # noqa: ANN001
+    return lightning_trainer(tmp_path, callbacks, max_steps=2)
 
 
 def _ids() -> torch.utils.data.DataLoader:
@@ -279,15 +265,9 @@ def test_lightning_pretrained_argument(tmp_path) -> None:  # noqa: ANN001
 
 
 def _hf(tmp_path, model, callbacks) -> Trainer:  # noqa: ANN001
-    g = torch.Generator().manual_seed(0)
-    data = [{"input_ids": r, "labels": r} for r in torch.randint(0, 96, (8, 8), generator=g)]
-    args = training_args(
-        str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
+    return hf_trainer(
+        tmp_path, model, callbacks, hf_dataset(8), max_steps=2, logging_steps=1, seed=42
     )
-    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
 
 
 def test_hf_trainer_recognises_weights_loaded_with_load_state_dict(tmp_path, trained_state) -> None:  # noqa: ANN001

@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from builders import lightning_trainer
 from torch import nn
 
 import initwatch
@@ -85,14 +86,7 @@ def test_lightning_checkpoint_round_trip(scheme: str, tmp_path) -> None:  # noqa
     data = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(8, 4, 32)), batch_size=4
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = lightning_trainer(tmp_path, [], max_steps=2)
     trainer.fit(module, data)
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)

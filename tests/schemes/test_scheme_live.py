@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import lightning_trainer
 from torch import nn
 
 import initwatch
@@ -89,11 +90,7 @@ class Compiled(L.LightningModule):
 
 def _fit(module: L.LightningModule, callback: InitWatch, tmp_path, **kw) -> None:
     data = torch.utils.data.TensorDataset(torch.randn(8, 5, D), torch.randn(8))
-    trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        callbacks=[callback], log_every_n_steps=1, **kw,
-    )  # fmt: skip
+    trainer = lightning_trainer(tmp_path, [callback], max_steps=2, log_every_n_steps=1, **kw)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
 
 

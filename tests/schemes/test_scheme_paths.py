@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from builders import lightning_trainer
 from torch import nn
 
 import initwatch
@@ -328,10 +329,6 @@ def test_lightning_watches_a_model_it_cannot_read_by_module_path(tmp_path) -> No
 
     callback = InitWatch(scheme=None, logdir=str(tmp_path / "tb"), log_every_n_steps=1)
     data = torch.utils.data.TensorDataset(torch.randn(8, 16))
-    trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        callbacks=[callback],
-    )  # fmt: skip
+    trainer = lightning_trainer(tmp_path, [callback], max_steps=2)
     trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
     assert callback.state_dict()["watch"]["step"] == 1
