@@ -4,48 +4,23 @@ something (zeros on ReLU-family outputs, non-finite counts once flagged)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from builders import gpt2_without_dropout as gpt2
+from builders import param_probe, probed_step
+from paths import ROOT, load_script
 from torch import nn
 
-from initwatch.probes import EXACT_UPDATE_NUMEL, ParamProbe, reduce_activation
-from initwatch.selection import select_parameters
-from initwatch.stats import StatBuffer
+from initwatch.probes import EXACT_UPDATE_NUMEL, reduce_activation
 from initwatch.watch import Watch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _profile():
-    spec = importlib.util.spec_from_file_location("bench_profile", ROOT / "bench" / "_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def gpt2(layers: int = 2, d: int = 32):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        n_layer=layers,
-        n_embd=d,
-        n_head=4,
-        vocab_size=100,
-        n_positions=16,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(cfg)
+    return load_script(ROOT / "bench" / "_profile.py", "bench_profile")
 
 
 def _step(model, opt, x, watch=None, step=0):
@@ -64,7 +39,7 @@ def _step(model, opt, x, watch=None, step=0):
 def _logging_step_counts(layers: int):
     prof = _profile()
     torch.manual_seed(0)
-    model = gpt2(layers=layers)
+    model = gpt2(layers=layers, positions=16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 100, (2, 16))
     _step(model, opt, x)  # the optimizer's state exists before counting
@@ -196,16 +171,8 @@ def test_update_ratio_is_exact_up_to_the_size_limit_and_sampled_above(opt_cls):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(96, 160), nn.GELU(), nn.Linear(160, 128))  # 15k, 20k
     opt = opt_cls(model.parameters(), lr=0.01)
-    buf = StatBuffer()
-    probe = ParamProbe(select_parameters(model), buf, sample=256)
-    buf.allocate()
-    model(torch.randn(32, 96)).pow(2).mean().backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    probe.read_grads()
-    probe.snapshot()
-    opt.step()
-    probe.measure_update()
-    host = buf.read()
+    probe, buf = param_probe(model, sample=256)
+    before, host = probed_step(model, opt, probe, buf, torch.randn(32, 96))
     for i, (p, p0) in enumerate(zip(model.parameters(), before, strict=True)):
         exact = (p.detach() - p0).pow(2).sum().item()
         got = host.column(probe.group, "update_sumsq")[i]
@@ -253,7 +220,7 @@ def test_attention_probes_batched_at_the_flush_equal_the_per_sublayer_reduction(
     from initwatch.attention import attention_rows, derive_attention
 
     torch.manual_seed(0)
-    model = gpt2(layers=3, d=32)
+    model = gpt2(layers=3, d=32, positions=16)
     watch = Watch(model, every=1, rules=False)
     assert len(watch._attention) == 3
     seen = {i: [] for i in range(3)}

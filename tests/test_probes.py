@@ -8,20 +8,20 @@ import weakref
 
 import pytest
 import torch
+from builders import param_probe, probed_step
 from torch import nn
 
 from initwatch import probes as probes_mod
 from initwatch.probes import (
     ActivationProbe,
     Gate,
-    ParamProbe,
     ProbeSet,
     first_tensor,
     foreach_norm,
     reduce_activation,
     reduce_grad_signal,
 )
-from initwatch.selection import Target, saturation_band, select_layers, select_parameters
+from initwatch.selection import Target, saturation_band, select_layers
 from initwatch.stats import StatBuffer
 
 NAN, INF = float("nan"), float("inf")
@@ -195,10 +195,7 @@ def test_foreach_norm_matches_a_loop_and_falls_back_for_sparse():
 
 def _param_probe(model: nn.Module, sample: int = 1024, exact_numel: int = 0):
     """exact_numel=0: every tensor larger than the sample is sampled (the estimator tests)."""
-    buf = StatBuffer()
-    probe = ParamProbe(select_parameters(model), buf, sample=sample, exact_numel=exact_numel)
-    buf.allocate()
-    return probe, buf
+    return param_probe(model, sample=sample, exact_numel=exact_numel)
 
 
 def test_grad_and_weight_norms_and_non_finite_flags():
@@ -226,13 +223,7 @@ def _exact_and_estimate(opt_cls, lr, seed, sample):
     model = nn.Sequential(nn.Linear(96, 160), nn.GELU(), nn.Linear(160, 8))
     opt = opt_cls(model.parameters(), lr=lr)
     probe, buf = _param_probe(model, sample=sample)
-    model(torch.randn(32, 96)).pow(2).mean().backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    probe.read_grads()
-    probe.snapshot()
-    opt.step()
-    probe.measure_update()
-    host = buf.read()
+    before, host = probed_step(model, opt, probe, buf, torch.randn(32, 96))
     rows = []
     for i, (p, p0) in enumerate(zip(model.parameters(), before, strict=True)):
         delta = (p.detach() - p0).flatten().double()

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from builders import gpt2_without_dropout
 from torch import nn
 
 import initwatch
@@ -28,24 +29,6 @@ def mlp() -> nn.Module:
 def encoder(layers: int = 2) -> nn.Module:
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation=nn.GELU())
     return nn.TransformerEncoder(layer, num_layers=layers)
-
-
-def gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        vocab_size=100,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(cfg)
 
 
 def train(model, watch, steps, make_loss, opt=None, lr=0.01):
@@ -126,7 +109,7 @@ def test_encoder_names_and_values_equal_independent_computation():
 
 
 def test_gpt2_roles_context_globals_and_update_ratio():
-    model = gpt2()
+    model = gpt2_without_dropout()
     watch = Watch(model, every=1, rules=False)
     assert watch.context.family == "gpt2" and watch.context.layout == "pre"
     assert watch.context.depth == {"decoder": 2}

@@ -3,11 +3,8 @@ healthy twin silent, in both frameworks, and the table printed."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
-from paths import ROOT
+from paths import ROOT, load_script
 
 SCRIPT = ROOT / "bench" / "detection.py"
 
@@ -15,11 +12,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_detection", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "bench_detection")
 
 
 @pytest.mark.slow

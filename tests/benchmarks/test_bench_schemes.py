@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,18 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from paths import ROOT
+from paths import ROOT, load_script
 
 SCRIPT = ROOT / "bench" / "schemes.py"
 VARIANTS = ["vanilla", "deepnet", "t-fixup", "rezero", "xavier", "kaiming", "ds-init", "admin"]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_schemes", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "bench_schemes")
 
 
 def _run(*args: str, tmp_path: Path) -> tuple[str, dict]:

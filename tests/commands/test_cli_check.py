@@ -22,6 +22,19 @@ def check(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return out
 
 
+def header(out: str) -> list[str]:
+    """The words of the first table's header line (``block own init ...``)."""
+    return next(
+        line for line in out.splitlines() if line.startswith("block ") and "own init" in line
+    ).split()
+
+
+def config_file(path: Path, config) -> Path:  # noqa: ANN001
+    """``config`` (a transformers config) written to ``path`` as JSON."""
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
 def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -48,12 +61,9 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
     # one column per registered scheme that applies (the others are skipped with the reason)
     from initwatch.schemes.registry import SCHEMES
 
-    header = next(
-        line for line in out.splitlines() if line.startswith("block ") and "own init" in line
-    )
     tried = [s for s in SCHEMES if f"{s}: skipped" not in out]
     assert {"deepnet", "t-fixup", "rezero"} <= set(tried)
-    assert header.split() == ["block", "own", "init", *tried]
+    assert header(out) == ["block", "own", "init", *tried]
     assert re.search(r"^encoder\.23 +\S+ -> \S+", out, re.M)
     # The own init's collapse is flagged with a remedy that names a scheme...
     flagged = out.split("What would alert:")[1]
@@ -69,11 +79,8 @@ def test_deep_post_ln_own_init_alerts_and_a_scheme_is_recommended(
 def test_pre_ln_family_skips_deepnet_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
     out = check(["gpt2", "--layers", "3", "--hidden", "32", "--steps", "4"], capsys)
     assert "deepnet: skipped: Pre-LN: DeepNet needs Post-LN" in out  # the registry's reason
-    header = next(
-        line for line in out.splitlines() if line.startswith("block ") and "own init" in line
-    )
-    assert header.split()[:5] == ["block", "own", "init", "t-fixup", "rezero"]
-    assert "deepnet" not in header.split()
+    assert header(out)[:5] == ["block", "own", "init", "t-fixup", "rezero"]
+    assert "deepnet" not in header(out)
     assert "decoder.2" in out
     assert "Recommendation:" in out
 
@@ -91,8 +98,7 @@ def test_config_json_file_and_saved_directory(
         intermediate_size=64,
         max_position_embeddings=32,
     )
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config.to_dict()))
+    path = config_file(tmp_path / "config.json", config)
     out = check([str(path), "--steps", "3", "--schemes", "deepnet"], capsys)
     assert "bert config; random weights" in out
     assert "encoder.2" in out and "encoder.3" not in out
@@ -101,10 +107,7 @@ def test_config_json_file_and_saved_directory(
     config.save_pretrained(saved)
     out = check([str(saved), "--steps", "3", "--schemes", "none", "--layers", "2"], capsys)
     assert "encoder.1" in out and "encoder.2" not in out  # --layers overrides the config
-    header = next(
-        line for line in out.splitlines() if line.startswith("block ") and "own init" in line
-    )
-    assert header.split() == ["block", "own", "init"]
+    assert header(out) == ["block", "own", "init"]
 
 
 def test_hidden_override_keeps_the_config_consistent(
@@ -120,8 +123,7 @@ def test_hidden_override_keeps_the_config_consistent(
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    path = tmp_path / "llama.json"
-    path.write_text(json.dumps(cfg.to_dict()))
+    path = config_file(tmp_path / "llama.json", cfg)
     out = check([str(path), "--hidden", "32", "--steps", "2", "--schemes", "rezero"], capsys)
     assert "decoder.1" in out
 

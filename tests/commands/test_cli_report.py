@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import plain_loop
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import initwatch
 from initwatch.cli import main
 from initwatch.commands.report import depth_key, load, parse_alerts, verdict
+
+
+def report(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``initwatch report ARGV`` printed; it exited with 0."""
+    assert main(["report", *argv]) == 0
+    return capsys.readouterr().out
 
 
 def dead_relu_model() -> nn.Module:
@@ -29,12 +36,7 @@ def write_run(logdir: Path, steps: int, close: bool) -> initwatch.Watch:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     writer = SummaryWriter(str(logdir))
     watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
-    for step in range(steps):
-        with watch.step(step, opt) as scope:
-            scope.loss = model(torch.randn(16, 8)).pow(2).mean() + 1.0
-            scope.loss.backward()
-            opt.step()
-        opt.zero_grad()
+    plain_loop(watch, opt, steps, lambda step: model(torch.randn(16, 8)).pow(2).mean() + 1.0)
     if close:
         watch.close()
         writer.close()
@@ -44,11 +46,20 @@ def write_run(logdir: Path, steps: int, close: bool) -> initwatch.Watch:
     return watch
 
 
+def write_healthy_run(logdir: Path) -> None:
+    """4 steps of a GELU MLP at a small lr, closed: no alert."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with SummaryWriter(str(logdir)) as writer:
+        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
+        plain_loop(watch, opt, 4, lambda step: model(torch.randn(16, 8)).pow(2).mean())
+        watch.close()
+
+
 def test_a_run_still_being_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     watch = write_run(tmp_path / "live", steps=6, close=False)
     assert any(a.kind == "dead_units" for a in watch.alerts)
-    assert main(["report", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = report([str(tmp_path)], capsys)
     assert "run live: steps 0-" in out and "still being written" in out
     assert "dead_units at 1" in out  # the ReLU at module path "1"
     assert "remedy: " in out and "LeakyReLU" in out
@@ -64,12 +75,10 @@ def test_a_truncated_event_file_is_read_up_to_its_last_whole_record(
     cut.mkdir()
     data = events.read_bytes()
     (cut / events.name).write_bytes(data[: len(data) - 37])  # a record cut in the middle
-    assert main(["report", str(cut)]) == 0
-    out = capsys.readouterr().out
+    out = report([str(cut)], capsys)
     assert "run .: steps 0-" in out and "dead_units" in out
 
-    assert main(["report", str(tmp_path / "done")]) == 0
-    out = capsys.readouterr().out
+    out = report([str(tmp_path / "done")], capsys)
     assert "finished" in out
 
 
@@ -79,24 +88,13 @@ def test_one_event_file_and_the_heatmap_of_another_statistic(
     write_run(tmp_path / "run", steps=4, close=True)
     (events,) = (tmp_path / "run").glob("events.out.tfevents.*")
     png = tmp_path / "h.png"
-    assert main(["report", str(events), "--plot", str(png), "--stat", "act_rms", "--top", "1"]) == 0
-    out = capsys.readouterr().out
+    out = report([str(events), "--plot", str(png), "--stat", "act_rms", "--top", "1"], capsys)
     assert f"run {events.name}: steps 0-3" in out and png.read_bytes()[:4] == b"\x89PNG"
     assert re.search(r"smallest gradient norm +0 \(0\.00\)$", out, re.M), out  # --top 1
 
 
 def test_healthy_run_verdict(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with SummaryWriter(str(tmp_path)) as writer:
-        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
-        for step in range(4):
-            with watch.step(step, opt) as scope:
-                scope.loss = model(torch.randn(16, 8)).pow(2).mean()
-                scope.loss.backward()
-                opt.step()
-            opt.zero_grad()
-        watch.close()
+    write_healthy_run(tmp_path)
     (run,) = load(str(tmp_path))
     v = verdict(run)
     assert v.healthy and v.reason.startswith("no alerts") and "loss" in v.reason
@@ -127,8 +125,7 @@ def test_copied_run_directory_is_found_recursively(
 ) -> None:
     write_run(tmp_path / "a" / "b", steps=3, close=True)
     shutil.copytree(tmp_path / "a", tmp_path / "c")
-    assert main(["report", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = report([str(tmp_path)], capsys)
     assert "run a/b:" in out and "run c/b:" in out
 
 
@@ -146,8 +143,7 @@ def test_report_reads_the_alert_data_not_the_markdown(
         (a.step, a.kind, a.layer, a.repeat) for a in watch.alerts
     ]
     assert run.alerts[0].remedy == dead.remedy and run.alerts[0].value == dead.value
-    assert main(["report", str(tmp_path)]) == 0
-    assert "dead_units at 1" in capsys.readouterr().out
+    assert "dead_units at 1" in report([str(tmp_path)], capsys)
 
 
 # The alert Markdown initwatch wrote before it wrote alerts as data (a run of an older version).
@@ -173,8 +169,7 @@ def test_runs_of_older_versions_are_read_from_their_markdown(
         (20, "encoder.0", True, 10),
     ]
     assert run.alerts[0].value == 1e-05 and run.alerts[0].remedy == "use DeepNet"
-    assert main(["report", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = report([str(tmp_path)], capsys)
     assert "vanishing_gradient" in out and "verdict: UNHEALTHY" in out
 
 
@@ -182,20 +177,9 @@ def test_unhealthy_runs_and_the_summary_come_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ "a-healthy" sorts first on disk; the report leads with the summary, then "b-sick"."""
-    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with SummaryWriter(str(tmp_path / "a-healthy")) as writer:
-        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
-        for step in range(4):
-            with watch.step(step, opt) as scope:
-                scope.loss = model(torch.randn(16, 8)).pow(2).mean()
-                scope.loss.backward()
-                opt.step()
-            opt.zero_grad()
-        watch.close()
+    write_healthy_run(tmp_path / "a-healthy")
     write_run(tmp_path / "b-sick", steps=6, close=True)
-    assert main(["report", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = report([str(tmp_path)], capsys)
     lines = out.splitlines()
     assert lines[0] == "1 of 2 runs UNHEALTHY: b-sick"
     table_rows = [ln.split()[0] for ln in lines[2:6] if ln and not ln.startswith(("run ", "-"))]

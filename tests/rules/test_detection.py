@@ -175,6 +175,20 @@ def assert_silent(watch: Watch, caught) -> None:
     assert ours == [], [str(w.message) for w in ours]
 
 
+def train_silently(model, opt, batch, steps, **kw) -> tuple[Watch, list[float]]:
+    """:func:`train` with alerts as warnings; asserts that no alert and no initwatch warning
+    was raised (:func:`assert_silent`)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watch, losses = train(model, opt, batch, steps, on_alert="warn", **kw)
+    assert_silent(watch, caught)
+    return watch, losses
+
+
+# a language model's run: logging every 2nd step, the lr warmed up over 10 steps
+LM = dict(every=2, loss_fn=lm_loss, schedule=warmup(1e-3, 10))
+
+
 # ----------------------------------------------------------------------------- faults
 def test_deep_sigmoid_mlp_vanishing_gradient() -> None:
     model = mlp(nn.Sigmoid, n=10)
@@ -358,21 +372,9 @@ def test_deep_post_ln_transformer_without_warmup_vanishes() -> None:
 def test_healthy_pre_ln_transformer_with_adamw_and_warmup() -> None:
     model = TokenModel(6, norm_first=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        watch, losses = train(
-            model,
-            opt,
-            tokens(),
-            60,
-            every=2,
-            loss_fn=lm_loss,
-            schedule=warmup(1e-3, 10),
-            on_alert="warn",
-        )
+    watch, losses = train_silently(model, opt, tokens(), 60, **LM)
     assert losses[-1] < losses[0]
     assert watch.context.layout == "pre"
-    assert_silent(watch, caught)
 
 
 @pytest.mark.slow
@@ -382,32 +384,17 @@ def test_healthy_small_gpt2() -> None:
     config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=64)
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        watch, losses = train(
-            model,
-            opt,
-            tokens(vocab=100, seq=32),
-            60,
-            every=2,
-            loss_fn=lm_loss,
-            schedule=warmup(1e-3, 10),
-            on_alert="warn",
-        )
+    watch, losses = train_silently(model, opt, tokens(vocab=100, seq=32), 60, **LM)
     assert losses[-1] < losses[0]
     assert watch.context.family == "gpt2"
-    assert_silent(watch, caught)
 
 
 def test_healthy_normalized_relu_mlp() -> None:
     model = mlp(nn.ReLU, n=3, gain=math.sqrt(2), norm=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        watch, losses = train(model, opt, classification(), 60, on_alert="warn")
+    watch, losses = train_silently(model, opt, classification(), 60)
     assert losses[-1] < losses[0]
     assert "act_zero_frac" in watch.last_frame.values  # ~half the ReLU outputs are zero
-    assert_silent(watch, caught)
 
 
 def test_healthy_small_cnn() -> None:
@@ -432,11 +419,8 @@ def test_healthy_small_cnn() -> None:
         return x_all[i], y_all[i]
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        watch, losses = train(model, opt, batch, 60, every=2, on_alert="warn")
+    watch, losses = train_silently(model, opt, batch, 60, every=2)
     assert losses[-1] < losses[0]
-    assert_silent(watch, caught)
 
 
 def test_rezero_zero_block_gradients_at_start_are_silent() -> None:
@@ -445,23 +429,12 @@ def test_rezero_zero_block_gradients_at_start_are_silent() -> None:
     model = TokenModel(6, norm_first=False)
     initwatch.reinit(model, "rezero")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        watch, _ = train(
-            model,
-            opt,
-            tokens(),
-            30,
-            every=2,
-            loss_fn=lm_loss,
-            context=RunContext(scheme="rezero"),
-            on_alert="warn",
-        )
+    context = RunContext(scheme="rezero")
+    watch, _ = train_silently(model, opt, tokens(), 30, every=2, loss_fn=lm_loss, context=context)
     step0 = watch.frames[0]
     assert step0.step == 0
     # by construction (init-schemes.md §4.4): every block weight has exactly zero gradient
     assert step0.get("grad_norm", "enc.layers.0.linear1.weight") == 0.0
-    assert_silent(watch, caught)
 
 
 def test_fp16_loss_scaler_skipped_steps_are_not_alerts() -> None:

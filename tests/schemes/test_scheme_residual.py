@@ -35,6 +35,17 @@ def _set_scalars(model: nn.Module, prefix: str) -> None:
                 p.copy_(torch.rand(p.shape, generator=g) + 0.3)
 
 
+def _assert_matches_reference(model: nn.Module, x: torch.Tensor, reference) -> None:  # noqa: ANN001
+    """``model(x)`` and its gradients (input and every parameter) equal ``reference(model, x)``'s."""
+    out, ref = model(x), reference(model, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    params = [x, *model.parameters()]
+    got = torch.autograd.grad(out.sum(), params)
+    want = torch.autograd.grad(ref.sum(), params)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
 def test_reading_recognised_and_described_blocks() -> None:
     model = zoo.resnet((2, 2), bottleneck=True)
     a = residual.read(model, {})
@@ -77,13 +88,7 @@ def test_skipinit_is_the_shortcut_at_init_and_matches_the_reference(bottleneck: 
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     torch.testing.assert_close(model(x), _ref_skipinit(model, x), atol=1e-6, rtol=1e-6)
     _set_scalars(model, "skipinit_alpha")
-    out, ref = model(x), _ref_skipinit(model, x)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    params = [x, *model.parameters()]
-    got = torch.autograd.grad(out.sum(), params)
-    want = torch.autograd.grad(ref.sum(), params)
-    for g, e in zip(got, want, strict=True):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    _assert_matches_reference(model, x, _ref_skipinit)
 
 
 def test_skipinit_keeps_norms_on_request_and_starts_small_on_request() -> None:
@@ -152,13 +157,7 @@ def test_fixup_forward_matches_the_official_block(bottleneck: bool) -> None:
             p.add_(0.05 * torch.randn_like(p))
     _set_scalars(model, "fixup_")
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    out, ref = model(x), _ref_fixup(model, x)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    params = [x, *model.parameters()]
-    got = torch.autograd.grad(out.sum(), params)
-    want = torch.autograd.grad(ref.sum(), params)
-    for g, e in zip(got, want, strict=True):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    _assert_matches_reference(model, x, _ref_fixup)
 
 
 class ResMLP(nn.Module):

@@ -44,6 +44,28 @@ def load(logdir) -> EventAccumulator:
     return ea
 
 
+def write_run(model, logdir, steps, sink=None, grads=None, **watch_kw):
+    """:func:`run` for ``steps`` steps under a Watch (``every=1`` unless ``watch_kw`` says
+    otherwise) writing to ``logdir``, through ``sink(writer)`` when given; closed. The Watch
+    and the run as read back."""
+    writer = SummaryWriter(str(logdir))
+    watch = Watch(
+        model, writer=writer if sink is None else sink(writer), **{"every": 1, **watch_kw}
+    )
+    run(model, watch, steps, grads)
+    watch.close()
+    writer.close()
+    return watch, load(logdir)
+
+
+def nan_encoder() -> nn.Module:
+    """An :func:`encoder` with one NaN weight: a nonfinite alert at the first step."""
+    model = encoder()
+    with torch.no_grad():
+        model.layers[0].linear2.weight[0, 0] = float("nan")
+    return model
+
+
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("logged")
@@ -52,12 +74,9 @@ def logged(tmp_path_factory):
     outputs = []
     model.layers[1].register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
     grads: dict[str, torch.Tensor] = {}
-    writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=writer, every=2, rules=False, dense_start=0, max_interval=None)
-    run(model, watch, 5, grads)
-    watch.close()
-    writer.close()
-    return load(tmp_path), outputs, grads
+    cadence = dict(every=2, dense_start=0, max_interval=None)
+    _, ea = write_run(model, tmp_path, 5, grads=grads, rules=False, **cadence)
+    return ea, outputs, grads
 
 
 def test_scalars_have_the_documented_tags_and_the_right_values(logged):
@@ -94,13 +113,8 @@ def test_scalars_have_the_documented_tags_and_the_right_values(logged):
 
 def test_default_tag_budget_is_thirteen_per_gelu_block(tmp_path):
     layers = 4
-    model = encoder(layers)
-    writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=writer, every=1, rules=False)
-    run(model, watch, 1)
-    watch.close()
-    writer.close()
-    tags = load(tmp_path).Tags()["scalars"]
+    _, ea = write_run(encoder(layers), tmp_path, 1, rules=False)
+    tags = ea.Tags()["scalars"]
     run_wide = ("global/", "alerts/", "log10_depth_ratio/", "threshold/")
     per_layer = [t for t in tags if not t.startswith(tuple(f"initwatch/{p}" for p in run_wide))]
     log10 = [t for t in per_layer if t.startswith("initwatch/log10_")]
@@ -118,17 +132,13 @@ def test_default_tag_budget_is_thirteen_per_gelu_block(tmp_path):
 
 
 def test_detail_all_writes_every_statistic_and_parameter(tmp_path):
-    model = encoder()
-    writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=TensorBoardSink(writer, detail="all"), every=1, rules=False)
-    run(model, watch, 1)
-    watch.close()
-    writer.close()
-    tags = set(load(tmp_path).Tags()["scalars"])
+    sink = lambda writer: TensorBoardSink(writer, detail="all")  # noqa: E731
+    _, ea = write_run(encoder(), tmp_path, 1, sink=sink, rules=False)
+    tags = set(ea.Tags()["scalars"])
     assert "initwatch/grad_norm/layers.0.linear1.weight" in tags
     assert "initwatch/act_std/encoder.00.attn" in tags
-    with pytest.raises(ValueError, match="detail"):
-        TensorBoardSink(writer, detail="everything")
+    with pytest.raises(ValueError, match="detail"):  # checked before the writer is used
+        TensorBoardSink(object(), detail="everything")
 
 
 def _layout(ea) -> dict[str, dict[str, list[str]]]:
@@ -210,17 +220,9 @@ def test_heatmaps_and_summary_are_written(logged):
 
 
 def test_alerts_are_written_as_text_with_the_remedy(tmp_path):
-    model = encoder()
-    with torch.no_grad():
-        model.layers[0].linear2.weight[0, 0] = float("nan")
-    writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=writer, every=1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run(model, watch, 2)
-    watch.close()
-    writer.close()
-    ea = load(tmp_path)
+        warnings.simplefilter("ignore")  # the alert's own warning
+        watch, ea = write_run(nan_encoder(), tmp_path, 2)
     text = ea.Tensors("initwatch/alerts/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "nonfinite" in text and "**What to do:**" in text
     assert watch.alerts[0].remedy[:20] in text
@@ -407,15 +409,7 @@ def test_each_alert_is_also_written_as_plain_data(tmp_path):
     from initwatch.alerts import Alert
     from initwatch.sinks.tensorboard import ALERT_DATA_PLUGIN, ALERT_DATA_TAG
 
-    model = encoder()
-    with torch.no_grad():
-        model.layers[0].linear2.weight[0, 0] = float("nan")
-    writer = SummaryWriter(str(tmp_path))
-    watch = Watch(model, writer=writer, every=1, on_alert="ignore")
-    run(model, watch, 3)
-    watch.close()
-    writer.close()
-    ea = load(tmp_path)
+    watch, ea = write_run(nan_encoder(), tmp_path, 3, on_alert="ignore")
     events = ea.Tensors(ALERT_DATA_TAG)
     assert ea.SummaryMetadata(ALERT_DATA_TAG).plugin_data.plugin_name == ALERT_DATA_PLUGIN
     records = [(e.step, json.loads(raw)) for e in events for raw in e.tensor_proto.string_val]
