@@ -1,22 +1,44 @@
-"""Shared by the DDP scripts: what each rank records about the Watch and the weights."""
+"""Shared by the DDP scripts: their ``--out`` argument, the JSON each rank writes there, and
+what each rank records about the Watch and the weights."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 
-def weights_hash(model: nn.Module) -> str:
-    """A hash of every parameter and buffer (identical weights give identical hashes)."""
+def out_arg() -> str:
+    """The folder given as ``--out``, the one argument of every script here."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    return parser.parse_args().out
+
+
+def write_json(out: str, name: str, data: object) -> None:
+    """``data`` as ``out/<name>.json`` (``name``: e.g. ``rank0``), the folder made if missing."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(data, f)
+
+
+def state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names and values (identical weights give identical hashes)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_hash(model: nn.Module) -> str:
+    """The :func:`state_hash` of every parameter and buffer of ``model``."""
+    return state_hash(model.state_dict())
 
 
 class Recorder:
@@ -72,7 +94,6 @@ class Recorder:
         block.register_forward_hook(local)
 
     def dump(self, out: str, rank: int, **extra) -> None:
-        os.makedirs(out, exist_ok=True)
         data = {
             "hashes": self.hashes,
             "collectives": self.collectives,
@@ -81,5 +102,4 @@ class Recorder:
             "pid": os.getpid(),
             **extra,
         }
-        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-            json.dump(data, f)
+        write_json(out, f"rank{rank}", data)

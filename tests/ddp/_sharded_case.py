@@ -4,6 +4,7 @@ reference in tests/test_sharded.py: the same micro-batches, split between ranks 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,6 +50,51 @@ class Collectives(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def rank_rows(rank: int) -> slice:
+    """The rows of each global :func:`batch` that ``rank`` (of 2) trains on."""
+    half = BATCH // 2
+    return slice(rank * half, (rank + 1) * half)
+
+
+def frame_stats(frame, rename: Callable[[str], str] = str) -> dict:
+    """The frame's :data:`STATS` and ``act_rms``: ``{stat: {rename(layer): value}}``."""
+    return {
+        s: {rename(name): v for name, v in frame.values.get(s, {}).items()}
+        for s in (*STATS, "act_rms")
+    }
+
+
+class WatchCollectives:
+    """Wraps ``watch.before_optimizer_step`` and ``watch.end_step``: per step, the collectives
+    issued inside them (``counts``, every ``before_optimizer_step`` call of the step: DeepSpeed
+    makes two, the engine's and the hook's), the frame's :func:`frame_stats` (``frames``) and
+    its global gradient norm (``norms``)."""
+
+    def __init__(self, watch, rename: Callable[[str], str] = str) -> None:
+        self.counts: list[int] = []
+        self.frames: list[dict] = []
+        self.norms: list[float | None] = []
+        self._n = 0
+        before, end = watch.before_optimizer_step, watch.end_step
+
+        def counted_before(*a, **k):
+            with Collectives() as c:
+                before(*a, **k)
+            self._n += c.count
+
+        def counted_end(*a, **k):
+            with Collectives() as c:
+                out = end(*a, **k)
+            self.counts.append(self._n + c.count)
+            self._n = 0
+            frame = watch.last_frame
+            self.frames.append(frame_stats(frame, rename))
+            self.norms.append(frame.globals.get("grad_norm_global"))
+            return out
+
+        watch.before_optimizer_step, watch.end_step = counted_before, counted_end
+
+
 def optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=0.01)
 
@@ -64,21 +110,16 @@ def train(
     opt = model if engine else optimizer(model)
     if watch is None:
         watch = initwatch.Watch(watch_model, every=1, rules=False, update_sample=UPDATE_SAMPLE)
-    frames, counts = [], []
+    seen = WatchCollectives(watch)
     for step in range(STEPS):
         watch.begin_step(step)
         loss = model(batch(step)[rows]).pow(2).mean()
         model.backward(loss) if engine else loss.backward()
-        with Collectives() as c:
-            watch.before_optimizer_step(opt)
+        watch.before_optimizer_step(opt)
         if clip and not engine:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad()
-        with Collectives() as c2:
-            watch.end_step(loss=loss)
-        counts.append(c.count + c2.count)
-        f = watch.last_frame
-        frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
+        watch.end_step(loss=loss)
     watch.close()
-    return {"frames": frames, "collectives": counts}
+    return {"frames": seen.frames, "collectives": seen.counts}

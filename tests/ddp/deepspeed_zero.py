@@ -6,8 +6,6 @@ JIT-build fused_adam); the engine's CPU accelerator and gloo are picked automati
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import warnings
@@ -16,14 +14,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from _record import out_arg, state_hash, write_json  # noqa: E402
 from _sharded_case import (  # noqa: E402
     BATCH,
-    STATS,
     STEPS,
     UPDATE_SAMPLE,
     batch,
     build,
+    frame_stats,
     optimizer,
+    rank_rows,
     train,
 )
 
@@ -65,7 +65,7 @@ def with_step_block(stage: int, rows: slice) -> dict:
             eng.backward(scope.loss)
             eng.step()
         f = watch.last_frame
-        frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
+        frames.append(frame_stats(f))
         skipped.append(f.globals["skipped_step"])
         norms.append(f.globals.get("grad_norm_global"))
     out = {"frames": frames, "skipped": skipped, "grad_norm_global": norms}
@@ -98,7 +98,6 @@ def reinit(stage: int) -> dict:
     """A scheme on the full model before deepspeed.initialize, rank-dependent seeds: the
     engine broadcasts rank 0's draw; the full weights are gathered to compare."""
     import deepspeed
-    from _record import weights_hash
 
     from initwatch import zoo
 
@@ -109,10 +108,7 @@ def reinit(stage: int) -> dict:
     params = list(eng.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         state = {k: v.detach().clone() for k, v in eng.module.state_dict().items()}
-    holder = torch.nn.Module()
-    for i, (_k, v) in enumerate(sorted(state.items())):
-        holder.register_buffer(f"b{i}", v)
-    out = {"hash": weights_hash(holder), "keys": sorted(state)}
+    out = {"hash": state_hash(state), "keys": sorted(state)}
     try:
         initwatch.reinit(eng.module, "t-fixup", seed=5)
     except initwatch.ShardingError as exc:
@@ -121,15 +117,12 @@ def reinit(stage: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
-    half = BATCH // 2
-    rows = slice(rank * half, (rank + 1) * half)
+    rows = rank_rows(rank)
     results = {}
     for stage in (1, 2, 3):
         eng = engine(stage)
@@ -137,9 +130,7 @@ def main() -> None:
     results["zero3_step_block"] = with_step_block(3, rows)
     results["zero2_late"] = late_read(2, rows)
     results["zero3_reinit"] = reinit(3)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
+    write_json(out, f"rank{rank}", results)
     dist.destroy_process_group()
 
 

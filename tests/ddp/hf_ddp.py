@@ -3,18 +3,18 @@ launched by tests/integrations/test_ddp.py. Each rank writes ``rank<N>.json`` in
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # tests/ddp/ and tests/ (the builders)
 
 import torch  # noqa: E402
-from _record import Recorder, weights_hash  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from _record import Recorder, out_arg, weights_hash  # noqa: E402
+from builders import gpt2, hf_args, hf_dataset  # noqa: E402
+from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from initwatch import zoo  # noqa: E402
 from initwatch.integrations.transformers import InitWatchCallback  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -46,27 +46,12 @@ class Probe(TrainerCallback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     rank = int(os.environ["RANK"])
     torch.manual_seed(10 + rank)  # rank-dependent model draw and re-init: DDP must equalize
-    model = zoo.build("gpt2", layers=2, hidden=32)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 96, (32, 8), generator=g)
-    data = [{"input_ids": row, "labels": row} for row in ids]
-    args = TrainingArguments(
-        output_dir=out,
-        max_steps=6,
-        per_device_train_batch_size=2,
-        logging_steps=2,
-        report_to="tensorboard",
-        save_strategy="no",
-        use_cpu=True,
-        ddp_backend="gloo",
-        disable_tqdm=True,
-        seed=0,
-    )
+    model = gpt2()
+    data = hf_dataset(32)
+    args = hf_args(out, max_steps=6, report_to="tensorboard", ddp_backend="gloo")
     # on_alert="stop" with an alert on rank 1 only: both ranks must stop at the same step
     # (one collective decides), or DDP would hang.
     rules = {"persistence": 1, "grad_norm_ceiling": 1e-9} if rank == 1 else None

@@ -4,20 +4,20 @@ torchrun, with InitWatchCallback; launched by tests/test_sharded.py. Rank r writ
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # tests/ddp/ and tests/ (the builders)
 
 import torch  # noqa: E402
-from _sharded_case import STATS, Collectives  # noqa: E402
+from _record import out_arg, write_json  # noqa: E402
+from _sharded_case import WatchCollectives  # noqa: E402
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from builders import gpt2, hf_args, hf_dataset  # noqa: E402
+from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from initwatch import zoo  # noqa: E402
 from initwatch.integrations.transformers import InitWatchCallback  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -39,29 +39,13 @@ class Grab(TrainerCallback):
     """After InitWatchCallback: the collectives inside the Watch's calls, frames, weights."""
 
     def __init__(self, cb: InitWatchCallback) -> None:
-        self.cb, self.frames, self.counts = cb, [], []
+        self.cb = cb
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from torch.distributed.tensor import DTensor
 
         self.sharded = all(isinstance(p, DTensor) for p in model.parameters())
-        watch = self.cb.watch
-        before, end = watch.before_optimizer_step, watch.end_step
-
-        def counted_before(*a, **k):
-            with Collectives() as c:
-                before(*a, **k)
-            self._n = c.count
-
-        def counted_end(*a, **k):
-            with Collectives() as c:
-                out = end(*a, **k)
-            self.counts.append(self._n + c.count)
-            f = watch.last_frame
-            self.frames.append({s: dict(f.values.get(s, {})) for s in (*STATS, "act_rms")})
-            return out
-
-        watch.before_optimizer_step, watch.end_step = counted_before, counted_end
+        self.seen = WatchCollectives(self.cb.watch)
 
 
 def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -76,22 +60,15 @@ def train(out: str, rank: int, fsdp: bool, batch: int = 2) -> dict:
     """``batch`` rows per rank; the single-process reference (tests/test_sharded.py) takes
     both ranks' rows (the Trainer's data order: step s gets the same 4 rows either way)."""
     torch.manual_seed(0)
-    model = no_dropout(zoo.build("gpt2", layers=2, hidden=32))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 96, (8, 8), generator=g)
-    data = [{"input_ids": row, "labels": row} for row in ids]
+    model = no_dropout(gpt2())
+    data = hf_dataset(8)
     sharding = {"fsdp": "full_shard", "fsdp_config": {"version": 2}} if fsdp else {}
-    args = TrainingArguments(
-        output_dir=out,
+    args = hf_args(
+        out,
         max_steps=2,
         per_device_train_batch_size=batch,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
         ddp_backend="gloo" if "RANK" in os.environ else None,
-        disable_tqdm=True,
-        seed=0,
         **sharding,
     )
     # a rank-dependent draw: under FSDP2 the callback broadcasts rank 0's before accelerate
@@ -100,17 +77,14 @@ def train(out: str, rank: int, fsdp: bool, batch: int = 2) -> dict:
     grab = Grab(cb)
     cls = CPUFSDPTrainer if fsdp else Trainer
     cls(model=model, args=args, train_dataset=data, callbacks=[cb, grab]).train()
-    return {"frames": grab.frames, "counts": grab.counts, "sharded": grab.sharded}
+    return {"frames": grab.seen.frames, "counts": grab.seen.counts, "sharded": grab.sharded}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     rank = int(os.environ["RANK"])
     results = {"ddp": train(out, rank, False), "fsdp2": train(out, rank, True)}
-    with open(os.path.join(out, f"hf{rank}.json"), "w") as f:
-        json.dump(results, f)
+    write_json(out, f"hf{rank}", results)
 
 
 if __name__ == "__main__":

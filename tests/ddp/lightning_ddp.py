@@ -6,42 +6,22 @@ inside pytest. Each rank writes ``rank<N>.json`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # tests/ddp/ and tests/ (the builders)
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from _record import Recorder, weights_hash  # noqa: E402
+from _record import Recorder, out_arg, weights_hash  # noqa: E402
+from builders import Tiny, lightning_trainer, loader  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from torch import nn  # noqa: E402
 
-from initwatch import zoo  # noqa: E402
 from initwatch.integrations.lightning import InitWatch  # noqa: E402
 
 warnings.filterwarnings("ignore")
-HIDDEN = 16
-
-
-class Tiny(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = zoo.build("torch_encoder", layers=2, hidden=HIDDEN, heads=2)
-        self.head = nn.Linear(HIDDEN, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 class Probe(Callback):
@@ -70,15 +50,9 @@ class Probe(Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     rank = int(os.environ.get("LOCAL_RANK", 0))  # set by Lightning for the process it launches
     torch.manual_seed(10 + rank)  # rank-dependent model draw and re-init: DDP must equalize
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(
-        torch.randn(32, 6, HIDDEN, generator=g), torch.randn(32, generator=g)
-    )
     # dense_start=0, max_interval=None: the fixed cadence, so non-logging steps exist
     cb = InitWatch(
         "rezero",
@@ -87,18 +61,15 @@ def main() -> None:
         dense_start=0,
         max_interval=None,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = lightning_trainer(
+        out,
+        [cb, Probe(cb, out)],
         devices=2,
         strategy="ddp",
         max_steps=5,
         logger=TensorBoardLogger(out, name="tb"),
-        callbacks=[cb, Probe(cb, out)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
-    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=4))
+    trainer.fit(Tiny(), loader(32, batch=4))
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@ Rank r writes ``lightning<r>.json`` into ``--out``."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # tests/ddp/ and tests/ (the builders)
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from _sharded_case import BATCH, STATS, STEPS, Collectives, batch, build  # noqa: E402
+from _record import out_arg, write_json  # noqa: E402
+from _sharded_case import STEPS, WatchCollectives, batch, build, rank_rows  # noqa: E402
+from builders import lightning_trainer  # noqa: E402
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy  # noqa: E402
 from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard  # noqa: E402
 
@@ -60,31 +61,10 @@ class Grab(L.Callback):
     """After InitWatch: counts collectives inside the Watch's calls and keeps each frame."""
 
     def __init__(self, cb: InitWatch) -> None:
-        self.cb, self.frames, self.counts = cb, [], []
+        self.cb = cb
 
     def on_train_start(self, trainer, pl_module):
-        watch = self.cb.watch
-        before, end = watch.before_optimizer_step, watch.end_step
-
-        def counted_before(*a, **k):
-            with Collectives() as c:
-                before(*a, **k)
-            self._n = c.count
-
-        def counted_end(*a, **k):
-            with Collectives() as c:
-                out = end(*a, **k)
-            self.counts.append(self._n + c.count)
-            f = watch.last_frame
-            self.frames.append(
-                {
-                    s: {k.removeprefix("net."): v for k, v in f.values.get(s, {}).items()}
-                    for s in (*STATS, "act_rms")
-                }
-            )
-            return out
-
-        watch.before_optimizer_step, watch.end_step = counted_before, counted_end
+        self.seen = WatchCollectives(self.cb.watch, rename=lambda name: name.removeprefix("net."))
 
 
 class GPT(L.LightningModule):
@@ -118,17 +98,12 @@ class Hash(L.Callback):
 def scheme_fit(rank: int) -> list[float]:
     """A scheme drawn with a rank-dependent seed: InitWatch broadcasts rank 0's draw."""
     cb, probe = InitWatch("t-fixup", scheme_options={"seed": 100 + rank}), Hash()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = lightning_trainer(
+        OUT,  # InitWatch's own run directory: not the working directory
+        [cb, probe],
         devices=2,
         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
         max_steps=1,
-        callbacks=[cb, probe],
-        logger=False,
-        default_root_dir=OUT,  # InitWatch's own run directory: not the working directory
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     data = torch.arange(32).reshape(4, 8) % 96
     trainer.fit(GPT(), torch.utils.data.DataLoader(data, batch_size=2))
@@ -136,32 +111,23 @@ def scheme_fit(rank: int) -> list[float]:
 
 
 def fit(strategy, shard: bool, rank: int) -> dict:
-    half = BATCH // 2
-    data = [batch(s)[rank * half : (rank + 1) * half] for s in range(STEPS)]
+    data = [batch(s)[rank_rows(rank)] for s in range(STEPS)]
     cb = InitWatch(log_every_n_steps=1, rules=False)
     grab = Grab(cb)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = lightning_trainer(
+        OUT,  # InitWatch's own run directory: not the working directory
+        [cb, grab],
         devices=2,
         strategy=strategy,
         max_steps=STEPS,
-        callbacks=[cb, grab],
-        logger=False,
-        default_root_dir=OUT,  # InitWatch's own run directory: not the working directory
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
-        num_sanity_val_steps=0,
     )
     trainer.fit(Net(shard), torch.utils.data.DataLoader(data, batch_size=None))
-    return {"frames": grab.frames, "collectives": grab.counts}
+    return {"frames": grab.seen.frames, "collectives": grab.seen.counts}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     global OUT
     OUT = out
     rank = int(os.environ["RANK"])
@@ -172,9 +138,7 @@ def main() -> None:
         "fsdp": fit(CPUFSDPStrategy(), False, rank),
         "scheme_sums": scheme_fit(rank),
     }
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"lightning{rank}.json"), "w") as f:
-        json.dump(results, f)
+    write_json(out, f"lightning{rank}", results)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,17 @@ in one process (tests/schemes/test_scheme_matrix.py)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-from pathlib import Path
+import sys
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from initwatch import reinit, zoo
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from _record import out_arg, write_json  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from initwatch import reinit, zoo  # noqa: E402
 
 SCHEMES = ("deepnet", "t-fixup", "rezero")
 
@@ -41,9 +42,7 @@ def grads(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, list[float]]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    out = Path(ap.parse_args().out)
+    out = out_arg()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     result = {}
@@ -53,7 +52,7 @@ def main() -> None:
         ddp = DistributedDataParallel(model)
         half = batch[2 * rank : 2 * rank + 2]
         result[scheme] = grads(ddp, half)
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    write_json(out, f"rank{rank}", result)
     dist.destroy_process_group()
 
 

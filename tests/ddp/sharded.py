@@ -3,8 +3,6 @@ one launch; launched by tests/test_sharded.py. Rank r writes ``rank<r>.json`` in
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import warnings
@@ -13,7 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from _sharded_case import BATCH, UPDATE_SAMPLE, build, train  # noqa: E402
+from _record import out_arg, state_hash, write_json  # noqa: E402
+from _sharded_case import UPDATE_SAMPLE, build, rank_rows, train  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import (  # noqa: E402
     FullyShardedDataParallel,
@@ -58,17 +57,13 @@ def ddp():
 
 def reinit_cases() -> dict:
     """Schemes applied to the full model before fully_shard, the same seed on every rank."""
-    from _record import weights_hash
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from initwatch import zoo
 
     def full_hash(model):
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-        holder = torch.nn.Module()
-        for i, (_k, v) in enumerate(sorted(full.items())):
-            holder.register_buffer(f"b{i}", v)
-        return weights_hash(holder), sorted(full)
+        return state_hash(full), sorted(full)
 
     out = {}
     for scheme in ("t-fixup", "rezero"):
@@ -91,13 +86,10 @@ def reinit_cases() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = parser.parse_args().out
+    out = out_arg()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    half = BATCH // 2
-    rows = slice(rank * half, (rank + 1) * half)
+    rows = rank_rows(rank)
     results = {}
     cases = [("fsdp2", fsdp2), ("hsdp", hsdp), ("fsdp1", fsdp1), ("fsdp1_no_shard", fsdp1_no_shard)]
     for name, make in [*cases, ("ddp", ddp)]:
@@ -111,9 +103,7 @@ def main() -> None:
             results[name]["replica_sumsq"] = float(w.to_local().pow(2).sum())
             results[name]["full_sumsq"] = float(w.full_tensor().pow(2).sum())
     results["reinit"] = reinit_cases()
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
+    write_json(out, f"rank{rank}", results)
     dist.destroy_process_group()
 
 
