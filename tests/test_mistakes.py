@@ -240,19 +240,22 @@ class DeadHF(nn.Module):
         return {"loss": self.net(x).pow(2).mean()}
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_raising_on_alert_stops_an_hf_train_with_hooks_removed(tmp_path):
+def dead_hf_trainer(tmp_path, model, cb, steps: int, optimizers=(None, None)):
+    """A Trainer of ``steps`` steps of batch 4 over random rows for a :class:`DeadHF`."""
     from transformers import Trainer
 
+    args = training_args(str(tmp_path), max_steps=steps, per_device_train_batch_size=4)
+    rows = [{"x": torch.randn(4)} for _ in range(4 * steps)]
+    return Trainer(
+        model=model, args=args, train_dataset=rows, callbacks=[cb], optimizers=optimizers
+    )
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_raising_on_alert_stops_an_hf_train_with_hooks_removed(tmp_path):
     model = DeadHF()
     cb = InitWatchCallback(logging_steps=1, on_alert=abort, rules={"persistence": 1})
-    args = training_args(
-        str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=4,
-    )
-    rows = [{"x": torch.randn(4)} for _ in range(16)]
-    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
+    trainer = dead_hf_trainer(tmp_path, model, cb, steps=4)
     with pytest.raises(RuntimeError, match="abort the run: dead_units"):
         trainer.train()
     assert trainer.state.global_step == 1
@@ -580,20 +583,10 @@ def test_lightning_reports_parameters_missing_from_the_optimizer(tmp_path):
 
 
 def test_hf_reports_parameters_missing_from_the_optimizer(tmp_path):
-    from transformers import Trainer
-
     model = DeadHF()
     opt = torch.optim.SGD(model.net[0].parameters(), lr=0.1)
-    args = training_args(
-        str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=4,
-    )
-    rows = [{"x": torch.randn(4)} for _ in range(8)]
     cb = InitWatchCallback(logging_steps=1, rules=False)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=rows, callbacks=[cb], optimizers=(opt, None)
-    )
+    trainer = dead_hf_trainer(tmp_path, model, cb, steps=2, optimizers=(opt, None))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         trainer.train()

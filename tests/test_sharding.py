@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -30,6 +32,17 @@ def test_reinit_refuses_meta_device_models():
         initwatch.reinit(model, "t-fixup")
 
 
+def watched_step(watch, model, opt) -> list[warnings.WarningMessage]:
+    """One step of ``model`` on a random batch under ``watch.step``: every warning raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch.step(0, opt) as scope:
+            scope.loss = model(torch.randn(3, 4)).pow(2).mean()
+            scope.loss.backward()
+            opt.step()
+    return caught
+
+
 @pytest.fixture
 def one_rank(tmp_path):
     import torch.distributed as dist
@@ -42,8 +55,6 @@ def one_rank(tmp_path):
 
 
 def test_unreadable_layouts_are_refused_never_misread(one_rank):
-    import warnings
-
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.tensor import DTensor, Partial
@@ -59,12 +70,7 @@ def test_unreadable_layouts_are_refused_never_misread(one_rank):
     watch = initwatch.Watch(inner, every=1, rules=False)
     model = FullyShardedDataParallel(inner, use_orig_params=False, device_id=torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with watch.step(0, opt) as scope:
-            scope.loss = model(torch.randn(3, 4)).pow(2).mean()
-            scope.loss.backward()
-            opt.step()
+    caught = watched_step(watch, model, opt)
     assert any("no longer the model" in str(w.message) for w in caught)
     assert "act_rms" in watch.last_frame.values  # the rest of the frame is kept
     assert "grad_norm" not in watch.last_frame.values
@@ -73,20 +79,13 @@ def test_unreadable_layouts_are_refused_never_misread(one_rank):
 
 
 def test_a_watch_created_before_fully_shard_reads_nothing_stale(one_rank):
-    import warnings
-
     from torch.distributed.fsdp import fully_shard
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     watch = initwatch.Watch(model, every=1, rules=False)
     fully_shard(model)  # replaces every parameter by a DTensor parameter
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with watch.step(0, opt) as scope:
-            scope.loss = model(torch.randn(3, 4)).pow(2).mean()
-            scope.loss.backward()
-            opt.step()
+    caught = watched_step(watch, model, opt)
     assert any("after fully_shard" in str(w.message) for w in caught)
     assert "weight_norm" not in watch.last_frame.values
     watch.close()
