@@ -241,17 +241,24 @@ def counts(model_name: str, tmp: str, skip: tuple[str, ...] = ()) -> dict[str, d
 # ---- timing -------------------------------------------------------------------------------
 
 
+def _rounds(runners: list[Runner], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per step of each runner, one sample per round: all are warmed up first
+    (allocator, first logging step, lazy imports), and each round starts with the next runner
+    so that none always runs first."""
+    for r in runners:
+        r.train(args.warmup)
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for k in range(args.rounds):
+        for r in runners[k % len(runners) :] + runners[: k % len(runners)]:
+            times[r.name].append(r.train(args.steps) / args.steps)
+    return times
+
+
 def timing(model_name: str, args: argparse.Namespace, tmp: str) -> dict[str, dict]:
     monitors = [m for m in MONITORS if m not in args.skip]
     runners = [Runner(model_name, "plain", 1, tmp)]
     runners += [Runner(model_name, m, e, tmp) for m in monitors for e in args.every]
-    for r in runners:  # warm-up: allocator, first logging step, lazy imports
-        r.train(args.warmup)
-    times: dict[str, list[float]] = {r.name: [] for r in runners}
-    for k in range(args.rounds):
-        order = runners[k % len(runners) :] + runners[: k % len(runners)]
-        for r in order:
-            times[r.name].append(r.train(args.steps) / args.steps)
+    times = _rounds(runners, args)
     for r in runners:
         r.close()
     plain = times["plain"]
@@ -398,13 +405,7 @@ def logging_step_extra(model_name: str, args: argparse.Namespace, tmp: str) -> d
     every1 = {m: Runner(model_name, m, 1, tmp) for m in MONITORS if m not in args.skip}
     never = Runner(model_name, "watch", 10**9, tmp)
     everyone = [plain, never, *every1.values()]
-    for r in everyone:
-        r.train(args.warmup)
-    samples: dict[str, list[float]] = {r.name: [] for r in everyone}
-    for k in range(args.rounds):
-        order = everyone[k % len(everyone) :] + everyone[: k % len(everyone)]
-        for r in order:
-            samples[r.name].append(r.train(args.steps) / args.steps)
+    samples = _rounds(everyone, args)
     # Noise on a shared machine only adds time, so the fastest round of each configuration is
     # its best estimate; the median of the paired differences is given too.
     base = samples["plain"]

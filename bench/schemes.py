@@ -71,21 +71,19 @@ VARIANTS = ARCHS["post"]
 
 
 @dataclass
-class Config:
-    depth: int = 24
-    width: int = 64
-    heads: int = 4
+class Config(TaskConfig):
+    """The model and task sizes (the shared demo task's, with this benchmark's defaults) and the
+    training settings of a replication."""
+
     ffn: int = 256
-    vocab: int = 16
-    length: int = 12
     batch: int = 64
+    task: str = "sort"
     steps: int = 300
     lr: float = 1e-3
     warmup: int = 0
     target: float = 0.5
     seed: int = 0
     seeds: int = 1
-    task: str = "sort"
     baseline: str = "redrawn"
     embedding: str = "untouched"
     threads: int = 2
@@ -104,20 +102,6 @@ class Result:
     note: str
     wall_s: float
     losses: list[float] = field(default_factory=list, repr=False)
-
-
-def task(cfg: Config) -> TaskConfig:
-    """The model and task sizes, in the shared demo task's terms."""
-    return TaskConfig(
-        depth=cfg.depth,
-        width=cfg.width,
-        heads=cfg.heads,
-        ffn=cfg.ffn,
-        vocab=cfg.vocab,
-        length=cfg.length,
-        batch=cfg.batch,
-        task=cfg.task,
-    )
 
 
 class PreLNModel(PostLNModel):
@@ -176,17 +160,17 @@ def build(cfg: Config, scheme: str, seed: int) -> nn.Module:
         return build_resnet(cfg, scheme, seed)
     if cfg.arch == "pre":
         torch.manual_seed(seed)
-        model = PreLNModel(task(cfg))
+        model = PreLNModel(cfg)
         for layer in model.encoder.layers:
             redraw_default(layer)
         if scheme != "vanilla":
             initwatch.reinit(model, scheme, seed=seed)
         return model
     if cfg.baseline == "redrawn":
-        model = build_model(task(cfg), seed)
+        model = build_model(cfg, seed)
     else:  # keep nn.TransformerEncoder's identical copies
         torch.manual_seed(seed)
-        model = PostLNModel(task(cfg))
+        model = PostLNModel(cfg)
     if scheme == "t-fixup" and cfg.embedding != "untouched":
         # initwatch recognises the nn.TransformerEncoder but not the embedding around it:
         # describe the model so T-Fixup also re-draws the token embedding.
@@ -220,7 +204,7 @@ def position_only_loss(cfg: Config, samples: int = 20000) -> float:
         p = torch.bincount(y, minlength=cfg.vocab).double() / y.numel()
         return float(-(p[p > 0] * p[p > 0].log()).sum())
     x = torch.randint(0, cfg.vocab, (samples, cfg.length), generator=gen)
-    y = targets(task(cfg), x)
+    y = targets(cfg, x)
     total = 0.0
     for i in range(cfg.length):
         p = torch.bincount(y[:, i], minlength=cfg.vocab).double() / samples
@@ -245,14 +229,13 @@ def train(cfg: Config, scheme: str, seed: int) -> Result:
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0
     )
     gen = torch.Generator().manual_seed(10_000 + seed)
-    shape = task(cfg)
     k = tail(cfg)
     losses: list[float] = []
     ratios: list[float] = []
     max_gn, note = 0.0, ""
     start = time.perf_counter()
     for step in range(cfg.steps):
-        x, y = image_batch(cfg, gen) if cfg.arch == "resnet" else make_batch(shape, gen)
+        x, y = image_batch(cfg, gen) if cfg.arch == "resnet" else make_batch(cfg, gen)
         loss = nn.functional.cross_entropy(model(x).reshape(-1, cfg.vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

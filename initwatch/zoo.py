@@ -11,32 +11,7 @@ from typing import Any
 
 from torch import nn
 
-FAMILIES = (
-    "bert",
-    "roberta",
-    "distilbert",
-    "electra",
-    "gpt2",
-    "gpt_neo",
-    "gpt_neox",
-    "opt",
-    "opt_post",
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma",
-    "phi",
-    "t5",
-    "bart",
-    "marian",
-    "vit",
-    "torch_encoder",
-    "torch_encoder_pre",
-    "torch_decoder",
-    "torch_decoder_pre",
-    "torch_transformer",
-    "torch_transformer_pre",
-)
+# FAMILIES (every family build() makes, in this order) is defined below the table of them.
 
 
 def build(
@@ -65,149 +40,107 @@ def build(
     ffn = 2 * hidden
     if family.startswith("torch_"):
         return _build_torch(family, layers, hidden, heads, ffn)
+    spec = _HF.get(family)
+    if spec is None:
+        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
     import transformers as tf
 
-    common: dict[str, Any] = dict(vocab_size=vocab)
-    kw: dict[str, Any]
-    cfg: Any
-    cfg_cls: Any
-    model_cls: Any
-    if family in ("bert", "roberta", "electra"):
-        cfg_cls, model_cls = {
-            "bert": (tf.BertConfig, tf.BertForMaskedLM),
-            "roberta": (tf.RobertaConfig, tf.RobertaForMaskedLM),
-            "electra": (tf.ElectraConfig, tf.ElectraForMaskedLM),
-        }[family]
-        kw = dict(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=ffn,
-            max_position_embeddings=128,
-        )
-        if family == "electra":
-            kw["embedding_size"] = hidden
-        return model_cls(cfg_cls(**common, **kw, **extra))
-    if family == "distilbert":
-        cfg = tf.DistilBertConfig(
-            **common, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn, **extra
-        )
-        return tf.DistilBertForMaskedLM(cfg)
-    if family == "gpt2":
-        cfg = tf.GPT2Config(
-            **common, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=128, **extra
-        )
-        return tf.GPT2LMHeadModel(cfg)
-    if family == "gpt_neo":
-        cfg = tf.GPTNeoConfig(
-            **common,
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            attention_types=[[["global"], layers]],
-            max_position_embeddings=128,
-            intermediate_size=ffn,
-            **extra,
-        )
-        return tf.GPTNeoForCausalLM(cfg)
-    if family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(
-            **common,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=ffn,
-            max_position_embeddings=128,
-            **extra,
-        )
-        return tf.GPTNeoXForCausalLM(cfg)
-    if family in ("opt", "opt_post"):
-        cfg = tf.OPTConfig(
-            **common,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            ffn_dim=ffn,
-            word_embed_proj_dim=hidden,
-            max_position_embeddings=128,
-            do_layer_norm_before=family == "opt",
-            **extra,
-        )
-        return tf.OPTForCausalLM(cfg)
+    sizes = {spec.hidden: hidden, spec.positions: 128, "vocab_size": vocab if spec.tokens else None}
+    sizes.update({k: layers for k in spec.layers})
+    sizes.update({k: heads for k in spec.heads})
+    sizes.update({k: ffn for k in spec.ffn})
+    kw = {k: v for k, v in sizes.items() if k and v is not None}
+    kw.update(_family_settings(family, hidden, layers, heads, vocab))
+    config = getattr(tf, spec.config)(**kw, **extra)
+    model: nn.Module = getattr(tf, spec.model)(config)
+    return model
+
+
+@dataclass(frozen=True)
+class _HFFamily:
+    """A Hugging Face family's config and model class, and its config's names for the sizes."""
+
+    config: str
+    model: str
+    hidden: str = "hidden_size"
+    layers: tuple[str, ...] = ("num_hidden_layers",)
+    heads: tuple[str, ...] = ("num_attention_heads",)
+    ffn: tuple[str, ...] = ("intermediate_size",)
+    positions: str = "max_position_embeddings"  # "": the config has no such size
+    tokens: bool = True  # a token model (vocab_size)
+
+
+def _seq2seq(config: str, model: str) -> _HFFamily:
+    """BART and Marian: the encoder's and the decoder's sizes."""
+    return _HFFamily(
+        config,
+        model,
+        "d_model",
+        ("encoder_layers", "decoder_layers"),
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+    )
+
+
+_HF = {
+    "bert": _HFFamily("BertConfig", "BertForMaskedLM"),
+    "roberta": _HFFamily("RobertaConfig", "RobertaForMaskedLM"),
+    "distilbert": _HFFamily(
+        "DistilBertConfig", "DistilBertForMaskedLM", "dim", ("n_layers",), ("n_heads",),
+        ("hidden_dim",), "",
+    ),
+    "electra": _HFFamily("ElectraConfig", "ElectraForMaskedLM"),
+    "gpt2": _HFFamily("GPT2Config", "GPT2LMHeadModel", "n_embd", ("n_layer",), ("n_head",), (),
+                      "n_positions"),
+    "gpt_neo": _HFFamily("GPTNeoConfig", "GPTNeoForCausalLM", layers=("num_layers",),
+                         heads=("num_heads",)),
+    "gpt_neox": _HFFamily("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+    "opt": _HFFamily("OPTConfig", "OPTForCausalLM", ffn=("ffn_dim",)),
+    "opt_post": _HFFamily("OPTConfig", "OPTForCausalLM", ffn=("ffn_dim",)),
+    "llama": _HFFamily("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": _HFFamily("MistralConfig", "MistralForCausalLM"),
+    "qwen2": _HFFamily("Qwen2Config", "Qwen2ForCausalLM"),
+    "gemma": _HFFamily("GemmaConfig", "GemmaForCausalLM"),
+    "phi": _HFFamily("PhiConfig", "PhiForCausalLM"),
+    "t5": _HFFamily("T5Config", "T5ForConditionalGeneration", "d_model",
+                    ("num_layers", "num_decoder_layers"), ("num_heads",), ("d_ff",), ""),
+    "bart": _seq2seq("BartConfig", "BartForConditionalGeneration"),
+    "marian": _seq2seq("MarianConfig", "MarianMTModel"),
+    "vit": _HFFamily("ViTConfig", "ViTForImageClassification", positions="", tokens=False),
+}  # fmt: skip
+_TORCH = (
+    "torch_encoder",
+    "torch_encoder_pre",
+    "torch_decoder",
+    "torch_decoder_pre",
+    "torch_transformer",
+    "torch_transformer_pre",
+)
+FAMILIES = (*_HF, *_TORCH)
+
+
+def _family_settings(
+    family: str, hidden: int, layers: int, heads: int, vocab: int
+) -> dict[str, Any]:
+    """The config settings one family needs beyond the sizes."""
+    if family == "electra":
+        return {"embedding_size": hidden}
     if family in ("llama", "mistral", "qwen2", "gemma"):
-        cfg_cls, model_cls = {
-            "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-            "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-            "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-            "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
-        }[family]
-        kw = dict(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
-            intermediate_size=ffn,
-            max_position_embeddings=128,
-        )
-        if family == "gemma":
-            kw["head_dim"] = hidden // heads
-        return model_cls(cfg_cls(**common, **kw, **extra))
-    if family == "phi":
-        cfg = tf.PhiConfig(
-            **common,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=ffn,
-            max_position_embeddings=128,
-            **extra,
-        )
-        return tf.PhiForCausalLM(cfg)
+        kv = {"num_key_value_heads": max(1, heads // 2)}
+        return {**kv, "head_dim": hidden // heads} if family == "gemma" else kv
+    if family == "gpt_neo":
+        return {"attention_types": [[["global"], layers]]}
+    if family in ("opt", "opt_post"):
+        return {"word_embed_proj_dim": hidden, "do_layer_norm_before": family == "opt"}
     if family == "t5":
-        cfg = tf.T5Config(
-            **common,
-            d_model=hidden,
-            d_kv=hidden // heads,
-            d_ff=ffn,
-            num_layers=layers,
-            num_decoder_layers=layers,
-            num_heads=heads,
-            **extra,
-        )
-        return tf.T5ForConditionalGeneration(cfg)
+        return {"d_kv": hidden // heads}
     if family in ("bart", "marian"):
-        cfg_cls, model_cls = {
-            "bart": (tf.BartConfig, tf.BartForConditionalGeneration),
-            "marian": (tf.MarianConfig, tf.MarianMTModel),
-        }[family]
-        cfg = cfg_cls(
-            **common,
-            d_model=hidden,
-            encoder_layers=layers,
-            decoder_layers=layers,
-            encoder_attention_heads=heads,
-            decoder_attention_heads=heads,
-            encoder_ffn_dim=ffn,
-            decoder_ffn_dim=ffn,
-            max_position_embeddings=128,
-            pad_token_id=1 if family == "bart" else vocab - 1,
-            decoder_start_token_id=2 if family == "bart" else vocab - 1,
-            **extra,
-        )
-        return model_cls(cfg)
+        bart = family == "bart"
+        return {"pad_token_id": 1 if bart else vocab - 1,
+                "decoder_start_token_id": 2 if bart else vocab - 1}  # fmt: skip
     if family == "vit":
-        cfg = tf.ViTConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=ffn,
-            image_size=16,
-            patch_size=8,
-            num_labels=3,
-            **extra,
-        )
-        return tf.ViTForImageClassification(cfg)
-    raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        return {"image_size": 16, "patch_size": 8, "num_labels": 3}
+    return {}
 
 
 def _build_torch(family: str, layers: int, hidden: int, heads: int, ffn: int) -> nn.Module:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import get_args
 
 import pytest
 
-from initwatch.alerts import Alert
+from initwatch import vocabulary
+from initwatch.alerts import Alert, Severity
 from initwatch.errors import AlertError
-from initwatch.policy import AlertPolicy, AlertWarning
+from initwatch.policy import VALID, AlertPolicy, AlertWarning, OnAlert
 
 
 def alert(kind="dead_units", layer="net.3", step=10, repeat=0, cause=None, severity="warning"):
@@ -176,3 +178,10 @@ def test_invalid_on_alert_lists_valid_values(bad) -> None:
     assert repr(bad) in text
     for valid in ("'warn'", "'stop'", "'raise'", "'ignore'", "callable"):
         assert valid in text
+
+
+def test_the_enums_spell_the_typed_vocabularies() -> None:
+    # The run-time enums and the Literal types mypy checks are both spelled out (neither can
+    # be derived from the other and stay checkable); this pins them to the same values.
+    assert tuple(m.value for m in OnAlert) == VALID == get_args(vocabulary.OnAlertAction)
+    assert tuple(m.value for m in Severity) == get_args(vocabulary.Severity)

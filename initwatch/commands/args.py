@@ -19,7 +19,9 @@ from initwatch.errors import suggest
 
 __all__ = [
     "UsageError",
+    "add_depth_flag",
     "add_progress_flags",
+    "add_threads_flag",
     "positive",
     "positive_float",
     "scheme_list",
@@ -143,4 +145,34 @@ def add_progress_flags(parser: argparse.ArgumentParser) -> None:
         dest="progress",
         action="store_false",
         help="no progress on stderr (default: a bar on a terminal, else a line per run)",
+    )
+
+
+def add_depth_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--depth N`` (or ``--layers N``): blocks per stack, a positive integer; None when not
+    given (the command's default applies), for ``demo`` and ``check``.
+
+    Example::
+
+        >>> p = argparse.ArgumentParser(); add_depth_flag(p, "blocks")
+        >>> p.parse_args(["--layers", "6"]).depth, p.parse_args([]).depth
+        (6, None)
+    """
+    parser.add_argument(
+        "--depth", "--layers", dest="depth", metavar="N", type=positive, default=None, help=help
+    )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, why: str) -> None:
+    """``--threads N``: torch threads, default 1 (``why``: why one is enough), for ``demo`` and
+    ``check``.
+
+    Example::
+
+        >>> p = argparse.ArgumentParser(); add_threads_flag(p, "small models")
+        >>> p.parse_args([]).threads, p.parse_args(["--threads", "4"]).threads
+        (1, 4)
+    """
+    parser.add_argument(
+        "--threads", type=positive, default=1, help=f"torch threads (default 1: {why})"
     )

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, TextIO
 from initwatch.commands._text import Progress, alert_lines, table, threads, wrap
 from initwatch.commands.args import (
     UsageError,
+    add_depth_flag,
     add_progress_flags,
+    add_threads_flag,
     positive,
     positive_float,
     scheme_list,
@@ -70,14 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a family name (bert, gpt2, llama, t5, ...), a Hugging Face config JSON file, or "
         "a save_pretrained directory (only config.json is read; weights are random)",
     )
-    parser.add_argument(
-        "--depth",
-        "--layers",
-        dest="depth",
-        metavar="N",
-        type=positive,
-        help="blocks per stack (family default 12; overrides a config)",
-    )
+    add_depth_flag(parser, "blocks per stack (family default 12; overrides a config)")
     parser.add_argument(
         "--hidden", type=positive, help="model width (family default 64; overrides a config)"
     )
@@ -122,12 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PARAMS,
         help=f"refuse larger models (default {DEFAULT_MAX_PARAMS:,}); shrink with --hidden",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive,
-        default=1,
-        help="torch threads (default 1: small models gain nothing from more)",
-    )
+    add_threads_flag(parser, "small models gain nothing from more")
     parser.add_argument("--plot", metavar="PNG", help="draw the depth profiles into this image")
     add_progress_flags(parser)
 

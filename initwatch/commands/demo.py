@@ -28,7 +28,9 @@ from initwatch.alerts import Alert
 from initwatch.commands._text import Progress, alert_lines, table, threads
 from initwatch.commands.args import (
     UsageError,
+    add_depth_flag,
     add_progress_flags,
+    add_threads_flag,
     positive,
     positive_float,
     scheme_list,
@@ -200,15 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=positive, default=None, help="optimizer steps per run (default 300)"
     )
-    parser.add_argument(
-        "--depth",
-        "--layers",
-        dest="depth",
-        metavar="N",
-        type=positive,
-        default=None,
-        help="Post-LN blocks (default 24)",
-    )
+    add_depth_flag(parser, "Post-LN blocks (default 24)")
     parser.add_argument(
         "--schemes",
         default=None,
@@ -234,12 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{FAST['steps']} steps per run instead of 300: enough for vanilla to fail and the "
         "schemes to reach the target (a third of the full demo's time); --steps still wins",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive,
-        default=1,
-        help="torch threads (default 1: the demo's matrices are too small to gain from more)",
-    )
+    add_threads_flag(parser, "the demo's matrices are too small to gain from more")
     add_progress_flags(parser)
 
 
