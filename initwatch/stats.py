@@ -387,11 +387,7 @@ class StatBuffer:
     def stage_host(self, group: Group, name: str, value: float, row: int = 0) -> None:
         """Fold a value known on the host (an element count, a presence flag) into a field at
         :meth:`flush`, by the field's declared reduction."""
-        off = group.offset(name) + int(row)
-        if name in group.sum_fields:
-            self._staged_counts[off] = self._staged_counts.get(off, 0.0) + float(value)
-        else:
-            self._staged_host_max[off] = max(self._staged_host_max.get(off, -math.inf), value)
+        self.stage_host_rows(group, name, (row,), value)
 
     def stage_counts(self, offsets: Sequence[int], value: float) -> None:
         """Add a host-known value (an element count) to SUM fields at ``offsets``
@@ -420,15 +416,14 @@ class StatBuffer:
             [1.0, 0.0, 1.0]
         """
         start = group.offset(name)
+        offsets = [start + int(r) for r in rows]
         value = float(value)
         if name in group.sum_fields:
-            counts = self._staged_counts
-            for r in rows:
-                counts[start + r] = counts.get(start + r, 0.0) + value
+            self.stage_counts(offsets, value)
         else:
             maxima = self._staged_host_max
-            for r in rows:
-                maxima[start + r] = max(maxima.get(start + r, -math.inf), value)
+            for off in offsets:
+                maxima[off] = max(maxima.get(off, -math.inf), value)
 
     def _host_tensors(
         self, offs: tuple[int, ...], vals: tuple[float, ...]
