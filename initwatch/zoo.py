@@ -490,22 +490,20 @@ def resize_config(config: Any, depth: int | None = None, hidden: int | None = No
         (2, 48, 192)
     """
     keys = config.to_dict()
-    if depth is not None:
-        found = [k for k in _DEPTH_KEYS if isinstance(keys.get(k), int)]
+
+    def fields_of(names: tuple[str, ...], arg: str, what: str) -> list[str]:
+        found = [k for k in names if isinstance(keys.get(k), int)]
         if not found:
             raise ValueError(
-                f"depth: this {config.model_type} config has no depth field "
-                f"({', '.join(_DEPTH_KEYS)})"
+                f"{arg}: this {config.model_type} config has no {what} field ({', '.join(names)})"
             )
-        for k in found:
+        return found
+
+    if depth is not None:
+        for k in fields_of(_DEPTH_KEYS, "depth", "depth"):
             setattr(config, k, depth)
     if hidden is not None:
-        found = [k for k in _WIDTH_KEYS if isinstance(keys.get(k), int)]
-        if not found:
-            raise ValueError(
-                f"hidden: this {config.model_type} config has no width field "
-                f"({', '.join(_WIDTH_KEYS)})"
-            )
+        found = fields_of(_WIDTH_KEYS, "hidden", "width")
         old = keys[found[0]]
         for k in _FFN_KEYS:
             if isinstance(keys.get(k), int):
