@@ -362,7 +362,7 @@ def _sharded_by(t: torch.Tensor) -> str | None:
         return "FSDP2 / DTensor"
     if getattr(t, "_fsdp_flattened", False):
         return "FSDP1"
-    if hasattr(t, "ds_id") and t.numel() != getattr(t, "ds_numel", t.numel()):
+    if zero.is_partitioned(t):
         return "DeepSpeed ZeRO-3 (re-draw inside deepspeed.zero.GatheredParameters)"
     return None
 

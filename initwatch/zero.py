@@ -86,6 +86,18 @@ def is_zero3(p: torch.Tensor) -> bool:
     return hasattr(p, "ds_id") and hasattr(p, "ds_tensor")
 
 
+def is_partitioned(p: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter whose full values are not here now (outside a
+    ``deepspeed.zero.GatheredParameters`` block, e.g. :func:`gathered`).
+
+    Example::
+
+        >>> is_partitioned(torch.nn.Parameter(torch.zeros(2)))
+        False
+    """
+    return is_zero3(p) and _partitioned(p)
+
+
 def is_zero12(p: torch.Tensor) -> bool:
     """A parameter of a ZeRO-1/2 optimizer (it set ``_hp_mapping``, None where this rank
     holds none of the parameter).
@@ -315,7 +327,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
         >>> with gathered(torch.nn.Linear(2, 2)):  # no ZeRO-3 parameter: a no-op
         ...     pass
     """
-    params = [p for p in model.parameters() if is_zero3(p) and _partitioned(p)]
+    params = [p for p in model.parameters() if is_partitioned(p)]
     if not params:
         yield
         return
