@@ -12,8 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import QUIET_CPU, gpt2, hf_args, hf_dataset, lightning_trainer
-from lightning.pytorch.callbacks import Callback
+from builders import QUIET_CPU, LightningSpy, gpt2, hf_args, hf_dataset, lightning_trainer
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
@@ -200,21 +199,9 @@ def pl_trainer(tmp_path, callbacks, **kw) -> L.Trainer:
     return lightning_trainer(tmp_path, callbacks, **{"max_steps": 3, "log_every_n_steps": 1, **kw})
 
 
-class FrameSpy(Callback):
-    """Runs after InitWatch: the frames of the fit."""
-
-    def __init__(self, cb: InitWatch) -> None:
-        self.cb, self.frames = cb, []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        frame = self.cb.watch.last_frame
-        if frame is not None and (not self.frames or self.frames[-1] is not frame):
-            self.frames.append(frame)
-
-
 def test_lightning_loss_under_accumulation_is_what_training_step_returned(tmp_path):
     cb = InitWatch(on_alert=quiet)
-    spy = FrameSpy(cb)
+    spy = LightningSpy(cb)  # its frames: each new frame of the fit
     module = Tiny()
     pl_trainer(tmp_path, [cb, spy], accumulate_grad_batches=4).fit(module, loader())
     assert [f.step for f in spy.frames] == [0, 1, 2]
