@@ -66,6 +66,22 @@ def plain_loop(
         opt.zero_grad()
 
 
+def manual_step(
+    watch: Any, opt: torch.optim.Optimizer, step: int, loss: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """One step through the Watch's explicit calls: ``begin_step(step)``, ``loss()`` backward,
+    ``before_optimizer_step(opt)``, ``opt.step()``, ``opt.zero_grad()``, ``end_step`` with the
+    loss; the loss."""
+    watch.begin_step(step)
+    value = loss()
+    value.backward()
+    watch.before_optimizer_step(opt)
+    opt.step()
+    opt.zero_grad()
+    watch.end_step(loss=value)
+    return value
+
+
 def param_probe(model: nn.Module, **kw: Any) -> tuple[ParamProbe, StatBuffer]:
     """A ``ParamProbe`` of every parameter of ``model`` (``kw``: its options) on an allocated
     buffer of its own."""

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from builders import manual_step
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -18,13 +19,7 @@ def encoder() -> nn.Module:
 
 
 def step(model, watch, opt, x, i):
-    watch.begin_step(i)
-    loss = model(x).pow(2).mean()
-    loss.backward()
-    watch.before_optimizer_step(opt)
-    opt.step()
-    opt.zero_grad()
-    watch.end_step(loss=loss)
+    manual_step(watch, opt, i, lambda: model(x).pow(2).mean())
 
 
 @pytest.mark.slow

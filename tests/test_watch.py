@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from builders import gpt2_without_dropout
+from builders import gpt2_without_dropout, manual_step
 from torch import nn
 
 import initwatch
@@ -34,13 +34,7 @@ def encoder(layers: int = 2) -> nn.Module:
 def train(model, watch, steps, make_loss, opt=None, lr=0.01):
     opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
     for step in range(steps):
-        watch.begin_step(step)
-        loss = make_loss(model)
-        loss.backward()
-        watch.before_optimizer_step(opt)
-        opt.step()
-        opt.zero_grad()
-        watch.end_step(loss=loss)
+        manual_step(watch, opt, step, lambda: make_loss(model))
     return opt
 
 
@@ -217,13 +211,8 @@ def test_one_host_copy_per_logging_step_and_none_on_other_steps(monkeypatch):
     per_step = []
     for step in range(7):
         before = dict(counts)
-        watch.begin_step(step)
-        loss = mlp_loss(model)
-        loss.backward()
-        watch.before_optimizer_step(opt)
-        opt.step()
-        opt.zero_grad()
-        watch.end_step(loss=loss)  # a tensor: it stays on the device until the one copy
+        # the loss, a tensor, stays on the device until the one copy
+        manual_step(watch, opt, step, lambda: mlp_loss(model))
         per_step.append({k: counts[k] - before[k] for k in counts})
     for step, c in enumerate(per_step):
         logging = step % 3 == 0

@@ -7,11 +7,13 @@ healthy run must raise nothing. The thresholds are the library defaults (no test
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 
 import pytest
 import torch
+from builders import manual_step
 from torch import nn
 
 from initwatch.alerts import Alert
@@ -122,19 +124,16 @@ def train(
 ):
     watch = Watch(model, every=every, on_alert=on_alert, context=context)
     losses = []
+
+    def loss(step: int) -> torch.Tensor:
+        x, y = batch(step)
+        return loss_fn(model(x), y)
+
     try:
         for step in range(steps):
             if schedule is not None:
                 schedule(step, opt, watch)
-            watch.begin_step(step)
-            x, y = batch(step)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            watch.before_optimizer_step(opt)
-            opt.step()
-            watch.end_step(loss=loss)
-            losses.append(loss.item())
+            losses.append(manual_step(watch, opt, step, functools.partial(loss, step)).item())
     finally:
         watch.close()
     return watch, losses

@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 
 import builders
-import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
-from builders import hf_dataset, lightning_trainer, plain_loop
+from builders import hf_dataset, lightning_trainer, loader, plain_loop
 from torch import nn
 from transformers import Trainer, get_linear_schedule_with_warmup
 
@@ -26,7 +24,6 @@ from initwatch.rules import Rules
 from initwatch.stats import StatBuffer
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-HIDDEN = 16
 
 
 def quiet(alert) -> None:
@@ -119,18 +116,14 @@ def test_hf_trainer_under_sdpa_sees_attention_collapse(tmp_path):
     assert "attention_collapse" in kinds(run(300.0))
 
 
-class Tiny(L.LightningModule):
-    """A Post-LN nn.TransformerEncoder (q and k inside nn.MultiheadAttention's in_proj)."""
+class Tiny(builders.Tiny):
+    """:class:`builders.Tiny` (q and k inside nn.MultiheadAttention's in_proj) with q and k
+    scaled by ``factor``, trained by AdamW, with ``scheduler`` stepped per step if given."""
 
     def __init__(self, factor: float = 1.0, scheduler=None) -> None:
         super().__init__()
-        self.net = scale_qk(zoo.build("torch_encoder", layers=2, hidden=HIDDEN, heads=2), factor)
-        self.head = nn.Linear(HIDDEN, 1)
+        scale_qk(self.net, factor)
         self.scheduler = scheduler
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.mse_loss(self.head(self.net(x)).squeeze(-1).mean(-1), y)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -142,17 +135,9 @@ class Tiny(L.LightningModule):
         }
 
 
-def loader(n: int = 64, batch: int = 4) -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(
-        torch.randn(n, 6, HIDDEN, generator=g), torch.randn(n, generator=g)
-    )
-    return torch.utils.data.DataLoader(data, batch_size=batch)
-
-
 def pl_fit(tmp_path, module, **kw) -> InitWatch:
     cb = InitWatch(on_alert=quiet, log_every_n_steps=1)
-    lightning_trainer(tmp_path, [cb], **{"max_steps": 3, **kw}).fit(module, loader())
+    lightning_trainer(tmp_path, [cb], **{"max_steps": 3, **kw}).fit(module, loader(64))
     return cb
 
 
