@@ -109,11 +109,24 @@ def probed_step(
     return before, buf.read()
 
 
+def events(logdir: str | Path) -> EventAccumulator:
+    """A TensorBoard run (a folder or one event file) read back, every event of every kind
+    kept (the accumulator's default keeps a sample of long runs)."""
+    kinds = ("scalars", "tensors", "images", "histograms")
+    acc = EventAccumulator(str(logdir), size_guidance=dict.fromkeys(kinds, 0))
+    acc.Reload()
+    return acc
+
+
 def scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of a TensorBoard run: ``{tag: [(step, value), ...]}``."""
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
+    acc = events(logdir)
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def initwatch_tags(logdir: str | Path) -> list[str]:
+    """The scalar tags initwatch wrote to a TensorBoard run."""
+    return [t for t in events(logdir).Tags()["scalars"] if t.startswith("initwatch/")]
 
 
 def scalar_steps(logdir: str | Path) -> dict[str, list[int]]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from builders import events
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -43,8 +43,7 @@ def test_tensorboard_block_update_ratio_equals_the_alerts_with_a_frozen_paramete
     frozen = f"layers.{alert.layer.rsplit('.', 1)[-1]}.self_attn.in_proj_weight"
     # the frozen tensor was measured (its weight counts in the block's weight norm) ...
     assert frozen in frame.values["weight_norm"] and frozen not in frame.values["update_ratio"]
-    ea = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
-    ea.Reload()
+    ea = events(tmp_path)
     tag = TagNames(frame.layers)(alert.layer)  # block indices zero-padded in tags
     (point,) = ea.Scalars(f"initwatch/update_ratio/{tag}")
     # ... and TensorBoard's value for the block is the alert's (float32 on disk)

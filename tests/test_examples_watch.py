@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from builders import events
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch.py"
 
@@ -21,7 +21,6 @@ def test_plain_pytorch_example_fast(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "done: 4 frames, last at step 3" in res.stdout  # 4 steps, all in the dense start
-    ea = EventAccumulator(str(logdir))
-    ea.Reload()
+    ea = events(logdir)
     assert "initwatch/act_rms/decoder.03" in ea.Tags()["scalars"]
     assert "initwatch/summary/text_summary" in ea.Tags()["tensors"]

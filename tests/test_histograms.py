@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from builders import events as load
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -67,12 +67,6 @@ def test_counts_of_low_precision_tensors_are_counted_in_float32():
     t = torch.tensor([1e-3, -2.0, 0.5], dtype=torch.bfloat16)
     assert histograms.counts(t).dtype == torch.float32
     assert histograms.counts(t).sum() == 3
-
-
-def load(logdir) -> EventAccumulator:
-    ea = EventAccumulator(str(logdir), size_guidance={"histograms": 0, "scalars": 0})
-    ea.Reload()
-    return ea
 
 
 def train(model, watch, steps, micro=1, outputs=None, grads=None):

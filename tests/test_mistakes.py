@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from builders import gpt2, hf_dataset, hf_trainer, training_args
+from builders import gpt2, hf_dataset, hf_trainer, scalar_steps, training_args
 from builders import lightning_trainer as lit_trainer
 from torch import nn
 
@@ -292,11 +292,7 @@ def test_internal_failures_warn_once_with_where_and_the_traceback(caplog):
 
 
 def event_steps(logdir, tag="initwatch/global/grad_norm_global") -> list[int]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return [e.step for e in acc.Scalars(tag)]
+    return scalar_steps(logdir)[tag]
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import initwatch_tags
 from paths import DDP
-from ranks import launch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from ranks import launch, torchrun
 
 HERE = DDP
 pytestmark = pytest.mark.slow
@@ -45,12 +45,6 @@ def writers(events: list[Path]) -> set[int]:
     return {int(e.name.split(".")[-2]) for e in events}
 
 
-def initwatch_tags(logdir: Path) -> list[str]:
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return [t for t in acc.Tags()["scalars"] if t.startswith("initwatch/")]
-
-
 def test_lightning_ddp_two_cpu_processes(tmp_path):
     ranks = launch(
         [sys.executable, str(HERE / "lightning_ddp.py"), "--out", str(tmp_path)], tmp_path
@@ -64,8 +58,7 @@ def test_lightning_ddp_two_cpu_processes(tmp_path):
 
 
 def test_hf_trainer_ddp_under_torchrun(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ranks = launch([*cmd, str(HERE / "hf_ddp.py"), "--out", str(tmp_path)], tmp_path)
+    ranks = torchrun("hf_ddp.py", tmp_path)
     assert ranks[0]["world_size"] == 2 and ranks[0]["is_world_process_zero"]
     assert not ranks[1]["is_world_process_zero"]
     check_ranks(ranks, "train_begin")

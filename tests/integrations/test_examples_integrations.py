@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from builders import initwatch_tags
 from paths import ROOT, load_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 EXAMPLES = ROOT / "examples"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
@@ -14,12 +12,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
 def load(name: str):
     return load_script(EXAMPLES / f"{name}.py", f"example_{name}")
-
-
-def initwatch_tags(logdir: Path) -> list[str]:
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return [t for t in acc.Tags()["scalars"] if t.startswith("initwatch/")]
 
 
 def test_lightning_deepnet(tmp_path, capsys):

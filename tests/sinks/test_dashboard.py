@@ -4,7 +4,7 @@ log10 lines, zero-padded tags (synthetic frames: no model, fast)."""
 from __future__ import annotations
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from builders import events as load
 from torch.utils.tensorboard import SummaryWriter
 
 from initwatch.context import RunContext
@@ -58,12 +58,6 @@ def test_depth_ratios_need_the_rules_minimum_of_layers():
     frame = vanishing_frame(depth=2)
     assert depth_ratios(frame, Thresholds()) == []
     assert depth_ratios(frame, Thresholds(min_layers=2)) != []
-
-
-def load(logdir) -> EventAccumulator:
-    ea = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
-    ea.Reload()
-    return ea
 
 
 def test_sink_writes_depth_ratios_in_log10_with_their_thresholds(tmp_path):

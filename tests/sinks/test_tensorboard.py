@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from builders import events as load
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -36,12 +36,6 @@ def run(model, watch, steps, grads_at_step0=None, outputs=None):
         opt.step()
         opt.zero_grad()
         watch.end_step(loss=loss)
-
-
-def load(logdir) -> EventAccumulator:
-    ea = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
-    ea.Reload()
-    return ea
 
 
 def write_run(model, logdir, steps, sink=None, grads=None, **watch_kw):
