@@ -28,12 +28,11 @@ from torch import nn
 import initwatch
 
 sys.path.insert(0, str(Path(__file__).parent / "ddp"))
-from _sharded_case import STATS, STEPS, build, train  # noqa: E402
-from ranks import launch  # noqa: E402
+from _sharded_case import STATS, STEPS, build, drawn_gpt2, train  # noqa: E402
+from ranks import torchrun  # noqa: E402
 from test_sharded import assert_frames as assert_sharded_frames  # noqa: E402
 from test_sharded import same  # noqa: E402
 
-HERE = Path(__file__).parent / "ddp"
 STAGES = ("zero1", "zero2", "zero3")
 
 
@@ -41,8 +40,7 @@ STAGES = ("zero1", "zero2", "zero3")
 def ranks(tmp_path_factory):
     pytest.importorskip("deepspeed")
     out = tmp_path_factory.mktemp("deepspeed")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return launch([*cmd, str(HERE / "deepspeed_zero.py"), "--out", str(out)], out)
+    return torchrun("deepspeed_zero.py", out)
 
 
 def reference(clip: float = 0.0) -> dict:
@@ -110,11 +108,7 @@ def test_zero3_reinit_before_initialize_is_rank0s_draw(ranks):
     # rank 0's draw (the single-process draw with seed 5); re-drawing ZeRO-3 shards is refused
     from _record import weights_hash
 
-    from initwatch import zoo
-
-    torch.manual_seed(0)
-    model = zoo.build("gpt2", layers=2, hidden=32)
-    initwatch.reinit(model, "t-fixup", seed=5)
+    model = drawn_gpt2("t-fixup", seed=5)
     r0, r1 = (r["zero3_reinit"] for r in ranks)
     assert r0["keys"] == r1["keys"] == sorted(model.state_dict())
     assert r0["hash"] == r1["hash"] == weights_hash(model)
@@ -125,8 +119,7 @@ def test_zero3_reinit_before_initialize_is_rank0s_draw(ranks):
 def hf(tmp_path_factory):
     pytest.importorskip("deepspeed")
     out = tmp_path_factory.mktemp("hf_deepspeed")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return launch([*cmd, str(HERE / "hf_deepspeed.py"), "--out", str(out)], out, "hf")
+    return torchrun("hf_deepspeed.py", out, "hf")
 
 
 @pytest.mark.slow

@@ -15,13 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "ddp"))
-from _sharded_case import STATS, build, train  # noqa: E402
-from ranks import launch  # noqa: E402
+from _sharded_case import STATS, build, drawn_gpt2, train  # noqa: E402
+from ranks import torchrun  # noqa: E402
 
-HERE = Path(__file__).parent / "ddp"
 pytestmark = pytest.mark.slow
 CASES = ("fsdp2", "hsdp", "fsdp1", "fsdp1_no_shard", "ddp")
 
@@ -29,8 +27,7 @@ CASES = ("fsdp2", "hsdp", "fsdp1", "fsdp1_no_shard", "ddp")
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return launch([*cmd, str(HERE / "sharded.py"), "--out", str(out)], out)
+    return torchrun("sharded.py", out)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +45,7 @@ def same(a: float, b: float, rel: float = 1e-5) -> bool:
 @pytest.fixture(scope="module")
 def lightning(tmp_path_factory):
     out = tmp_path_factory.mktemp("lightning_sharded")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launch([*cmd, str(HERE / "lightning_sharded.py"), "--out", str(out)], out, "lightning")
-    return [json.loads((out / f"lightning{r}.json").read_text()) for r in (0, 1)]
+    return torchrun("lightning_sharded.py", out, "lightning")
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +101,7 @@ def test_lightning_sharded_strategies_are_exact(lightning, reference_exact, case
 def test_lightning_scheme_is_broadcast_before_sharding(lightning):
     # InitWatch("t-fixup") drew with seed 100 + rank: the sharded model is rank 0's draw, not
     # a mix of both ranks' shards
-    import initwatch
-    from initwatch import zoo
-
-    torch.manual_seed(0)
-    model = zoo.build("gpt2", layers=2, hidden=32)
-    initwatch.reinit(model, "t-fixup", seed=100)
+    model = drawn_gpt2("t-fixup", seed=100)
     ref = [float(v.double().sum()) for _, v in sorted(model.state_dict().items())]
     r0, r1 = (r["scheme_sums"] for r in lightning)
     assert r0 == r1 == pytest.approx(ref, rel=1e-12)
@@ -120,8 +110,7 @@ def test_lightning_scheme_is_broadcast_before_sharding(lightning):
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_fsdp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return launch([*cmd, str(HERE / "hf_fsdp.py"), "--out", str(out)], out, "hf")
+    return torchrun("hf_fsdp.py", out, "hf")
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +152,7 @@ def test_hsdp_counts_each_replicated_element_once(ranks):
 def test_reinit_before_sharding_agrees_across_ranks_and_with_one_process(ranks, scheme):
     from _record import state_hash
 
-    import initwatch
-    from initwatch import zoo
-
-    torch.manual_seed(0)
-    model = zoo.build("gpt2", layers=2, hidden=32)
-    initwatch.reinit(model, scheme, seed=5)
-    state = model.state_dict()
+    state = drawn_gpt2(scheme, seed=5).state_dict()
     r0, r1 = (r["reinit"][scheme] for r in ranks)
     assert r0["keys"] == r1["keys"] == sorted(state)
     assert r0["hash"] == r1["hash"] == state_hash(state)  # the single-process draw

@@ -50,6 +50,17 @@ class Collectives(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def drawn_gpt2(scheme: str, seed: int) -> nn.Module:
+    """A 2-layer, 32-wide GPT-2 built under global seed 0, ``scheme`` drawn with ``seed``: the
+    ranks' scheme draws and the single-process draw they are compared with."""
+    from initwatch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("gpt2", layers=2, hidden=32)
+    initwatch.reinit(model, scheme, seed=seed)
+    return model
+
+
 def rank_rows(rank: int) -> slice:
     """The rows of each global :func:`batch` that ``rank`` (of 2) trains on."""
     half = BATCH // 2

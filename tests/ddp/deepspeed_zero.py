@@ -21,6 +21,7 @@ from _sharded_case import (  # noqa: E402
     UPDATE_SAMPLE,
     batch,
     build,
+    drawn_gpt2,
     frame_stats,
     optimizer,
     rank_rows,
@@ -99,11 +100,7 @@ def reinit(stage: int) -> dict:
     engine broadcasts rank 0's draw; the full weights are gathered to compare."""
     import deepspeed
 
-    from initwatch import zoo
-
-    torch.manual_seed(0)
-    model = zoo.build("gpt2", layers=2, hidden=32)
-    initwatch.reinit(model, "t-fixup", seed=5 + dist.get_rank())
+    model = drawn_gpt2("t-fixup", seed=5 + dist.get_rank())
     eng = engine(stage, model)
     params = list(eng.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from _record import out_arg, state_hash, write_json  # noqa: E402
-from _sharded_case import UPDATE_SAMPLE, build, rank_rows, train  # noqa: E402
+from _sharded_case import UPDATE_SAMPLE, build, drawn_gpt2, rank_rows, train  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import (  # noqa: E402
     FullyShardedDataParallel,
@@ -59,17 +59,13 @@ def reinit_cases() -> dict:
     """Schemes applied to the full model before fully_shard, the same seed on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from initwatch import zoo
-
     def full_hash(model):
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         return state_hash(full), sorted(full)
 
     out = {}
     for scheme in ("t-fixup", "rezero"):
-        torch.manual_seed(0)
-        model = zoo.build("gpt2", layers=2, hidden=32)
-        initwatch.reinit(model, scheme, seed=5)
+        model = drawn_gpt2(scheme, seed=5)
         for block in model.transformer.h:
             fully_shard(block)
         fully_shard(model)

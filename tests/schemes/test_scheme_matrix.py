@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from paths import DDP
-from ranks import launch
+from ranks import torchrun
 from torch import nn
 
 import initwatch
@@ -123,8 +123,7 @@ def test_ddp_gradients_equal_the_whole_batch_in_one_process(tmp_path: Path) -> N
     from schemes_ddp import SCHEMES as DDP_SCHEMES
     from schemes_ddp import case, grads
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ranks = launch([*cmd, str(HERE / "schemes_ddp.py"), "--out", str(tmp_path)], tmp_path)
+    ranks = torchrun("schemes_ddp.py", tmp_path)
     for scheme in DDP_SCHEMES:
         model, batch = case(scheme)
         model.eval()
