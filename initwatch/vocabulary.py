@@ -7,7 +7,7 @@ Example::
 
     >>> from typing import get_args
     >>> get_args(Layout)
-    ('pre', 'post', 'mixed')
+    ('pre', 'post', 'mixed', 'none')
     >>> get_args(OnAlertAction)
     ('warn', 'stop', 'raise', 'ignore')
 """
@@ -25,20 +25,54 @@ if TYPE_CHECKING:
     from initwatch.rules import Rules
     from initwatch.sinks import Sink
 
-Layout = Literal["pre", "post", "mixed"]
-"""Where a model's blocks put their LayerNorm (``"mixed"``: stacks differ)."""
-
 Placement = Literal["pre", "post"]
 """Where one norm sits: before its sublayer (Pre-LN) or after the residual add (Post-LN)."""
 
-Residual = Literal["sequential", "parallel", "mixed"]
+Layout = Literal[Placement, "mixed", "none"]
+"""Where a model's blocks put their LayerNorm (``"mixed"``: stacks differ; ``"none"``: a model
+described without norms, or a residual network)."""
+
+NormPlacement = Literal[Placement, "stack"]
+"""Where a norm of an anatomy sits: a block norm's placement, or ``"stack"`` for the embedding
+and final norms of a stack."""
+
+BlockResidual = Literal["sequential", "parallel"]
 """How a block adds its branches: one after the other, or both from the block input."""
 
-NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_1p"]
-"""The normalization: LayerNorm, RMSNorm, or Gemma's RMSNorm with a ``(1 + w)`` scale."""
+Residual = Literal[BlockResidual, "mixed"]
+"""How a model's blocks add their branches (``"mixed"``: stacks differ)."""
+
+NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_1p", "batchnorm"]
+"""The normalization: LayerNorm, RMSNorm, Gemma's RMSNorm with a ``(1 + w)`` scale, or the
+BatchNorm of a residual network (SkipInit, Fixup)."""
 
 SublayerKind = Literal["attn", "cross", "ffn"]
 """A residual branch: self-attention, cross-attention or feed-forward."""
+
+NormSite = Literal[SublayerKind, "final", "embedding"]
+"""What a norm belongs to: a sublayer, the end of a stack, or its embeddings."""
+
+StackKind = Literal["encoder", "decoder"]
+"""A stack of blocks: the encoder or the decoder."""
+
+ModelKind = Literal["encoder-only", "decoder-only", "encoder-decoder"]
+"""Which stacks a model has: the kind the schemes' constants are given for."""
+
+AttnRole = Literal["q", "k", "v", "o"]
+"""The matrices of self-attention."""
+
+CrossRole = Literal["xq", "xk", "xv", "xo"]
+"""The matrices of cross-attention (the self-attention roles with the prefix ``x``)."""
+
+FfnRole = Literal["ffn_in", "ffn_gate", "ffn_out"]
+"""The matrices of the feed-forward (``ffn_gate``: the gate of a GLU)."""
+
+Role = Literal[AttnRole, CrossRole, FfnRole]
+"""A logical weight matrix of a block (a slot)."""
+
+Fused = Literal["rows", "cols", "heads"]
+"""How a slot sits in a fused q|k|v tensor: contiguous row blocks (``nn.MultiheadAttention``),
+column blocks (GPT-2's ``Conv1D``) or per-head interleaved rows (GPT-NeoX)."""
 
 Severity = Literal["warning", "error"]
 """How bad an alert is."""
@@ -133,20 +167,30 @@ WriterSpec = Union[SummaryWriterLike, "Sink", None]
 """``writer``: a TensorBoard writer, any :class:`~initwatch.sinks.Sink`, or None."""
 
 __all__ = [
+    "AttnRole",
+    "BlockResidual",
+    "CrossRole",
+    "FfnRole",
+    "Fused",
     "Layout",
     "LayerPreset",
     "LayersSpec",
     "MicroBatchLoss",
+    "ModelKind",
     "NormKind",
+    "NormPlacement",
+    "NormSite",
     "OnAlertAction",
     "OnAlertSpec",
     "OptimizerLike",
     "Placement",
     "Residual",
+    "Role",
     "RulesSpec",
     "ScalarLike",
     "SchedulerLike",
     "Severity",
+    "StackKind",
     "SublayerKind",
     "SummaryWriterLike",
     "WriterSpec",

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,11 +40,9 @@ from initwatch.sinks import Sink
 from initwatch.stats import LOSS_FIELDS, HostValues, StatBuffer
 from initwatch.vocabulary import (
     LayersSpec,
-    Layout,
     MicroBatchLoss,
     OnAlertSpec,
     OptimizerLike,
-    Residual,
     RulesSpec,
     ScalarLike,
     SchedulerLike,
@@ -871,8 +869,8 @@ class Watch:
         if a is None:
             return
         ctx.family = ctx.family or a.family
-        ctx.layout = ctx.layout or cast(Layout, a.layout)
-        ctx.residual = ctx.residual or cast(Residual, a.residual)
+        ctx.layout = ctx.layout or a.layout
+        ctx.residual = ctx.residual or a.residual
         ctx.depth = ctx.depth or dict(a.depth)
         ctx.cross_attention = ctx.cross_attention or has_cross(a)
 

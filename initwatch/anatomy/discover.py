@@ -5,20 +5,41 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from initwatch.anatomy.embeddings import find_embeddings
-from initwatch.anatomy.families import Family, family_of
+from initwatch.anatomy.families import Family, SubSpec, family_of
 from initwatch.anatomy.identical import identical_blocks
-from initwatch.anatomy.model import ROLES, Anatomy, Block, Norm, Slot, Stack, Sublayer
+from initwatch.anatomy.model import (
+    ROLES,
+    Anatomy,
+    Block,
+    Norm,
+    Slot,
+    Stack,
+    Sublayer,
+    is_role,
+    is_stack_kind,
+)
 from initwatch.errors import AnatomyError, ArgumentError
+from initwatch.vocabulary import (
+    BlockResidual,
+    Fused,
+    NormKind,
+    NormPlacement,
+    NormSite,
+    Placement,
+    Role,
+    StackKind,
+    SublayerKind,
+)
 
 _ENCODER_ONLY = {"bert", "roberta", "electra", "distilbert", "vit"}
 _SEQ2SEQ = {"t5", "bart", "marian"}
-_FUSED = ("rows", "cols", "heads")
+_FUSED: tuple[Fused, ...] = get_args(Fused)
 # fused roles and the equal parts they hold, in order (GPT-2's cross-attention fuses k and v)
 _FUSED_ROLES = {"qkv": "qkv", "xqkv": "qkv", "xkv": "kv"}
 
@@ -58,6 +79,13 @@ def _heads(config: object | None, block: nn.Module) -> int:
     return 0
 
 
+def _role(name: str) -> Role:
+    """``name`` as a role of a slot (a fused name such as ``"qkv"`` is not one)."""
+    if not is_role(name):
+        raise AnatomyError(f"unknown role {name!r}; valid roles: {', '.join(ROLES)}")
+    return name
+
+
 def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
@@ -67,7 +95,7 @@ def _slots_for(
     block_path: str,
     role: str,
     rel: str,
-    fused: str | None,
+    fused: Fused | None,
     heads: int,
     qkv_sizes: tuple[int, int, int] | None = None,
 ) -> list[Slot]:
@@ -78,17 +106,17 @@ def _slots_for(
     if isinstance(mod, nn.MultiheadAttention):
         if role in ("o", "xo"):
             w = mod.out_proj.weight
-            return [Slot(role, path + ".out_proj", "weight", "bias", w.shape[1], w.shape[0])]
+            return [Slot(_role(role), path + ".out_proj", "weight", "bias", w.shape[1], w.shape[0])]
         prefix = "x" if role.startswith("x") else ""
         d = mod.embed_dim
         if mod._qkv_same_embed_dim:
             return [
-                Slot(prefix + r, path, "in_proj_weight", "in_proj_bias", d, d, "rows", i)
+                Slot(_role(prefix + r), path, "in_proj_weight", "in_proj_bias", d, d, "rows", i)
                 for i, r in enumerate("qkv")
             ]
         return [
             Slot(
-                prefix + r,
+                _role(prefix + r),
                 path,
                 f"{r}_proj_weight",
                 None,
@@ -97,14 +125,15 @@ def _slots_for(
             )
             for r in "qkv"
         ]
-    w = getattr(mod, "weight", None)
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+    weight = getattr(mod, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise AnatomyError(f"role {role!r}: {path!r} ({type(mod).__name__}) has no 2-D weight")
-    fan_in, fan_out = (w.shape[0], w.shape[1]) if _is_conv1d(mod) else (w.shape[1], w.shape[0])
+    rows, cols = weight.shape
+    fan_in, fan_out = (rows, cols) if _is_conv1d(mod) else (cols, rows)
     bias = "bias" if getattr(mod, "bias", None) is not None else None
     names = _FUSED_ROLES.get(role)
     if names is None:
-        return [Slot(role, path, "weight", bias, fan_in, fan_out)]
+        return [Slot(_role(role), path, "weight", bias, fan_in, fan_out)]
     layout = fused or ("cols" if _is_conv1d(mod) else "rows")
     if layout not in _FUSED:
         raise AnatomyError(f"fused={layout!r} is not one of {_FUSED}")
@@ -125,7 +154,7 @@ def _slots_for(
                 "must split into equal parts"
             )
         return [
-            Slot(prefix + r, path, "weight", bias, fan_in, sizes[i], layout, i, 3, 1, sizes)
+            Slot(_role(prefix + r), path, "weight", bias, fan_in, sizes[i], layout, i, 3, 1, sizes)
             for i, r in enumerate(names)
         ]
     if fan_out % n:
@@ -134,19 +163,32 @@ def _slots_for(
             "give the widths with initwatch.inspect(..., qkv_sizes=(q, k, v))"
         )
     return [
-        Slot(prefix + r, path, "weight", bias, fan_in, fan_out // n, layout, i, n, max(heads, 1))
+        Slot(
+            _role(prefix + r),
+            path,
+            "weight",
+            bias,
+            fan_in,
+            fan_out // n,
+            layout,
+            i,
+            n,
+            max(heads, 1),
+        )
         for i, r in enumerate(names)
     ]
 
 
-def _norm_kind(module: nn.Module) -> str:
+def _norm_kind(module: nn.Module) -> NormKind:
     name = type(module).__name__.lower()
     if "gemma" in name:
         return "rmsnorm_1p"
     return "rmsnorm" if ("rms" in name or "t5layernorm" in name) else "layernorm"
 
 
-def _norm(model: nn.Module, path: str | None, where: str, placement: str) -> Norm | None:
+def _norm(
+    model: nn.Module, path: str | None, where: NormSite, placement: NormPlacement
+) -> Norm | None:
     if path is None:
         return None
     mod = _get(model, path)
@@ -157,12 +199,12 @@ def _norm(model: nn.Module, path: str | None, where: str, placement: str) -> Nor
 
 def _block(
     model: nn.Module,
-    stack: str,
+    stack: StackKind,
     index: int,
     path: str,
-    specs: list[tuple[str, dict[str, str], str, bool, str | None]],
-    layout: str,
-    fused: str | None,
+    specs: list[SubSpec],
+    placement: Placement | None,
+    fused: Fused | None,
     heads: int,
     at: Callable[[str], str] | None = None,
     qkv_sizes: tuple[int, int, int] | None = None,
@@ -176,7 +218,11 @@ def _block(
             for s in _slots_for(model, "", role, full(rel), fused, heads, qkv_sizes)
         ]
         _check_fused_split(slots, qkv_sizes)
-        norm = _norm(model, full(norm_rel) if norm_rel else None, kind, layout)
+        norm: Norm | None = None
+        if norm_rel:
+            if placement is None:  # inspect refuses norms given without their layout
+                raise AnatomyError(f"norm {norm_rel!r}: give its layout ('pre' or 'post')")
+            norm = _norm(model, full(norm_rel), kind, placement)
         subs.append(Sublayer(kind, slots, full(out), out_tuple, norm))
     return Block(stack, index, path, subs)
 
@@ -202,7 +248,7 @@ def _check_fused_split(slots: list[Slot], qkv_sizes: tuple[int, int, int] | None
 
 
 def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList, Family]]:
-    found = []
+    found: list[tuple[str, nn.ModuleList, Family]] = []
     for path, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
@@ -215,7 +261,7 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList, Family]]:
     return found
 
 
-def _stack_kind(fam: Family, path: str, first: nn.Module) -> str:
+def _stack_kind(fam: Family, path: str, first: nn.Module) -> StackKind:
     if fam.name == "torch":
         return "decoder" if hasattr(first, "multihead_attn") else "encoder"
     if fam.name in _ENCODER_ONLY:
@@ -223,8 +269,9 @@ def _stack_kind(fam: Family, path: str, first: nn.Module) -> str:
         # bert2bert EncoderDecoderModel) form a decoder stack
         return "decoder" if getattr(first, "is_decoder", False) else "encoder"
     if fam.name in _SEQ2SEQ:
-        if fam.name == "t5":
-            return "decoder" if len(first.layer) == 3 else "encoder"
+        if fam.name == "t5":  # T5Block.layer: self-attention, (cross-attention,) feed-forward
+            layer = getattr(first, "layer", None)
+            return "decoder" if isinstance(layer, nn.ModuleList) and len(layer) == 3 else "encoder"
         return "decoder" if "Decoder" in type(first).__name__ else "encoder"
     return "decoder"
 
@@ -252,7 +299,7 @@ def _resolve(model: nn.Module, root: str, rel: str | None) -> str | None:
 
 def _stack(
     model: nn.Module,
-    kind: str,
+    kind: StackKind,
     list_path: str,
     blocks: list[Block],
     root: str,
@@ -286,8 +333,13 @@ def _hidden(blocks: list[Block]) -> int:
         q = b.slot("q")
         if q is not None:
             return q.fan_in
+    widths: tuple[tuple[Role, str], ...] = (
+        ("o", "fan_out"),
+        ("ffn_in", "fan_in"),
+        ("ffn_out", "fan_out"),
+    )
     for b in blocks:  # no attention described: the residual width from the other roles
-        for role, fan in (("o", "fan_out"), ("ffn_in", "fan_in"), ("ffn_out", "fan_out")):
+        for role, fan in widths:
             slot = b.slot(role)
             if slot is not None:
                 return getattr(slot, fan)
@@ -299,7 +351,8 @@ def _known(model: nn.Module) -> Anatomy | None:
     if not lists:
         return None
     stacks = []
-    layouts, residuals = set(), set()
+    layouts: set[Placement] = set()
+    residuals: set[BlockResidual] = set()
     fam = lists[0][2]
     heads = 0
     for path, mlist, f in lists:
@@ -352,10 +405,10 @@ def inspect(
     blocks: str | Mapping[str, str] | None = None,
     roles: Mapping[str, str] | None = None,
     norms: Mapping[str, str] | None = None,
-    layout: str | None = None,
-    fused: str | None = None,
+    layout: Placement | None = None,
+    fused: Fused | None = None,
     heads: int | None = None,
-    residual: str = "sequential",
+    residual: BlockResidual = "sequential",
     attn_scaled: bool = True,
     token_embedding: str | None = None,
     position_embedding: str | None = None,
@@ -612,10 +665,10 @@ def _custom(
     blocks: str | Mapping[str, str] | None,
     roles: Mapping[str, str] | None,
     norms: Mapping[str, str] | None,
-    layout: str | None,
-    fused: str | None,
+    layout: Placement | None,
+    fused: Fused | None,
     heads: int | None,
-    residual: str,
+    residual: BlockResidual,
     attn_scaled: bool,
     qkv_sizes: tuple[int, int, int] | None = None,
     group: int = 1,
@@ -641,8 +694,9 @@ def _custom(
         )
     if residual not in ("sequential", "parallel"):
         raise AnatomyError(f"residual={residual!r}; expected 'sequential' or 'parallel'")
-    stack_paths = {"encoder": blocks} if isinstance(blocks, str) else dict(blocks)
-    if not stack_paths or set(stack_paths) - {"encoder", "decoder"}:
+    named = {"encoder": blocks} if isinstance(blocks, str) else dict(blocks)
+    stack_paths = {k: p for k, p in named.items() if is_stack_kind(k)}
+    if not stack_paths or len(stack_paths) < len(named):
         raise AnatomyError(
             f"blocks={blocks!r}: give a path or a dict with keys 'encoder' and/or 'decoder'"
         )
@@ -672,7 +726,7 @@ def _custom(
                 i,
                 _join(path, str(i * group)),
                 specs,
-                layout or "none",
+                layout,
                 fused,
                 n_heads,
                 at=functools.partial(at, i),
@@ -681,7 +735,7 @@ def _custom(
             for i in range(n)
         ]
         stacks.append(_stack(model, kind, path, blist, "", None, None, None, None))
-    found = {s.role for st in stacks for b in st.blocks for s in b.slots}
+    found: set[str] = {s.role for st in stacks for b in st.blocks for s in b.slots}
     found |= {"qkv"} if {"q", "k", "v"} <= found else set()
     found |= {"xqkv"} if {"xq", "xk", "xv"} <= found else set()
     never = [r for r in roles if r not in found]
@@ -733,7 +787,7 @@ def _custom_specs(
     roles: Mapping[str, str],
     norms: Mapping[str, str],
     at: Callable[[int, str], str],
-) -> list[tuple[str, dict[str, str], str, bool, str | None]]:
+) -> list[SubSpec]:
     for kind, rel in norms.items():
         if _get(model, at(0, rel)) is None:
             raise AnatomyError(
@@ -752,7 +806,7 @@ def _custom_specs(
                 f"role {role!r}: {rel!r} exists in some blocks of {path!r} but not in "
                 f"blocks {missing}"
             )
-    groups = {
+    groups: dict[SublayerKind, tuple[str, ...]] = {
         "attn": ("q", "k", "v", "o", "qkv"),
         "cross": ("xq", "xk", "xv", "xo", "xqkv"),
         "ffn": ("ffn_in", "ffn_gate", "ffn_out"),
@@ -786,8 +840,8 @@ _GUESS = {
 }
 
 
-def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
+def _candidates(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
+    out: list[tuple[str, nn.ModuleList | nn.Sequential]] = []
     for path, mod in model.named_modules():
         if (
             isinstance(mod, (nn.ModuleList, nn.Sequential))

@@ -12,9 +12,11 @@ from typing import Any
 
 from torch import nn
 
-# A sublayer description: kind, {role: path or (path, fused, index)}, branch output path,
-# output-is-tuple, norm path (or None), norm "where".
-SubSpec = tuple[str, dict[str, str], str, bool, str | None]
+from initwatch.vocabulary import BlockResidual, Fused, NormKind, Placement, SublayerKind
+
+# A sublayer description: kind, {role (or fused "qkv" / "xqkv" / "xkv"): path}, branch output
+# path, output-is-tuple, norm path (or None).
+SubSpec = tuple[SublayerKind, dict[str, str], str, bool, str | None]
 
 
 @dataclass(frozen=True)
@@ -28,29 +30,29 @@ class Family:
     name: str
     block_classes: tuple[str, ...]  # "<module>.<ClassName>"
     sublayers: Callable[[nn.Module, object], list[SubSpec]]
-    layout: Callable[[nn.Module, object], str]
+    layout: Callable[[nn.Module, object], Placement]
     stack_up: int = 1
     token_embedding: str | None = None
     position_embedding: str | None = None
     embedding_norm: str | None = None
     final_norm: str | None = None
-    norm_kind: str = "layernorm"
-    residual: Callable[[nn.Module, object], str] = lambda b, c: "sequential"
+    norm_kind: NormKind = "layernorm"
+    residual: Callable[[nn.Module, object], BlockResidual] = lambda b, c: "sequential"
     attn_scaled: bool = True
-    fused: str | None = None  # "cols" (GPT-2), "heads" (GPT-NeoX), "rows" (torch MHA)
+    fused: Fused | None = None  # "cols" (GPT-2), "heads" (GPT-NeoX), "rows" (torch MHA)
     # the family's own switch from Post-LN to Pre-LN, as the user writes it; None: it has none
     layout_switch: str | None = None
 
 
-def _pre(block: nn.Module, config: object) -> str:
+def _pre(block: nn.Module, config: object) -> Placement:
     return "pre"
 
 
-def _post(block: nn.Module, config: object) -> str:
+def _post(block: nn.Module, config: object) -> Placement:
     return "post"
 
 
-def _bert_attn(name: str, kind: str) -> SubSpec:
+def _bert_attn(name: str, kind: SublayerKind) -> SubSpec:
     x = "x" if kind == "cross" else ""
     return (
         kind,
@@ -181,7 +183,7 @@ def _opt(block: nn.Module, config: object) -> list[SubSpec]:
     ]
 
 
-def _opt_layout(block: nn.Module, config: object) -> str:
+def _opt_layout(block: nn.Module, config: object) -> Placement:
     return "pre" if getattr(config, "do_layer_norm_before", True) else "post"
 
 
@@ -219,7 +221,7 @@ def _phi(block: nn.Module, config: object) -> list[SubSpec]:
 
 
 def _t5(block: nn.Module, config: object) -> list[SubSpec]:
-    def attn(i: int, name: str, kind: str) -> SubSpec:
+    def attn(i: int, name: str, kind: SublayerKind) -> SubSpec:
         p = f"layer.{i}.{name}."
         x = "x" if kind == "cross" else ""
         roles = {x + r: p + r for r in ("q", "k", "v", "o")}
@@ -298,11 +300,11 @@ def _torch_layer(block: nn.Module, config: object) -> list[SubSpec]:
     return subs
 
 
-def _torch_layout(block: nn.Module, config: object) -> str:
+def _torch_layout(block: nn.Module, config: object) -> Placement:
     return "pre" if getattr(block, "norm_first", False) else "post"
 
 
-def _neox_residual(block: nn.Module, config: object) -> str:
+def _neox_residual(block: nn.Module, config: object) -> BlockResidual:
     return "parallel" if getattr(block, "use_parallel_residual", True) else "sequential"
 
 

@@ -3,15 +3,54 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeGuard, get_args
 
 import torch
 from torch import nn
 
+from initwatch.vocabulary import (
+    AttnRole,
+    CrossRole,
+    FfnRole,
+    Fused,
+    Layout,
+    ModelKind,
+    NormKind,
+    NormPlacement,
+    NormSite,
+    Residual,
+    Role,
+    StackKind,
+    SublayerKind,
+)
+
 # Roles of the logical matrices inside a block. Cross-attention roles carry the prefix "x".
-ATTN_ROLES = ("q", "k", "v", "o")
-CROSS_ROLES = ("xq", "xk", "xv", "xo")
-FFN_ROLES = ("ffn_in", "ffn_gate", "ffn_out")
-ROLES = ATTN_ROLES + CROSS_ROLES + FFN_ROLES
+ATTN_ROLES: tuple[AttnRole, ...] = get_args(AttnRole)
+CROSS_ROLES: tuple[CrossRole, ...] = get_args(CrossRole)
+FFN_ROLES: tuple[FfnRole, ...] = get_args(FfnRole)
+ROLES: tuple[Role, ...] = ATTN_ROLES + CROSS_ROLES + FFN_ROLES
+
+
+def is_role(name: str) -> TypeGuard[Role]:
+    """True when ``name`` is one of the :data:`ROLES`.
+
+    Example::
+
+        >>> is_role("xq"), is_role("qkv")
+        (True, False)
+    """
+    return name in ROLES
+
+
+def is_stack_kind(name: str) -> TypeGuard[StackKind]:
+    """True when ``name`` is a stack kind, ``"encoder"`` or ``"decoder"``.
+
+    Example::
+
+        >>> is_stack_kind("decoder"), is_stack_kind("Decoder")
+        (True, False)
+    """
+    return name in get_args(StackKind)
 
 
 @dataclass(frozen=True)
@@ -40,13 +79,13 @@ class Slot:
         'q'
     """
 
-    role: str
+    role: Role
     module: str
     weight: str
     bias: str | None
     fan_in: int
     fan_out: int
-    fused: str | None = None
+    fused: Fused | None = None
     index: int = 0
     parts: int = 3
     heads: int = 1
@@ -97,7 +136,8 @@ class Norm:
             (after the last block) or ``"embedding"``.
         placement: ``"pre"`` (normalizes the sublayer input), ``"post"`` (normalizes the
             residual sum) or ``"stack"`` for final and embedding norms.
-        kind: ``"layernorm"``, ``"rmsnorm"`` or ``"rmsnorm_1p"`` (Gemma's ``(1 + w)`` scale).
+        kind: ``"layernorm"``, ``"rmsnorm"``, ``"rmsnorm_1p"`` (Gemma's ``(1 + w)`` scale) or
+            ``"batchnorm"`` (a residual network's).
 
     Example::
 
@@ -106,9 +146,9 @@ class Norm:
     """
 
     path: str
-    where: str
-    placement: str
-    kind: str
+    where: NormSite
+    placement: NormPlacement
+    kind: NormKind
 
 
 @dataclass
@@ -129,7 +169,7 @@ class Sublayer:
         'ffn'
     """
 
-    kind: str
+    kind: SublayerKind
     slots: list[Slot]
     output: str
     output_is_tuple: bool = False
@@ -152,7 +192,7 @@ class Block:
         'encoder.2'
     """
 
-    stack: str
+    stack: StackKind
     index: int
     path: str
     sublayers: list[Sublayer]
@@ -172,7 +212,7 @@ class Block:
         """The block's own norms (per sublayer)."""
         return [sub.norm for sub in self.sublayers if sub.norm is not None]
 
-    def slot(self, role: str) -> Slot | None:
+    def slot(self, role: Role) -> Slot | None:
         """The slot with ``role``, or None."""
         return next((s for s in self.slots if s.role == role), None)
 
@@ -198,7 +238,7 @@ class Stack:
         0
     """
 
-    kind: str
+    kind: StackKind
     path: str
     blocks: list[Block]
     token_embedding: str | None = None
@@ -228,8 +268,9 @@ class Anatomy:
     Args:
         family: recognised family (``"bert"``, ``"gpt2"``, ``"torch"``, ``"custom"``...).
         stacks: the encoder and/or decoder stacks.
-        layout: ``"post"`` (Post-LN) or ``"pre"`` (Pre-LN).
-        residual: ``"sequential"`` or ``"parallel"``.
+        layout: ``"post"`` (Post-LN), ``"pre"`` (Pre-LN), ``"mixed"`` (stacks differ) or
+            ``"none"`` (described without norms; a residual network).
+        residual: ``"sequential"``, ``"parallel"`` or ``"mixed"`` (stacks differ).
         norm_kind: ``"layernorm"``, ``"rmsnorm"``, ``"rmsnorm_1p"``.
         hidden: model width d.
         heads: number of attention heads.
@@ -251,9 +292,9 @@ class Anatomy:
 
     family: str
     stacks: list[Stack]
-    layout: str
-    residual: str = "sequential"
-    norm_kind: str = "layernorm"
+    layout: Layout
+    residual: Residual = "sequential"
+    norm_kind: NormKind = "layernorm"
     hidden: int = 0
     heads: int = 0
     attn_scaled: bool = True
@@ -273,13 +314,13 @@ class Anatomy:
         return {s.kind: s.depth for s in self.stacks}
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         """``"encoder-only"``, ``"decoder-only"`` or ``"encoder-decoder"``."""
         kinds = {s.kind for s in self.stacks}
         if kinds == {"encoder", "decoder"}:
             return "encoder-decoder"
         return "decoder-only" if kinds == {"decoder"} else "encoder-only"
 
-    def stack(self, kind: str) -> Stack | None:
+    def stack(self, kind: StackKind) -> Stack | None:
         """The stack of ``kind`` (``"encoder"`` / ``"decoder"``), or None."""
         return next((s for s in self.stacks if s.kind == kind), None)

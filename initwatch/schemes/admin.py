@@ -38,13 +38,14 @@ from initwatch.schemes.structure import (
     DeepNormNormInput,
     add_admin,
 )
+from initwatch.vocabulary import ModelKind
 
 NAME = "admin"
 OPTIONS = ("omega", "output_change", "learnable", "profile_batch")
 TARGETS = ("log", "constant", "linear")
 
 
-def sublayer_count(kind: str, stack: str, n: int, cross: bool) -> int:
+def sublayer_count(kind: ModelKind, stack: str, n: int, cross: bool) -> int:
     """n, the residual sublayers of a stack: 2 per block, 3 per block of a decoder with
     cross-attention (``admin-torch`` counts 2N for an encoder).
 
@@ -79,7 +80,7 @@ def omega_of(n: int, target: str = "log") -> float:
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False, target: str = "log"
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False, target: str = "log"
 ) -> dict[str, dict[str, float]]:
     """n and omega per stack (closed form).
 

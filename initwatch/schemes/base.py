@@ -18,6 +18,7 @@ from initwatch.schemes.pretrained import is_pretrained as is_pretrained
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import record
 from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
+from initwatch.vocabulary import Role
 
 COMMON_OPTIONS = ("allow_pretrained", "pretrained", "anatomy", "stacks", "depth", "seed")
 MARKER = "_initwatch_reinit"
@@ -77,7 +78,7 @@ def check_options(scheme: str, options: Mapping[str, Any], own: Iterable[str]) -
 
 def stacks_to_touch(anatomy: Anatomy, options: Mapping[str, Any]) -> list[str]:
     """The stacks named by the ``stacks`` option (default: all), validated."""
-    present = [s.kind for s in anatomy.stacks]
+    present: list[str] = [s.kind for s in anatomy.stacks]
     wanted = options.get("stacks")
     if wanted is None:
         return present
@@ -131,12 +132,35 @@ def head_dim(anatomy: Anatomy, slot: Slot) -> int:
     return slot.fan_out // anatomy.heads if anatomy.heads else slot.fan_out
 
 
+# The matrices a residual branch's output is a product of (value, output, FFN in / out), which
+# DeepNet's beta and T-Fixup's scale multiply, and those that only form attention logits or a
+# GLU gate, left at gain 1 (torchscale scales fc1 / fc2 but not the gate, keeping the FFN
+# output proportional to the scale squared).
+VALUE_ROLES: tuple[Role, ...] = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
+LOGIT_ROLES: tuple[Role, ...] = ("q", "k", "xq", "xk", "ffn_gate")
+
+
+def value_gains(gain: float, note: str) -> tuple[dict[Role, float], dict[Role, str]]:
+    """Gains and notes for :func:`slot_inits`: ``gain`` on the :data:`VALUE_ROLES`, 1 on the
+    :data:`LOGIT_ROLES`.
+
+    Example::
+
+        >>> gains, notes = value_gains(0.5, "gain beta")
+        >>> gains["v"], gains["q"], notes["ffn_out"], notes["ffn_gate"]
+        (0.5, 1.0, 'gain beta', 'gain 1')
+    """
+    gains = {r: gain for r in VALUE_ROLES} | {r: 1.0 for r in LOGIT_ROLES}
+    notes = {r: note for r in VALUE_ROLES} | {r: "gain 1" for r in LOGIT_ROLES}
+    return gains, notes
+
+
 def slot_inits(
     anatomy: Anatomy,
     blocks: Iterable[Block],
-    gains: Mapping[str, float],
+    gains: Mapping[Role, float],
     action: str,
-    notes: Mapping[str, str],
+    notes: Mapping[Role, str],
     q_correction: bool = True,
     std: Callable[[Slot, float], float] | None = None,
 ) -> list[Init]:

@@ -18,17 +18,19 @@ from initwatch.schemes.base import (
     per_stack,
     slot_inits,
     stacks_to_touch,
+    value_gains,
 )
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.spec import Scheme, kind_depths
 from initwatch.schemes.structure import DEEPNORM_BUFFER, add_deepnorm
+from initwatch.vocabulary import ModelKind, Role, SublayerKind
 
 NAME = "deepnet"
 OPTIONS = ("alpha", "beta")
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """DeepNet's alpha and beta per stack (paper table, identical in torchscale).
 
@@ -51,14 +53,9 @@ def constants(
         >>> round(constants("decoder-only", {"decoder": 6}, cross=True)["decoder"]["alpha"], 4)
         2.0598
     """
-    n, m = depth.get("encoder"), depth.get("decoder")
-    if kind == "encoder-only":
-        return {"encoder": {"alpha": (2 * n) ** 0.25, "beta": (8 * n) ** -0.25}}
-    if kind == "decoder-only" and cross:
-        return {"decoder": {"alpha": (3 * m) ** 0.25, "beta": (12 * m) ** -0.25}}
-    if kind == "decoder-only":
-        return {"decoder": {"alpha": (2 * m) ** 0.25, "beta": (8 * m) ** -0.25}}
+    stacks = kind_depths(kind, depth)
     if kind == "encoder-decoder":
+        n, m = stacks["encoder"], stacks["decoder"]
         return {
             "encoder": {
                 "alpha": 0.81 * (n**4 * m) ** (1 / 16),
@@ -66,10 +63,13 @@ def constants(
             },
             "decoder": {"alpha": (3 * m) ** 0.25, "beta": (12 * m) ** -0.25},
         }
-    raise ValueError(f"kind={kind!r}: expected encoder-only, decoder-only or encoder-decoder")
+    ((stack, n),) = stacks.items()
+    if stack == "decoder" and cross:
+        return {"decoder": {"alpha": (3 * n) ** 0.25, "beta": (12 * n) ** -0.25}}
+    return {stack: {"alpha": (2 * n) ** 0.25, "beta": (8 * n) ** -0.25}}
 
 
-def formulas(kind: str, cross: bool = False) -> dict[str, dict[str, str]]:
+def formulas(kind: ModelKind, cross: bool = False) -> dict[str, dict[str, str]]:
     """The formulas behind :func:`constants`, as text, for messages (same cases).
 
     Example::
@@ -86,12 +86,6 @@ def formulas(kind: str, cross: bool = False) -> dict[str, dict[str, str]]:
         return {"decoder": {"alpha": "(3M)^(1/4)", "beta": "(12M)^(-1/4)"}}
     stack = "decoder" if kind == "decoder-only" else "encoder"
     return {stack: {"alpha": "(2N)^(1/4)", "beta": "(8N)^(-1/4)"}}
-
-
-# Gain beta on v, o and the FFN in / out matrices; gain 1 on q, k and on a GLU gate (torchscale
-# scales fc1/fc2 but not the gate, keeping the FFN output proportional to beta^2).
-_BETA_ROLES = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
-_ONE_ROLES = ("q", "k", "xq", "xk", "ffn_gate")
 
 
 def applies(anatomy: Anatomy) -> str | None:
@@ -123,19 +117,18 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         )
     refuse_uncalled_blocks(model, anatomy, "DeepNet")
     consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy))
-    for stack, vals in consts.items():
-        vals["alpha"] = per_stack(options.get("alpha"), stack, vals["alpha"], "alpha")
-        vals["beta"] = per_stack(options.get("beta"), stack, vals["beta"], "beta")
+    for kind, vals in consts.items():
+        vals["alpha"] = per_stack(options.get("alpha"), kind, vals["alpha"], "alpha")
+        vals["beta"] = per_stack(options.get("beta"), kind, vals["beta"], "beta")
         if vals["alpha"] <= 0:
-            raise ValueError(f"alpha={vals['alpha']} for the {stack}: DeepNorm needs alpha > 0")
+            raise ValueError(f"alpha={vals['alpha']} for the {kind}: DeepNorm needs alpha > 0")
     touch = stacks_to_touch(anatomy, options)
     p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
     for stack in anatomy.stacks:
         if stack.kind not in touch:
             continue
         alpha, beta = consts[stack.kind]["alpha"], consts[stack.kind]["beta"]
-        gains = {r: beta for r in _BETA_ROLES} | {r: 1.0 for r in _ONE_ROLES}
-        notes = {r: "gain beta" for r in _BETA_ROLES} | {r: "gain 1" for r in _ONE_ROLES}
+        gains, notes = value_gains(beta, "gain beta")  # beta on v, o and the FFN; 1 on q, k
         p.inits += slot_inits(anatomy, stack.blocks, gains, "xavier_normal", notes)
         for block in stack.blocks:
             norms = deepnorm_sublayers(block)
@@ -168,7 +161,7 @@ def refuse_uncalled_blocks(model: nn.Module, anatomy: Anatomy, title: str) -> No
         )
 
 
-_ENTRY_ROLES = {"attn": "q", "cross": "xq", "ffn": "ffn_in"}
+_ENTRY_ROLES: dict[SublayerKind, Role] = {"attn": "q", "cross": "xq", "ffn": "ffn_in"}
 
 
 def deepnorm_sublayers(block: Block) -> list[tuple[str | None, str]]:

@@ -19,6 +19,7 @@ from initwatch.anatomy.model import Anatomy
 from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes.base import Plan, check_options, per_stack, slot_inits, stacks_to_touch
 from initwatch.schemes.spec import Scheme
+from initwatch.vocabulary import ModelKind
 
 NAME = "ds-init"
 OPTIONS = ("exponent", "alpha")
@@ -26,7 +27,7 @@ EXPONENTS = {"code": -0.25, "paper": -0.5}  # on the uniform bound
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False, exponent: str = "code"
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False, exponent: str = "code"
 ) -> dict[str, dict[str, float]]:
     """alpha (the multiplier on the Xavier bound) and the depth exponent per stack; layer l of
     a stack gets the Xavier gain alpha * l^exponent.

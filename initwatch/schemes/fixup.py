@@ -33,6 +33,7 @@ from initwatch.schemes.structure import (
     add_scalars,
     remove_norm,
 )
+from initwatch.vocabulary import ModelKind
 
 NAME = "fixup"
 OPTIONS = ("blocks", "layers", "head")
@@ -55,7 +56,7 @@ def branch_scale(branches: int, m: int) -> float:
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False, m: int = 2
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False, m: int = 2
 ) -> dict[str, dict[str, float]]:
     """L (the residual branches), m and the branch-layer scale.
 
@@ -164,9 +165,9 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
                 )
             )
         if branch.shortcut is not None:
-            path = _first_weight(model, branch.shortcut)
-            if path is not None:
-                weight = model.get_submodule(path).weight
+            shortcut = _first_weight(model, branch.shortcut)
+            if shortcut is not None:
+                weight = model.get_submodule(shortcut).weight
                 p.inits.append(
                     Init(
                         "shortcut",
@@ -174,12 +175,12 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
                         "kaiming_normal",
                         math.sqrt(2.0 / _fan_out(weight)),
                         gain=1.0,
-                        param=f"{path}.weight",
+                        param=f"{shortcut}.weight",
                         note="projection shortcut: He (fan_out), not scaled",
                     )
                 )
-    head = options.get("head", "auto")
-    head = residual.head_of(model, anatomy) if head == "auto" else head
+    given = options.get("head", "auto")
+    head: str | None = residual.head_of(model, anatomy) if given == "auto" else given
     if head is not None:
         module = model.get_submodule(head)
         bias = f"{head}.bias" if getattr(module, "bias", None) is not None else None
@@ -196,12 +197,12 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         )
     p.structure += residual.removal_steps(model, anatomy, branches, "all")
     stem = stem_of(model, anatomy, head)
-    for path, name, where in ((stem, STEM_BIAS, "after"), (head, HEAD_BIAS, "before")):
-        if path is not None:
+    for outer, name, where in ((stem, STEM_BIAS, "after"), (head, HEAD_BIAS, "before")):
+        if outer is not None:
             owner = "stem" if name == STEM_BIAS else "head"
             note = f"scalar bias {name} (init 0) {where} it"
-            change = Change(path, "fixup_scalars", "layer", owner, note=note)
-            p.structure.append((change, _outer_step(model, path, name)))
+            change = Change(outer, "fixup_scalars", "layer", owner, note=note)
+            p.structure.append((change, _outer_step(model, outer, name)))
     for block, branch in zip(anatomy.blocks, branches, strict=True):
         change = Change(
             block.path,

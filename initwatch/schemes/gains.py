@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from initwatch.anatomy.model import Block
+from initwatch.vocabulary import Role
 
 # Activations torch.nn.init.calculate_gain knows, by the class or function name that means them.
 _KNOWN = {
@@ -79,14 +80,15 @@ def activation_gain(act: Any) -> tuple[float, str]:
                 f"activation={act!r}: give one of {sorted(set(_KNOWN.values()))} or the "
                 "activation module/function itself (e.g. activation=torch.nn.GELU())"
             )
+        # key is one of _KNOWN's values, all names calculate_gain's Literal accepts
         return nn.init.calculate_gain(key), f"calculate_gain({key})"  # type: ignore[arg-type]
     name = activation_name(act)
-    key = _KNOWN.get(name.lower().replace("activation", ""))
-    if key == "leaky_relu":
+    known = _KNOWN.get(name.lower().replace("activation", ""))
+    if known == "leaky_relu":
         slope = float(getattr(act, "negative_slope", 0.01))
         return nn.init.calculate_gain("leaky_relu", slope), f"calculate_gain(leaky_relu, {slope:g})"
-    if key is not None:
-        return nn.init.calculate_gain(key), f"calculate_gain({key})"  # type: ignore[arg-type]
+    if known is not None:
+        return nn.init.calculate_gain(known), f"calculate_gain({known})"  # type: ignore[arg-type]  # as above
     if not callable(act):
         raise ValueError(f"activation {act!r} is neither a name nor callable")
     return moment_gain(act), f"1/sqrt(E[{name}(z)^2])"
@@ -142,7 +144,7 @@ def _common_prefix(paths: list[str], floor: str) -> str:
     return prefix
 
 
-def activated_role(block: Block) -> str:
+def activated_role(block: Block) -> Role:
     """The FFN role whose output goes through the activation: the gate of a GLU feed-forward
     (LLaMA's ``gate_proj``, T5's ``wi_0``), else ``ffn_in``.
 

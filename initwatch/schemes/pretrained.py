@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,6 +435,15 @@ def _hf_owners(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def _init_weights(owner: nn.Module) -> Callable[[nn.Module], None]:
+    """The per-module init of a Hugging Face ``PreTrainedModel`` (``_hf_owners`` keeps only
+    modules that have one)."""
+    init = getattr(owner, "_init_weights", None)
+    if not callable(init):
+        raise TypeError(f"{type(owner).__name__} has no _init_weights(module) method")
+    return init
+
+
 def _owner(owners: dict[str, nn.Module], path: str) -> nn.Module | None:
     best, best_len = None, -1
     for prefix, m in owners.items():
@@ -473,7 +483,7 @@ def _reference(
     if outer is not None:  # e.g. nn.Transformer re-draws all its matrices (xavier)
         rel = f"{path[len(outer) :].lstrip('.')}.{pname}".lstrip(".")
         root = modules[outer]
-    elif use_parent:
+    elif use_parent and parent is not None:  # use_parent implies a parent
         root, rel = parent, f"{child}.{pname}"
     else:
         root, rel = module, pname
@@ -501,7 +511,7 @@ def _draw(root: nn.Module, owner: nn.Module | None) -> dict[str, torch.Tensor | 
     with torch.random.fork_rng(devices=devices[:1]):
         torch.manual_seed(0x1417)
         if owner is not None:
-            clone.apply(owner._init_weights)  # post-order, as initialize_weights does
+            clone.apply(_init_weights(owner))  # post-order, as initialize_weights does
         else:
             clone.apply(_reset)
     return {n: (None if torch.isnan(p).any() else p.detach()) for n, p in clone.named_parameters()}

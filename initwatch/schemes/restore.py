@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -134,8 +135,8 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
         >>> initwatch.restore(fresh, trained.state_dict()).scheme
         'rezero'
     """
-    hf_dir = _is_hf_dir(model, source)
-    state = _load_hf_dir(model, Path(source)) if hf_dir else load_state(source)  # type: ignore[arg-type]
+    hf_dir = _hf_dir(model, source)
+    state = _load_hf_dir(model, hf_dir) if hf_dir is not None else load_state(source)
     if applied_structure(model) or getattr(model, MARKER, None) is not None:
         raise AlreadyAppliedError(
             "restore() needs a freshly built model; this one already carries initwatch "
@@ -163,8 +164,8 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
                 remove_norm(model, norm.path)
                 changes.append(Change(norm.path, "remove_norm", "norm", stack.kind))
     for path in eager:
-        block = model.get_submodule(path)
-        if isinstance(block, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        layer = model.get_submodule(path)
+        if isinstance(layer, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             keep_eager(model, path)
     _load_strict(model, state)
     scheme = _identify(schemes, any(c.action == "remove_norm" for c in changes))
@@ -214,12 +215,15 @@ def _identify(found: set[str], removed_norms: bool) -> str:
     return "none"
 
 
-def _is_hf_dir(model: nn.Module, source: Source) -> bool:
+def _hf_dir(model: nn.Module, source: Source) -> Path | None:
+    """The directory ``source`` when it was written by ``save_pretrained`` for a Hugging Face
+    ``model``, else None."""
     if isinstance(source, Mapping) or not Path(source).is_dir():
-        return False
+        return None
     from transformers import PreTrainedModel
 
-    return isinstance(model, PreTrainedModel) and (Path(source) / "config.json").exists()
+    path = Path(source)
+    return path if isinstance(model, PreTrainedModel) and (path / "config.json").exists() else None
 
 
 def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
@@ -229,13 +233,20 @@ def _load_hf_dir(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     weights go through ``from_pretrained``; what it does not know (ReZero gates, DeepNorm
     alphas) comes from the raw files, and norms the checkpoint lacks stay missing.
     """
+    from transformers import PreTrainedModel
     from transformers.utils import logging as hf_logging
 
+    assert isinstance(model, PreTrainedModel)  # _hf_dir gave the path for such models only
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         with quiet_load():
-            loaded, info = type(model).from_pretrained(path, output_loading_info=True)
+            # transformers annotates from_pretrained as returning the model alone; with
+            # output_loading_info=True it returns (model, loading info)
+            loaded, info = cast(
+                tuple[nn.Module, dict[str, list[str]]],
+                type(model).from_pretrained(path, output_loading_info=True),
+            )
     finally:
         hf_logging.set_verbosity(level)
     missing = set(info.get("missing_keys", ()))
@@ -302,7 +313,7 @@ def scheme_of_state(model: nn.Module, keys: Iterable[str]) -> str:
     """
     own = dict(model.state_dict())
     state = _align_prefix({k: None for k in keys}, set(own))  # type: ignore[misc]
-    found = {_scheme_of_key(key) for key in state} - {None}
+    found = {s for s in map(_scheme_of_key, state) if s is not None}
     removed = False
     for path, module in model.named_modules():
         if "norm" not in type(module).__name__.lower() or isinstance(module, RemovedNorm):

@@ -13,6 +13,7 @@ from initwatch.schemes.base import Plan, check_options, norm_removals, stacks_to
 from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme
 from initwatch.schemes.structure import REZERO_PARAM, add_rezero, hook_rezero
+from initwatch.vocabulary import ModelKind
 
 NAME = "rezero"
 OPTIONS = ("per", "norms")
@@ -35,7 +36,7 @@ def gate_names(sublayer_kinds: list[str], per: str) -> list[str]:
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """ReZero's one constant: every gate starts at 0, in every stack.
 

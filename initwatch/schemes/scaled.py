@@ -15,15 +15,20 @@ from initwatch.anatomy.model import Anatomy
 from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes.base import Init, Plan, check_options, depths, stacks_to_touch
 from initwatch.schemes.spec import Scheme
+from initwatch.vocabulary import ModelKind, Role
 
 NAME = "scaled"
 OPTIONS = ("std",)
 SIGMA = 0.02  # GPT-2 / nanoGPT / Megatron-LM's base std
-_BRANCH_OUT = ("o", "xo", "ffn_out")  # the projections whose output is added to the stream
+_BRANCH_OUT: tuple[Role, ...] = (
+    "o",
+    "xo",
+    "ffn_out",
+)  # the projections whose output is added to the stream
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False, sigma: float = SIGMA
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False, sigma: float = SIGMA
 ) -> dict[str, dict[str, float]]:
     """sigma, the residual-branch count N_res and the branch-output std sigma / sqrt(N_res) per
     stack: N_res = 2N for an encoder or a decoder-only stack, 3M for a decoder with

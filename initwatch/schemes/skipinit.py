@@ -16,13 +16,14 @@ from initwatch.schemes.base import Plan, check_options
 from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme
 from initwatch.schemes.structure import SKIPINIT_PARAM, add_scalars, hook_rezero, remove_norm
+from initwatch.vocabulary import ModelKind
 
 NAME = "skipinit"
 OPTIONS = ("blocks", "layers", "norms", "alpha_init")
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """SkipInit's one constant: every branch gate starts at 0.
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from initwatch.vocabulary import ModelKind, StackKind
+
 if TYPE_CHECKING:
     from initwatch.anatomy.model import Anatomy, Block
     from initwatch.schemes.base import Plan
@@ -62,7 +64,7 @@ class Scheme:
     title: str
     options: tuple[str, ...]
     applies: Callable[[Anatomy], str | None]
-    constants: Callable[[str, Mapping[str, int], bool], Constants]
+    constants: Callable[[ModelKind, Mapping[str, int], bool], Constants]
     plan: Callable[[nn.Module, Anatomy, Mapping[str, Any]], Plan]
     starts_from_zero: bool = False
     rebuild: Callable[[nn.Module, Block, Mapping[str, Any]], Change | None] | None = None
@@ -85,7 +87,7 @@ class Scheme:
         return not self.keys and not self.removes_norms
 
 
-def stack_kind(depth: Mapping[str, int]) -> str:
+def stack_kind(depth: Mapping[str, int]) -> ModelKind:
     """The stack kind of a depth dict: ``"encoder-only"``, ``"decoder-only"`` or
     ``"encoder-decoder"``.
 
@@ -98,3 +100,33 @@ def stack_kind(depth: Mapping[str, int]) -> str:
     if kinds == {"encoder", "decoder"}:
         return "encoder-decoder"
     return "decoder-only" if kinds == {"decoder"} else "encoder-only"
+
+
+_KIND_STACKS: dict[str, tuple[StackKind, ...]] = {
+    "encoder-only": ("encoder",),
+    "decoder-only": ("decoder",),
+    "encoder-decoder": ("encoder", "decoder"),
+}
+
+
+def kind_depths(kind: ModelKind, depth: Mapping[str, int]) -> dict[StackKind, int]:
+    """The stacks of a stack kind with their depths (the inverse of :func:`stack_kind`): the
+    blocks per stack a scheme's constants are computed from.
+
+    Example::
+
+        >>> kind_depths("encoder-decoder", {"encoder": 6, "decoder": 4})
+        {'encoder': 6, 'decoder': 4}
+        >>> kind_depths("decoder-only", {"encoder": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: depth={'encoder': 0}: a decoder-only model needs the decoder's depth > 0
+    """
+    stacks = _KIND_STACKS.get(kind)
+    if stacks is None:
+        raise ValueError(f"kind={kind!r}: expected encoder-only, decoder-only or encoder-decoder")
+    out = {s: depth.get(s, 0) for s in stacks}
+    for stack, n in out.items():
+        if n <= 0:
+            raise ValueError(f"depth={dict(depth)!r}: a {kind} model needs the {stack}'s depth > 0")
+    return out

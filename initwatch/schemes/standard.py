@@ -18,13 +18,14 @@ from initwatch.anatomy.model import Anatomy, Block, Slot
 from initwatch.schemes.base import Plan, check_options, slot_inits, stacks_to_touch
 from initwatch.schemes.gains import activated_role, activation_gain, block_activation
 from initwatch.schemes.spec import Scheme
+from initwatch.vocabulary import ModelKind
 
 OPTIONS = ("distribution", "activation")
 _DEFAULT_DIST = {"xavier": "uniform", "kaiming": "normal"}  # torch.nn.Transformer / He et al.
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """No depth-dependent constant: the gains come from the activation (see :func:`plan`).
 

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from initwatch.anatomy.model import Anatomy
+from initwatch.anatomy.model import Anatomy, Stack
+from initwatch.errors import AnatomyError
 from initwatch.schemes.base import (
     Init,
     Plan,
@@ -20,17 +21,19 @@ from initwatch.schemes.base import (
     per_stack,
     slot_inits,
     stacks_to_touch,
+    value_gains,
     xavier_std,
 )
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.spec import Scheme, kind_depths
+from initwatch.vocabulary import ModelKind
 
 NAME = "t-fixup"
 OPTIONS = ("scale", "embedding_scale", "embedding", "norms", "distribution")
 
 
 def constants(
-    kind: str, depth: Mapping[str, int], cross: bool = False
+    kind: ModelKind, depth: Mapping[str, int], cross: bool = False
 ) -> dict[str, dict[str, float]]:
     """T-Fixup's layer scale and embedding scale per stack.
 
@@ -45,20 +48,11 @@ def constants(
         >>> round(c["encoder"]["scale"], 4), round(c["decoder"]["scale"], 4)
         (0.4281, 0.3689)
     """
-    n, m = depth.get("encoder"), depth.get("decoder")
-    enc = {"scale": 0.67 * n**-0.25, "embedding_scale": (9 * n) ** -0.25} if n else None
-    dec = {"scale": (9 * m) ** -0.25, "embedding_scale": (9 * m) ** -0.25} if m else None
-    if kind == "encoder-only":
-        return {"encoder": enc}  # type: ignore[dict-item]
-    if kind == "decoder-only":
-        return {"decoder": dec}  # type: ignore[dict-item]
-    if kind == "encoder-decoder":
-        return {"encoder": enc, "decoder": dec}  # type: ignore[dict-item]
-    raise ValueError(f"kind={kind!r}: expected encoder-only, decoder-only or encoder-decoder")
-
-
-_SCALED = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
-_PLAIN = ("q", "k", "xq", "xk", "ffn_gate")
+    out: dict[str, dict[str, float]] = {}
+    for stack, n in kind_depths(kind, depth).items():
+        scale = 0.67 * n**-0.25 if stack == "encoder" else (9 * n) ** -0.25
+        out[stack] = {"scale": scale, "embedding_scale": (9 * n) ** -0.25}
+    return out
 
 
 def applies(anatomy: Anatomy) -> str | None:
@@ -86,10 +80,10 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             "block, default) or 'literal' (the official code's stored table)"
         )
     consts = constants(anatomy.kind, depths(anatomy, options))
-    for stack, vals in consts.items():
-        vals["scale"] = per_stack(options.get("scale"), stack, vals["scale"], "scale")
+    for kind, vals in consts.items():
+        vals["scale"] = per_stack(options.get("scale"), kind, vals["scale"], "scale")
         vals["embedding_scale"] = per_stack(
-            options.get("embedding_scale"), stack, vals["embedding_scale"], "embedding_scale"
+            options.get("embedding_scale"), kind, vals["embedding_scale"], "embedding_scale"
         )
     touch = stacks_to_touch(anatomy, options)
     p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
@@ -97,13 +91,11 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         if stack.kind not in touch:
             continue
         scale = consts[stack.kind]["scale"]
-        gains = {r: scale for r in _SCALED} | {r: 1.0 for r in _PLAIN}
-        notes = {r: f"x {stack.kind} scale" for r in _SCALED} | {r: "gain 1" for r in _PLAIN}
+        gains, notes = value_gains(scale, f"x {stack.kind} scale")
         p.inits += slot_inits(anatomy, stack.blocks, gains, f"xavier_{dist}", notes)
         if stack.token_embedding is not None:
-            p.inits.append(
-                _embedding(model, stack, consts[stack.kind]["embedding_scale"], emb_mode)
-            )
+            emb_scale = consts[stack.kind]["embedding_scale"]
+            p.inits.append(_embedding(model, stack, stack.token_embedding, emb_scale, emb_mode))
         else:
             _no_embedding(p, stack.kind)
     p.inits += _output_heads(model, anatomy, f"xavier_{dist}")
@@ -132,12 +124,18 @@ def _no_embedding(p: Plan, stack: str) -> None:
     )
 
 
-def _embedding(model: nn.Module, stack: Any, emb_scale: float, mode: str) -> Init:
-    module = model.get_submodule(stack.token_embedding)
+def _embedding(model: nn.Module, stack: Stack, path: str, emb_scale: float, mode: str) -> Init:
+    """The init of the token embedding at ``path`` (the stack's)."""
+    module = model.get_submodule(path)
     weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise AnatomyError(
+            f"token embedding {path!r} ({type(module).__name__}) has no weight tensor; give the "
+            "embedding module: initwatch.inspect(model, token_embedding='path.to.embedding')"
+        )
     pad = getattr(module, "padding_idx", None)
     bias = getattr(module, "bias", None)
-    common = dict(param=f"{stack.token_embedding}.weight", constant="embedding_scale")
+    param = f"{path}.weight"
     if weight.dim() != 2 or not isinstance(module, nn.Embedding):
         # An input projection (ViT's patch Conv2d): no table to draw N(0, d^-1/2) from. It is
         # the model's input embedding, so it gets the same target: per-entry std emb_scale
@@ -148,10 +146,11 @@ def _embedding(model: nn.Module, stack: Any, emb_scale: float, mode: str) -> Ini
             stack.kind,
             "normal",
             emb_scale / (fan_in**0.5 * stack.embed_scale),
-            bias=f"{stack.token_embedding}.bias" if bias is not None else None,
+            param=param,
+            bias=f"{path}.bias" if bias is not None else None,
             note=f"input projection: output std {emb_scale:.4g} for unit inputs "
             f"(std {emb_scale:.4g}/sqrt(fan_in={fan_in}))",
-            **common,  # type: ignore[arg-type]
+            constant="embedding_scale",
         )
     width = weight.shape[1]
     if mode == "literal":
@@ -165,9 +164,10 @@ def _embedding(model: nn.Module, stack: Any, emb_scale: float, mode: str) -> Ini
         stack.kind,
         "normal",
         std,
+        param=param,
         zero_row=pad,
         note=note + ("; padding row 0" if pad is not None else ""),
-        **common,  # type: ignore[arg-type]
+        constant="embedding_scale",
     )
 
 
