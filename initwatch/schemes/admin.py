@@ -20,18 +20,19 @@ import torch
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block
-from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes.base import (
     Plan,
+    bind,
     check_options,
     depths,
     has_cross,
-    per_stack,
-    stacks_to_touch,
+    override,
+    refuse,
+    start_plan,
 )
 from initwatch.schemes.deepnet import deepnorm_sublayers, refuse_uncalled_blocks
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.spec import Scheme, post_ln_only
 from initwatch.schemes.structure import (
     _RESIDUAL_ATTR,
     ADMIN_OMEGA,
@@ -107,10 +108,7 @@ def applies(anatomy: Anatomy) -> str | None:
         >>> applies(inspect(zoo.build("gpt2")))
         'Pre-LN: Admin needs Post-LN'
     """
-    if anatomy.layout == "post":
-        return None
-    placement = {"pre": "Pre-LN", "none": "no norms"}.get(anatomy.layout, anatomy.layout)
-    return f"{placement}: Admin needs Post-LN"
+    return post_ln_only(anatomy, "Admin needs Post-LN")
 
 
 def omega_names(block: Block, learnable: bool) -> list[str]:
@@ -139,14 +137,14 @@ def _width(model: nn.Module, norm_path: str, fallback: int) -> int:
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan Admin for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(
-            f"Admin does not apply to {anatomy.model_class} ({anatomy.family}): {reason}. "
-            "Admin rescales the skip inside the LayerNorm that follows each residual add, "
-            "LN(x*omega + G(x)); a Pre-LN block has no norm after the add. Use "
-            "scheme='scaled', 't-fixup' or 'rezero' for Pre-LN models."
-        )
+    refuse(
+        "Admin",
+        anatomy,
+        applies(anatomy),
+        "Admin rescales the skip inside the LayerNorm that follows each residual add, "
+        "LN(x*omega + G(x)); a Pre-LN block has no norm after the add. Use "
+        "scheme='scaled', 't-fixup' or 'rezero' for Pre-LN models.",
+    )
     refuse_uncalled_blocks(model, anatomy, "Admin")
     target = options.get("output_change", "log")
     learnable = options.get("learnable", False)
@@ -155,14 +153,10 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
     batch = options.get("profile_batch")
     if batch is not None and options.get("omega") is not None:
         raise ValueError("give omega= or profile_batch=, not both")
-    touch = stacks_to_touch(anatomy, options)
     consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy), target)
-    for stack, vals in consts.items():
-        vals["omega"] = per_stack(options.get("omega"), stack, vals["omega"], "omega")
-        if vals["omega"] <= 0:
-            raise ValueError(f"omega={vals['omega']} for the {stack}: Admin needs omega > 0")
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
-    blocks = [b for s in anatomy.stacks if s.kind in touch for b in s.blocks]
+    override(consts, options, "omega", "Admin needs omega > 0")
+    p, stacks = start_plan(NAME, anatomy, options, consts)
+    blocks = [b for s in stacks for b in s.blocks]
     if batch is not None:
         profiled = profile(model, anatomy, blocks, batch)
         for stack in p.constants:
@@ -191,12 +185,8 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             gain=float(values[-1]),
             note=f"LN(x*omega + G(x)) on {len(subs)} sublayers; omega a {kind}, {how}",
         )
-        p.structure.append((change, _step(model, block.path, subs, omegas, learnable)))
+        p.structure.append((change, bind(add_admin, model, block.path, subs, omegas, learnable)))
     return p
-
-
-def _step(model, path, subs, omegas, learnable):  # noqa: ANN001, ANN202
-    return lambda: add_admin(model, path, subs, omegas, learnable)
 
 
 def _call(model: nn.Module, batch: Any) -> None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from initwatch.anatomy.model import Anatomy, Block, Norm, Slot
-from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError
+from initwatch.anatomy.model import Anatomy, Block, Norm, Slot, Stack
+from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError, SchemeNotApplicableError
 from initwatch.schemes.pretrained import decide_pretrained
 from initwatch.schemes.pretrained import is_pretrained as is_pretrained
 from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import record
+from initwatch.schemes.spec import Constants
 from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
 from initwatch.vocabulary import Role
 
@@ -58,7 +59,7 @@ class Plan:
     """Everything a scheme will do, computed before the model is touched."""
 
     scheme: str
-    constants: dict[str, dict[str, float]]
+    constants: Constants
     inits: list[Init] = field(default_factory=list)
     structure: list[tuple[Change, Callable[[], None]]] = field(default_factory=list)
     skips: list[Change] = field(default_factory=list)
@@ -87,6 +88,66 @@ def stacks_to_touch(anatomy: Anatomy, options: Mapping[str, Any]) -> list[str]:
     if bad or not wanted:
         raise ValueError(f"stacks={wanted!r}: this model has stacks {present}")
     return wanted
+
+
+def start_plan(
+    name: str, anatomy: Anatomy, options: Mapping[str, Any], consts: Constants
+) -> tuple[Plan, list[Stack]]:
+    """A scheme's plan holding the constants of the stacks the ``stacks`` option names
+    (default: all), and those stacks in forward order.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> a = inspect(zoo.build("bart"))
+        >>> p, stacks = start_plan("rezero", a, {"stacks": "decoder"}, {"encoder": {}, "decoder": {}})
+        >>> p.constants, [s.kind for s in stacks]
+        ({'decoder': {}}, ['decoder'])
+    """
+    touch = stacks_to_touch(anatomy, options)
+    plan = Plan(name, {k: v for k, v in consts.items() if k in touch})
+    return plan, [s for s in anatomy.stacks if s.kind in touch]
+
+
+def override(consts: Constants, options: Mapping[str, Any], name: str, positive: str = "") -> None:
+    """Replace the constant ``name`` of every stack by the option of that name (a number, or
+    a ``{stack: number}`` dict), in place; with ``positive`` (what to say), refuse a value <= 0.
+
+    Example::
+
+        >>> consts = {"encoder": {"alpha": 2.0}, "decoder": {"alpha": 3.0}}
+        >>> override(consts, {"alpha": {"decoder": 1.5}}, "alpha")
+        >>> consts
+        {'encoder': {'alpha': 2.0}, 'decoder': {'alpha': 1.5}}
+        >>> override(consts, {"alpha": -1}, "alpha", "DeepNorm needs alpha > 0")
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha=-1.0 for the encoder: DeepNorm needs alpha > 0
+    """
+    for stack, vals in consts.items():
+        vals[name] = per_stack(options.get(name), stack, vals[name], name)
+        if positive and vals[name] <= 0:
+            raise ValueError(f"{name}={vals[name]} for the {stack}: {positive}")
+
+
+def refuse(title: str, anatomy: Anatomy, reason: str | None, why: str = "") -> None:
+    """Raise :class:`~initwatch.errors.SchemeNotApplicableError` when ``reason`` (the scheme's
+    ``applies``) is not None: the scheme, the model, the reason and ``why`` (what the scheme
+    needs and what to use instead).
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> refuse("DeepNet", inspect(zoo.build("gpt2")), "Pre-LN: DeepNet needs Post-LN")
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.SchemeNotApplicableError: DeepNet does not apply to GPT2LMHeadModel (gpt2): Pre-LN: DeepNet needs Post-LN
+    """
+    if reason is not None:
+        raise SchemeNotApplicableError(
+            f"{title} does not apply to {anatomy.model_class} ({anatomy.family}): {reason}"
+            + (f". {why}" if why else "")
+        )
 
 
 def depths(anatomy: Anatomy, options: Mapping[str, Any]) -> dict[str, int]:
@@ -198,29 +259,24 @@ def slot_inits(
 
 
 def norm_removals(
-    model: nn.Module, anatomy: Anatomy, stacks: list[str], which: str
+    model: nn.Module, stacks: Sequence[Stack], which: str
 ) -> list[tuple[Change, Callable[[], None]]]:
-    """Structural steps removing residual-path norms: ``which`` is ``"all"`` (block, embedding
-    and final norms), ``"blocks"`` (block norms only) or ``"none"``."""
-    if which not in ("all", "blocks", "none"):
-        raise ValueError(f"norms={which!r}: choose 'all', 'blocks' or 'none'")
-    if which == "none":
+    """Structural steps removing the residual-path norms of ``stacks``: ``which`` is ``"all"``
+    (block, embedding and final norms), ``"blocks"`` (block norms only) or ``"none"``."""
+    if not removes_norms(which):
         return []
     found: list[tuple[str, Norm]] = []
-    for stack in anatomy.stacks:
-        if stack.kind not in stacks:
-            continue
+    for stack in stacks:
         found += [(b.name, n) for b in stack.blocks for n in b.norms]
         if which == "all":
             found += [(stack.kind, n) for n in stack.stack_norms]
     steps = []
     for owner, norm in found:
         change = Change(norm.path, "remove_norm", f"norm ({norm.where})", owner, note=norm.kind)
-        steps.append((change, _bind(remove_norm, model, norm.path)))
+        steps.append((change, bind(remove_norm, model, norm.path)))
     torch_layers = {
         b.path
-        for s in anatomy.stacks
-        if s.kind in stacks
+        for s in stacks
         for b in s.blocks
         if isinstance(
             model.get_submodule(b.path), (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -228,18 +284,49 @@ def norm_removals(
     }
     for path in sorted(torch_layers):
         change = Change(path, "keep_eager", "block", path, note="no fused eval fast path")
-        steps.append((change, _bind(keep_eager, model, path)))
+        steps.append((change, bind(keep_eager, model, path)))
     return steps
 
 
-def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
-    return lambda: fn(*args)
+def removes_norms(which: str) -> bool:
+    """Whether the ``norms`` option removes any norm: False for ``"none"``, True for
+    ``"all"`` and ``"blocks"``; anything else is refused.
+
+    Example::
+
+        >>> removes_norms("blocks"), removes_norms("none")
+        (True, False)
+    """
+    if which not in ("all", "blocks", "none"):
+        raise ValueError(f"norms={which!r}: choose 'all', 'blocks' or 'none'")
+    return which != "none"
+
+
+def bind(fn: Callable[..., object], *args: Any) -> Callable[[], None]:
+    """A structural step: ``fn(*args)``, called when the plan is applied.
+
+    Example::
+
+        >>> seen = []
+        >>> step = bind(seen.append, "applied")
+        >>> seen
+        []
+        >>> step()
+        >>> seen
+        ['applied']
+    """
+
+    def step() -> None:
+        fn(*args)
+
+    return step
 
 
 def _param_of(model: nn.Module, init: Init) -> nn.Parameter:
     if init.slot is not None:
         return getattr(model.get_submodule(init.slot.module), init.slot.weight)
-    return model.get_parameter(init.param)  # type: ignore[arg-type]
+    assert init.param is not None  # an Init names a slot or a whole parameter
+    return model.get_parameter(init.param)
 
 
 def _key(init: Init, param: torch.Tensor) -> tuple[int, int]:
@@ -249,8 +336,12 @@ def _key(init: Init, param: torch.Tensor) -> tuple[int, int]:
 def _target(init: Init) -> str:
     if init.slot is None:
         return init.param or ""
-    s = init.slot
-    return s.param_name + (f"[{s.fused} {s.index}/{s.parts}]" if s.fused else "")
+    return init.slot.param_name + _part(init.slot)
+
+
+def _part(slot: Slot) -> str:
+    """Which part of a fused tensor a slot is (``"[rows 1/3]"``), or ``""``."""
+    return f"[{slot.fused} {slot.index}/{slot.parts}]" if slot.fused else ""
 
 
 def resolve(model: nn.Module, plan: Plan) -> list[tuple[Init, nn.Parameter]]:
@@ -261,30 +352,18 @@ def resolve(model: nn.Module, plan: Plan) -> list[tuple[Init, nn.Parameter]]:
         param = _param_of(model, init)
         key = _key(init, param)
         if key in seen:
-            plan.skips.append(
-                Change(
-                    _target(init),
-                    "skip",
-                    init.role,
-                    init.block,
-                    note=f"shared with {seen[key]}: initialized once",
-                )
-            )
+            _skip(plan, init, f"shared with {seen[key]}: initialized once")
             continue
         seen[key] = _target(init)
         if not param.requires_grad:
-            plan.skips.append(
-                Change(
-                    _target(init),
-                    "skip",
-                    init.role,
-                    init.block,
-                    note="frozen (requires_grad=False): left alone",
-                )
-            )
+            _skip(plan, init, "frozen (requires_grad=False): left alone")
             continue
         todo.append((init, param))
     return todo
+
+
+def _skip(plan: Plan, init: Init, why: str) -> None:
+    plan.skips.append(Change(_target(init), "skip", init.role, init.block, note=why))
 
 
 def guard(
@@ -357,9 +436,7 @@ def _apply_init(model: nn.Module, init: Init, param: nn.Parameter) -> list[Chang
         bias = init.slot.bias_view(model)
         if bias is not None:
             bias.zero_()
-            name = f"{init.slot.module}.{init.slot.bias}"
-            if init.slot.fused:
-                name += f"[{init.slot.fused} {init.slot.index}/{init.slot.parts}]"
+            name = f"{init.slot.module}.{init.slot.bias}" + _part(init.slot)
             changes.append(
                 Change(
                     name,

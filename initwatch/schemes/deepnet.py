@@ -12,16 +12,18 @@ from initwatch.anatomy.model import Anatomy, Block
 from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes.base import (
     Plan,
+    bind,
     check_options,
     depths,
     has_cross,
-    per_stack,
+    override,
+    refuse,
     slot_inits,
-    stacks_to_touch,
+    start_plan,
     value_gains,
 )
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme, kind_depths
+from initwatch.schemes.spec import Scheme, kind_depths, post_ln_only
 from initwatch.schemes.structure import DEEPNORM_BUFFER, add_deepnorm
 from initwatch.vocabulary import ModelKind, Role, SublayerKind
 
@@ -97,36 +99,27 @@ def applies(anatomy: Anatomy) -> str | None:
         >>> applies(inspect(zoo.build("gpt2")))
         'Pre-LN: DeepNet needs Post-LN'
     """
-    if anatomy.layout == "post":
-        return None
-    placement = {"pre": "Pre-LN", "none": "no norms"}.get(anatomy.layout, anatomy.layout)
-    return f"{placement}: DeepNet needs Post-LN"
+    return post_ln_only(anatomy, "DeepNet needs Post-LN")
 
 
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan DeepNet for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(
-            f"DeepNet does not apply to {anatomy.model_class} ({anatomy.family}): {reason}. "
-            "DeepNorm rescales the skip inside the LayerNorm that follows each residual add, "
-            "LN(alpha*x + G(x)); a Pre-LN block has no norm after the add, and there alpha "
-            "would only grow the residual stream geometrically with depth. Use "
-            "scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models."
-        )
+    refuse(
+        "DeepNet",
+        anatomy,
+        applies(anatomy),
+        "DeepNorm rescales the skip inside the LayerNorm that follows each residual add, "
+        "LN(alpha*x + G(x)); a Pre-LN block has no norm after the add, and there alpha "
+        "would only grow the residual stream geometrically with depth. Use "
+        "scheme='t-fixup' or scheme='rezero', which apply to Pre-LN models.",
+    )
     refuse_uncalled_blocks(model, anatomy, "DeepNet")
     consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy))
-    for kind, vals in consts.items():
-        vals["alpha"] = per_stack(options.get("alpha"), kind, vals["alpha"], "alpha")
-        vals["beta"] = per_stack(options.get("beta"), kind, vals["beta"], "beta")
-        if vals["alpha"] <= 0:
-            raise ValueError(f"alpha={vals['alpha']} for the {kind}: DeepNorm needs alpha > 0")
-    touch = stacks_to_touch(anatomy, options)
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
-    for stack in anatomy.stacks:
-        if stack.kind not in touch:
-            continue
+    override(consts, options, "alpha", "DeepNorm needs alpha > 0")
+    override(consts, options, "beta")
+    p, stacks = start_plan(NAME, anatomy, options, consts)
+    for stack in stacks:
         alpha, beta = consts[stack.kind]["alpha"], consts[stack.kind]["beta"]
         gains, notes = value_gains(beta, "gain beta")  # beta on v, o and the FFN; 1 on q, k
         p.inits += slot_inits(anatomy, stack.blocks, gains, "xavier_normal", notes)
@@ -140,7 +133,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
                 gain=alpha,
                 note=f"LN(alpha*x + G(x)) on {len(norms)} sublayers (alpha in buffer deepnorm_alpha)",
             )
-            p.structure.append((change, _deepnorm_step(model, block.path, norms, alpha)))
+            p.structure.append((change, bind(add_deepnorm, model, block.path, norms, alpha)))
     return p
 
 
@@ -182,10 +175,6 @@ def deepnorm_sublayers(block: Block) -> list[tuple[str | None, str]]:
         entry = next((s.module for s in sub.slots if s.role == role), None)
         out.append((entry, sub.norm.path))
     return out
-
-
-def _deepnorm_step(model: nn.Module, path: str, subs: list[tuple[str | None, str]], alpha: float):  # noqa: ANN202
-    return lambda: add_deepnorm(model, path, subs, alpha)
 
 
 def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change | None:

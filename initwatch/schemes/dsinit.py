@@ -16,9 +16,8 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.errors import SchemeNotApplicableError
-from initwatch.schemes.base import Plan, check_options, per_stack, slot_inits, stacks_to_touch
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.base import Plan, check_options, override, refuse, slot_inits, start_plan
+from initwatch.schemes.spec import Scheme, post_ln_only
 from initwatch.vocabulary import ModelKind
 
 NAME = "ds-init"
@@ -67,34 +66,26 @@ def applies(anatomy: Anatomy) -> str | None:
         >>> applies(inspect(zoo.build("gpt2")))
         'Pre-LN: DS-Init is for Post-LN (use scaled, t-fixup or rezero)'
     """
-    if anatomy.layout == "post":
-        return None
-    placement = {"pre": "Pre-LN", "none": "no norms"}.get(anatomy.layout, anatomy.layout)
-    return f"{placement}: DS-Init is for Post-LN (use scaled, t-fixup or rezero)"
+    return post_ln_only(anatomy, "DS-Init is for Post-LN (use scaled, t-fixup or rezero)")
 
 
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan DS-Init for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(
-            f"DS-Init does not apply to {anatomy.model_class} ({anatomy.family}): {reason}. It "
-            "counters the gradient decay of deep Post-LN stacks (the LayerNorm after each add "
-            "divides the gradient by the growing residual sum); a Pre-LN stack does not have it."
-        )
+    refuse(
+        "DS-Init",
+        anatomy,
+        applies(anatomy),
+        "It counters the gradient decay of deep Post-LN stacks (the LayerNorm after each add "
+        "divides the gradient by the growing residual sum); a Pre-LN stack does not have it.",
+    )
     which = options.get("exponent", "code")
     consts = constants(anatomy.kind, anatomy.depth, exponent=which)
-    touch = stacks_to_touch(anatomy, options)
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
+    p, stacks = start_plan(NAME, anatomy, options, consts)
+    override(p.constants, options, "alpha", "give alpha > 0")
     source = "official code" if which == "code" else "paper"
-    for stack in anatomy.stacks:
-        if stack.kind not in touch:
-            continue
+    for stack in stacks:
         c = p.constants[stack.kind]
-        c["alpha"] = per_stack(options.get("alpha"), stack.kind, c["alpha"], "alpha")
-        if c["alpha"] <= 0:
-            raise ValueError(f"alpha={c['alpha']} for the {stack.kind}: give alpha > 0")
         for block in stack.blocks:
             layer = block.index + 1
             gain = layer_gain(layer, c["alpha"], c["exponent"])

@@ -23,7 +23,7 @@ from torch import nn
 from initwatch.anatomy.model import Anatomy, Block
 from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes import residual
-from initwatch.schemes.base import Init, Plan, check_options
+from initwatch.schemes.base import Init, Plan, check_options, refuse
 from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme
 from initwatch.schemes.structure import (
@@ -31,7 +31,6 @@ from initwatch.schemes.structure import (
     FixupInput,
     FixupOutput,
     add_scalars,
-    remove_norm,
 )
 from initwatch.vocabulary import ModelKind
 
@@ -114,9 +113,7 @@ def _first_weight(model: nn.Module, path: str) -> str | None:
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan Fixup (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(f"Fixup does not apply to {anatomy.model_class}: {reason}")
+    refuse("Fixup", anatomy, applies(anatomy))
     branches = [residual.branch_of(model, b.path, options.get("layers")) for b in anatomy.blocks]
     depths = {b.depth for b in branches}
     if len(depths) != 1:
@@ -286,9 +283,7 @@ def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change 
             path, _, leaf = key.rpartition(".")
             if leaf in (STEM_BIAS, HEAD_BIAS) and path:
                 _outer_step(model, path, leaf)()
-    branch = residual.branch_of(model, block.path)
-    for path in residual.missing_norms(model, branch, state):
-        remove_norm(model, path)
+    branch = residual.rebuild_branch(model, block.path, state)
     _step(model, block.path, branch)()
     return Change(block.path, "fixup_scalars", "block", block.name)
 

@@ -420,10 +420,11 @@ def _spread(w: torch.Tensor) -> tuple[float, float]:
     x2 = w * w
     s2 = float(x2.mean())
     var1 = float((x2 * x2).mean()) - s2 * s2
-    return tuple(  # type: ignore[return-value]
-        math.sqrt(max(float(sums.var()), 0.0) / (m * var1)) if var1 > 0 else 0.0
-        for sums, m in ((x2.sum(1), w.shape[1]), (x2.sum(0), w.shape[0]))
-    )
+
+    def observed(sums: torch.Tensor, m: int) -> float:
+        return math.sqrt(max(float(sums.var()), 0.0) / (m * var1)) if var1 > 0 else 0.0
+
+    return observed(x2.sum(1), w.shape[1]), observed(x2.sum(0), w.shape[0])
 
 
 def _hf_owners(model: nn.Module) -> dict[str, nn.Module]:

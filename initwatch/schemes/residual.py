@@ -209,12 +209,11 @@ def removal_steps(
         >>> [c.target for c, _ in removal_steps(model, a, [branch_of(model, "layer1.0")], "all")]
         ['layer1.0.bn1', 'layer1.0.bn2', 'bn1']
     """
+    from initwatch.schemes.base import bind, removes_norms
     from initwatch.schemes.report import Change
     from initwatch.schemes.structure import remove_norm
 
-    if which not in ("all", "blocks", "none"):
-        raise ValueError(f"norms={which!r}: choose 'all', 'blocks' or 'none'")
-    if which == "none":
+    if not removes_norms(which):
         return []
     found = [(b.block, n) for b in branches for n in b.norms]
     if which == "all":
@@ -229,7 +228,7 @@ def removal_steps(
                 blocks.get(owner, owner),
                 note=type(model.get_submodule(path)).__name__,
             ),
-            _bind(remove_norm, model, path),
+            bind(remove_norm, model, path),
         )
         for owner, path in found
     ]
@@ -245,13 +244,26 @@ def missing_norms(model: nn.Module, branch: Branch, state: Mapping[str, Any]) ->
         >>> missing_norms(m, branch_of(m, "layer1.0"), m.state_dict())
         []
     """
-    out = []
-    for path in branch.norms:
-        names = [f"{path}.{n}" for n, _ in model.get_submodule(path).named_parameters()]
-        if names and not any(n in state for n in names):
-            out.append(path)
-    return out
+    from initwatch.schemes.structure import norm_missing
+
+    return [path for path in branch.norms if norm_missing(model, path, state)]
 
 
-def _bind(fn: Any, *args: Any) -> Any:
-    return lambda: fn(*args)
+def rebuild_branch(model: nn.Module, path: str, state: Mapping[str, Any]) -> Branch:
+    """The branch of the block at ``path`` on a fresh model, with the norms a checkpoint of
+    SkipInit or Fixup lacks removed (the first step of their ``rebuild``).
+
+    Example::
+
+        >>> from initwatch import zoo
+        >>> m = zoo.resnet((1,))
+        >>> state = {k: v for k, v in m.state_dict().items() if ".bn" not in k}
+        >>> rebuild_branch(m, "layer1.0", state).output, type(m.layer1[0].bn2).__name__
+        ('layer1.0.bn2', 'RemovedNorm')
+    """
+    from initwatch.schemes.structure import remove_norm
+
+    branch = branch_of(model, path)
+    for norm in missing_norms(model, branch, state):
+        remove_norm(model, norm)
+    return branch

@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -22,10 +22,12 @@ from initwatch.schemes.structure import (
     RemovedNorm,
     applied_structure,
     keep_eager,
+    norm_missing,
     remove_norm,
 )
 
 Source = Mapping[str, torch.Tensor] | str | os.PathLike
+_V = TypeVar("_V")  # the values of a state dict whose keys are aligned
 
 
 def load_state(source: Source) -> dict[str, torch.Tensor]:
@@ -82,10 +84,10 @@ def _load_dir(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _align_prefix(state: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]:
+def _align_prefix(state: dict[str, _V], keys: set[str]) -> dict[str, _V]:
     """Strip or add a leading module prefix (``model.``) so the keys meet the model's."""
 
-    def hits(sd: Mapping[str, torch.Tensor]) -> int:
+    def hits(sd: Mapping[str, _V]) -> int:
         return sum(k in keys for k in sd)
 
     best, best_hits = state, hits(state)
@@ -98,11 +100,6 @@ def _align_prefix(state: dict[str, torch.Tensor], keys: set[str]) -> dict[str, t
             if h > best_hits:
                 best, best_hits = cand, h
     return best
-
-
-def _norm_missing(model: nn.Module, path: str, state: Mapping[str, torch.Tensor]) -> bool:
-    names = [n for n, _ in model.get_submodule(path).named_parameters()]
-    return bool(names) and not any(f"{path}.{n}" in state for n in names)
 
 
 def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None) -> ReinitReport:
@@ -155,12 +152,12 @@ def restore(model: nn.Module, source: Source, *, anatomy: Anatomy | None = None)
                     changes.append(change)
                     schemes.add(spec.name)
             for norm in block.norms:
-                if _norm_missing(model, norm.path, state):
+                if norm_missing(model, norm.path, state):
                     remove_norm(model, norm.path)
                     changes.append(Change(norm.path, "remove_norm", "norm", block.name))
                     eager.add(block.path)
         for norm in stack.stack_norms:
-            if _norm_missing(model, norm.path, state):
+            if norm_missing(model, norm.path, state):
                 remove_norm(model, norm.path)
                 changes.append(Change(norm.path, "remove_norm", "norm", stack.kind))
     for path in eager:
@@ -312,7 +309,7 @@ def scheme_of_state(model: nn.Module, keys: Iterable[str]) -> str:
         'none'
     """
     own = dict(model.state_dict())
-    state = _align_prefix({k: None for k in keys}, set(own))  # type: ignore[misc]
+    state = _align_prefix(dict.fromkeys(keys), set(own))
     found = {s for s in map(_scheme_of_key, state) if s is not None}
     removed = False
     for path, module in model.named_modules():

@@ -9,17 +9,17 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block
-from initwatch.schemes.base import Plan, check_options, norm_removals, stacks_to_touch
+from initwatch.schemes.base import Plan, check_options, norm_removals, start_plan
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.spec import Scheme, everywhere
 from initwatch.schemes.structure import REZERO_PARAM, add_rezero, hook_rezero
-from initwatch.vocabulary import ModelKind
+from initwatch.vocabulary import ModelKind, SublayerKind
 
 NAME = "rezero"
 OPTIONS = ("per", "norms")
 
 
-def gate_names(sublayer_kinds: list[str], per: str) -> list[str]:
+def gate_names(sublayer_kinds: list[SublayerKind], per: str) -> list[str]:
     """Gate parameter name for each sublayer: one shared ``rezero_alpha`` (``per="block"``) or
     ``rezero_alpha_<kind>`` each (``per="sublayer"``).
 
@@ -48,26 +48,12 @@ def constants(
     return {k: {"alpha_init": 0.0} for k, v in depth.items() if v}
 
 
-def applies(anatomy: Anatomy) -> str | None:
-    """ReZero applies to every anatomy initwatch reads: None.
-
-    Example::
-
-        >>> from initwatch import inspect, zoo
-        >>> applies(inspect(zoo.build("bert"))) is None
-        True
-    """
-    return None
-
-
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan ReZero for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
     per = options.get("per", "block")
-    touch = stacks_to_touch(anatomy, options)
-    consts = constants(anatomy.kind, anatomy.depth)
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
-    for block in (b for s in anatomy.stacks if s.kind in touch for b in s.blocks):
+    p, stacks = start_plan(NAME, anatomy, options, constants(anatomy.kind, anatomy.depth))
+    for block in (b for s in stacks for b in s.blocks):
         gates = gate_names([s.kind for s in block.sublayers], per)
         outputs = [s.output for s in block.sublayers]
         change = Change(
@@ -79,7 +65,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             note=f"x + alpha*G(x) on {len(outputs)} sublayers; alpha trainable, init 0",
         )
         p.structure.append((change, _gate_step(model, block.path, gates, outputs)))
-    p.structure += norm_removals(model, anatomy, touch, options.get("norms", "all"))
+    p.structure += norm_removals(model, stacks, options.get("norms", "all"))
     return p
 
 
@@ -92,7 +78,7 @@ def _gate_step(model: nn.Module, path: str, gates: list[str], outputs: list[str]
     return step
 
 
-def _gates(block_path: str, state: Mapping[str, Any], kinds: list[str]) -> list[str]:
+def _gates(block_path: str, state: Mapping[str, Any], kinds: list[SublayerKind]) -> list[str]:
     if f"{block_path}.{REZERO_PARAM}" in state:
         return [REZERO_PARAM] * len(kinds)
     per = [f"{REZERO_PARAM}_{k}" for k in kinds]
@@ -112,7 +98,7 @@ SCHEME = Scheme(
     name=NAME,
     title="ReZero",
     options=OPTIONS,
-    applies=applies,
+    applies=everywhere,
     constants=constants,
     plan=plan,
     starts_from_zero=True,

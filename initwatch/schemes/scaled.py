@@ -12,8 +12,7 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy
-from initwatch.errors import SchemeNotApplicableError
-from initwatch.schemes.base import Init, Plan, check_options, depths, stacks_to_touch
+from initwatch.schemes.base import Init, Plan, check_options, depths, has_cross, refuse, start_plan
 from initwatch.schemes.spec import Scheme
 from initwatch.vocabulary import ModelKind, Role
 
@@ -78,24 +77,20 @@ def applies(anatomy: Anatomy) -> str | None:
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan the scaled init for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(
-            f"the scaled init does not apply to {anatomy.model_class} ({anatomy.family}): "
-            f"{reason}. It keeps a Pre-LN residual stream's variance from growing with depth; "
-            "a Post-LN block renormalizes after every add, where scheme='deepnet', 'admin' or "
-            "'ds-init' address depth instead."
-        )
+    refuse(
+        "the scaled init",
+        anatomy,
+        applies(anatomy),
+        "It keeps a Pre-LN residual stream's variance from growing with depth; a Post-LN "
+        "block renormalizes after every add, where scheme='deepnet', 'admin' or 'ds-init' "
+        "address depth instead.",
+    )
     sigma = options.get("std", SIGMA)
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma <= 0:
         raise ValueError(f"std={sigma!r}: give the base standard deviation, e.g. std=0.02")
-    cross = any(sub.kind == "cross" for b in anatomy.blocks for sub in b.sublayers)
-    consts = constants(anatomy.kind, depths(anatomy, options), cross, float(sigma))
-    touch = stacks_to_touch(anatomy, options)
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
-    for stack in anatomy.stacks:
-        if stack.kind not in touch:
-            continue
+    consts = constants(anatomy.kind, depths(anatomy, options), has_cross(anatomy), float(sigma))
+    p, stacks = start_plan(NAME, anatomy, options, consts)
+    for stack in stacks:
         c = consts[stack.kind]
         res_note = f"sigma/sqrt(N_res={c['branches']:g}): residual-branch output"
         for block in stack.blocks:

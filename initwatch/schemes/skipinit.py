@@ -10,12 +10,11 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block
-from initwatch.errors import SchemeNotApplicableError
 from initwatch.schemes import residual
-from initwatch.schemes.base import Plan, check_options
+from initwatch.schemes.base import Plan, check_options, refuse
 from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme
-from initwatch.schemes.structure import SKIPINIT_PARAM, add_scalars, hook_rezero, remove_norm
+from initwatch.schemes.structure import SKIPINIT_PARAM, add_scalars, hook_rezero
 from initwatch.vocabulary import ModelKind
 
 NAME = "skipinit"
@@ -56,11 +55,7 @@ def applies(anatomy: Anatomy) -> str | None:
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan SkipInit (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    reason = applies(anatomy)
-    if reason is not None:
-        raise SchemeNotApplicableError(
-            f"SkipInit does not apply to {anatomy.model_class}: {reason}"
-        )
+    refuse("SkipInit", anatomy, applies(anatomy))
     alpha = options.get("alpha_init", 0.0)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
         raise ValueError(f"alpha_init={alpha!r}: give a number (0, the paper's default)")
@@ -94,9 +89,7 @@ def rebuild(model: nn.Module, block: Block, state: Mapping[str, Any]) -> Change 
     """Re-attach the gate (and remove the norms the checkpoint lacks) on a fresh model."""
     if f"{block.path}.{SKIPINIT_PARAM}" not in state:
         return None
-    branch = residual.branch_of(model, block.path)
-    for path in residual.missing_norms(model, branch, state):
-        remove_norm(model, path)
+    branch = residual.rebuild_branch(model, block.path, state)
     _gate(model, block.path, branch.output, 0.0)()
     return Change(block.path, "skipinit_gate", "block", block.name)
 

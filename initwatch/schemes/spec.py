@@ -87,6 +87,39 @@ class Scheme:
         return not self.keys and not self.removes_norms
 
 
+def everywhere(anatomy: Anatomy) -> str | None:
+    """``applies`` of a scheme that applies to every anatomy initwatch reads (Pre-LN, Post-LN,
+    no norms): None.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> everywhere(inspect(zoo.build("gpt2"))) is None
+        True
+    """
+    return None
+
+
+_LAYOUT_NAMES = {"pre": "Pre-LN", "none": "no norms"}
+
+
+def post_ln_only(anatomy: Anatomy, needs: str) -> str | None:
+    """``applies`` of a scheme for Post-LN blocks only: None for a Post-LN anatomy, else the
+    layout and ``needs`` (what the scheme is for).
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> post_ln_only(inspect(zoo.build("gpt2")), "DeepNet needs Post-LN")
+        'Pre-LN: DeepNet needs Post-LN'
+        >>> post_ln_only(inspect(zoo.build("bert")), "DeepNet needs Post-LN") is None
+        True
+    """
+    if anatomy.layout == "post":
+        return None
+    return f"{_LAYOUT_NAMES.get(anatomy.layout, anatomy.layout)}: {needs}"
+
+
 def stack_kind(depth: Mapping[str, int]) -> ModelKind:
     """The stack kind of a depth dict: ``"encoder-only"``, ``"decoder-only"`` or
     ``"encoder-decoder"``.

@@ -15,9 +15,9 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block, Slot
-from initwatch.schemes.base import Plan, check_options, slot_inits, stacks_to_touch
+from initwatch.schemes.base import Plan, check_options, slot_inits, start_plan
 from initwatch.schemes.gains import activated_role, activation_gain, block_activation
-from initwatch.schemes.spec import Scheme
+from initwatch.schemes.spec import Scheme, everywhere
 from initwatch.vocabulary import ModelKind
 
 OPTIONS = ("distribution", "activation")
@@ -35,18 +35,6 @@ def constants(
         {'encoder': {}}
     """
     return {k: {} for k, v in depth.items() if v}
-
-
-def applies(anatomy: Anatomy) -> str | None:
-    """Xavier / Kaiming re-initialization applies to every anatomy initwatch reads: None.
-
-    Example::
-
-        >>> from initwatch import inspect, zoo
-        >>> applies(inspect(zoo.build("torch_encoder"))) is None
-        True
-    """
-    return None
 
 
 def _kaiming_std(slot: Slot, gain: float) -> float:
@@ -73,13 +61,9 @@ def _planner(name: str):  # noqa: ANN202
         given = options.get("activation")
         if isinstance(given, str):
             activation_gain(given)  # an unknown name is refused before anything is touched
-        touch = stacks_to_touch(anatomy, options)
-        consts = constants(anatomy.kind, anatomy.depth)
-        p = Plan(name, {k: v for k, v in consts.items() if k in touch})
+        p, stacks = start_plan(name, anatomy, options, constants(anatomy.kind, anatomy.depth))
         std = _kaiming_std if name == "kaiming" else None
-        for stack in anatomy.stacks:
-            if stack.kind not in touch:
-                continue
+        for stack in stacks:
             for block in stack.blocks:
                 gain, act, how = _gain(model, block, given)
                 p.constants[stack.kind]["activation_gain"] = gain
@@ -97,7 +81,7 @@ XAVIER = Scheme(
     name="xavier",
     title="Xavier re-initialization",
     options=OPTIONS,
-    applies=applies,
+    applies=everywhere,
     constants=constants,
     plan=_planner("xavier"),
     aliases=("glorot",),
@@ -106,7 +90,7 @@ KAIMING = Scheme(
     name="kaiming",
     title="Kaiming re-initialization",
     options=OPTIONS,
-    applies=applies,
+    applies=everywhere,
     constants=constants,
     plan=_planner("kaiming"),
     aliases=("he",),

@@ -4,6 +4,7 @@ ReZero gates. All are hooks or small modules, so no ``forward`` is rewritten."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -62,6 +63,20 @@ class KeepEager:
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         return None
+
+
+def norm_missing(model: nn.Module, path: str, state: Mapping[str, Any]) -> bool:
+    """True when a checkpoint (``state``) lacks every parameter of the norm at ``path``: the
+    scheme that wrote it removed that norm.
+
+    Example::
+
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+        >>> norm_missing(m, "1", m.state_dict()), norm_missing(m, "1", {"0.weight": 0})
+        (False, True)
+    """
+    names = [n for n, _ in model.get_submodule(path).named_parameters()]
+    return bool(names) and not any(f"{path}.{n}" in state for n in names)
 
 
 def keep_eager(model: nn.Module, path: str) -> None:

@@ -18,14 +18,14 @@ from initwatch.schemes.base import (
     check_options,
     depths,
     norm_removals,
-    per_stack,
+    override,
     slot_inits,
-    stacks_to_touch,
+    start_plan,
     value_gains,
     xavier_std,
 )
 from initwatch.schemes.report import Change
-from initwatch.schemes.spec import Scheme, kind_depths
+from initwatch.schemes.spec import Scheme, everywhere, kind_depths
 from initwatch.vocabulary import ModelKind
 
 NAME = "t-fixup"
@@ -55,18 +55,6 @@ def constants(
     return out
 
 
-def applies(anatomy: Anatomy) -> str | None:
-    """T-Fixup applies to every anatomy initwatch reads (Pre-LN, Post-LN, no norms): None.
-
-    Example::
-
-        >>> from initwatch import inspect, zoo
-        >>> applies(inspect(zoo.build("gpt2"))) is None
-        True
-    """
-    return None
-
-
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan T-Fixup for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
@@ -80,16 +68,10 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
             "block, default) or 'literal' (the official code's stored table)"
         )
     consts = constants(anatomy.kind, depths(anatomy, options))
-    for kind, vals in consts.items():
-        vals["scale"] = per_stack(options.get("scale"), kind, vals["scale"], "scale")
-        vals["embedding_scale"] = per_stack(
-            options.get("embedding_scale"), kind, vals["embedding_scale"], "embedding_scale"
-        )
-    touch = stacks_to_touch(anatomy, options)
-    p = Plan(NAME, {k: v for k, v in consts.items() if k in touch})
-    for stack in anatomy.stacks:
-        if stack.kind not in touch:
-            continue
+    override(consts, options, "scale")
+    override(consts, options, "embedding_scale")
+    p, stacks = start_plan(NAME, anatomy, options, consts)
+    for stack in stacks:
         scale = consts[stack.kind]["scale"]
         gains, notes = value_gains(scale, f"x {stack.kind} scale")
         p.inits += slot_inits(anatomy, stack.blocks, gains, f"xavier_{dist}", notes)
@@ -99,7 +81,7 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
         else:
             _no_embedding(p, stack.kind)
     p.inits += _output_heads(model, anatomy, f"xavier_{dist}")
-    p.structure += norm_removals(model, anatomy, touch, options.get("norms", "all"))
+    p.structure += norm_removals(model, stacks, options.get("norms", "all"))
     return p
 
 
@@ -213,7 +195,7 @@ SCHEME = Scheme(
     name=NAME,
     title="T-Fixup",
     options=OPTIONS,
-    applies=applies,
+    applies=everywhere,
     constants=constants,
     plan=plan,
     starts_from_zero=True,
