@@ -74,6 +74,26 @@ Fused = Literal["rows", "cols", "heads"]
 """How a slot sits in a fused q|k|v tensor: contiguous row blocks (``nn.MultiheadAttention``),
 column blocks (GPT-2's ``Conv1D``) or per-head interleaved rows (GPT-NeoX)."""
 
+InitAction = Literal[
+    "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "normal", "zeros"
+]
+"""How a scheme draws a weight (``normal``: the plan's own std; ``zeros``: all zero)."""
+
+StructureAction = Literal[
+    "remove_norm",
+    "deepnorm_residual",
+    "admin_residual",
+    "rezero_gate",
+    "skipinit_gate",
+    "fixup_scalars",
+    "keep_eager",
+]
+"""A structural edit a scheme makes (norm removed, residual rescaled, gate or scalars added, a
+torch layer kept off its fused fast path)."""
+
+ChangeAction = Literal[InitAction, StructureAction, "skip"]
+"""What one line of a re-initialization report did (``"skip"``: left alone, with the reason)."""
+
 Severity = Literal["warning", "error"]
 """How bad an alert is."""
 
@@ -169,9 +189,11 @@ WriterSpec = Union[SummaryWriterLike, "Sink", None]
 __all__ = [
     "AttnRole",
     "BlockResidual",
+    "ChangeAction",
     "CrossRole",
     "FfnRole",
     "Fused",
+    "InitAction",
     "Layout",
     "LayerPreset",
     "LayersSpec",
@@ -191,6 +213,7 @@ __all__ = [
     "SchedulerLike",
     "Severity",
     "StackKind",
+    "StructureAction",
     "SublayerKind",
     "SummaryWriterLike",
     "WriterSpec",

@@ -6,7 +6,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from initwatch.schemes.report import Change, ReinitReport
 from initwatch.schemes.saved import record
 from initwatch.schemes.spec import Constants
 from initwatch.schemes.structure import applied_structure, keep_eager, remove_norm
-from initwatch.vocabulary import Role
+from initwatch.vocabulary import InitAction, Role
 
 COMMON_OPTIONS = ("allow_pretrained", "pretrained", "anatomy", "stacks", "depth", "seed")
 MARKER = "_initwatch_reinit"
@@ -42,7 +42,7 @@ class Init:
 
     role: str
     block: str
-    action: str  # "xavier_normal" | "xavier_uniform" | "kaiming_normal" | ... | "normal" | "zeros"
+    action: InitAction
     std: float
     gain: float | None = None
     slot: Slot | None = None
@@ -201,6 +201,30 @@ VALUE_ROLES: tuple[Role, ...] = ("v", "o", "xv", "xo", "ffn_in", "ffn_out")
 LOGIT_ROLES: tuple[Role, ...] = ("q", "k", "xq", "xk", "ffn_gate")
 
 
+def _is_init_action(name: str) -> TypeGuard[InitAction]:
+    return name in get_args(InitAction)
+
+
+def init_action(rule: str, dist: Any, choices: str = "'uniform' or 'normal'") -> InitAction:
+    """The init of ``rule`` (``"xavier"``, ``"kaiming"``) drawn from the ``distribution``
+    option ``dist`` (``"uniform"`` or ``"normal"``); a ``ValueError`` naming ``choices`` for
+    any other distribution.
+
+    Example::
+
+        >>> init_action("kaiming", "normal")
+        'kaiming_normal'
+        >>> init_action("xavier", "gauss")
+        Traceback (most recent call last):
+        ...
+        ValueError: distribution='gauss': choose 'uniform' or 'normal'
+    """
+    action = f"{rule}_{dist}"
+    if dist not in ("uniform", "normal") or not _is_init_action(action):
+        raise ValueError(f"distribution={dist!r}: choose {choices}")
+    return action
+
+
 def value_gains(gain: float, note: str) -> tuple[dict[Role, float], dict[Role, str]]:
     """Gains and notes for :func:`slot_inits`: ``gain`` on the :data:`VALUE_ROLES`, 1 on the
     :data:`LOGIT_ROLES`.
@@ -220,7 +244,7 @@ def slot_inits(
     anatomy: Anatomy,
     blocks: Iterable[Block],
     gains: Mapping[Role, float],
-    action: str,
+    action: InitAction,
     notes: Mapping[Role, str],
     q_correction: bool = True,
     std: Callable[[Slot, float], float] | None = None,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from initwatch.anatomy.render import table
+from initwatch.vocabulary import ChangeAction, InitAction, StructureAction
 
 
 @dataclass
@@ -14,8 +15,9 @@ class Change:
 
     Args:
         target: parameter name (with ``[rows 0/3]``-style slice for fused tensors) or module path.
-        action: ``"xavier_normal"``, ``"xavier_uniform"``, ``"normal"``, ``"zeros"``,
-            ``"remove_norm"``, ``"deepnorm_residual"``, ``"rezero_gate"``, ``"skip"``.
+        action: an init (``"xavier_normal"``, ``"kaiming_uniform"``, ``"normal"``,
+            ``"zeros"``...), a structural edit (``"remove_norm"``, ``"deepnorm_residual"``,
+            ``"rezero_gate"``...) or ``"skip"``: :data:`~initwatch.vocabulary.ChangeAction`.
         role: anatomy role (``"q"``, ``"ffn_out"``, ``"token_embedding"``, ``"norm"``...).
         block: block name (``"encoder.3"``) or stack name.
         gain: the Xavier gain used, or None.
@@ -29,7 +31,7 @@ class Change:
     """
 
     target: str
-    action: str
+    action: ChangeAction
     role: str
     block: str
     gain: float | None = None
@@ -212,20 +214,5 @@ class ReinitReport:
         return self.summary()
 
 
-_INIT_ACTIONS = {
-    "xavier_normal",
-    "xavier_uniform",
-    "kaiming_normal",
-    "kaiming_uniform",
-    "normal",
-    "zeros",
-}
-_STRUCT_ACTIONS = {
-    "remove_norm",
-    "deepnorm_residual",
-    "admin_residual",
-    "rezero_gate",
-    "skipinit_gate",
-    "fixup_scalars",
-    "keep_eager",
-}
+_INIT_ACTIONS: frozenset[str] = frozenset(get_args(InitAction))
+_STRUCT_ACTIONS: frozenset[str] = frozenset(get_args(StructureAction))

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block, Slot
-from initwatch.schemes.base import Plan, check_options, slot_inits, start_plan
+from initwatch.schemes.base import Plan, check_options, init_action, slot_inits, start_plan
 from initwatch.schemes.gains import activated_role, activation_gain, block_activation
 from initwatch.schemes.spec import Scheme, everywhere
 from initwatch.vocabulary import ModelKind
@@ -55,9 +55,7 @@ def _planner(name: str):  # noqa: ANN202
     def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
         """Plan the re-initialization (see :func:`initwatch.reinit` for the options)."""
         check_options(name, options, OPTIONS)
-        dist = options.get("distribution", _DEFAULT_DIST[name])
-        if dist not in ("uniform", "normal"):
-            raise ValueError(f"distribution={dist!r}: choose 'uniform' or 'normal'")
+        action = init_action(name, options.get("distribution", _DEFAULT_DIST[name]))
         given = options.get("activation")
         if isinstance(given, str):
             activation_gain(given)  # an unknown name is refused before anything is touched
@@ -71,7 +69,7 @@ def _planner(name: str):  # noqa: ANN202
                 gains = {s.role: 1.0 for s in block.slots} | {role: gain}
                 notes = {s.role: "linear: gain 1" for s in block.slots}
                 notes[role] = f"followed by {act}: gain {gain:.4g} = {how}"
-                p.inits += slot_inits(anatomy, [block], gains, f"{name}_{dist}", notes, std=std)
+                p.inits += slot_inits(anatomy, [block], gains, action, notes, std=std)
         return p
 
     return plan

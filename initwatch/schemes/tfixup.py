@@ -17,6 +17,7 @@ from initwatch.schemes.base import (
     Plan,
     check_options,
     depths,
+    init_action,
     norm_removals,
     override,
     slot_inits,
@@ -26,7 +27,7 @@ from initwatch.schemes.base import (
 )
 from initwatch.schemes.report import Change
 from initwatch.schemes.spec import Scheme, everywhere, kind_depths
-from initwatch.vocabulary import ModelKind
+from initwatch.vocabulary import InitAction, ModelKind
 
 NAME = "t-fixup"
 OPTIONS = ("scale", "embedding_scale", "embedding", "norms", "distribution")
@@ -58,9 +59,11 @@ def constants(
 def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan:
     """Plan T-Fixup for ``model`` (see :func:`initwatch.reinit` for the options)."""
     check_options(NAME, options, OPTIONS)
-    dist = options.get("distribution", "uniform")
-    if dist not in ("uniform", "normal"):
-        raise ValueError(f"distribution={dist!r}: choose 'uniform' (the official code) or 'normal'")
+    action = init_action(
+        "xavier",
+        options.get("distribution", "uniform"),
+        "'uniform' (the official code) or 'normal'",
+    )
     emb_mode = options.get("embedding", "effective")
     if emb_mode not in ("literal", "effective"):
         raise ValueError(
@@ -74,13 +77,13 @@ def plan(model: nn.Module, anatomy: Anatomy, options: Mapping[str, Any]) -> Plan
     for stack in stacks:
         scale = consts[stack.kind]["scale"]
         gains, notes = value_gains(scale, f"x {stack.kind} scale")
-        p.inits += slot_inits(anatomy, stack.blocks, gains, f"xavier_{dist}", notes)
+        p.inits += slot_inits(anatomy, stack.blocks, gains, action, notes)
         if stack.token_embedding is not None:
             emb_scale = consts[stack.kind]["embedding_scale"]
             p.inits.append(_embedding(model, stack, stack.token_embedding, emb_scale, emb_mode))
         else:
             _no_embedding(p, stack.kind)
-    p.inits += _output_heads(model, anatomy, f"xavier_{dist}")
+    p.inits += _output_heads(model, anatomy, action)
     p.structure += norm_removals(model, stacks, options.get("norms", "all"))
     return p
 
@@ -153,7 +156,7 @@ def _embedding(model: nn.Module, stack: Stack, path: str, emb_scale: float, mode
     )
 
 
-def _output_heads(model: nn.Module, anatomy: Anatomy, action: str) -> list[Init]:
+def _output_heads(model: nn.Module, anatomy: Anatomy, action: InitAction) -> list[Init]:
     """Xavier (gain 1) for an untied output head (LLaMA's ``lm_head``, GPT-NeoX's
     ``embed_out``): the paper re-draws every weight matrix but the input embeddings. A head
     tied to the token embedding is that embedding, drawn once by the embedding rule."""

@@ -88,3 +88,25 @@ def test_described_and_residual_models_stay_in_the_vocabulary() -> None:
     assert custom.layout == resnet.layout == "none"
     assert seen["Block.stack"] == {"decoder", "encoder"}
     assert seen["Norm.kind"] == {"batchnorm"}  # the residual network's stem norm
+
+
+def test_every_change_a_scheme_reports_is_one_report_category() -> None:
+    """Each registered scheme, on a model it applies to: every change's action is a
+    ``ChangeAction`` and falls in exactly one of the report's parameters, structure or skipped."""
+    from initwatch.schemes.registry import SCHEMES
+    from initwatch.vocabulary import ChangeAction
+
+    actions = set(get_args(ChangeAction))
+    for name, scheme in SCHEMES.items():
+        if scheme.read is not None:  # residual networks (SkipInit, Fixup)
+            model = zoo.resnet((2,), width=8)
+        else:
+            model = next(
+                m
+                for m in (zoo.build("gpt2"), zoo.build("bert"))
+                if scheme.applies(initwatch.inspect(m)) is None
+            )
+        report = initwatch.reinit(model, name)
+        assert {c.action for c in report.changes} <= actions, name
+        parts = report.parameters + report.structure + report.skipped
+        assert sorted(map(id, parts)) == sorted(map(id, report.changes)), name
