@@ -127,6 +127,7 @@ class PretrainedDecision:
     Example::
 
         >>> from initwatch import zoo
+        >>> _ = torch.manual_seed(0)  # the example's weights do not depend on earlier draws
         >>> d = decide_pretrained(zoo.build("bert"))
         >>> d.pretrained, d.source, len(d.trained)
         (False, 'init', 0)
