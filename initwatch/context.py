@@ -16,8 +16,9 @@ class RunContext:
 
     Args:
         family: model family recognised by the anatomy (``"bert"``, ``"gpt2"``, ...), or None.
-        layout: ``"pre"`` or ``"post"`` (LayerNorm placement), or None when unknown.
-        residual: ``"sequential"`` or ``"parallel"``.
+        layout: ``"pre"`` or ``"post"`` (LayerNorm placement), ``"mixed"`` (stacks differ),
+            ``"none"`` (no norms), or None when unknown.
+        residual: ``"sequential"``, ``"parallel"`` or ``"mixed"`` (stacks differ).
         depth: number of blocks per stack, e.g. ``{"encoder": 12}``.
         cross_attention: True when the decoder's blocks have cross-attention (three
             sublayers: DeepNet's decoder constants (3M)^(1/4), (12M)^(-1/4)).
