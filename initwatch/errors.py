@@ -74,7 +74,22 @@ def suggest(name: str, valid: Iterable[str], aliases: Mapping[str, str] | None =
         >>> suggest("xyz", ["deepnet"])
         ''
     """
+    close = closest(name, valid, aliases)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def closest(
+    name: str, valid: Iterable[str], aliases: Mapping[str, str] | None = None
+) -> str | None:
+    """The valid name closest to a misspelt one (None: none is close), as :func:`suggest`
+    chooses it.
+
+    Example::
+
+        >>> closest("skipint", ["rezero", "skipinit"]), closest("xyz", ["deepnet"])
+        ('skipinit', None)
+    """
     target = {v.lower(): v for v in valid}
     target.update({a.lower(): v for a, v in (aliases or {}).items()})
     close = difflib.get_close_matches(name.lower(), list(target), n=1, cutoff=0.6)
-    return f" (did you mean {target[close[0]]!r}?)" if close else ""
+    return target[close[0]] if close else None

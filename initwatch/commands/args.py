@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 
-from initwatch.errors import suggest
+from initwatch.errors import closest, suggest
 
 __all__ = [
     "UsageError",
@@ -84,7 +85,14 @@ def positive_float(text: str) -> float:
     return value
 
 
-def scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str, ...]:
+def scheme_list(
+    text: str,
+    command: str,
+    *,
+    vanilla: bool = False,
+    unavailable: Mapping[str, str] | None = None,
+    target: str = "the model",
+) -> tuple[str, ...]:
     """Canonical scheme names from a comma-separated ``--schemes`` value, without repeats.
 
     The valid names are those of the scheme registry (:mod:`initwatch.schemes.registry`), so a
@@ -94,18 +102,27 @@ def scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str,
         text: e.g. ``"deepnet, T-Fixup"``.
         command: the command whose usage hint an error shows.
         vanilla: accept ``vanilla`` (also ``none`` / ``default``) for the model's own init.
+        unavailable: registered schemes that cannot apply to ``target``, each with the reason
+            (the scheme's ``applies``); they are refused and left out of the choices.
+        target: what ``unavailable``'s schemes do not apply to, for the error.
 
     Raises:
-        UsageError: an unknown name (the message suggests the closest and lists the valid ones).
+        UsageError: an unknown name (the message suggests the closest and lists the valid
+            ones), or one of ``unavailable``.
 
     Example::
 
         >>> scheme_list("vanilla, T-Fixup, t_fixup", "demo", vanilla=True)
         ('vanilla', 't-fixup')
+        >>> scheme_list("fixup", "demo", unavailable={"fixup": "ResNet only"}, target="the demo")
+        Traceback (most recent call last):
+        initwatch.commands.args.UsageError: --schemes: 'fixup' does not apply to the demo \
+(ResNet only); choose from deepnet, t-fixup, rezero, xavier, kaiming, scaled, ds-init, admin, skipinit
     """
     from initwatch.schemes.registry import ALIASES, SCHEMES, get
 
-    names = (("vanilla",) if vanilla else ()) + tuple(SCHEMES)
+    refused = dict(unavailable or {})
+    names = (("vanilla",) if vanilla else ()) + tuple(n for n in SCHEMES if n not in refused)
     valid = ", ".join(names)
     out: list[str] = []
     for name in (s.strip() for s in text.split(",") if s.strip()):
@@ -116,11 +133,20 @@ def scheme_list(text: str, command: str, *, vanilla: bool = False) -> tuple[str,
                 key = get(name).name
             except ValueError:
                 extra = "" if vanilla else " or 'none'"
-                hint = suggest(name, names, ALIASES)
+                close = closest(name, (*names, *refused), ALIASES)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                if close in refused:
+                    hint = f" ({close!r} would not apply to {target}: {refused[close]})"
                 raise UsageError(
                     f"--schemes: unknown scheme {name!r}{hint}; choose from {valid}{extra}",
                     command,
                 ) from None
+            if key in refused:
+                raise UsageError(
+                    f"--schemes: {key!r} does not apply to {target} ({refused[key]}); "
+                    f"choose from {valid}",
+                    command,
+                )
         if key not in out:
             out.append(key)
     return tuple(out)

@@ -57,6 +57,28 @@ examples:
 """
 
 
+def not_applicable(depth: int = 24, width: int = 64) -> dict[str, str]:
+    """The registered schemes that cannot apply to the demo model, each with the reason (the
+    scheme's ``applies`` on the model's anatomy): ``--schemes`` refuses them before anything
+    trains.
+
+    Example::
+
+        >>> sorted(not_applicable(depth=2))
+        ['fixup', 'scaled', 'skipinit']
+        >>> not_applicable(depth=2)["scaled"]
+        'Post-LN: the scaled init is for Pre-LN (use deepnet, admin or ds-init)'
+    """
+    from initwatch.anatomy import inspect
+    from initwatch.demo_task import TaskConfig, build_model
+    from initwatch.schemes.registry import SCHEMES
+
+    cfg = TaskConfig(depth=depth, width=width, heads=4, ffn=2 * width)
+    anatomy = inspect(build_model(cfg, seed=0))
+    reasons = {n: s.applies(anatomy) for n, s in SCHEMES.items()}
+    return {n: reason for n, reason in reasons.items() if reason is not None}
+
+
 def variants(depth: int = 24, width: int = 64, *, every: bool = False) -> tuple[str, ...]:
     """The default runs: ``"vanilla"`` (PyTorch's own init), then the registry's featured
     schemes (:mod:`initwatch.schemes.registry`) that apply to the demo model, in registry
@@ -69,14 +91,11 @@ def variants(depth: int = 24, width: int = 64, *, every: bool = False) -> tuple[
         >>> len(variants(every=True)) > 4
         True
     """
-    from initwatch.anatomy import inspect
-    from initwatch.demo_task import TaskConfig, build_model
     from initwatch.schemes.registry import SCHEMES
 
-    cfg = TaskConfig(depth=depth, width=width, heads=4, ffn=2 * width)
-    anatomy = inspect(build_model(cfg, seed=0))
+    refused = not_applicable(depth, width)
     chosen = (n for n, s in SCHEMES.items() if every or s.featured)
-    return ("vanilla", *(n for n in chosen if SCHEMES[n].applies(anatomy) is None))
+    return ("vanilla", *(n for n in chosen if n not in refused))
 
 
 @dataclass
@@ -232,11 +251,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_flags(parser)
 
 
-def parse_schemes(text: str) -> tuple[str, ...]:
+def parse_schemes(text: str, depth: int = 24) -> tuple[str, ...]:
     """``"vanilla,deepnet"`` -> ``("vanilla", "deepnet")``, with aliases resolved.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones).
+        UsageError: an unknown name, or a scheme that does not apply to the demo model of
+            ``depth`` blocks (:func:`not_applicable`); the message lists the valid ones.
 
     Example::
 
@@ -245,7 +265,13 @@ def parse_schemes(text: str) -> tuple[str, ...]:
     """
     if not any(s.strip() for s in text.split(",")):
         raise UsageError(f"--schemes {text!r}: expected e.g. vanilla,deepnet", NAME)
-    return scheme_list(text, NAME, vanilla=True)
+    return scheme_list(
+        text,
+        NAME,
+        vanilla=True,
+        unavailable=not_applicable(depth),
+        target="the demo's Post-LN transformer",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -264,7 +290,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     if args.depth is not None:
         base["depth"] = args.depth
     if args.schemes is not None and args.schemes.strip().lower() != "all":
-        base["schemes"] = parse_schemes(args.schemes)
+        base["schemes"] = parse_schemes(args.schemes, base.get("depth", 24))
     else:
         base["schemes"] = variants(depth=base.get("depth", 24), every=args.schemes is not None)
     return DemoSettings(

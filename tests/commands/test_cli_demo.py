@@ -112,3 +112,40 @@ def test_default_runs_are_the_featured_schemes_and_all_runs_every_scheme_that_ap
     assert {"admin", "ds-init"} <= set(every) and "scaled" not in every  # Post-LN demo model
     picked = settings_from_args(parse(["demo", "--schemes", "vanilla,admin"])).schemes
     assert picked == ("vanilla", "admin")
+
+
+@pytest.mark.parametrize(
+    ("schemes", "why"),
+    [
+        ("vanilla,skipinit", "SkipInit there is ReZero"),
+        ("vanilla,Fixup", "T-Fixup"),
+        ("vanilla,scaled", "Pre-LN"),
+        ("vanilla,skipint", "'skipinit' would not apply"),
+    ],
+)
+def test_a_scheme_that_cannot_apply_to_the_demo_model_is_refused_before_training(
+    schemes: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "runs"
+    code = main(
+        ["demo", "--schemes", schemes, "--steps", "3", "--depth", "2"] + ["--logdir", str(logdir)]
+    )
+    err = capsys.readouterr().err
+    first = err.strip().splitlines()[0]
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+    assert first.startswith("initwatch: error: --schemes: ") and why in first, err
+    assert "does not apply to the demo's Post-LN transformer" in first or "would not" in first
+    choices = first.split("choose from ")[1].split(", ")
+    from initwatch.schemes.registry import SCHEMES
+
+    post_ln = [n for n in SCHEMES if n not in ("scaled", "skipinit", "fixup")]
+    assert choices == ["vanilla", *post_ln]
+    assert not logdir.exists()  # nothing trained, nothing written
+
+
+def test_the_unknown_scheme_choices_are_those_that_apply_to_the_demo_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--schemes", "vanilla,magic"]) == 2
+    choices = capsys.readouterr().err.split("choose from ")[1].splitlines()[0].split(", ")
+    assert "deepnet" in choices and not {"skipinit", "fixup", "scaled"} & set(choices)
