@@ -111,12 +111,39 @@ def path_or_none(name: str, value: Any, example: str) -> str | None:
         Traceback (most recent call last):
         ...
         initwatch.errors.ArgumentError: logdir=123: expected a directory path (str or os.PathLike) or None; e.g. logdir='runs/exp1'
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     path_or_none("logdir", f.name, "logdir='runs/exp1'")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        initwatch.errors.ArgumentError: logdir='...' is a file, not a directory: ...
     """
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
         _fail(name, value, "a directory path (str or os.PathLike) or None", example)
-    return str(os.fspath(value))
+    path = str(os.fspath(value))
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        what = "is a file" if blocker == path else f"is inside {blocker!r}, which is a file"
+        raise ArgumentError(
+            f"{name}={path!r} {what}, not a directory: TensorBoard writes a directory of event "
+            f"files there. Pass a directory path (a new one is created), e.g. {example}."
+        )
+    return path
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """``path`` or the nearest of its existing ancestors when that is not a directory."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    if os.path.isdir(current):
+        return None
+    return path if current == os.path.abspath(path) else current
 
 
 def layers_spec(value: Any) -> str | list[str]:

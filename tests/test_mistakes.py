@@ -75,6 +75,20 @@ def test_bad_arguments_are_refused_at_construction(make, kw, exc, quoted):
     assert "e.g." in message
 
 
+@pytest.mark.parametrize("make", [watch, lightning, hf], ids=["Watch", "InitWatch", "HF"])
+def test_a_logdir_that_is_a_file_is_refused_at_construction(make, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    inside = f"is inside {str(afile)!r}, which is a file"
+    for given, what in ((afile, "is a file"), (afile / "run1", inside)):
+        with pytest.raises(ValueError) as info:
+            make(logdir=given)
+        message = str(info.value)
+        assert f"logdir={str(given)!r} {what}, not a directory" in message and "e.g." in message
+    assert afile.read_text() == "keep me"  # nothing written over it
+    make(logdir=tmp_path / "new" / "run")  # a directory that does not exist yet is fine
+
+
 @pytest.mark.parametrize("make", [lightning, hf], ids=["InitWatch", "HF"])
 @pytest.mark.parametrize("value", [2.5, 0, "50", True])
 def test_bad_logging_interval_is_refused_not_truncated(make, value):
