@@ -10,10 +10,47 @@ from torch import nn
 
 from initwatch.adapters import in_adapter
 from initwatch.anatomy.model import Anatomy, Block
+from initwatch.errors import InitWatchError
 from initwatch.frame import LayerInfo
 from initwatch.zero import is_engine
 
 PRESETS = ("default", "blocks", "linear")
+
+
+class LayerPatternError(InitWatchError, ValueError):
+    """A ``layers=`` pattern matched no module. The message lists the presets and names of the
+    model that do match, and shows a working call in the API the caller used (``call``, a
+    format with ``{}`` where the pattern list goes; :meth:`for_call` rewrites it).
+
+    Example::
+
+        >>> e = LayerPatternError("x*", "x*", ("'decoder.0'",), "transformer.h.*")
+        >>> print(e.for_call("InitWatch(layers={})"))  # doctest: +NORMALIZE_WHITESPACE
+        layers='x*': pattern 'x*' matches no module. Expected 'default', 'blocks' or 'linear',
+        or module paths / display names / glob patterns such as 'decoder.0';
+        e.g. InitWatch(layers=['transformer.h.*'])
+    """
+
+    def __init__(
+        self,
+        layers: str | Sequence[str],
+        pattern: str,
+        names: Sequence[str],
+        example: str,
+        call: str = "initwatch.Watch(model, layers={})",
+    ) -> None:
+        self.layers, self.pattern, self.names, self.example = layers, pattern, tuple(names), example
+        presets = ", ".join(map(repr, PRESETS[:-1])) + f" or {PRESETS[-1]!r}"
+        super().__init__(
+            f"layers={layers!r}: pattern {pattern!r} matches no module. Expected {presets}, "
+            f"or module paths / display names / glob patterns such as {', '.join(self.names)}; "
+            f"e.g. {call.format([example])}"
+        )
+
+    def for_call(self, call: str) -> LayerPatternError:
+        """The same error, its example written as ``call`` (e.g. ``"InitWatch(layers={})"``)."""
+        return LayerPatternError(self.layers, self.pattern, self.names, self.example, call)
+
 
 # Bounded activations and their saturation band: (centre, half width, inclusive).
 # An element y is saturated when |y - centre| > half width (>= when inclusive):
@@ -383,16 +420,25 @@ def select_layers(
                 or fnmatch.fnmatchcase(t.info.path, pattern)
             ]
             if not hits:
-                names = ", ".join(repr(t.info.name) for _, t in candidates[:6])
-                raise ValueError(
-                    f"layers={layers!r}: pattern {pattern!r} matches no module. Expected one of "
-                    f"{PRESETS} or module paths / display names / glob patterns such as {names}; "
-                    f"e.g. Watch(model, layers=['{candidates[0][1].info.name}*'])"
-                )
+                example, names = _examples(candidates)
+                raise LayerPatternError(layers, pattern, names, example)
             chosen.extend(t for t in hits if t not in chosen)
         order = {id(t): i for i, (_, t) in enumerate(candidates)}
         chosen.sort(key=lambda t: order[id(t)])
     return _numbered(chosen)
+
+
+def _examples(candidates: list[tuple[str, Target]]) -> tuple[str, list[str]]:
+    """A pattern that matches (the first block and its siblings, e.g. ``'transformer.h.*'``;
+    else the first module below the root) and up to six quoted names, those watched by
+    default first."""
+    blocks = [t for _, t in candidates if t.info.kind == "block"]
+    below = [t.info.name for _, t in candidates if t.info.name != "root"] or ["root"]
+    parent = blocks[0].info.path.rpartition(".")[0] if blocks else ""
+    example = f"{parent}.*" if parent else (blocks[0].info.name if blocks else below[0])
+    watched = [t.info.name for p, t in candidates if p in ("blocks", "default")]
+    names = [example] + [n for n in dict.fromkeys(watched + below) if n != example]
+    return example, [repr(n) for n in names[:6]]
 
 
 def _numbered(targets: list[Target]) -> list[Target]:

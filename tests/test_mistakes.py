@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from builders import gpt2, hf_dataset, hf_trainer, scalar_steps, training_args
+from builders import Tiny, gpt2, hf_dataset, hf_trainer, loader, scalar_steps, training_args
 from builders import lightning_trainer as lit_trainer
 from torch import nn
 
@@ -622,3 +622,24 @@ def test_an_internal_failure_in_an_adapter_hook_never_stops_the_fit(tmp_path, mo
     assert len(failures) == 1
     assert "on_before_optimizer_step" in failures[0] and "ZeroDivisionError" in failures[0]
     assert "in broken" in failures[0]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_layers_pattern_that_matches_nothing_names_the_callers_api_and_a_real_pattern(
+    tmp_path,
+):
+    presets = "Expected 'default', 'blocks' or 'linear', or module paths"
+    with pytest.raises(ValueError, match="'nonexistent.*' matches no module") as lit:
+        lit_trainer(tmp_path, [InitWatch(layers="nonexistent.*")]).fit(Tiny(), loader())
+    assert presets in str(lit.value) and "('default'" not in str(lit.value)
+    assert str(lit.value).endswith("e.g. InitWatch(layers=['net.layers.*'])"), lit.value
+    with pytest.raises(ValueError, match="'nonexistent.*' matches no module") as hf:
+        hf_trainer(tmp_path, gpt2(), [InitWatchCallback(layers="nonexistent.*")]).train()
+    assert presets in str(hf.value) and "'root" not in str(hf.value)
+    assert str(hf.value).endswith("e.g. InitWatchCallback(layers=['transformer.h.*'])"), hf.value
+    with pytest.raises(ValueError, match="matches no module") as plain:
+        initwatch.Watch(gpt2(), layers=["nonexistent.*"])
+    assert str(plain.value).endswith("e.g. initwatch.Watch(model, layers=['transformer.h.*'])")
+    for pattern in ("transformer.h.*", "net.layers.*"):  # the suggested patterns do match
+        model = gpt2() if pattern.startswith("transformer") else Tiny()
+        initwatch.Watch(model, layers=[pattern]).close()

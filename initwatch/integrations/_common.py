@@ -440,21 +440,25 @@ class AdapterSettings:
     ) -> Watch:
         """Close the last fit's Watch and create this fit's (hooks attached now: before any
         compiled forward), resuming the state :meth:`_restore_state` was given, if any."""
+        from initwatch.selection import LayerPatternError
         from initwatch.watch import Watch
 
         self._close_watch()
         state, self._resume = self._resume, None
-        self.watch = Watch(
-            model,
-            writer=writer,
-            every=int(every),
-            context=context,
-            anatomy=anatomy,
-            logdir=logdir,
-            micro_batch_loss=micro_batch_loss,
-            state=state,
-            **self._watch_settings,
-        )
+        try:
+            self.watch = Watch(
+                model,
+                writer=writer,
+                every=int(every),
+                context=context,
+                anatomy=anatomy,
+                logdir=logdir,
+                micro_batch_loss=micro_batch_loss,
+                state=state,
+                **self._watch_settings,
+            )
+        except LayerPatternError as exc:  # its example in the caller's API, not Watch's
+            raise exc.for_call(f"{type(self).__name__}(layers={{}})") from None
         return self.watch
 
     @property
