@@ -56,9 +56,11 @@ def fmt(x: float | None, digits: int = 2, *, fixed: bool = False) -> str:
     digits = max(1, int(digits))
     if v == 0:  # -0.0 too: no sign
         return f"{0:.{digits}f}" if fixed else "0"
-    mag = abs(v)
-    if mag < SCIENTIFIC_BELOW or mag >= SCIENTIFIC_FROM:
+    if abs(v) < SCIENTIFIC_BELOW or abs(v) >= SCIENTIFIC_FROM:
         return f"{v:.{digits - 1}e}"
+    # the decimals follow the magnitude as printed: 0.00998 shows as 0.010 (two significant
+    # digits), so it gets the decimals of 0.01, not one more as a value below 0.01 would
+    mag = abs(float(f"{v:.{digits - 1}e}"))
     # decimals that show `digits` significant digits (none for the whole part's own digits)
     significant = max(digits - 1 - math.floor(math.log10(mag)), 0)
     if fixed:

@@ -75,6 +75,23 @@ def test_digits_and_numpy_scalars() -> None:
     assert (SCIENTIFIC_BELOW, SCIENTIFIC_FROM) == (1e-3, 1e4)
 
 
+@pytest.mark.parametrize(
+    ("x", "prose", "table"),
+    [
+        # a value that rounds up to a power of ten takes the decimals of that power: the
+        # column reads 0.010 next to 0.0096, not 0.0100
+        (0.00998, "0.01", "0.010"),
+        (0.0996, "0.1", "0.10"),
+        (9.9999, "10", "10.0"),
+        (0.0096, "0.0096", "0.0096"),
+        (99.97, "100", "100.0"),
+    ],
+)
+def test_values_that_round_up_to_a_power_of_ten(x: float, prose: str, table: str) -> None:
+    assert fmt(x) == prose and fmt(x, fixed=True) == table
+    assert fmt(x, fixed=True) == fmt(float(f"{x:.1e}"), fixed=True)  # as the rounded value
+
+
 def test_alert_text_and_tables_share_the_cut_off() -> None:
     # A value between 1e-3 and 1e-2 reads the same in an alert and in a CLI table (one rule;
     # before, the table switched to scientific notation at 1e-2 and alerts at 1e-3).
