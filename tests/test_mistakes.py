@@ -643,3 +643,14 @@ def test_a_layers_pattern_that_matches_nothing_names_the_callers_api_and_a_real_
     for pattern in ("transformer.h.*", "net.layers.*"):  # the suggested patterns do match
         model = gpt2() if pattern.startswith("transformer") else Tiny()
         initwatch.Watch(model, layers=[pattern]).close()
+
+
+@pytest.mark.parametrize(
+    ("make", "call"), [(InitWatch, "InitWatch"), (InitWatchCallback, "InitWatchCallback")]
+)
+def test_an_unknown_scheme_in_the_callbacks_suggests_the_closest_in_the_callers_call(make, call):
+    with pytest.raises(
+        ValueError, match=r"unknown scheme 'rezro' \(did you mean 'rezero'\?\)"
+    ) as e:
+        make(scheme="rezro")
+    assert str(e.value).endswith(f"e.g. {call}(scheme='rezero')") and "reinit" not in str(e.value)

@@ -66,15 +66,16 @@ def own_run_dir(base: str | os.PathLike | None, fallback: str | os.PathLike = ".
     return os.path.join(parent, f"version_{max(taken) + 1}")
 
 
-def resolve_scheme(scheme: str | None) -> str | None:
-    """The canonical scheme name (``None`` stays ``None``); ``ValueError`` for an unknown one.
+def resolve_scheme(scheme: str | None, call: str = "initwatch.reinit(model, {})") -> str | None:
+    """The canonical scheme name (``None`` stays ``None``); ``ValueError`` for an unknown one,
+    its example written as ``call`` (``{}`` where the scheme goes).
 
     Example::
 
         >>> resolve_scheme("T-Fixup"), resolve_scheme(None)
         ('t-fixup', None)
     """
-    return None if scheme is None else scheme_name(scheme)
+    return None if scheme is None else scheme_name(scheme, call)
 
 
 def validate_on_alert(on_alert: OnAlertSpec) -> None:
@@ -394,7 +395,7 @@ class AdapterSettings:
         from initwatch import validate as v
 
         name = type(self).__name__
-        self.scheme = resolve_scheme(scheme)
+        self.scheme = resolve_scheme(scheme, f"{name}(scheme={{}})")
         interval = v.optional_interval(interval_name, interval)
         dense_start = v.non_negative_int("dense_start", dense_start, f"{name}(dense_start=20)")
         if max_interval is not None:

@@ -18,15 +18,16 @@ from initwatch.schemes.spec import Scheme
 from initwatch.sharding import refuse_sharded_reinit
 
 
-def scheme_name(scheme: str) -> str:
-    """The canonical name of a scheme; ``ValueError`` listing the valid ones otherwise.
+def scheme_name(scheme: str, call: str = "initwatch.reinit(model, {})") -> str:
+    """The canonical name of a scheme; ``ValueError`` naming the closest and the valid ones
+    otherwise, with ``call`` (``{}`` where the scheme goes) as the example.
 
     Example::
 
         >>> scheme_name("T-Fixup")
         't-fixup'
     """
-    return registry.get(scheme).name
+    return registry.get(scheme, call).name
 
 
 def reinit(model: nn.Module, scheme: str, **options: Any) -> ReinitReport:

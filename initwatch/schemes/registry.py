@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from initwatch.anatomy.model import Anatomy
+from initwatch.errors import closest
 from initwatch.schemes import (
     admin,
     deepnet,
@@ -39,25 +40,36 @@ SCHEMES: dict[str, Scheme] = {
 ALIASES: dict[str, str] = {a: s.name for s in SCHEMES.values() for a in s.aliases}
 
 
-def get(name: str) -> Scheme:
+def get(name: str, call: str = "initwatch.reinit(model, {})") -> Scheme:
     """The registered scheme called ``name`` (canonical or alias, any case).
 
+    Args:
+        name: the scheme's name.
+        call: the caller's call, ``{}`` where the scheme goes, for the error's example.
+
     Raises:
-        ValueError: an unknown scheme, naming the valid ones.
+        ValueError: an unknown scheme, naming the closest and the valid ones.
 
     Example::
 
         >>> get("T-Fixup").title
         'T-Fixup'
+        >>> get("rezer", "InitWatch(scheme={})")
+        Traceback (most recent call last):
+        ValueError: unknown scheme 'rezer' (did you mean 'rezero'?); valid schemes: 'deepnet', \
+'t-fixup', 'rezero', 'xavier', 'kaiming', 'scaled', 'ds-init', 'admin', 'skipinit', 'fixup'; \
+e.g. InitWatch(scheme='rezero')
     """
     if not isinstance(name, str):
         raise ValueError(f"scheme={name!r}: expected one of {', '.join(map(repr, SCHEMES))}")
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in SCHEMES:
+        close = closest(name.strip(), SCHEMES, ALIASES)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ValueError(
-            f"unknown scheme {name!r}; valid schemes: {', '.join(map(repr, SCHEMES))} "
-            f"(e.g. initwatch.reinit(model, 'deepnet'))"
+            f"unknown scheme {name!r}{hint}; valid schemes: {', '.join(map(repr, SCHEMES))}; "
+            f"e.g. {call.format(repr(close or 'deepnet'))}"
         )
     return SCHEMES[key]
 

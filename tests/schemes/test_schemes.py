@@ -483,8 +483,14 @@ def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None
 
 
 def test_unknown_scheme_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="valid schemes: 'deepnet', 't-fixup', 'rezero'"):
+    with pytest.raises(ValueError, match="valid schemes: 'deepnet', 't-fixup', 'rezero'") as info:
         initwatch.reinit(zoo.build("gpt2"), "fixupp")
+    assert "unknown scheme 'fixupp' (did you mean 'fixup'?)" in str(info.value)
+    assert str(info.value).endswith("e.g. initwatch.reinit(model, 'fixup')")
+    with pytest.raises(ValueError) as far:
+        initwatch.reinit(zoo.build("gpt2"), "magic")
+    assert "did you mean" not in str(far.value)
+    assert str(far.value).endswith("e.g. initwatch.reinit(model, 'deepnet')")
 
 
 @pytest.mark.parametrize(
