@@ -136,6 +136,9 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
             closed and released at the fit's end).
         frames, last_frame: the most recent frames of the current (or last) fit; they stay
             after it ends.
+        context: the :class:`~initwatch.RunContext` the rules and remedies see (framework,
+            family, layout, depth, scheme, optimizer, lr, base lr and warmup, clipping,
+            precision, fine-tune) of the current (or last) fit; None before the first.
         alerts: the alerts of the current (or last) fit, oldest first; each ``fit`` starts
             with a fresh history, and ``fit(ckpt_path=...)`` restores the checkpoint's.
         report: the :class:`~initwatch.ReinitReport` of the scheme application, or None.
@@ -337,8 +340,16 @@ class InitWatch(*_BASES, AdapterSettings):  # type: ignore[misc]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._open is not None and trainer.optimizers:
-            self._open.check_optimizer(trainer.optimizers)  # parameters they miss
+        watch = self._open
+        if watch is None or not trainer.optimizers:
+            return
+        watch.check_optimizer(trainer.optimizers)  # parameters they miss
+        if not trainer.lr_scheduler_configs and watch.context.base_lr is None:
+            # No scheduler: Lightning keeps the optimizer's lr, so it is the peak, with no warmup.
+            groups = trainer.optimizers[0].param_groups
+            if groups and isinstance(groups[0].get("lr"), (int, float)):
+                watch.context.base_lr = float(groups[0]["lr"])
+                watch.context.warmup_steps = 0
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         anatomy = self._anatomies.get(id(pl_module)) or read_anatomy(pl_module, self.anatomy)

@@ -99,6 +99,9 @@ class InitWatchCallback(TrainerCallback, ExportableState, AdapterSettings):
             it is closed and released at ``on_train_end``).
         frames, last_frame: the most recent frames of the current (or last) ``train()``; they
             stay after it ends.
+        context: the :class:`~initwatch.RunContext` the rules and remedies see (framework,
+            family, layout, depth, scheme, optimizer, lr, base lr and warmup, clipping,
+            precision, fine-tune) of the current (or last) ``train()``; None before the first.
         alerts: the alerts of the current (or last) ``train()``, oldest first. Each ``train()``
             (each trial of ``hyperparameter_search``, each ``model_init`` model) starts with a
             fresh history; ``train(resume_from_checkpoint=...)`` restores the checkpoint's,

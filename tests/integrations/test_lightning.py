@@ -368,3 +368,19 @@ def test_warmup_is_read_from_common_schedulers():
     assert warmup_steps_of(seq) == 4
     assert warmup_steps_of(sched.StepLR(opt(), 10)) == 0
     assert warmup_steps_of(None) is None
+
+
+class _EpochScheduled(Tiny):
+    def configure_optimizers(self):  # noqa: ANN201
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1)}
+
+
+def test_without_a_scheduler_the_optimizers_lr_is_the_peak_with_no_warmup(tmp_path):
+    cb = InitWatch(log_every_n_steps=1)
+    trainer(tmp_path, [cb], max_steps=2).fit(Tiny(lr=3e-3), loader())
+    assert cb.context.base_lr == pytest.approx(3e-3) and cb.context.warmup_steps == 0
+    # a scheduler the Watch does not read per step: the peak stays unknown, not guessed
+    scheduled = InitWatch(log_every_n_steps=1)
+    trainer(tmp_path / "s", [scheduled], max_steps=2).fit(_EpochScheduled(lr=3e-3), loader())
+    assert scheduled.context.base_lr is None and scheduled.context.warmup_steps is None
