@@ -26,11 +26,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from initwatch import catalogue
 from initwatch.alerts import Alert
 from initwatch.numbers import fmt
+
+if TYPE_CHECKING:
+    from initwatch.anatomy.model import Anatomy
 
 OWN = "own init"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -41,7 +44,9 @@ DEFAULT_MAX_PARAMS = 200_000_000
 NOISE_SE = 2.0
 
 Progress = Callable[[str, int, int], None]
-"""``progress(init_name, units_done, units_total)``: one unit is a pass or a burst step."""
+"""``progress(init_name, units_done, units_total)``: one unit is a pass or a burst step. An
+init that will be skipped (:func:`skip_reason`) is reported once as ``(name, 0, 0)`` before any
+init is measured, so a count can leave it out."""
 
 
 def default_schemes() -> tuple[str, ...]:
@@ -313,6 +318,28 @@ def _mean_profiles(profiles: list[dict[str, dict[str, float]]]) -> dict[str, dic
     return out
 
 
+def skip_reason(anatomy: Anatomy | None, scheme: str) -> str | None:
+    """Why :func:`measure` skips ``scheme`` on a model of this anatomy (None: it runs): the
+    registry's own short reason (``Scheme.applies``), or that initwatch cannot read the model.
+
+    Example::
+
+        >>> from initwatch import inspect, zoo
+        >>> anatomy = inspect(zoo.build("gpt2", layers=2, hidden=16))
+        >>> skip_reason(anatomy, "rezero"), skip_reason(anatomy, "deepnet")
+        (None, 'Pre-LN: DeepNet needs Post-LN')
+    """
+    from initwatch.schemes.registry import applicability, get
+
+    if anatomy is None:
+        return "initwatch cannot read this model's blocks"
+    verdict = applicability(anatomy).get(get(scheme).name, "applies")
+    if verdict == "applies":
+        return None
+    head = "not applicable ("
+    return verdict[len(head) : -1] if verdict.startswith(head) else verdict
+
+
 def measure(
     source: Any, settings: CheckSettings, scheme: str | None, progress: Progress | None = None
 ) -> Variant:
@@ -338,7 +365,6 @@ def measure(
     from initwatch.context import RunContext
     from initwatch.errors import InitWatchError
     from initwatch.schemes import reinit
-    from initwatch.schemes.registry import applicability, get
     from initwatch.watch import Watch
 
     name = scheme or OWN
@@ -349,13 +375,9 @@ def measure(
     model.train()
     anatomy = try_inspect(model)
     if scheme is not None:
-        if anatomy is None:
-            return Variant(name, skipped="initwatch cannot read this model's blocks")
-        verdict = applicability(anatomy).get(get(scheme).name, "applies")
-        if verdict != "applies":  # the registry's own short reason (``Scheme.applies``)
-            head = "not applicable ("
-            short = verdict[len(head) : -1] if verdict.startswith(head) else verdict
-            return Variant(name, skipped=short)
+        skip = skip_reason(anatomy, scheme)
+        if skip is not None:
+            return Variant(name, skipped=skip)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -600,6 +622,13 @@ def run_check(
     start = time.perf_counter()
     source = source if source is not None else source_of(settings)
     with _quiet_transformers():
+        if progress is not None:  # tell it first which inits will be skipped (one more build)
+            from initwatch.anatomy import try_inspect
+
+            anatomy = try_inspect(source.build())
+            for scheme in settings.scheme_names:
+                if skip_reason(anatomy, scheme) is not None:
+                    progress(scheme, 0, 0)
         variants = [measure(source, settings, s, progress) for s in (None, *settings.scheme_names)]
     choice, reason = recommend(variants, settings)
     return CheckResult(

@@ -266,6 +266,11 @@ class _Reporter:
         self.started = time.perf_counter()
 
     def __call__(self, name: str, done: int, total: int) -> None:
+        if total == 0:  # an init that will be skipped: the count leaves it out
+            if name in self.inits:
+                self.inits.remove(name)
+                self.bar.total = max(1, self.units * len(self.inits))
+            return
         i = self.inits.index(name) if name in self.inits else 0
         label = f"{name} ({i + 1}/{len(self.inits)})"
         self.bar.update(i * self.units + done, f"measuring {label}: {done}/{total}")

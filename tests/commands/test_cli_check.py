@@ -194,6 +194,18 @@ def test_progress_lines_on_stderr_when_not_a_terminal(capsys: pytest.CaptureFixt
     assert "measured" not in out  # stdout stays the result only
 
 
+def test_progress_counts_only_the_inits_that_run(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", "gpt2", "--depth", "2", "--hidden", "16", "--fast"]
+    assert main([*argv, "--schemes", "deepnet,rezero,fixup"]) == 0  # Pre-LN: deepnet, fixup skip
+    out, err = capsys.readouterr()
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip().startswith("measured ")]
+    assert [ln.split(" in ")[0] for ln in lines] == [
+        "measured own init (1/2)",
+        "measured rezero (2/2)",
+    ]
+    assert "deepnet" in out and "fixup" in out  # the skipped ones are still reported
+
+
 def test_new_registry_schemes_are_tried_without_an_edit(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
