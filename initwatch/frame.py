@@ -535,6 +535,9 @@ class FrameBuilder:
         return frame
 
 
+SAME_NORM = 1e-5  # relative difference below which the pre-clip and measured norms are one norm
+
+
 def _unclip(table: Table, glob: dict[str, float], pre: Any) -> None:
     """Gradient norms as they were before clipping (the framework passed the pre-clip norm)."""
     clipped = glob.get("grad_norm_global")
@@ -543,6 +546,8 @@ def _unclip(table: Table, glob: dict[str, float], pre: Any) -> None:
     pre = float(pre)
     if not math.isfinite(pre) or not math.isfinite(clipped):
         return
+    if abs(pre - clipped) <= SAME_NORM * max(pre, clipped):
+        clipped = pre  # not clipped: one norm computed twice, differing by rounding only
     glob["grad_norm_global"], glob["grad_norm_clipped"] = pre, clipped
     if clipped > 0 and pre > clipped:
         scale = pre / clipped

@@ -479,3 +479,24 @@ def test_micro_batch_losses_are_averaged_or_summed():
         watch.close()
     with pytest.raises(ValueError, match="micro_batch_loss"):
         Watch(model, micro_batch_loss="max")
+
+
+def test_a_preclip_norm_that_did_not_clip_leaves_one_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = initwatch.Watch(model, every=1, rules=False, dense_start=0, max_interval=None)
+    for step, factor in enumerate((1 + 3e-7, 2.0)):  # rounding only; then a real clip
+        watch.begin_step(step)
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        norm = float(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        )
+        watch.before_optimizer_step(opt, grad_norm_preclip=norm * factor)
+        opt.step()
+        opt.zero_grad()
+        watch.end_step()
+    same, clipped = (f.globals for f in watch.frames)
+    assert same["grad_norm_global"] == same["grad_norm_clipped"]  # not two values for one norm
+    assert clipped["grad_norm_global"] == pytest.approx(2 * clipped["grad_norm_clipped"], rel=1e-5)
+    watch.close()
