@@ -449,14 +449,15 @@ def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, floa
 
     Example::
 
-        >>> r = Run("r", "r", {"initwatch/grad_norm/encoder.0": [(0, 1e-6)],
-        ...                    "initwatch/grad_norm/encoder.1": [(0, 0.5)]})
+        >>> r = Run("r", "r", {"initwatch/grad_norm/encoder.00": [(0, 1e-6)],
+        ...                    "initwatch/grad_norm/encoder.01": [(0, 0.5)]})
         >>> worst_layers(r, top=1)[0]
         ('smallest gradient norm', [('encoder.0', 1e-06)])
     """
     step = run.last_step
     out = []
     from initwatch import catalogue
+    from initwatch.sinks.layout import TagNames
 
     for stat, label, highest in catalogue.worst_checks():
         values = run.at(stat, step)
@@ -464,7 +465,8 @@ def worst_layers(run: Run, top: int = 3) -> list[tuple[str, list[tuple[str, floa
         if not values:
             continue
         ranked = sorted(values.items(), key=lambda kv: kv[1], reverse=highest)
-        out.append((label, ranked[: max(1, top)]))
+        # the layers as the alerts name them (tags pad the block index for TensorBoard)
+        out.append((label, [(TagNames.plain(k), v) for k, v in ranked[: max(1, top)]]))
     return out
 
 

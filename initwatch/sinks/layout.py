@@ -115,6 +115,22 @@ class TagNames:
             self._cache[name] = found
         return found
 
+    @staticmethod
+    def plain(tag_name: str) -> str:
+        """The layer's own name back from its tag name (``encoder.03.attn`` ->
+        ``encoder.3.attn``), as frames, alerts and ``initwatch.inspect`` write it.
+
+        Example::
+
+            >>> TagNames.plain("encoder.03.attn"), TagNames.plain("decoder.11"), TagNames.plain("lm_head")
+            ('encoder.3.attn', 'decoder.11', 'lm_head')
+        """
+        parts = tag_name.split(".", 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            return tag_name
+        parts[1] = str(int(parts[1]))
+        return ".".join(parts)
+
     def is_block(self, name: str) -> bool:
         """Whether ``name`` is a block (``encoder.3``, a parameter group of one)."""
         return name in self._prefixes

@@ -186,3 +186,22 @@ def test_unhealthy_runs_and_the_summary_come_first(
     assert table_rows == ["b-sick", "a-healthy"]
     runs = [ln.split(":")[0] for ln in lines if re.match(r"run \S+:", ln)]
     assert runs == ["run b-sick", "run a-healthy"]
+
+
+def test_worst_layers_name_blocks_as_the_alerts_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from initwatch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("torch_encoder", layers=2, hidden=16, heads=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with SummaryWriter(str(tmp_path / "enc")) as writer:
+        watch = initwatch.Watch(model, writer=writer, every=1, on_alert="ignore")
+        plain_loop(watch, opt, 2, lambda step: model(torch.randn(2, 5, 16)).pow(2).mean())
+        watch.close()
+    tags = {t for t in load(tmp_path / "enc")[0].scalars}
+    assert any(".00" in t for t in tags)  # TensorBoard's tags pad the block index
+    out = report([str(tmp_path / "enc")], capsys)
+    worst = out[out.index("worst layers") :]
+    assert re.search(r"\bencoder\.[01]\b", worst) and not re.search(r"encoder\.0\d", worst)
