@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, get_args
 
 from initwatch.anatomy.render import table
+from initwatch.numbers import fmt
 from initwatch.vocabulary import ChangeAction, InitAction, StructureAction
 
 
@@ -108,11 +109,12 @@ class ReinitReport:
         consts = ", ".join(
             f"{stack}: " + " ".join(f"{k}={v:.4g}" for k, v in vals.items())
             for stack, vals in self.constants.items()
+            if vals
         )
         return (
             f"{self.scheme} on {self.model_class} ({self.family}): {len(self.parameters)} "
             f"parameter inits, {len(self.structure)} structural changes, "
-            f"{len(self.skipped)} skipped; {consts}"
+            f"{len(self.skipped)} skipped" + (f"; {consts}" if consts else "")
         )
 
     def table(self) -> str:
@@ -132,8 +134,8 @@ class ReinitReport:
                 c.role,
                 c.target,
                 c.action,
-                "" if c.gain is None else f"{c.gain:.4g}",
-                "" if c.std is None else f"{c.std:.4g}",
+                _num(c.gain),
+                _num(c.std),
                 c.note,
             ]
             for c in self.changes
@@ -160,13 +162,10 @@ class ReinitReport:
 
         from initwatch.anatomy.render import block_ranges
 
-        def num(x: float | None) -> str:
-            return "" if x is None else f"{x:.4g}"
-
         def grouped(changes: list[Change]) -> list[list[str]]:
             by_change: dict[tuple, list[str]] = {}
             for c in changes:
-                key = (c.role, c.action, num(c.gain), num(c.std), c.note)
+                key = (c.role, c.action, _num(c.gain), _num(c.std), c.note)
                 by_change.setdefault(key, []).append(c.block)
             # roles that got the same change in the same blocks share a row ("q, k")
             rows: dict[tuple, list[str]] = {}
@@ -184,7 +183,9 @@ class ReinitReport:
             return out
 
         head, _, consts = self._head().partition("; ")
-        lines = [head] + textwrap.wrap(f"constants: {consts}", width, subsequent_indent="  ")
+        lines = [head]  # a restored model's report has no constants (restore reads structure)
+        if consts:
+            lines += textwrap.wrap(f"constants: {consts}", width, subsequent_indent="  ")
         header = ["blocks", "role", "action", "gain", "std", "note"]
         for title, changes in (("inits", self.parameters), ("structure", self.structure)):
             if not changes:
@@ -192,11 +193,13 @@ class ReinitReport:
             rows = grouped(changes)
             text = table(header, rows)
             over = max(map(len, text.splitlines())) - width
-            if over > 0:  # the note is the one free-text column: cut it to fit the width
+            if over > 0:  # the note is the one free-text column: wrap it at word boundaries
                 keep = max(10, max(len(r[5]) for r in rows) - over)
+                wrapped = []
                 for r in rows:
-                    r[5] = r[5] if len(r[5]) <= keep else r[5][: keep - 3] + "..."
-                text = table(header, rows)
+                    note = textwrap.wrap(r[5], keep, break_on_hyphens=False) or [""]
+                    wrapped += [r[:5] + note[:1]] + [[""] * 5 + [more] for more in note[1:]]
+                text = table(header, wrapped)
             lines += ["", f"{title}:", text]
         skipped = self.skipped
         if skipped:
@@ -212,6 +215,12 @@ class ReinitReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _num(x: float | None) -> str:
+    """A gain or std as the report's columns print it: four significant digits, trailing
+    zeros kept (``1.0000`` above ``0.3799``); empty for None."""
+    return "" if x is None else fmt(x, 4, fixed=True)
 
 
 _INIT_ACTIONS: frozenset[str] = frozenset(get_args(InitAction))

@@ -584,3 +584,33 @@ def test_from_config_of_a_saved_model_is_not_pretrained(tmp_path) -> None:  # no
     fresh = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path))
     assert fresh.config._name_or_path  # the misleading hint is set ...
     initwatch.reinit(fresh, "t-fixup")  # ... and the weights are random: allowed
+
+
+def test_report_columns_print_four_significant_digits_and_notes_wrap_at_words() -> None:
+    report = initwatch.reinit(zoo.build("torch_encoder", layers=6), "deepnet")
+    out = str(report).splitlines()
+    beta, alpha = report.constants["encoder"]["beta"], report.constants["encoder"]["alpha"]
+    (qk,) = [r for r in out if r.split()[2:4] == ["q,", "k"]]
+    (vo,) = [r for r in out if r.split()[2:4] == ["v,", "o"]]
+    assert qk.split()[5:7] == ["1.0000", "0.1768"]  # not "1" above "0.3799"
+    assert vo.split()[5:7] == [
+        f"{beta:.4f}",
+        f"{beta * (2 / (32 + 32)) ** 0.5:.5f}",
+    ]  # xavier: d = 32
+    (block,) = [i for i, r in enumerate(out) if "deepnorm_residual" in r]
+    assert out[block].split()[4] == f"{alpha:.4f}"
+    note = " ".join(out[block].split()[5:] + out[block + 1].split())
+    assert note == "LN(alpha*x + G(x)) on 2 sublayers (alpha in buffer deepnorm_alpha)"
+    assert "..." not in str(report) and max(map(len, out)) <= 100
+    assert out[block + 1].index("buffer") == out[block].index("LN(")  # under the note column
+
+
+def test_a_restored_report_prints_no_empty_constants_line() -> None:
+    trained = zoo.build("torch_encoder", layers=2)
+    with pytest.warns(RuntimeWarning, match="token embedding"):
+        initwatch.reinit(trained, "t-fixup")
+    report = initwatch.restore(zoo.build("torch_encoder", layers=2), trained.state_dict())
+    out = str(report).splitlines()
+    assert report.scheme == "t-fixup" and report.constants == {}
+    assert not [r for r in out if r.startswith("constants:")], out
+    assert report.headline().endswith("0 skipped"), report.headline()
