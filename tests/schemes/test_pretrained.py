@@ -19,7 +19,7 @@ import initwatch
 from initwatch import PretrainedWeightsError, Watch, zoo
 from initwatch.integrations.lightning import InitWatch
 from initwatch.integrations.transformers import InitWatchCallback
-from initwatch.schemes.pretrained import Z, decide_pretrained, judge
+from initwatch.schemes.pretrained import Z, _spread_z, decide_pretrained, judge
 
 
 def trained_gpt2(trained_state) -> GPT2LMHeadModel:  # noqa: ANN001
@@ -47,6 +47,24 @@ def test_fresh_draws_are_never_flagged_and_the_tolerance_is_the_sampling_noise()
         worst = max(worst, v.score)
         assert not v.trained, v.describe()
     assert worst < Z / 1.5
+
+
+def test_the_norm_spread_z_has_a_normal_tail_on_small_matrices() -> None:
+    # The spread of k squared norms is skewed like a chi-square of ~k - 1 degrees of freedom:
+    # as (ratio - 1) / se, i.i.d. 32 x 32 matrices went beyond 3 (and beyond 5, where a fresh
+    # BERT then had a weight "look trained") several times as often as a normal z. Here the
+    # count beyond 3 over 4000 i.i.d. normal 8 x 64 matrices (both directions: 8 norms of 64
+    # entries, 64 of 8) must stay within 5 binomial standard deviations of a normal's tail
+    # (expected 10.8; measured 14; the plain ratio gave 49).
+    g = torch.Generator().manual_seed(0)
+    draws, tail = 4000, 1.35e-3  # P(N(0, 1) > 3)
+    beyond = sum(
+        z > 3
+        for _ in range(draws)
+        for z in _spread_z(torch.randn(8, 64, generator=g, dtype=torch.float64))
+    )
+    expected = 2 * draws * tail
+    assert beyond <= expected + 5 * math.sqrt(expected), beyond
 
 
 def test_each_test_flags_what_training_does_to_a_matrix() -> None:
@@ -101,6 +119,20 @@ def test_the_reference_draw_leaves_the_model_and_the_random_state_alone() -> Non
     assert torch.equal(torch.random.get_rng_state(), state)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_reference_draw_seeds_no_accelerator_generator(monkeypatch) -> None:  # noqa: ANN001
+    # torch.manual_seed inside the fork would also re-seed every GPU's generator (or queue that
+    # for CUDA's lazy start): fork_rng restores only the devices it was given, so a model on the
+    # CPU (devices=[]) or spread over GPUs would have left the caller's GPU streams changed.
+    seeded: list[tuple[str, int]] = []
+    for where in ("cuda", "xpu"):
+        mod = getattr(torch, where)
+        monkeypatch.setattr(mod, "manual_seed_all", lambda s, w=where: seeded.append((w, s)))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: seeded.append(("mps", s)))
+    d = decide_pretrained(zoo.build("gpt2"))
+    assert d.verdicts and all(v.init_std is not None for v in d.verdicts)
+    assert seeded == []
 
 
 def test_gpt2_c_proj_is_compared_with_its_depth_scaled_init() -> None:
