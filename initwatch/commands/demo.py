@@ -251,12 +251,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_flags(parser)
 
 
-def parse_schemes(text: str, depth: int = 24) -> tuple[str, ...]:
+def parse_schemes(text: str, depth: int = 24, width: int = 64) -> tuple[str, ...]:
     """``"vanilla,deepnet"`` -> ``("vanilla", "deepnet")``, with aliases resolved.
 
     Raises:
         UsageError: an unknown name, or a scheme that does not apply to the demo model of
-            ``depth`` blocks (:func:`not_applicable`); the message lists the valid ones.
+            ``depth`` blocks of width ``width`` (:func:`not_applicable`); the message lists
+            the valid ones.
 
     Example::
 
@@ -269,7 +270,7 @@ def parse_schemes(text: str, depth: int = 24) -> tuple[str, ...]:
         text,
         NAME,
         vanilla=True,
-        unavailable=not_applicable(depth),
+        unavailable=not_applicable(depth, width),
         target="the demo's Post-LN transformer",
     )
 
@@ -439,7 +440,8 @@ def train_one(settings: DemoSettings, scheme: str, bar: Progress, offset: int) -
 
 
 def run_demo(settings: DemoSettings, bar: Progress | None = None) -> list[RunResult]:
-    """Train every variant of ``settings.schemes`` in turn.
+    """Train every variant of ``settings.schemes`` in turn, after checking that every one
+    applies to the demo model (:func:`parse_schemes`: a refused one trains nothing).
 
     Example::
 
@@ -449,6 +451,7 @@ def run_demo(settings: DemoSettings, bar: Progress | None = None) -> list[RunRes
         >>> [r.scheme for r in run_demo(s)]  # doctest: +SKIP
         ['vanilla']
     """
+    parse_schemes(",".join(settings.schemes), settings.depth, settings.width)
     bar = bar or Progress(settings.steps * len(settings.schemes), enabled=settings.progress)
     results = []
     try:

@@ -149,3 +149,15 @@ def test_the_unknown_scheme_choices_are_those_that_apply_to_the_demo_model(
     assert main(["demo", "--schemes", "vanilla,magic"]) == 2
     choices = capsys.readouterr().err.split("choose from ")[1].splitlines()[0].split(", ")
     assert "deepnet" in choices and not {"skipinit", "fixup", "scaled"} & set(choices)
+
+
+def test_run_demo_refuses_a_scheme_that_cannot_apply_before_training(tmp_path: Path) -> None:
+    from initwatch.commands.args import UsageError
+    from initwatch.commands.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        schemes=("vanilla", "fixup"), steps=2, depth=2, width=16, logdir=str(tmp_path / "runs")
+    )
+    with pytest.raises(UsageError, match="'fixup' does not apply to the demo"):
+        run_demo(settings)
+    assert not (tmp_path / "runs").exists()
