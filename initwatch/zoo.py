@@ -240,10 +240,11 @@ def pretrain(
     import torch
     import torch.nn.functional as F
 
+    from initwatch.rng import seeded
+
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, model.parameters()):
         for _ in range(steps):
             if family.startswith("torch_"):
                 inputs = example_inputs(family, model, batch=8, seq=12)

@@ -13,6 +13,7 @@ from torch import nn
 
 from initwatch.anatomy.model import Anatomy, Block, Norm, Slot, Stack
 from initwatch.errors import AlreadyAppliedError, PretrainedWeightsError, SchemeNotApplicableError
+from initwatch.rng import seeded
 from initwatch.schemes.pretrained import decide_pretrained
 from initwatch.schemes.pretrained import is_pretrained as is_pretrained
 from initwatch.schemes.report import Change, ReinitReport
@@ -491,9 +492,7 @@ def execute(
     guard(model, todo, options, scope)
     changes: list[Change] = []
     seed = options.get("seed")
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with seeded(None if seed is None else int(seed), (p for _, p in todo)):
         for init, param in todo:
             changes += _apply_init(model, init, param)
     for change, step in plan.structure:

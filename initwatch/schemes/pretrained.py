@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from initwatch.numbers import fmt
+from initwatch.rng import seeded
 
 Z = 8.0  # standard errors beyond the init that mark one matrix as trained
 Z_MODEL = 5.0  # ... that count towards the whole model's verdict (TRAINED_FRACTION of them)
@@ -534,13 +535,9 @@ def _draw(root: nn.Module, owner: nn.Module | None) -> dict[str, torch.Tensor | 
         p.__dict__.pop(LOAD_MARK, None)
         if p.is_floating_point():
             p.fill_(math.nan)
-    devices = sorted({p.device.index or 0 for p in clone.parameters() if p.device.type == "cuda"})
-    # Only the generators forked here are seeded (torch.manual_seed would re-seed every GPU's,
-    # and fork_rng restores only those it was given): the caller's random streams stay as they were.
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(REFERENCE_SEED)
-        for index in devices:
-            torch.cuda.default_generators[index].manual_seed(REFERENCE_SEED)
+    with seeded(
+        REFERENCE_SEED, clone.parameters()
+    ):  # the caller's random streams stay as they were
         if owner is not None:
             clone.apply(_init_weights(owner))  # post-order, as initialize_weights does
         else:

@@ -460,6 +460,21 @@ def test_seed_makes_the_draw_reproducible() -> None:
         torch.testing.assert_close(p, q, atol=0, rtol=0, msg=n)
 
 
+def test_a_seeded_draw_leaves_the_callers_random_streams_alone(monkeypatch) -> None:  # noqa: ANN001
+    # torch.manual_seed would re-seed every GPU's generator too, and fork_rng(devices=[])
+    # restores none of them: a seeded reinit on a CPU model changed the caller's GPU streams.
+    reseeded: list[str] = []
+    for where in ("cuda", "xpu"):
+        monkeypatch.setattr(
+            getattr(torch, where), "manual_seed_all", lambda s, w=where: reseeded.append(w)
+        )
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: reseeded.append("mps"))
+    model = zoo.build("llama")
+    before = torch.get_rng_state()
+    initwatch.reinit(model, "t-fixup", seed=3)
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), before)
+
+
 def test_deepcopy_keeps_working_structure() -> None:
     model = zoo.build("torch_encoder")
     initwatch.reinit(model, "rezero")
