@@ -537,8 +537,8 @@ class AdapterSettings:
             >>> InitWatch().last_frame is None
             True
         """
-        frames = self.frames
-        return frames[-1] if frames else None
+        frames = self.watch.frames if self.watch is not None else self._last_frames
+        return frames[-1] if frames else None  # (no copy of the history for one frame)
 
     @property
     def context(self) -> RunContext | None:
